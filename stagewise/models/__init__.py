@@ -1,0 +1,25 @@
+"""Models: the catalog, the engines (local llama.cpp, providers, replay) and usage accounting."""
+
+from stagewise.models.catalog import CatalogError, ModelCatalog, ModelSpec, UnknownModelError, default_catalog
+from stagewise.models.usage import UsageLedger, UsageRecord, request_scope, stage_scope, track_usage
+
+__all__ = [
+    "CatalogError",
+    "ModelCatalog",
+    "ModelSpec",
+    "UnknownModelError",
+    "UsageLedger",
+    "UsageRecord",
+    "default_catalog",
+    "get_lm",
+    "request_scope",
+    "stage_scope",
+    "track_usage",
+]
+
+
+def get_lm(*args, **kwargs):
+    """Build a ``StagewiseLM`` for a catalog model (see :func:`stagewise.models.lm.get_lm`)."""
+    from stagewise.models.lm import get_lm as build  # imports DSPy: keep `import stagewise.models` light
+
+    return build(*args, **kwargs)

@@ -1,0 +1,160 @@
+"""``StagewiseLM``: a ``dspy.LM`` built from a catalog entry, that accounts for every call.
+
+One class serves the three kinds of engine: local (llama.cpp, in-process), provider
+(any model string DSPy accepts, through DSPy's own engines) and replay (recorded
+outcome tables). Whatever the engine, each call produces one
+:class:`~stagewise.models.usage.UsageRecord` with tokens, latency, cost and cache hit.
+
+Use :func:`get_lm` to build one by catalog name::
+
+    lm = get_lm("smollm2-135m")
+    dspy.configure(lm=lm, adapter=dspy.JSONAdapter())
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import dspy
+from dspy.clients._deprecation import warn_legacy_lm, warn_openai_messages
+from dspy.clients.execution import aexecute, execute, finalize, prepare
+from dspy.utils.callback import with_callbacks
+
+from stagewise.models.catalog import ModelCatalog, ModelSpec, default_catalog
+from stagewise.models.tokens import count_chat_tokens, count_tokens
+from stagewise.models.usage import UsageLedger, UsageRecord, current_request, current_stage, record
+
+STAGEWISE_DATA = "stagewise"  # key of our entry in Response.provider_data
+
+
+class MissingAPIKeyError(RuntimeError):
+    """A hosted model's API key variable is not set."""
+
+
+class StagewiseLM(dspy.LM):
+    """A DSPy LM for one catalog entry. ``lm.usage`` holds the records of its calls."""
+
+    def __init__(self, spec: ModelSpec, model: str, *, engine: Any = "auto", **kwargs: Any):
+        super().__init__(model, engine=engine, **kwargs)
+        self.spec = spec
+        self.usage = UsageLedger()
+
+    @with_callbacks
+    def __call__(self, prompt=None, *, messages=None, **kwargs):
+        # dspy.BaseLM.__call__ with a clock and a usage record around execute().
+        call = prepare(self, prompt, messages, kwargs)
+        if not call.managed:
+            warn_legacy_lm()
+        warn_openai_messages(self, messages)
+        started = time.perf_counter()
+        result = execute(self, call)
+        self._account(call, result, time.perf_counter() - started)
+        return finalize(self, call, result)
+
+    @with_callbacks
+    async def acall(self, prompt=None, *, messages=None, **kwargs):
+        import asyncio
+
+        call = await asyncio.to_thread(prepare, self, prompt, messages, kwargs, asynchronous=True)
+        if not call.managed:
+            warn_legacy_lm()
+        warn_openai_messages(self, messages)
+        started = time.perf_counter()
+        result = await aexecute(self, call)
+        self._account(call, result, time.perf_counter() - started)
+        return finalize(self, call, result)
+
+    def _account(self, call, result, latency_s: float) -> None:
+        spec = self.spec
+        common = dict(model=spec.name, engine=spec.engine, latency_s=latency_s,
+                      stage=current_stage(), request_id=current_request())
+        if result.cache_hit:
+            entry = UsageRecord(input_tokens=0, output_tokens=0, cost_usd=0.0, cache_hit=True,
+                                token_source="cache", cost_source=spec.price_source, **common)
+        else:
+            input_tokens, output_tokens, token_source = self._tokens(call, result)
+            recorded = [r.provider_data.get(STAGEWISE_DATA, {}).get("cost_usd")
+                        for r in result.responses if r.provider_data]
+            if recorded and all(c is not None for c in recorded):
+                cost, cost_source = float(sum(recorded)), "recorded"
+            elif spec.input_price is not None and spec.output_price is not None:
+                cost, cost_source = spec.cost(input_tokens, output_tokens), spec.price_source
+            else:
+                cost, cost_source = None, "unpriced"
+            entry = UsageRecord(input_tokens=input_tokens, output_tokens=output_tokens, cost_usd=cost,
+                                cache_hit=False, token_source=token_source, cost_source=cost_source, **common)
+        record(entry, self.usage)
+
+    def _tokens(self, call, result) -> tuple[int, int, str]:
+        usage = result.usage or {}
+        sources = {r.provider_data.get(STAGEWISE_DATA, {}).get("token_source")
+                   for r in result.responses if r.provider_data} - {None}
+        if "prompt_tokens" in usage and "completion_tokens" in usage:
+            source = sources.pop() if len(sources) == 1 else ("llama.cpp" if self.spec.engine == "llama_cpp" else "provider")
+            return int(usage["prompt_tokens"]), int(usage["completion_tokens"]), source
+        # The provider reported no usage: count with the catalog's tokenizer.
+        messages = call.legacy.get("messages") or [{"role": "user", "content": call.prompt or ""}]
+        prompt = count_chat_tokens([m for m in messages if isinstance(m.get("content"), str)], self.spec.tokenizer)
+        outputs = [o if isinstance(o, str) else (o.get("text") or "") for o in result.outputs]
+        completion = sum(count_tokens(text, self.spec.tokenizer).tokens for text in outputs)
+        return prompt.tokens * max(1, len(outputs)), completion, prompt.encoding
+
+    def copy(self, **kwargs):
+        copied = super().copy(**kwargs)
+        copied.usage = self.usage  # copies (DSPy makes many) account into one ledger
+        return copied
+
+    def dump_state(self):
+        state = super().dump_state()
+        state["stagewise_model"] = self.spec.name
+        return state
+
+
+def get_lm(
+    name: str | ModelSpec,
+    *,
+    catalog: ModelCatalog | None = None,
+    temperature: float = 0.0,
+    max_tokens: int | None = None,
+    cache: bool = True,
+    replay_table=None,
+    **kwargs: Any,
+) -> StagewiseLM:
+    """A ready ``dspy.LM`` for a catalog model.
+
+    Deterministic by default (temperature 0; local models also decode with a fixed seed).
+    Replayed models need the outcome table to replay (``replay_table``, a
+    :class:`~stagewise.models.replay.OutcomeTable`).
+    """
+    spec = name if isinstance(name, ModelSpec) else (catalog or default_catalog())[name]
+    max_tokens = max_tokens or min(spec.max_output, 1024)
+    options: dict[str, Any] = dict(temperature=temperature, max_tokens=max_tokens, cache=cache, **kwargs)
+    if spec.engine == "llama_cpp":
+        from stagewise.models.local import LlamaCppEngine
+
+        n_ctx = min(spec.context_window, 8192)
+        engine = LlamaCppEngine(spec.model, n_ctx=n_ctx, max_tokens=max_tokens)
+        # The cache key holds the model string, not the engine: one string per catalog model.
+        return StagewiseLM(spec, f"local/{spec.name}", engine=engine, num_retries=0, **options)
+    if spec.engine == "replay":
+        from stagewise.models.replay import ReplayEngine
+
+        if replay_table is None:
+            raise ValueError(f"model {spec.name!r} replays recorded outcomes: pass replay_table=OutcomeTable.load(...)")
+        engine = ReplayEngine(replay_table, spec)
+        return StagewiseLM(spec, f"replay/{spec.name}@{replay_table.fingerprint[:12]}", engine=engine,
+                           num_retries=0, **options)
+    if spec.api_base:
+        options.setdefault("api_base", spec.api_base)
+    if spec.api_key_env:
+        key = os.environ.get(spec.api_key_env)
+        if not key:
+            raise MissingAPIKeyError(
+                f"model {spec.name!r} needs an API key: set the environment variable {spec.api_key_env}"
+            )
+        options.setdefault("api_key", key)
+    elif spec.api_base:
+        options.setdefault("api_key", "no-key")  # OpenAI-compatible local servers ignore it
+    return StagewiseLM(spec, spec.model, **options)

@@ -1,0 +1,165 @@
+"""The local engine: GGUF models in-process through llama.cpp (llama-cpp-python).
+
+It implements DSPy 3.4's engine protocol (``complete(Request) -> Response``, ``stream``,
+``close``). Typed outputs always parse: when a request carries a JSON schema (DSPy's
+JSONAdapter sends the signature's output fields as one, because this engine declares
+``supports_response_schema``), decoding is constrained by a llama.cpp grammar compiled
+from that schema, so the text the adapter parses is valid JSON of the right shape.
+
+A model file is loaded once per process and shared: deep copies of the engine (DSPy
+deep-copies LMs with their programs) return the same engine, and calls into one llama.cpp
+context are serialized by a lock, so threads can share it safely. Every call starts from
+an empty context (no KV prefix reuse) so the same request always gives the same output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from dspy.clients.engines.base import validate_request
+from dspy.lm15 import Message, Response, Usage, response_to_events
+
+from stagewise.models.weights import weights_path
+
+DEFAULT_SEED = 0
+DEFAULT_CONTEXT = 8192
+
+
+@dataclass
+class _SharedModel:
+    llama: Any  # llama_cpp.Llama
+    lock: threading.Lock
+
+
+_models: dict[tuple[str, int, int], _SharedModel] = {}
+_models_lock = threading.Lock()
+
+
+def _default_threads() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def shared_model(path: Path, n_ctx: int, n_threads: int) -> _SharedModel:
+    """The process-wide llama.cpp model for this file and context size, loaded on first use."""
+    key = (str(path), n_ctx, n_threads)
+    with _models_lock:
+        model = _models.get(key)
+        if model is None:
+            from llama_cpp import Llama
+
+            llama = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=n_threads, seed=DEFAULT_SEED, verbose=False)
+            model = _models[key] = _SharedModel(llama, threading.Lock())
+        return model
+
+
+@lru_cache(maxsize=256)
+def _grammar(schema_json: str | None):
+    """Compiled llama.cpp grammar for a JSON schema (None: any JSON object). Cached by schema."""
+    from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
+
+    if schema_json is None:
+        return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
+    return LlamaGrammar.from_json_schema(schema_json, verbose=False)
+
+
+def schema_of(response_format: dict | None) -> tuple[bool, str | None]:
+    """(constrain to JSON?, the JSON schema text if one is given) for an OpenAI-style response_format."""
+    if not response_format or response_format.get("type") in (None, "text"):
+        return False, None
+    schema = response_format.get("schema")
+    if schema is None and isinstance(response_format.get("json_schema"), dict):
+        schema = response_format["json_schema"].get("schema")
+    return True, json.dumps(schema, sort_keys=True) if schema is not None else None
+
+
+def chat_messages(request) -> list[dict[str, str]]:
+    """The request as OpenAI-style chat messages (text only)."""
+    messages = []
+    if request.system is not None:
+        system = request.system if isinstance(request.system, str) else "".join(getattr(p, "text", "") for p in request.system)
+        messages.append({"role": "system", "content": system})
+    for message in request.messages:
+        role = "system" if message.role == "developer" else message.role
+        messages.append({"role": role, "content": message.text or ""})
+    return messages
+
+
+class LlamaCppEngine:
+    """A DSPy engine running one GGUF model in-process.
+
+    Args:
+        weights: a packaged weights id (see ``stagewise.models.weights``) or a .gguf path.
+        n_ctx: context size in tokens.
+        n_threads: CPU threads for llama.cpp (default: up to 4).
+        max_tokens: output limit when the request sets none.
+    """
+
+    supports_response_schema = True
+    supported_params = frozenset({"response_format", "temperature", "top_p", "max_tokens", "stop", "seed"})
+
+    def __init__(self, weights: str, *, n_ctx: int = DEFAULT_CONTEXT, n_threads: int | None = None, max_tokens: int = 512):
+        self.weights = weights
+        self.n_ctx = n_ctx
+        self.n_threads = n_threads or _default_threads()
+        self.max_tokens = max_tokens
+        self._model: _SharedModel | None = None
+
+    @property
+    def model(self) -> _SharedModel:
+        if self._model is None:
+            self._model = shared_model(weights_path(self.weights), self.n_ctx, self.n_threads)
+        return self._model
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.model.llama.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+
+    def complete(self, request) -> Response:
+        validate_request(request)
+        config = request.config
+        constrained, schema = schema_of(config.response_format)
+        kwargs: dict[str, Any] = {
+            "messages": chat_messages(request),
+            "max_tokens": config.max_tokens or self.max_tokens,
+            "temperature": 0.0 if config.temperature is None else config.temperature,
+            "seed": DEFAULT_SEED if config.seed is None else config.seed,
+            "stop": list(config.stop) or None,
+        }
+        if config.top_p is not None:
+            kwargs["top_p"] = config.top_p
+        if constrained:
+            kwargs["grammar"] = _grammar(schema)
+        model = self.model
+        with model.lock:
+            model.llama.reset()  # no KV prefix reuse: identical requests give identical outputs
+            completion = model.llama.create_chat_completion(**kwargs)
+        choice = completion["choices"][0]
+        usage = completion["usage"]
+        return Response(
+            id=completion.get("id"),
+            model=request.model,
+            message=Message.assistant(choice["message"]["content"] or ""),
+            finish_reason="length" if choice.get("finish_reason") == "length" else "stop",
+            usage=Usage(input_tokens=usage["prompt_tokens"], output_tokens=usage["completion_tokens"]),
+        )
+
+    def stream(self, request):
+        return response_to_events(self.complete(request))
+
+    def close(self) -> None:
+        """Nothing to release per engine: the loaded model is shared by the process."""
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def dump_state(self) -> dict:
+        return {"weights": self.weights, "n_ctx": self.n_ctx, "max_tokens": self.max_tokens}
+
+    @classmethod
+    def load_state(cls, state: dict) -> LlamaCppEngine:
+        return cls(state["weights"], n_ctx=state.get("n_ctx", DEFAULT_CONTEXT), max_tokens=state.get("max_tokens", 512))

@@ -1,0 +1,288 @@
+"""Replay of recorded outcomes: real API models, offline, at their real cost.
+
+An :class:`OutcomeTable` holds, for each prompt and model, the model's recorded response,
+whether it was correct, and (when recorded) what the call cost. Two public formats load:
+
+- RouterBench wide CSV: ``prompt`` (a Python list literal of turns), then per model
+  ``<model>`` (score 0..1), ``<model>|model_response`` and ``<model>|total_cost`` (USD).
+- RouteLLM CSV: ``prompt``, per model ``<model>`` (True/False) and ``<model>_response``.
+
+A :class:`ReplayEngine` makes one model of a table a DSPy engine: asked a prompt, it
+returns that model's recorded response, never an invented one. Tokens are counted on the
+recorded prompt and response with the catalog's tiktoken encoding; the cost is the
+recorded one, or the catalog price of those tokens when the table records none.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import pandas as pd
+from dspy.clients.engines.base import validate_request
+from dspy.lm15 import Message, Response, Usage, response_to_events
+
+from stagewise.models.catalog import ModelSpec
+from stagewise.models.local import chat_messages, schema_of
+from stagewise.models.tokens import count_tokens
+
+TableFormat = Literal["routerbench", "routellm"]
+_FIELD_HEADER = re.compile(r"\[\[ ## (\w+) ## \]\]\n(.*?)(?=\n\n\[\[ ## \w+ ## \]\]|\Z)", re.S)
+
+
+class ReplayError(LookupError):
+    """A replay request the table cannot answer (unknown prompt, model or empty cell)."""
+
+
+class OutcomeTableError(ValueError):
+    """An outcome table file cannot be read; the message names the file and the column."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    prompt: str
+    model: str
+    response: str
+    correct: float | None  # the recorded score: 1.0 correct, 0.0 wrong, in between for partial credit
+    cost_usd: float | None  # the recorded cost of the call, when the table has one
+
+
+@dataclass(frozen=True)
+class SkippedRow:
+    row: int  # 1-based data row number in the file (header excluded)
+    reason: str
+
+
+def prompt_key(text: str) -> str:
+    """Prompts match whatever their whitespace."""
+    return " ".join(text.split())
+
+
+def _turns(text: object) -> str:
+    """RouterBench stores prompts and responses as Python list literals of turns."""
+    if not isinstance(text, str):
+        return text
+    stripped = text.strip()
+    if stripped.startswith("[") and stripped.endswith("]"):
+        try:
+            turns = ast.literal_eval(stripped)
+        except (ValueError, SyntaxError):
+            return text
+        if isinstance(turns, list) and all(isinstance(t, str) for t in turns):
+            return "\n\n".join(turns)
+    return text
+
+
+def _empty(value: object) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value)) or (isinstance(value, str) and not value.strip())
+
+
+@dataclass
+class OutcomeTable:
+    """Recorded outcomes: one row per prompt, one response, score and cost per model."""
+
+    source: str
+    format: TableFormat
+    fingerprint: str
+    models: list[str]
+    prompts: list[str]
+    responses: pd.DataFrame  # index: row position; columns: models
+    scores: pd.DataFrame
+    costs: pd.DataFrame | None
+    skipped: list[SkippedRow] = field(default_factory=list)
+    _index: dict[str, int] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self._index = {prompt_key(p): i for i, p in enumerate(self.prompts)}
+
+    @classmethod
+    def load(cls, path: str | Path, format: TableFormat | None = None) -> OutcomeTable:
+        path = Path(path)
+        try:
+            data = path.read_bytes()
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+        except FileNotFoundError:
+            raise OutcomeTableError(f"outcome table {str(path)!r} does not exist") from None
+        except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
+            raise OutcomeTableError(f"outcome table {str(path)!r} is not a readable CSV: {exc}") from None
+        if "prompt" not in frame.columns:
+            raise OutcomeTableError(f"outcome table {str(path)!r} has no 'prompt' column (columns: {list(frame.columns)[:8]})")
+        format = format or detect_format(frame.columns, path)
+        if format == "routerbench":
+            models = [c.removesuffix("|model_response") for c in frame.columns if c.endswith("|model_response")]
+            response_cols = {m: f"{m}|model_response" for m in models}
+            cost_cols = {m: f"{m}|total_cost" for m in models}
+        else:
+            models = [c.removesuffix("_response") for c in frame.columns
+                      if c.endswith("_response") and c.removesuffix("_response") in frame.columns]
+            response_cols = {m: f"{m}_response" for m in models}
+            cost_cols = None
+        missing = [m for m in models if m not in frame.columns]
+        if missing:
+            raise OutcomeTableError(f"outcome table {str(path)!r}: score column(s) {missing} missing for their responses")
+
+        kept, prompts, skipped, seen = [], [], [], set()
+        for position, raw in enumerate(frame["prompt"].tolist()):
+            prompt = _turns(raw)
+            if _empty(prompt):
+                skipped.append(SkippedRow(position + 1, "empty prompt"))
+                continue
+            key = prompt_key(prompt)
+            if key in seen:
+                skipped.append(SkippedRow(position + 1, "duplicate prompt (the first occurrence is kept)"))
+                continue
+            seen.add(key)
+            kept.append(position)
+            prompts.append(prompt)
+        rows = frame.iloc[kept].reset_index(drop=True)
+        responses = pd.DataFrame({m: rows[response_cols[m]].map(_turns) for m in models})
+        scores = pd.DataFrame({m: rows[m].map(lambda v, m=m: _score(v, path, m)) for m in models})
+        costs = None
+        if cost_cols is not None:
+            costs = pd.DataFrame({m: pd.to_numeric(rows[cost_cols[m]], errors="coerce") if cost_cols[m] in rows
+                                  else float("nan") for m in models})
+        return cls(str(path), format, hashlib.sha256(data).hexdigest(), models, prompts, responses, scores, costs, skipped)
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def find(self, text: str) -> int | None:
+        return self._index.get(prompt_key(text))
+
+    def outcome(self, prompt: str, model: str) -> Outcome:
+        """The recorded outcome of ``model`` on ``prompt``; a clear error when there is none."""
+        if model not in self.models:
+            raise ReplayError(f"model {model!r} is not in outcome table {self.source!r} (models: {self.models})")
+        row = self.find(prompt)
+        if row is None:
+            raise ReplayError(f"prompt not in outcome table {self.source!r}: {_snippet(prompt)}")
+        response = self.responses.at[row, model]
+        if _empty(response):
+            raise ReplayError(
+                f"outcome table {self.source!r} has an empty cell for model {model!r} at prompt {_snippet(prompt)}"
+            )
+        score = self.scores.at[row, model]
+        cost = None if self.costs is None else self.costs.at[row, model]
+        return Outcome(self.prompts[row], model, response, None if pd.isna(score) else float(score),
+                       None if cost is None or pd.isna(cost) else float(cost))
+
+    def report(self) -> str:
+        """What was loaded and what was skipped, and why."""
+        lines = [f"{self.source}: {len(self)} prompts x {len(self.models)} models ({self.format})"]
+        empty = int(self.responses.isna().sum().sum())
+        if empty:
+            lines.append(f"  {empty} empty cells (no recorded response); replaying them is an error")
+        for skip in self.skipped[:5]:
+            lines.append(f"  skipped row {skip.row}: {skip.reason}")
+        if len(self.skipped) > 5:
+            lines.append(f"  ... and {len(self.skipped) - 5} more skipped rows")
+        return "\n".join(lines)
+
+
+def detect_format(columns, path: Path) -> TableFormat:
+    if any(c.endswith("|model_response") for c in columns):
+        return "routerbench"
+    if any(c.endswith("_response") and c.removesuffix("_response") in columns for c in columns):
+        return "routellm"
+    raise OutcomeTableError(
+        f"outcome table {str(path)!r} is neither RouterBench (<model>|model_response columns) "
+        f"nor RouteLLM (<model> and <model>_response columns)"
+    )
+
+
+def _score(value: object, path: Path, model: str) -> float:
+    if _empty(value):
+        return float("nan")
+    text = str(value).strip()
+    if text.lower() in ("true", "false"):
+        return 1.0 if text.lower() == "true" else 0.0
+    try:
+        return float(text)
+    except ValueError:
+        raise OutcomeTableError(f"outcome table {str(path)!r}, column {model!r}: score {text!r} is not a number or True/False") from None
+
+
+def _snippet(text: str, width: int = 80) -> str:
+    flat = prompt_key(text)
+    return repr(flat if len(flat) <= width else flat[: width - 3] + "...")
+
+
+class ReplayEngine:
+    """A DSPy engine that answers with one model's recorded responses from an outcome table."""
+
+    supports_response_schema = True
+    supported_params = frozenset({"response_format", "temperature", "max_tokens"})
+
+    def __init__(self, table: OutcomeTable, spec: ModelSpec):
+        if spec.model not in table.models:
+            raise ReplayError(f"model {spec.name!r} (column {spec.model!r}) is not in outcome table {table.source!r}; "
+                              f"its models are {table.models}")
+        self.table = table
+        self.spec = spec
+
+    def _recorded_prompt(self, request) -> str:
+        """The table prompt this request asks: the last user message, or one of its input fields."""
+        text = next((m.text or "" for m in reversed(request.messages) if m.role == "user"), "")
+        if self.table.find(text) is not None:
+            return text
+        for _, value in _FIELD_HEADER.findall(text):
+            if self.table.find(value) is not None:
+                return value
+        raise ReplayError(f"prompt not in outcome table {self.table.source!r}: {_snippet(text)}")
+
+    def complete(self, request) -> Response:
+        validate_request(request)
+        outcome = self.table.outcome(self._recorded_prompt(request), self.spec.model)
+        text = outcome.response
+        constrained, schema_json = schema_of(request.config.response_format)
+        if constrained:
+            text = json.dumps({_single_text_field(schema_json, self.spec.name): outcome.response})
+        prompt_tokens = count_tokens(outcome.prompt, self.spec.tokenizer)
+        response_tokens = count_tokens(outcome.response, self.spec.tokenizer)
+        return Response(
+            id=None,
+            model=request.model,
+            message=Message.assistant(text),
+            finish_reason="stop",
+            usage=Usage(input_tokens=prompt_tokens.tokens, output_tokens=response_tokens.tokens),
+            provider_data={"stagewise": {"cost_usd": outcome.cost_usd, "correct": outcome.correct,
+                                         "token_source": prompt_tokens.encoding}},
+        )
+
+    def stream(self, request):
+        return response_to_events(self.complete(request))
+
+    def close(self) -> None:
+        """Nothing to release: the table is plain data."""
+
+    def __deepcopy__(self, memo):
+        return self  # the table is read-only and can be large
+
+    def dump_state(self) -> dict:
+        return {"table": self.table.source, "model": self.spec.name}
+
+    @classmethod
+    def load_state(cls, state: dict) -> ReplayEngine:
+        from stagewise.models.catalog import default_catalog
+
+        return cls(OutcomeTable.load(state["table"]), default_catalog()[state["model"]])
+
+
+def _single_text_field(schema_json: str | None, model: str) -> str:
+    """The one output field a recorded response can fill."""
+    if schema_json is None:
+        raise ReplayError(f"replayed model {model!r} needs a JSON schema naming its one text output field")
+    properties = json.loads(schema_json).get("properties", {})
+    names = [n for n, p in properties.items() if p.get("type") == "string"]
+    if len(properties) != 1 or len(names) != 1:
+        raise ReplayError(
+            f"replayed model {model!r} returns one recorded text; the signature asks for fields {list(properties)}. "
+            "Give the replayed stage a signature with one str output field."
+        )
+    return names[0]

@@ -1,0 +1,129 @@
+"""Usage and cost accounting: one record per model call, whatever the engine.
+
+Every call through a :class:`~stagewise.models.lm.StagewiseLM` produces a
+:class:`UsageRecord` (model, stage, request, tokens, latency, cost, cache hit). Records go
+to the LM's own ledger and to every ledger opened with :func:`track_usage` around the
+call, so a run, a request or a test can collect exactly the calls made inside it.
+Ledgers add records up per stage, per request and per model, and read as a DataFrame.
+
+Stage and request names come from context: programs wrap each stage in
+``stage_scope(name)`` and each request in ``request_scope(id)``. The scopes are context
+variables, so they follow ``contextvars.copy_context()`` into worker threads.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import asdict, dataclass, field
+
+import pandas as pd
+
+_stage: ContextVar[str | None] = ContextVar("stagewise_stage", default=None)
+_request: ContextVar[str | None] = ContextVar("stagewise_request", default=None)
+_ledgers: ContextVar[tuple[UsageLedger, ...]] = ContextVar("stagewise_ledgers", default=())
+
+
+@dataclass(frozen=True)
+class UsageRecord:
+    """One model call. A cache hit made no call: its tokens and cost are zero."""
+
+    model: str
+    engine: str
+    input_tokens: int
+    output_tokens: int
+    latency_s: float
+    cost_usd: float | None
+    cache_hit: bool
+    token_source: str  # "llama.cpp", "provider", or the tiktoken encoding that counted
+    cost_source: str  # "notional", "litellm", "explicit", "recorded" or "unpriced"
+    stage: str | None = None
+    request_id: str | None = None
+    timestamp: float = field(default_factory=time.time)
+
+
+class UsageLedger:
+    """A thread-safe list of usage records with totals per stage, request and model."""
+
+    def __init__(self) -> None:
+        self._records: list[UsageRecord] = []
+        self._lock = threading.Lock()
+
+    def add(self, record: UsageRecord) -> None:
+        with self._lock:
+            self._records.append(record)
+
+    @property
+    def records(self) -> list[UsageRecord]:
+        with self._lock:
+            return list(self._records)
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def to_dataframe(self) -> pd.DataFrame:
+        columns = list(UsageRecord.__dataclass_fields__)
+        return pd.DataFrame([asdict(r) for r in self.records], columns=columns)
+
+    def totals(self, by: str | list[str] | None = None) -> pd.DataFrame:
+        """Calls, tokens, latency and cost summed per ``by`` (``stage``, ``request_id``, ``model``)."""
+        frame = self.to_dataframe()
+        frame["calls"] = 1
+        frame["cache_hits"] = frame["cache_hit"].astype(int)
+        sums = ["calls", "cache_hits", "input_tokens", "output_tokens", "latency_s", "cost_usd"]
+        if by is None:
+            return frame[sums].sum(min_count=1).to_frame().T
+        return frame.groupby(by, dropna=False)[sums].sum(min_count=1)
+
+    @property
+    def total_cost(self) -> float:
+        return sum(r.cost_usd or 0.0 for r in self.records)
+
+
+def record(entry: UsageRecord, own: UsageLedger | None = None) -> None:
+    """Send a record to ``own`` (the LM's ledger) and to every ledger open in this context."""
+    if own is not None:
+        own.add(entry)
+    for ledger in _ledgers.get():
+        if ledger is not own:
+            ledger.add(entry)
+
+
+@contextmanager
+def track_usage(ledger: UsageLedger | None = None) -> Iterator[UsageLedger]:
+    """Collect the records of every call made inside the block (in this context)."""
+    ledger = ledger or UsageLedger()
+    token = _ledgers.set((*_ledgers.get(), ledger))
+    try:
+        yield ledger
+    finally:
+        _ledgers.reset(token)
+
+
+@contextmanager
+def stage_scope(name: str) -> Iterator[None]:
+    token = _stage.set(name)
+    try:
+        yield
+    finally:
+        _stage.reset(token)
+
+
+@contextmanager
+def request_scope(request_id: str) -> Iterator[None]:
+    token = _request.set(request_id)
+    try:
+        yield
+    finally:
+        _request.reset(token)
+
+
+def current_stage() -> str | None:
+    return _stage.get()
+
+
+def current_request() -> str | None:
+    return _request.get()
