@@ -135,6 +135,13 @@ class ModelSpec(BaseModel):
             raise ValueError("max_output is required (litellm's cost map has none for this model)")
         return self
 
+    @property
+    def catalog_price_source(self) -> PriceSource:
+        """Where the listed price comes from (for a replayed model: its litellm entry, or explicit)."""
+        if self.price_source == "recorded":
+            return "litellm" if self.litellm_key else "explicit"
+        return self.price_source
+
     def cost(self, input_tokens: int, output_tokens: int) -> float:
         """Dollar cost of one call with these token counts at the catalog price."""
         if self.input_price is None or self.output_price is None:

@@ -80,7 +80,7 @@ class StagewiseLM(dspy.LM):
             if recorded and all(c is not None for c in recorded):
                 cost, cost_source = float(sum(recorded)), "recorded"
             elif spec.input_price is not None and spec.output_price is not None:
-                cost, cost_source = spec.cost(input_tokens, output_tokens), spec.price_source
+                cost, cost_source = spec.cost(input_tokens, output_tokens), spec.catalog_price_source
             else:
                 cost, cost_source = None, "unpriced"
             entry = UsageRecord(input_tokens=input_tokens, output_tokens=output_tokens, cost_usd=cost,

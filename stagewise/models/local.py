@@ -14,17 +14,16 @@ an empty context (no KV prefix reuse) so the same request always gives the same 
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from dspy.clients.engines.base import validate_request
 from dspy.lm15 import Message, Response, Usage, response_to_events
 
+from stagewise.models.constrained import grammar_for, schema_of
 from stagewise.models.weights import weights_path
 
 DEFAULT_SEED = 0
@@ -56,26 +55,6 @@ def shared_model(path: Path, n_ctx: int, n_threads: int) -> _SharedModel:
             llama = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=n_threads, seed=DEFAULT_SEED, verbose=False)
             model = _models[key] = _SharedModel(llama, threading.Lock())
         return model
-
-
-@lru_cache(maxsize=256)
-def _grammar(schema_json: str | None):
-    """Compiled llama.cpp grammar for a JSON schema (None: any JSON object). Cached by schema."""
-    from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
-
-    if schema_json is None:
-        return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
-    return LlamaGrammar.from_json_schema(schema_json, verbose=False)
-
-
-def schema_of(response_format: dict | None) -> tuple[bool, str | None]:
-    """(constrain to JSON?, the JSON schema text if one is given) for an OpenAI-style response_format."""
-    if not response_format or response_format.get("type") in (None, "text"):
-        return False, None
-    schema = response_format.get("schema")
-    if schema is None and isinstance(response_format.get("json_schema"), dict):
-        schema = response_format["json_schema"].get("schema")
-    return True, json.dumps(schema, sort_keys=True) if schema is not None else None
 
 
 def chat_messages(request) -> list[dict[str, str]]:
@@ -123,9 +102,10 @@ class LlamaCppEngine:
         validate_request(request)
         config = request.config
         constrained, schema = schema_of(config.response_format)
+        max_tokens = config.max_tokens or self.max_tokens
         kwargs: dict[str, Any] = {
             "messages": chat_messages(request),
-            "max_tokens": config.max_tokens or self.max_tokens,
+            "max_tokens": max_tokens,
             "temperature": 0.0 if config.temperature is None else config.temperature,
             "seed": DEFAULT_SEED if config.seed is None else config.seed,
             "stop": list(config.stop) or None,
@@ -133,7 +113,7 @@ class LlamaCppEngine:
         if config.top_p is not None:
             kwargs["top_p"] = config.top_p
         if constrained:
-            kwargs["grammar"] = _grammar(schema)
+            kwargs["grammar"] = grammar_for(schema, max_tokens)
         model = self.model
         with model.lock:
             model.llama.reset()  # no KV prefix reuse: identical requests give identical outputs

@@ -26,14 +26,14 @@ from typing import Literal
 
 import pandas as pd
 from dspy.clients.engines.base import validate_request
-from dspy.lm15 import Message, Response, Usage, response_to_events
+from dspy.lm15 import InvalidRequestError, Message, Response, Usage, response_to_events
 
 from stagewise.models.catalog import ModelSpec
-from stagewise.models.local import chat_messages, schema_of
+from stagewise.models.constrained import schema_of
 from stagewise.models.tokens import count_tokens
 
 TableFormat = Literal["routerbench", "routellm"]
-_FIELD_HEADER = re.compile(r"\[\[ ## (\w+) ## \]\]\n(.*?)(?=\n\n\[\[ ## \w+ ## \]\]|\Z)", re.S)
+_FIELD_HEADER = re.compile(r"\[\[ ## \w+ ## \]\]\n")
 
 
 class ReplayError(LookupError):
@@ -49,7 +49,7 @@ class Outcome:
     prompt: str
     model: str
     response: str
-    correct: float | None  # the recorded score: 1.0 correct, 0.0 wrong, in between for partial credit
+    correct: float  # the recorded score: 1.0 correct, 0.0 wrong, in between for partial credit
     cost_usd: float | None  # the recorded cost of the call, when the table has one
 
 
@@ -162,22 +162,21 @@ class OutcomeTable:
         row = self.find(prompt)
         if row is None:
             raise ReplayError(f"prompt not in outcome table {self.source!r}: {_snippet(prompt)}")
-        response = self.responses.at[row, model]
-        if _empty(response):
-            raise ReplayError(
-                f"outcome table {self.source!r} has an empty cell for model {model!r} at prompt {_snippet(prompt)}"
-            )
-        score = self.scores.at[row, model]
+        response, score = self.responses.at[row, model], self.scores.at[row, model]
+        if _empty(response) or pd.isna(score):
+            missing = "response" if _empty(response) else "score"
+            raise ReplayError(f"outcome table {self.source!r} has an empty cell for model {model!r} "
+                              f"(no recorded {missing}) at prompt {_snippet(prompt)}")
         cost = None if self.costs is None else self.costs.at[row, model]
-        return Outcome(self.prompts[row], model, response, None if pd.isna(score) else float(score),
+        return Outcome(self.prompts[row], model, response, float(score),
                        None if cost is None or pd.isna(cost) else float(cost))
 
     def report(self) -> str:
         """What was loaded and what was skipped, and why."""
         lines = [f"{self.source}: {len(self)} prompts x {len(self.models)} models ({self.format})"]
-        empty = int(self.responses.isna().sum().sum())
+        empty = int((self.responses.isna() | self.scores.isna()).sum().sum())
         if empty:
-            lines.append(f"  {empty} empty cells (no recorded response); replaying them is an error")
+            lines.append(f"  {empty} empty cells (no recorded response or score); replaying them is an error")
         for skip in self.skipped[:5]:
             lines.append(f"  skipped row {skip.row}: {skip.reason}")
         if len(self.skipped) > 5:
@@ -231,18 +230,27 @@ class ReplayEngine:
         text = next((m.text or "" for m in reversed(request.messages) if m.role == "user"), "")
         if self.table.find(text) is not None:
             return text
-        for _, value in _FIELD_HEADER.findall(text):
-            if self.table.find(value) is not None:
-                return value
+        # A DSPy adapter writes each input field under a `[[ ## name ## ]]` header and may add
+        # instructions after the last one: try each field, dropping trailing paragraphs.
+        for section in _FIELD_HEADER.split(text)[1:]:
+            paragraphs = section.split("\n\n")
+            for end in range(len(paragraphs), 0, -1):
+                candidate = "\n\n".join(paragraphs[:end])
+                if self.table.find(candidate) is not None:
+                    return candidate
         raise ReplayError(f"prompt not in outcome table {self.table.source!r}: {_snippet(text)}")
 
     def complete(self, request) -> Response:
         validate_request(request)
-        outcome = self.table.outcome(self._recorded_prompt(request), self.spec.model)
-        text = outcome.response
-        constrained, schema_json = schema_of(request.config.response_format)
-        if constrained:
-            text = json.dumps({_single_text_field(schema_json, self.spec.name): outcome.response})
+        try:
+            outcome = self.table.outcome(self._recorded_prompt(request), self.spec.model)
+            text = outcome.response
+            constrained, schema = schema_of(request.config.response_format)
+            if constrained:
+                text = json.dumps({_single_text_field(schema, self.spec.name): outcome.response})
+        except ReplayError as exc:
+            # An lm15 error reaches the caller as dspy's LMInvalidRequestError, with this message.
+            raise InvalidRequestError(str(exc), provider="replay") from exc
         prompt_tokens = count_tokens(outcome.prompt, self.spec.tokenizer)
         response_tokens = count_tokens(outcome.response, self.spec.tokenizer)
         return Response(
@@ -274,11 +282,11 @@ class ReplayEngine:
         return cls(OutcomeTable.load(state["table"]), default_catalog()[state["model"]])
 
 
-def _single_text_field(schema_json: str | None, model: str) -> str:
+def _single_text_field(schema: dict | None, model: str) -> str:
     """The one output field a recorded response can fill."""
-    if schema_json is None:
+    if schema is None:
         raise ReplayError(f"replayed model {model!r} needs a JSON schema naming its one text output field")
-    properties = json.loads(schema_json).get("properties", {})
+    properties = schema.get("properties", {})
     names = [n for n, p in properties.items() if p.get("type") == "string"]
     if len(properties) != 1 or len(names) != 1:
         raise ReplayError(

@@ -1,0 +1,111 @@
+"""The ``stagewise`` command."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Literal
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+import stagewise  # noqa: F401  (sets the offline price-map default before DSPy loads)
+from stagewise.models.catalog import CatalogError, ModelCatalog, UnknownModelError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Compile and optimize multi-model LLM pipelines.")
+console = Console()
+
+DEMO_MESSAGES = [
+    "My card payment was declined twice at the supermarket today, please help!",
+    "How do I change the email address on my account?",
+    "The app crashes every time I open the transfers screen.",
+]
+
+
+def _catalog(path: Path | None) -> ModelCatalog:
+    try:
+        return ModelCatalog.load(path)
+    except CatalogError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+@app.command("models")
+def list_models(catalog: Path | None = typer.Option(None, help="A user catalog file (TOML) to add.")) -> None:
+    """List the model catalog: engine, price per million tokens, context, format."""
+    table = Table(title="stagewise model catalog")
+    for column in ("name", "provider", "engine", "$/M in", "$/M out", "price", "context", "max out", "format", "latency"):
+        table.add_column(column, justify="right" if column.startswith("$") or column in ("context", "max out") else "left")
+    for spec in _catalog(catalog):
+        price = (lambda p: "-" if p is None else f"{p:.4g}")
+        table.add_row(spec.name, spec.provider, spec.engine, price(spec.input_price), price(spec.output_price),
+                      spec.price_source, f"{spec.context_window:,}", f"{spec.max_output:,}", spec.context_format,
+                      spec.latency_class)
+    console.print(table)
+
+
+@app.command()
+def demo(
+    triage_model: str = typer.Option("smollm2-135m", help="Catalog model for the triage stage."),
+    reply_model: str = typer.Option("gemma3-270m", help="Catalog model for the reply stage."),
+) -> None:
+    """Run a two-stage pipeline on the local models and show outputs, tokens and cost per stage."""
+    import dspy
+
+    from stagewise.models import get_lm, request_scope, stage_scope, track_usage
+
+    class Triage(dspy.Signature):
+        """Classify a customer support message."""
+
+        message: str = dspy.InputField()
+        category: Literal["card", "account", "app", "other"] = dspy.OutputField()
+        urgent: bool = dspy.OutputField(desc="true if the customer is blocked right now")
+
+    class Reply(dspy.Signature):
+        """Write a one-sentence reply to a customer support message."""
+
+        message: str = dspy.InputField()
+        category: str = dspy.InputField()
+        reply: str = dspy.OutputField()
+
+    try:
+        triage_lm, reply_lm = get_lm(triage_model), get_lm(reply_model)
+    except (UnknownModelError, ImportError, ValueError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    triage, reply = dspy.Predict(Triage), dspy.Predict(Reply)
+    triage.lm, reply.lm = triage_lm, reply_lm
+
+    console.print(f"[bold]stagewise demo[/bold]: triage on [cyan]{triage_model}[/cyan], "
+                  f"reply on [cyan]{reply_model}[/cyan], in-process through llama.cpp, typed outputs "
+                  "constrained to each signature's JSON schema.\n")
+    started = time.perf_counter()
+    with dspy.context(adapter=dspy.JSONAdapter()), track_usage() as ledger:
+        for number, message in enumerate(DEMO_MESSAGES, 1):
+            with request_scope(f"request-{number}"):
+                with stage_scope("triage"):
+                    label = triage(message=message)
+                with stage_scope("reply"):
+                    answer = reply(message=message, category=label.category)
+            console.print(f"[bold]{number}.[/bold] {message}")
+            console.print(f"   triage: category={label.category!r} urgent={label.urgent!r}")
+            console.print(f"   reply:  {answer.reply!r}\n")
+
+    totals = ledger.totals(by=["stage", "model"]).reset_index()
+    table = Table(title=f"Usage per stage ({len(ledger)} calls in {time.perf_counter() - started:.1f} s)")
+    for column in ("stage", "model", "calls", "input tokens", "output tokens", "latency s", "cost $ (notional)"):
+        table.add_column(column)
+    for row in totals.itertuples(index=False):
+        table.add_row(row.stage, row.model, str(row.calls), str(row.input_tokens), str(row.output_tokens),
+                      f"{row.latency_s:.2f}", f"{row.cost_usd:.8f}")
+    console.print(table)
+    console.print("Local prices are notional (proportional to parameter count); see `stagewise models`.")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

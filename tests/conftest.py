@@ -1,0 +1,22 @@
+import os
+from pathlib import Path
+
+import pytest
+
+import stagewise  # noqa: F401  (offline price map before DSPy loads)
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = Path(os.environ.get("STAGEWISE_SHARED_DATA", ROOT.parent / "shared" / "data"))
+ROUTERBENCH_TEST = SHARED_DATA / "routerbench" / "arc_challenge_test.csv"
+ROUTELLM = SHARED_DATA / "routellm" / "gsm8k_responses.csv"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_dspy_cache(tmp_path_factory, monkeypatch):
+    """Tests that check accounting must see real calls, not answers cached by an earlier test."""
+    import dspy
+
+    monkeypatch.setattr(dspy, "cache", dspy.clients.cache.Cache(
+        enable_disk_cache=False, enable_memory_cache=True,
+        disk_cache_dir=str(tmp_path_factory.mktemp("dspy-cache")),
+    ))

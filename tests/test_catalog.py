@@ -1,0 +1,122 @@
+"""The model catalog: built-in entries, litellm prices, notional local prices, user files, errors."""
+
+import pytest
+
+from stagewise.models.catalog import (
+    NOTIONAL_INPUT_PER_B,
+    NOTIONAL_OUTPUT_PER_B,
+    CatalogError,
+    ModelCatalog,
+    UnknownModelError,
+    litellm_cost_map,
+)
+
+
+@pytest.fixture(scope="module")
+def catalog():
+    return ModelCatalog.load()
+
+
+def test_every_entry_has_the_documented_fields(catalog):
+    assert len(catalog) >= 10
+    for spec in catalog:
+        assert spec.context_format in ("xml", "markdown", "plain")
+        assert spec.latency_class in ("fast", "medium", "slow")
+        assert spec.context_window > 0 and spec.max_output > 0
+        assert spec.tokenizer
+
+
+def test_hosted_prices_come_from_litellms_bundled_map(catalog):
+    cost_map = litellm_cost_map()
+    hosted = [s for s in catalog if s.engine == "litellm"]
+    assert hosted
+    for spec in hosted:
+        entry = cost_map[spec.litellm_key]
+        assert spec.price_source == "litellm"
+        assert spec.input_price == pytest.approx(entry["input_cost_per_token"] * 1e6)
+        assert spec.output_price == pytest.approx(entry["output_cost_per_token"] * 1e6)
+        assert spec.context_window == entry["max_input_tokens"]
+
+
+def test_local_models_have_a_notional_price_proportional_to_size(catalog):
+    small, larger = catalog["smollm2-135m"], catalog["gemma3-270m"]
+    assert small.price_source == larger.price_source == "notional"
+    assert small.input_price == pytest.approx(0.135 * NOTIONAL_INPUT_PER_B)
+    assert small.output_price == pytest.approx(0.135 * NOTIONAL_OUTPUT_PER_B)
+    assert larger.input_price / small.input_price == pytest.approx(0.27 / 0.135)
+
+
+def test_cost_is_tokens_times_price(catalog):
+    spec = catalog["gpt-4o-mini"]  # $0.15 / $0.60 per million tokens
+    assert spec.cost(1_000_000, 0) == pytest.approx(spec.input_price)
+    assert spec.cost(2_000, 500) == pytest.approx((2_000 * 0.15 + 500 * 0.60) / 1e6)
+
+
+def test_unknown_model_lists_close_matches(catalog):
+    with pytest.raises(UnknownModelError) as info:
+        catalog["smollm2"]
+    assert "smollm2-135m" in info.value.suggestions
+    assert "Did you mean: smollm2-135m" in str(info.value)
+
+
+def test_user_file_adds_and_replaces_entries(tmp_path):
+    user = tmp_path / "models.toml"
+    user.write_text(
+        """
+[models.my-server]
+provider = "openai-compatible"
+engine = "litellm"
+model = "openai/my-model"
+api_base = "http://127.0.0.1:9999/v1"
+input_price = 0.5
+output_price = 1.5
+context_window = 4096
+max_output = 512
+tokenizer = "cl100k_base"
+
+[models.gpt-4o-mini]
+provider = "openai"
+engine = "litellm"
+model = "openai/gpt-4o-mini"
+context_format = "xml"
+tokenizer = "o200k_base"
+"""
+    )
+    catalog = ModelCatalog.load(user)
+    assert catalog["my-server"].price_source == "explicit"
+    assert catalog.price_of("my-server", 1000, 1000) == pytest.approx(2.0e-3)
+    assert catalog["gpt-4o-mini"].context_format == "xml"
+    assert "smollm2-135m" in catalog
+
+
+@pytest.mark.parametrize(
+    "entry, field",
+    [
+        ('provider = "x"\nengine = "llama_cpp"\nmodel = "m"\ncontext_window = 1\nmax_output = 1\ntokenizer = "llama.cpp"\nparameters_b = 1\ncontext_format = "html"', "context_format"),
+        ('provider = "x"\nengine = "litellm"\nmodel = "openai/m"\ncontext_window = 1\nmax_output = 1\ntokenizer = "t"\nlitellm_key = "no-such-model"', "no-such-model"),
+        ('provider = "x"\nengine = "llama_cpp"\nmodel = "m"\ncontext_window = 1\nmax_output = 1\ntokenizer = "llama.cpp"', "parameters_b"),
+        ('provider = "x"\nengine = "llama_cpp"\nmodel = "m"\ncontext_window = "big"\nmax_output = 1\ntokenizer = "llama.cpp"\nparameters_b = 1', "context_window"),
+        ('provider = "x"\nengine = "litellm"\nmodel = "openai/gpt-4o"\ntokenizer = "t"\ncolour = "red"', "colour"),
+        ('engine = "litellm"\nmodel = "openai/gpt-4o"\ntokenizer = "t"', "provider"),
+    ],
+)
+def test_malformed_user_catalog_names_file_entry_and_field(tmp_path, entry, field):
+    user = tmp_path / "bad.toml"
+    user.write_text(f"[models.broken]\n{entry}\n")
+    with pytest.raises(CatalogError) as info:
+        ModelCatalog.load(user)
+    message = str(info.value)
+    assert str(user) in message and "'broken'" in message and field in message
+
+
+def test_unreadable_user_catalogs(tmp_path):
+    with pytest.raises(CatalogError, match="does not exist"):
+        ModelCatalog.load(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[models.x\nprovider=")
+    with pytest.raises(CatalogError, match="not valid TOML"):
+        ModelCatalog.load(bad)
+    top = tmp_path / "top.toml"
+    top.write_text("[model.x]\nprovider='a'\n")
+    with pytest.raises(CatalogError, match="unknown top-level"):
+        ModelCatalog.load(top)
