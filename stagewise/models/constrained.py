@@ -17,7 +17,7 @@ from typing import Any
 
 DEFAULT_MAX_ITEMS = 8
 NUMBER_CHARS = 40  # sign, 16 integral digits, point, 16 decimals, exponent: llama.cpp's number rule
-SEPARATOR_TOKENS = 2  # whitespace the grammar allows around each separator
+SEPARATOR_TOKENS = 1  # a whitespace run the grammar allows around a separator: one token
 MIN_STRING_CHARS = 8
 
 
@@ -41,14 +41,15 @@ def _resolve(node: dict, root: dict) -> dict:
     return node
 
 
-def _walk(node: dict, root: dict, multiplicity: int, strings: dict[int, tuple[dict, int]], depth: int = 0) -> int:
+def _walk(node: dict, root: dict, multiplicity: int, strings: dict[int, tuple[dict, int]], items: int,
+          depth: int = 0) -> int:
     """Worst-case characters of everything but free strings; records free strings and how often they repeat."""
     if depth > 32:
         raise ValueError("JSON schema nests deeper than 32 levels (recursive $ref?)")
     node = _resolve(node, root)
     for key in ("anyOf", "oneOf"):
         if key in node:
-            return max(_walk(option, root, multiplicity, strings, depth + 1) for option in node[key])
+            return max(_walk(option, root, multiplicity, strings, items, depth + 1) for option in node[key])
     if "enum" in node:
         return multiplicity * max(len(json.dumps(value)) for value in node["enum"])
     if "const" in node:
@@ -69,37 +70,41 @@ def _walk(node: dict, root: dict, multiplicity: int, strings: dict[int, tuple[di
     if kind == "null":
         return multiplicity * 4
     if kind == "array":
-        items = node.get("items") or {}
-        node.setdefault("maxItems", DEFAULT_MAX_ITEMS)
-        count = node["maxItems"]
-        inner = _walk(items, root, multiplicity * count, strings, depth + 1) if count else 0
+        count = node.setdefault("maxItems", items)
+        inner = _walk(node.get("items") or {}, root, multiplicity * count, strings, items, depth + 1) if count else 0
         return multiplicity * (2 + count * (1 + SEPARATOR_TOKENS)) + inner
     if kind == "object" or "properties" in node:
         total = multiplicity * 2
         for name, child in (node.get("properties") or {}).items():
             total += multiplicity * (len(json.dumps(name)) + 2 + 2 * SEPARATOR_TOKENS)
-            total += _walk(child, root, multiplicity, strings, depth + 1)
+            total += _walk(child, root, multiplicity, strings, items, depth + 1)
         return total
     return multiplicity * 64  # an unconstrained value: llama.cpp's generic JSON value
 
 
 def bound_schema(schema: dict, max_tokens: int) -> dict:
-    """A copy of ``schema`` whose longest admissible JSON fits in ``max_tokens`` tokens."""
-    bounded = copy.deepcopy(schema)
-    strings: dict[int, tuple[dict, int]] = {}
-    fixed = _walk(bounded, bounded, 1, strings)
-    if strings:
+    """A copy of ``schema`` whose longest admissible JSON fits in ``max_tokens`` tokens.
+
+    Arrays without ``maxItems`` get at most ``DEFAULT_MAX_ITEMS``, halved until every free
+    string can still hold ``MIN_STRING_CHARS`` characters; strings share what is left.
+    """
+    items = DEFAULT_MAX_ITEMS
+    while True:
+        bounded = copy.deepcopy(schema)
+        strings: dict[int, tuple[dict, int]] = {}
+        fixed = _walk(bounded, bounded, 1, strings, items)
         slots = sum(count for _, count in strings.values())
-        per_string = (max_tokens - fixed) // slots
-        if per_string < MIN_STRING_CHARS:
+        per_string = (max_tokens - fixed) // slots if slots else max_tokens - fixed
+        if per_string >= (MIN_STRING_CHARS if slots else 0):
+            break
+        if items == 1:
             raise ValueError(
-                f"max_tokens={max_tokens} is too small for this output schema (its fixed parts alone can take "
-                f"{fixed} tokens, leaving {max_tokens - fixed} for {slots} strings): raise max_tokens"
+                f"max_tokens={max_tokens} is too small for this output schema: its fixed parts alone can take "
+                f"{fixed} tokens, leaving too little for {slots} strings; raise max_tokens"
             )
-        for node, _ in strings.values():
-            node["maxLength"] = min(node.get("maxLength", per_string), per_string)
-    elif fixed > max_tokens:
-        raise ValueError(f"max_tokens={max_tokens} is too small for this output schema (it can take {fixed} tokens)")
+        items //= 2
+    for node, _ in strings.values():
+        node["maxLength"] = min(node.get("maxLength", per_string), per_string)
     return bounded
 
 

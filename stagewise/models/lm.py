@@ -36,9 +36,9 @@ class MissingAPIKeyError(RuntimeError):
 class StagewiseLM(dspy.LM):
     """A DSPy LM for one catalog entry. ``lm.usage`` holds the records of its calls."""
 
-    def __init__(self, spec: ModelSpec, model: str, *, engine: Any = "auto", **kwargs: Any):
+    def __init__(self, model: str, *, spec: ModelSpec | dict, engine: Any = "auto", **kwargs: Any):
         super().__init__(model, engine=engine, **kwargs)
-        self.spec = spec
+        self.spec = spec if isinstance(spec, ModelSpec) else ModelSpec(**spec)  # a dict: from a saved program
         self.usage = UsageLedger()
 
     @with_callbacks
@@ -108,7 +108,7 @@ class StagewiseLM(dspy.LM):
 
     def dump_state(self):
         state = super().dump_state()
-        state["stagewise_model"] = self.spec.name
+        state["spec"] = self.spec.model_dump(mode="json")  # names an API key variable, never a key
         return state
 
 
@@ -137,14 +137,14 @@ def get_lm(
         n_ctx = min(spec.context_window, 8192)
         engine = LlamaCppEngine(spec.model, n_ctx=n_ctx, max_tokens=max_tokens)
         # The cache key holds the model string, not the engine: one string per catalog model.
-        return StagewiseLM(spec, f"local/{spec.name}", engine=engine, num_retries=0, **options)
+        return StagewiseLM(f"local/{spec.name}", spec=spec, engine=engine, num_retries=0, **options)
     if spec.engine == "replay":
         from stagewise.models.replay import ReplayEngine
 
         if replay_table is None:
             raise ValueError(f"model {spec.name!r} replays recorded outcomes: pass replay_table=OutcomeTable.load(...)")
         engine = ReplayEngine(replay_table, spec)
-        return StagewiseLM(spec, f"replay/{spec.name}@{replay_table.fingerprint[:12]}", engine=engine,
+        return StagewiseLM(f"replay/{spec.name}@{replay_table.fingerprint[:12]}", spec=spec, engine=engine,
                            num_retries=0, **options)
     if spec.api_base:
         options.setdefault("api_base", spec.api_base)
@@ -157,4 +157,4 @@ def get_lm(
         options.setdefault("api_key", key)
     elif spec.api_base:
         options.setdefault("api_key", "no-key")  # OpenAI-compatible local servers ignore it
-    return StagewiseLM(spec, spec.model, **options)
+    return StagewiseLM(spec.model, spec=spec, **options)

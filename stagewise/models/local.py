@@ -14,6 +14,7 @@ an empty context (no KV prefix reuse) so the same request always gives the same 
 
 from __future__ import annotations
 
+import atexit
 import os
 import threading
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from dspy.clients.engines.base import validate_request
-from dspy.lm15 import Message, Response, Usage, response_to_events
+from dspy.lm15 import InvalidRequestError, Message, Response, Usage, response_to_events
 
 from stagewise.models.constrained import grammar_for, schema_of
 from stagewise.models.weights import weights_path
@@ -40,6 +41,14 @@ _models: dict[tuple[str, int, int], _SharedModel] = {}
 _models_lock = threading.Lock()
 
 
+def _close_models() -> None:
+    # Free llama.cpp while the interpreter is intact; its __del__ at shutdown prints errors.
+    with _models_lock:
+        for model in _models.values():
+            model.llama.close()
+        _models.clear()
+
+
 def _default_threads() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
@@ -54,6 +63,8 @@ def shared_model(path: Path, n_ctx: int, n_threads: int) -> _SharedModel:
 
             llama = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=n_threads, seed=DEFAULT_SEED, verbose=False)
             model = _models[key] = _SharedModel(llama, threading.Lock())
+            if len(_models) == 1:
+                atexit.register(_close_models)
         return model
 
 
@@ -113,7 +124,10 @@ class LlamaCppEngine:
         if config.top_p is not None:
             kwargs["top_p"] = config.top_p
         if constrained:
-            kwargs["grammar"] = grammar_for(schema, max_tokens)
+            try:
+                kwargs["grammar"] = grammar_for(schema, max_tokens)
+            except ValueError as exc:  # reaches the caller as dspy's LMInvalidRequestError
+                raise InvalidRequestError(f"{exc}", provider="local") from exc
         model = self.model
         with model.lock:
             model.llama.reset()  # no KV prefix reuse: identical requests give identical outputs
