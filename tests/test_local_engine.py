@@ -103,7 +103,7 @@ TYPES = {
 @pytest.mark.parametrize("model", LOCAL_MODELS)
 def test_typed_output_battery_never_fails_to_parse(model):
     """56 typed calls per model over str, int, float, bool, Literal, list and pydantic outputs."""
-    lm = get_lm(model, cache=False, max_tokens=160)
+    lm = get_lm(model, cache=False, max_tokens=256)
     failures, calls = [], 0
     with dspy.context(lm=lm, adapter=dspy.JSONAdapter()):
         for message in MESSAGES:

@@ -16,7 +16,10 @@ from functools import lru_cache
 from typing import Any
 
 DEFAULT_MAX_ITEMS = 8
-NUMBER_CHARS = 40  # sign, 16 integral digits, point, 16 decimals, exponent: llama.cpp's number rule
+# Longest values of llama.cpp's number rules: sign and 16 digits; then a 16-digit fraction and
+# an exponent with sign and 16 digits. Some tokenizers (Gemma's) spend one token per digit.
+INTEGER_CHARS = 17
+NUMBER_CHARS = 52
 SEPARATOR_TOKENS = 1  # a whitespace run the grammar allows around a separator: one token
 MIN_STRING_CHARS = 8
 
@@ -63,7 +66,9 @@ def _walk(node: dict, root: dict, multiplicity: int, strings: dict[int, tuple[di
         previous = strings.get(id(node), (node, 0))[1]
         strings[id(node)] = (node, previous + multiplicity)
         return multiplicity * 2  # the quotes
-    if kind in ("integer", "number"):
+    if kind == "integer":
+        return multiplicity * INTEGER_CHARS
+    if kind == "number":
         return multiplicity * NUMBER_CHARS
     if kind == "boolean":
         return multiplicity * 5

@@ -129,7 +129,8 @@ def get_lm(
     :class:`~stagewise.models.replay.OutcomeTable`).
     """
     spec = name if isinstance(name, ModelSpec) else (catalog or default_catalog())[name]
-    max_tokens = max_tokens or min(spec.max_output, 1024)
+    # Small local models loop until the limit more often than they finish: keep theirs short.
+    max_tokens = max_tokens or min(spec.max_output, 512 if spec.engine == "llama_cpp" else 1024)
     options: dict[str, Any] = dict(temperature=temperature, max_tokens=max_tokens, cache=cache, **kwargs)
     if spec.engine == "llama_cpp":
         from stagewise.models.local import LlamaCppEngine
@@ -148,6 +149,9 @@ def get_lm(
                            num_retries=0, **options)
     if spec.api_base:
         options.setdefault("api_base", spec.api_base)
+        # DSPy's native OpenAI route sends max_completion_tokens, which OpenAI-compatible servers
+        # (llama.cpp, vLLM, ...) ignore; its litellm route sends max_tokens.
+        options.setdefault("engine", "litellm")
     if spec.api_key_env:
         key = os.environ.get(spec.api_key_env)
         if not key:

@@ -1,0 +1,1 @@
+"""Stage-level and end-to-end metrics."""

@@ -1,0 +1,1 @@
+"""DSPy optimizers and the Optuna search over prompts, demos and per-stage models; Pareto front, tracking, export."""

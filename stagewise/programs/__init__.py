@@ -1,0 +1,1 @@
+"""DSPy modules that compose stages: chain, fan-out, router, hierarchy, cascade."""

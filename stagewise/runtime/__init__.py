@@ -1,0 +1,1 @@
+"""Execution-time concerns: checkpoints, stores, tracing, resilience."""

@@ -1,0 +1,1 @@
+"""Typed DSPy signatures for stage roles."""
