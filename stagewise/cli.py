@@ -47,8 +47,8 @@ def list_models(catalog: Path | None = typer.Option(None, help="A user catalog f
 
 @app.command()
 def demo(
-    triage_model: str = typer.Option("smollm2-135m", help="Catalog model for the triage stage."),
-    reply_model: str = typer.Option("gemma3-270m", help="Catalog model for the reply stage."),
+    triage_model: str = typer.Option("gemma3-270m", help="Catalog model for the triage stage."),
+    reply_model: str = typer.Option("smollm2-135m", help="Catalog model for the reply stage."),
 ) -> None:
     """Run a two-stage pipeline on the local models and show outputs, tokens and cost per stage."""
     import dspy
@@ -63,11 +63,11 @@ def demo(
         urgent: bool = dspy.OutputField(desc="true if the customer is blocked right now")
 
     class Reply(dspy.Signature):
-        """Write a one-sentence reply to a customer support message."""
+        """You are a bank's support agent. Answer the customer's message politely in one sentence."""
 
         message: str = dspy.InputField()
-        category: str = dspy.InputField()
-        reply: str = dspy.OutputField()
+        category: str = dspy.InputField(desc="the topic the triage stage assigned")
+        reply: str = dspy.OutputField(desc="a polite one-sentence answer to the customer")
 
     try:
         triage_lm, reply_lm = get_lm(triage_model), get_lm(reply_model)
@@ -94,13 +94,15 @@ def demo(
 
     totals = ledger.totals(by=["stage", "model"]).reset_index()
     table = Table(title=f"Usage per stage ({len(ledger)} calls in {time.perf_counter() - started:.1f} s)")
-    for column in ("stage", "model", "calls", "input tokens", "output tokens", "latency s", "cost $ (notional)"):
-        table.add_column(column)
+    for column in ("stage", "model", "calls", "in tok", "out tok", "latency s", "cost $"):
+        table.add_column(column, no_wrap=True)
     for row in totals.itertuples(index=False):
         table.add_row(row.stage, row.model, str(row.calls), str(row.input_tokens), str(row.output_tokens),
-                      f"{row.latency_s:.2f}", f"{row.cost_usd:.8f}")
+                      f"{row.latency_s:.2f}", f"{row.cost_usd:.3g}")
     console.print(table)
-    console.print("Local prices are notional (proportional to parameter count); see `stagewise models`.")
+    console.print("Local prices are notional (proportional to parameter count); see `stagewise models`. "
+                  "These tiny models are untuned: choosing each stage's model, prompt and demos is what "
+                  "stagewise's optimizer is for.")
 
 
 def main() -> None:

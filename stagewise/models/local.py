@@ -15,6 +15,7 @@ an empty context (no KV prefix reuse) so the same request always gives the same 
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import threading
 from dataclasses import dataclass
@@ -53,6 +54,26 @@ def _default_threads() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
+def _quiet_llama_logs() -> None:
+    """Send llama.cpp's own log lines to Python logging (llama-cpp-python prints some to stderr)."""
+    import ctypes
+
+    import llama_cpp
+
+    logger = logging.getLogger("stagewise.llama_cpp")
+
+    @llama_cpp.llama_log_callback
+    def forward(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+        logger.log(logging.ERROR if level == 3 else logging.DEBUG, text.decode("utf-8", "replace").rstrip())
+
+    global _log_callback
+    _log_callback = forward  # llama.cpp keeps a raw pointer: keep the callback alive
+    llama_cpp.llama_log_set(forward, ctypes.c_void_p(0))
+
+
+_log_callback = None
+
+
 def shared_model(path: Path, n_ctx: int, n_threads: int) -> _SharedModel:
     """The process-wide llama.cpp model for this file and context size, loaded on first use."""
     key = (str(path), n_ctx, n_threads)
@@ -61,7 +82,13 @@ def shared_model(path: Path, n_ctx: int, n_threads: int) -> _SharedModel:
         if model is None:
             from llama_cpp import Llama
 
-            llama = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=n_threads, seed=DEFAULT_SEED, verbose=False)
+            if _log_callback is None:
+                _quiet_llama_logs()
+            from llama_cpp._utils import suppress_stdout_stderr
+
+            with suppress_stdout_stderr(disable=False):  # llama.cpp prints a few lines past its log callback
+                llama = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=n_threads, seed=DEFAULT_SEED,
+                              verbose=False)
             model = _models[key] = _SharedModel(llama, threading.Lock())
             if len(_models) == 1:
                 atexit.register(_close_models)
