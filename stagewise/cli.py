@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 from typing import Literal
@@ -14,7 +15,8 @@ import stagewise  # noqa: F401  (sets the offline price-map default before DSPy 
 from stagewise.models.catalog import CatalogError, ModelCatalog, UnknownModelError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Compile and optimize multi-model LLM pipelines.")
-console = Console()
+# Tables are wider than 80 columns: never squeeze them when output goes to a pipe or a file.
+console = Console(width=max(shutil.get_terminal_size((160, 24)).columns, 120), soft_wrap=True)
 
 DEMO_MESSAGES = [
     "My card payment was declined twice at the supermarket today, please help!",
