@@ -126,4 +126,4 @@ def grammar_for(schema: dict | None, max_tokens: int):
     """The llama.cpp grammar for ``schema`` bounded to ``max_tokens`` (None: any JSON). Cached."""
     if schema is None:
         return _compile(None)
-    return _compile(json.dumps(bound_schema(schema, max_tokens), sort_keys=True))
+    return _compile(json.dumps(bound_schema(schema, max_tokens)))  # key order is the output order
