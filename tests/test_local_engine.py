@@ -134,7 +134,33 @@ def test_long_free_text_is_bounded_so_the_json_always_closes():
     with dspy.context(lm=lm, adapter=dspy.JSONAdapter()):
         prediction = dspy.Predict("topic -> essay: str, tags: list[str]")(topic="the history of the bicycle")
     assert isinstance(prediction.essay, str) and isinstance(prediction.tags, list)
-    assert lm.usage.records[-1].output_tokens <= 96
+    assert lm.usage.records[-1].output_tokens <= 2 * 96  # at most one strict retry
+
+
+def test_output_cut_by_the_limit_is_decoded_again_with_strict_bounds(monkeypatch):
+    """Orchestration of the retry, with the model call scripted: cut first, complete second."""
+    from stagewise.models.constrained import grammar_for
+
+    engine = get_lm("smollm2-135m", cache=False, max_tokens=96).engine
+    seen = []
+
+    def scripted(kwargs):
+        seen.append(kwargs["grammar"])
+        cut = len(seen) == 1
+        return {"id": "x", "choices": [{"message": {"content": '{"essay": "ab' if cut else '{"essay": "ab"}'},
+                                        "finish_reason": "length" if cut else "stop"}],
+                "usage": {"prompt_tokens": 10, "completion_tokens": 96 if cut else 7}}
+
+    monkeypatch.setattr(engine, "_generate", scripted)
+    from dspy.lm15 import Config, Message, Request
+
+    schema = {"type": "object", "properties": {"essay": {"type": "string"}}, "required": ["essay"]}
+    request = Request(model="local/x", messages=(Message.user("write"),),
+                      config=Config(max_tokens=96, response_format={"type": "json_schema", "schema": schema}))
+    response = engine.complete(request)
+    assert seen == [grammar_for(schema, 96, 3), grammar_for(schema, 96, 1)]
+    assert response.message.text == '{"essay": "ab"}' and response.finish_reason == "stop"
+    assert (response.usage.input_tokens, response.usage.output_tokens) == (20, 103)  # both attempts count
 
 
 def test_calls_are_deterministic_by_default():

@@ -18,6 +18,7 @@ import atexit
 import logging
 import os
 import threading
+from functools import cache
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from typing import Any
 from dspy.clients.engines.base import validate_request
 from dspy.lm15 import InvalidRequestError, Message, Response, Usage, response_to_events
 
-from stagewise.models.constrained import grammar_for, schema_of
+from stagewise.models.constrained import OPTIMISTIC_CHARS_PER_TOKEN, LazyGrammarFilter, grammar_for, schema_of
 from stagewise.models.weights import weights_path
 
 DEFAULT_SEED = 0
@@ -40,6 +41,40 @@ class _SharedModel:
 
 _models: dict[tuple[str, int, int], _SharedModel] = {}
 _models_lock = threading.Lock()
+
+
+@cache
+def _llama_class():
+    """llama_cpp.Llama, with greedy grammar-constrained sampling made cheap (LazyGrammarFilter)."""
+    import ctypes
+
+    import llama_cpp
+    from llama_cpp import Llama, _internals
+
+    class LazyGrammarLlama(Llama):
+        def _init_sampler(self, **options):
+            grammar = options.get("grammar")
+            greedy = options.get("temp") == 0.0 and not options.get("mirostat_mode")
+            if grammar is None or not greedy or options.get("logits_processor") is not None:
+                return super()._init_sampler(**options)
+            # Llama._init_sampler's greedy chain, with the lazy filter in front of the grammar.
+            sampler = _internals.LlamaSampler()
+            sampler.add_penalties(
+                n_vocab=self._n_vocab, penalty_last_n=self.last_n_tokens_size,
+                penalty_repeat=options.get("repeat_penalty", 1.0),
+                penalty_freq=options.get("frequency_penalty", 0.0),
+                penalty_present=options.get("presence_penalty", 0.0),
+            )
+            lazy = LazyGrammarFilter(self._model.vocab, grammar)
+            llama_cpp.llama_sampler_chain_add(sampler.sampler, ctypes.pointer(lazy.sampler))
+            # The chain must not free a sampler it does not own: listed here, it is removed first.
+            sampler.custom_samplers.append((llama_cpp.llama_sampler_chain_n(sampler.sampler) - 1, lazy))
+            sampler._exit_stack.callback(lazy.close)
+            sampler.add_grammar(self._model, grammar)
+            sampler.add_greedy()
+            return sampler
+
+    return LazyGrammarLlama
 
 
 def _close_models() -> None:
@@ -80,14 +115,12 @@ def shared_model(path: Path, n_ctx: int, n_threads: int) -> _SharedModel:
     with _models_lock:
         model = _models.get(key)
         if model is None:
-            from llama_cpp import Llama
-
             if _log_callback is None:
                 _quiet_llama_logs()
             from llama_cpp._utils import suppress_stdout_stderr
 
             with suppress_stdout_stderr(disable=False):  # llama.cpp prints a few lines past its log callback
-                llama = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=n_threads, seed=DEFAULT_SEED,
+                llama = _llama_class()(model_path=str(path), n_ctx=n_ctx, n_threads=n_threads, seed=DEFAULT_SEED,
                               verbose=False)
             model = _models[key] = _SharedModel(llama, threading.Lock())
             if len(_models) == 1:
@@ -150,24 +183,37 @@ class LlamaCppEngine:
         }
         if config.top_p is not None:
             kwargs["top_p"] = config.top_p
+        # Strict string bounds always fit max_tokens; optimistic ones fit typical text and give
+        # the model more room. Decode optimistically, and strictly only if the JSON was cut.
+        grammars = [None]
         if constrained:
             try:
-                kwargs["grammar"] = grammar_for(schema, max_tokens)
+                grammars = [grammar_for(schema, max_tokens, 1)]  # fails here if even strict bounds cannot fit
+                if schema is not None:
+                    grammars.insert(0, grammar_for(schema, max_tokens, OPTIMISTIC_CHARS_PER_TOKEN))
             except ValueError as exc:  # reaches the caller as dspy's LMInvalidRequestError
                 raise InvalidRequestError(f"{exc}", provider="local") from exc
-        model = self.model
-        with model.lock:
-            model.llama.reset()  # no KV prefix reuse: identical requests give identical outputs
-            completion = model.llama.create_chat_completion(**kwargs)
+        input_tokens = output_tokens = 0
+        for grammar in grammars:
+            completion = self._generate({**kwargs, "grammar": grammar})
+            input_tokens += completion["usage"]["prompt_tokens"]  # every attempt is accounted for
+            output_tokens += completion["usage"]["completion_tokens"]
+            if completion["choices"][0].get("finish_reason") != "length":
+                break
         choice = completion["choices"][0]
-        usage = completion["usage"]
         return Response(
             id=completion.get("id"),
             model=request.model,
             message=Message.assistant(choice["message"]["content"] or ""),
             finish_reason="length" if choice.get("finish_reason") == "length" else "stop",
-            usage=Usage(input_tokens=usage["prompt_tokens"], output_tokens=usage["completion_tokens"]),
+            usage=Usage(input_tokens=input_tokens, output_tokens=output_tokens),
         )
+
+    def _generate(self, kwargs: dict[str, Any]) -> dict:
+        model = self.model
+        with model.lock:
+            model.llama.reset()  # no KV prefix reuse: identical requests give identical outputs
+            return model.llama.create_chat_completion(**kwargs)
 
     def stream(self, request):
         return response_to_events(self.complete(request))
