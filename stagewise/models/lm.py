@@ -134,7 +134,9 @@ def get_lm(
     options: dict[str, Any] = dict(temperature=temperature, max_tokens=max_tokens, cache=cache, **kwargs)
     if spec.engine == "llama_cpp":
         from stagewise.models.local import LlamaCppEngine
+        from stagewise.models.weights import weights_path
 
+        weights_path(spec.model)  # a missing weights package is reported here, not at the first call
         n_ctx = min(spec.context_window, 8192)
         engine = LlamaCppEngine(spec.model, n_ctx=n_ctx, max_tokens=max_tokens)
         # The cache key holds the model string, not the engine: one string per catalog model.

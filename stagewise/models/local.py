@@ -4,7 +4,9 @@ It implements DSPy 3.4's engine protocol (``complete(Request) -> Response``, ``s
 ``close``). Typed outputs always parse: when a request carries a JSON schema (DSPy's
 JSONAdapter sends the signature's output fields as one, because this engine declares
 ``supports_response_schema``), decoding is constrained by a llama.cpp grammar compiled
-from that schema, so the text the adapter parses is valid JSON of the right shape.
+from that schema, bounded so that it fits ``max_tokens`` (``stagewise.models.constrained``),
+so the text the adapter parses is complete JSON of the right shape. Greedy constrained
+decoding checks the likeliest token first (``LazyGrammarFilter``): same output, less work.
 
 A model file is loaded once per process and shared: deep copies of the engine (DSPy
 deep-copies LMs with their programs) return the same engine, and calls into one llama.cpp
@@ -18,8 +20,8 @@ import atexit
 import logging
 import os
 import threading
-from functools import cache
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 

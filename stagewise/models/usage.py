@@ -52,6 +52,9 @@ class UsageLedger:
         self._records: list[UsageRecord] = []
         self._lock = threading.Lock()
 
+    def __deepcopy__(self, memo) -> UsageLedger:
+        return self  # DSPy deep-copies programs and their LMs: the copies account into one ledger
+
     def add(self, record: UsageRecord) -> None:
         with self._lock:
             self._records.append(record)
