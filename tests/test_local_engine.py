@@ -247,3 +247,24 @@ def test_engine_state_round_trips_through_dspy_save(tmp_path):
     loaded.load(str(path), allow_unsafe_lm_state=True)
     assert isinstance(loaded.lm.engine, LlamaCppEngine)
     assert loaded.lm.engine.weights == "smollm2-135m-instruct"
+
+
+def test_a_schema_llama_cpp_cannot_compile_is_a_clear_error_not_a_crash():
+    from dspy.lm15 import Config, Message, Request
+    from dspy.lm15 import InvalidRequestError
+
+    engine = get_lm("smollm2-135m", cache=False).engine
+    schema = {"type": "object", "properties": {"codes": {"type": "array", "items": {"type": "integer"},
+                                                         "maxItems": 5000}}}
+    request = Request(model="local/x", messages=(Message.user("list codes"),),
+                      config=Config(max_tokens=100000, response_format={"type": "json_schema", "schema": schema}))
+    with pytest.raises(InvalidRequestError, match="cannot compile the grammar"):
+        engine.complete(request)
+
+
+def test_long_outputs_stay_within_llama_cpps_grammar_limits():
+    """A large max_tokens must not give strings a bound llama.cpp refuses (it would crash)."""
+    lm = get_lm("smollm2-135m", cache=False, max_tokens=2048)
+    with dspy.context(lm=lm, adapter=dspy.JSONAdapter()):
+        prediction = dspy.Predict("message -> reply: str")(message="Hello!")
+    assert isinstance(prediction.reply, str)

@@ -24,6 +24,7 @@ INTEGER_CHARS = 17
 NUMBER_CHARS = 52
 SEPARATOR_TOKENS = 1  # a whitespace run the grammar allows around a separator: one token
 MIN_STRING_CHARS = 8
+MAX_STRING_CHARS = 1000  # llama.cpp refuses longer bounded repetitions in a grammar
 OPTIMISTIC_CHARS_PER_TOKEN = 3
 
 
@@ -114,7 +115,7 @@ def bound_schema(schema: dict, max_tokens: int, chars_per_token: int = 1) -> dic
             )
         items //= 2
     for node, _ in strings.values():
-        node["maxLength"] = min(node.get("maxLength", per_string), per_string)
+        node["maxLength"] = min(node.get("maxLength", per_string), per_string, MAX_STRING_CHARS)
     return bounded
 
 
@@ -133,6 +134,29 @@ def grammar_for(schema: dict | None, max_tokens: int, chars_per_token: int = 1):
         return _compile(None)
     bounded = bound_schema(schema, max_tokens, chars_per_token)
     return _compile(json.dumps(bounded))  # not sort_keys: key order is the output order
+
+
+def check_grammar(vocab, grammar) -> None:
+    """Raise ValueError if llama.cpp refuses ``grammar`` (it would crash the sampler chain).
+
+    llama.cpp's parser limits repetitions (for example a user schema's ``maxItems`` of
+    thousands); llama-cpp-python compiles such a schema without complaint.
+    """
+    import llama_cpp
+
+    checked = getattr(grammar, "_stagewise_checked", None)
+    if checked is None:
+        sampler = llama_cpp.llama_sampler_init_grammar(vocab, grammar._grammar.encode("utf-8"),
+                                                       grammar._root.encode("utf-8"))
+        checked = bool(sampler)
+        if sampler:
+            llama_cpp.llama_sampler_free(sampler)
+        grammar._stagewise_checked = checked
+    if not checked:
+        raise ValueError(
+            "llama.cpp cannot compile the grammar for this output schema: a bound in it (maxLength, "
+            "maxItems) repeats too much; lower it"
+        )
 
 
 class LazyGrammarFilter:

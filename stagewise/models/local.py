@@ -28,7 +28,13 @@ from typing import Any
 from dspy.clients.engines.base import validate_request
 from dspy.lm15 import InvalidRequestError, Message, Response, Usage, response_to_events
 
-from stagewise.models.constrained import OPTIMISTIC_CHARS_PER_TOKEN, LazyGrammarFilter, grammar_for, schema_of
+from stagewise.models.constrained import (
+    OPTIMISTIC_CHARS_PER_TOKEN,
+    LazyGrammarFilter,
+    check_grammar,
+    grammar_for,
+    schema_of,
+)
 from stagewise.models.weights import weights_path
 
 DEFAULT_SEED = 0
@@ -193,6 +199,8 @@ class LlamaCppEngine:
                 grammars = [grammar_for(schema, max_tokens, 1)]  # fails here if even strict bounds cannot fit
                 if schema is not None:
                     grammars.insert(0, grammar_for(schema, max_tokens, OPTIMISTIC_CHARS_PER_TOKEN))
+                for grammar in grammars:
+                    check_grammar(self.model.llama._model.vocab, grammar)
             except ValueError as exc:  # reaches the caller as dspy's LMInvalidRequestError
                 raise InvalidRequestError(f"{exc}", provider="local") from exc
         input_tokens = output_tokens = 0
