@@ -120,3 +120,20 @@ def test_unreadable_user_catalogs(tmp_path):
     top.write_text("[model.x]\nprovider='a'\n")
     with pytest.raises(CatalogError, match="unknown top-level"):
         ModelCatalog.load(top)
+
+
+def test_model_strings_outside_the_catalog_are_priced_from_litellm(catalog):
+    spec = catalog.resolve("anthropic/claude-sonnet-4-5")
+    assert spec.engine == "litellm" and spec.price_source == "litellm"
+    assert spec.input_price == pytest.approx(litellm_cost_map()["claude-sonnet-4-5"]["input_cost_per_token"] * 1e6)
+    assert spec.api_key_env == "ANTHROPIC_API_KEY"
+    local = catalog.resolve("ollama_chat/llama3.1")
+    assert local.input_price == 0 and local.api_key_env is None
+    assert catalog.resolve("smollm2-135m") is catalog["smollm2-135m"]
+
+
+def test_unknown_model_string_says_how_to_add_it(catalog):
+    with pytest.raises(UnknownModelError) as info:
+        catalog.resolve("openai/gpt-4o-mimi")
+    message = str(info.value)
+    assert "explicit price" in message and "gpt-4o-mini" in message

@@ -44,6 +44,16 @@ EngineKind = Literal["llama_cpp", "litellm", "replay"]
 PriceSource = Literal["litellm", "notional", "explicit", "recorded"]
 
 USER_CATALOG_ENV = "STAGEWISE_CATALOG"
+# Where hosted providers' keys live, for model strings used outside the catalog.
+PROVIDER_KEY_ENV = {
+    "openai": "OPENAI_API_KEY",
+    "anthropic": "ANTHROPIC_API_KEY",
+    "gemini": "GEMINI_API_KEY",
+    "mistral": "MISTRAL_API_KEY",
+    "groq": "GROQ_API_KEY",
+    "deepseek": "DEEPSEEK_API_KEY",
+    "together_ai": "TOGETHERAI_API_KEY",
+}
 
 
 class CatalogError(ValueError):
@@ -53,11 +63,12 @@ class CatalogError(ValueError):
 class UnknownModelError(KeyError):
     """A model name is not in the catalog; the message lists the close matches."""
 
-    def __init__(self, name: str, known: list[str]):
+    def __init__(self, name: str, known: list[str], detail: str = ""):
         self.name = name
         self.suggestions = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
         hint = f" Did you mean: {', '.join(self.suggestions)}?" if self.suggestions else ""
-        super().__init__(f"unknown model {name!r}.{hint} Known models: {', '.join(sorted(known))}.")
+        detail = f" {detail}" if detail else ""
+        super().__init__(f"unknown model {name!r}.{hint}{detail} Known models: {', '.join(sorted(known))}.")
 
     def __str__(self) -> str:  # KeyError would quote the whole message
         return self.args[0]
@@ -222,6 +233,28 @@ class ModelCatalog:
 
     def __len__(self) -> int:
         return len(self.specs)
+
+    def resolve(self, name: str) -> ModelSpec:
+        """A catalog entry by name, or a spec for a model string DSPy accepts (``openai/gpt-4o``).
+
+        A model string outside the catalog is priced from litellm's bundled cost map; one that
+        the map does not know either needs a user catalog entry (an explicit price).
+        """
+        if name in self.specs or "/" not in name:
+            return self[name]
+        provider, _, model = name.partition("/")
+        cost_map = litellm_cost_map()
+        candidates = [name, model] + ([f"ollama/{model}"] if provider == "ollama_chat" else [])
+        key = next((k for k in candidates if k in cost_map), None)
+        if key is None:
+            close = difflib.get_close_matches(model, list(cost_map), n=3, cutoff=0.6)
+            hint = f" Close entries in litellm's cost map: {', '.join(close)}." if close else ""
+            raise UnknownModelError(name, list(self.specs), f"It is not in litellm's cost map either.{hint} "
+                                    "Add it to a user catalog file with an explicit price.")
+        tokenizer = "o200k_base" if provider == "openai" and model.startswith(("gpt-4o", "gpt-4.1", "gpt-5", "o")) \
+            else "cl100k_base"
+        return ModelSpec(name=name, provider=provider, engine="litellm", model=name, litellm_key=key,
+                         api_key_env=PROVIDER_KEY_ENV.get(provider), tokenizer=tokenizer)
 
     def price_of(self, name: str, input_tokens: int, output_tokens: int) -> float:
         return self[name].cost(input_tokens, output_tokens)

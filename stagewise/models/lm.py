@@ -122,13 +122,13 @@ def get_lm(
     replay_table=None,
     **kwargs: Any,
 ) -> StagewiseLM:
-    """A ready ``dspy.LM`` for a catalog model.
+    """A ready ``dspy.LM`` for a catalog model, or for a model string DSPy accepts (``openai/gpt-4o``).
 
     Deterministic by default (temperature 0; local models also decode with a fixed seed).
     Replayed models need the outcome table to replay (``replay_table``, a
     :class:`~stagewise.models.replay.OutcomeTable`).
     """
-    spec = name if isinstance(name, ModelSpec) else (catalog or default_catalog())[name]
+    spec = name if isinstance(name, ModelSpec) else (catalog or default_catalog()).resolve(name)
     # Small local models loop until the limit more often than they finish: keep theirs short.
     max_tokens = max_tokens or min(spec.max_output, 512 if spec.engine == "llama_cpp" else 1024)
     options: dict[str, Any] = dict(temperature=temperature, max_tokens=max_tokens, cache=cache, **kwargs)
