@@ -72,7 +72,8 @@ def demo(
         reply: str = dspy.OutputField(desc="a polite one-sentence answer to the customer")
 
     try:
-        triage_lm, reply_lm = get_lm(triage_model), get_lm(reply_model)
+        # No response cache: the demo always shows the models at work, never answers from a previous run.
+        triage_lm, reply_lm = get_lm(triage_model, cache=False), get_lm(reply_model, cache=False)
     except (UnknownModelError, ImportError, ValueError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
