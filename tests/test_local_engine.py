@@ -268,3 +268,16 @@ def test_long_outputs_stay_within_llama_cpps_grammar_limits():
     with dspy.context(lm=lm, adapter=dspy.JSONAdapter()):
         prediction = dspy.Predict("message -> reply: str")(message="Hello!")
     assert isinstance(prediction.reply, str)
+
+
+def test_async_calls_run_the_model_in_a_worker_thread():
+    import asyncio
+
+    lm = get_lm("smollm2-135m", cache=False, max_tokens=16)
+
+    async def both():
+        return await asyncio.gather(lm.acall("Name a colour."), lm.acall("Name a fruit."))
+
+    colour, fruit = asyncio.run(both())
+    assert colour[0] == lm("Name a colour.")[0] and isinstance(fruit[0], str)
+    assert len(lm.usage) == 3 and all(r.output_tokens > 0 for r in lm.usage.records)

@@ -173,3 +173,13 @@ def test_cache_hits_are_recorded_as_free(routerbench):
     first, second = lm.usage.records[-2:]
     assert not first.cache_hit and first.cost_usd > 0
     assert second.cache_hit and second.cost_usd == 0 and second.input_tokens == 0
+
+
+def test_async_replay(routellm):
+    import asyncio
+
+    lm = get_lm("recorded/gpt-4-1106-preview", replay_table=routellm, cache=False)
+    prompt = routellm.prompts[5]
+    [answer] = asyncio.run(lm.acall(prompt))
+    assert answer == routellm.outcome(prompt, "gpt-4-1106-preview").response
+    assert lm.usage.records[-1].cost_source == "litellm"

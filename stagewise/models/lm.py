@@ -22,6 +22,7 @@ from dspy.clients._deprecation import warn_legacy_lm, warn_openai_messages
 from dspy.clients.execution import aexecute, execute, finalize, prepare
 from dspy.utils.callback import with_callbacks
 
+from stagewise.models.async_engine import ThreadedAsyncEngine
 from stagewise.models.catalog import ModelCatalog, ModelSpec, default_catalog
 from stagewise.models.tokens import count_chat_tokens, count_tokens
 from stagewise.models.usage import UsageLedger, UsageRecord, current_request, current_stage, record
@@ -41,13 +42,10 @@ class StagewiseLM(dspy.LM):
         self.spec = spec if isinstance(spec, ModelSpec) else ModelSpec(**spec)  # a dict: from a saved program
         self.usage = UsageLedger()
 
+    # dspy.BaseLM.__call__ and acall (DSPy 3.4.1), with a clock and a usage record around execute().
     @with_callbacks
     def __call__(self, prompt=None, *, messages=None, **kwargs):
-        # dspy.BaseLM.__call__ with a clock and a usage record around execute().
-        call = prepare(self, prompt, messages, kwargs)
-        if not call.managed:
-            warn_legacy_lm()
-        warn_openai_messages(self, messages)
+        call = self._prepared(prepare(self, prompt, messages, kwargs), messages)
         started = time.perf_counter()
         result = execute(self, call)
         self._account(call, result, time.perf_counter() - started)
@@ -57,14 +55,18 @@ class StagewiseLM(dspy.LM):
     async def acall(self, prompt=None, *, messages=None, **kwargs):
         import asyncio
 
-        call = await asyncio.to_thread(prepare, self, prompt, messages, kwargs, asynchronous=True)
-        if not call.managed:
-            warn_legacy_lm()
-        warn_openai_messages(self, messages)
+        prepared = await asyncio.to_thread(prepare, self, prompt, messages, kwargs, asynchronous=True)
+        call = self._prepared(prepared, messages)
         started = time.perf_counter()
         result = await aexecute(self, call)
         self._account(call, result, time.perf_counter() - started)
         return finalize(self, call, result)
+
+    def _prepared(self, call, messages):
+        if not call.managed:
+            warn_legacy_lm()
+        warn_openai_messages(self, messages)
+        return call
 
     def _account(self, call, result, latency_s: float) -> None:
         spec = self.spec
@@ -140,7 +142,8 @@ def get_lm(
         n_ctx = min(spec.context_window, 8192)
         engine = LlamaCppEngine(spec.model, n_ctx=n_ctx, max_tokens=max_tokens)
         # The cache key holds the model string, not the engine: one string per catalog model.
-        return StagewiseLM(f"local/{spec.name}", spec=spec, engine=engine, num_retries=0, **options)
+        return StagewiseLM(f"local/{spec.name}", spec=spec, engine=engine, async_engine=ThreadedAsyncEngine(engine),
+                           num_retries=0, **options)
     if spec.engine == "replay":
         from stagewise.models.replay import ReplayEngine
 
@@ -148,7 +151,7 @@ def get_lm(
             raise ValueError(f"model {spec.name!r} replays recorded outcomes: pass replay_table=OutcomeTable.load(...)")
         engine = ReplayEngine(replay_table, spec)
         return StagewiseLM(f"replay/{spec.name}@{replay_table.fingerprint[:12]}", spec=spec, engine=engine,
-                           num_retries=0, **options)
+                           async_engine=ThreadedAsyncEngine(engine), num_retries=0, **options)
     if spec.api_base:
         options.setdefault("api_base", spec.api_base)
         # DSPy's native OpenAI route sends max_completion_tokens, which OpenAI-compatible servers
