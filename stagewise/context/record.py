@@ -67,6 +67,7 @@ class Context:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add(self, section: Section) -> Section:
+        """Add a section; one with the same id replaces it (a stage that runs again in a request)."""
         with self._lock:
             self.sections[section.id] = section
         return section

@@ -103,6 +103,13 @@ class StagewiseLM(dspy.LM):
         completion = sum(count_tokens(text, self.spec.tokenizer).tokens for text in outputs)
         return prompt.tokens * max(1, len(outputs)), completion, prompt.encoding
 
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` for this model: its own tokenizer when local, else tiktoken."""
+        tokenize = getattr(self._engine_spec, "tokenize", None)
+        if callable(tokenize):
+            return len(tokenize(text))
+        return count_tokens(text, self.spec.tokenizer).tokens
+
     def copy(self, **kwargs):
         copied = super().copy(**kwargs)
         copied.usage = self.usage  # copies (DSPy makes many) account into one ledger

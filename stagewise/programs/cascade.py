@@ -1,0 +1,62 @@
+"""Cascade: the cheapest model first; a scorer accepts its answer or escalates to the next.
+
+The scorer is an LLM verifier stage (e.g. the ``Verify`` signature: ``correct`` and
+``confidence`` outputs) or any object with ``predict_proba(texts)`` whose second column is
+the probability that the answer is right (the FrugalGPT scorer of a later issue). The
+last tier's answer is accepted whatever its score.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from stagewise.context.record import Section
+from stagewise.programs.run import Run, StageRun
+from stagewise.programs.stage import Pipeline, Stage, StageConfigError, as_text, default_count
+
+
+class Cascade(Pipeline):
+    def __init__(self, name: str, tiers: list[Pipeline], scorer: Stage | Any, *, threshold: float = 0.5,
+                 answer: str = "answer", query: str = "input.query"):
+        super().__init__()
+        if len(tiers) < 2:
+            raise StageConfigError(f"cascade {name!r} needs at least two tiers")
+        if not 0.0 <= threshold <= 1.0:
+            raise StageConfigError(f"cascade {name!r}: threshold must be in [0, 1], got {threshold}")
+        if not isinstance(scorer, Stage) and not callable(getattr(scorer, "predict_proba", None)):
+            raise StageConfigError(f"cascade {name!r}: scorer must be a Stage or have predict_proba(texts)")
+        self.name, self.tiers, self.scorer = name, list(tiers), scorer
+        self.threshold, self.answer, self.query = threshold, answer, query
+        if isinstance(scorer, Stage) and scorer.inputs.get("answer") == ["*.answer"]:
+            scorer.inputs["answer"] = [f"{name}.candidate"]  # the verifier judges the current tier's answer
+        self.stages()
+
+    def _score(self, run: Run, tier: Pipeline, answer: Any) -> float:
+        if isinstance(self.scorer, Stage):
+            # The verifier reads the query and this tier's answer (``<tier>.<answer>`` as "answer").
+            text = as_text(answer)
+            run.context.add(Section(name="candidate", kind="stage_output", source=self.name,
+                                    content=text, tokens=default_count(text),
+                                    lineage=(f"{getattr(tier, 'name', '')}.{self.answer}",)))
+            verdict = self.scorer.execute(run)
+            confidence = float(verdict.get("confidence", 1.0))
+            return confidence if verdict.get("correct", True) else 1.0 - confidence
+        [query] = run.context.select([self.query], stage=self.name)
+        return float(self.scorer.predict_proba([f"{query.content}\n{as_text(answer)}"])[0][1])
+
+    def execute(self, run: Run) -> dict[str, Any]:
+        scores = []
+        for position, tier in enumerate(self.tiers):
+            outputs = tier.execute(run)
+            if self.answer not in outputs:
+                raise StageConfigError(f"cascade {self.name!r}: tier {getattr(tier, 'name', position)!r} "
+                                       f"produces no {self.answer!r} field")
+            last = position == len(self.tiers) - 1
+            score = None if last else self._score(run, tier, outputs[self.answer])
+            scores.append(score)
+            if last or score >= self.threshold:
+                tier_name = getattr(tier, "name", str(position))
+                run.log(StageRun(self.name, None, [], [], [
+                    f"accepted tier {tier_name!r} after {position} escalation(s); scores {scores}"]))
+                return {**outputs, "tier": tier_name, "escalations": position, "scores": scores}
+        raise AssertionError("unreachable: the last tier is always accepted")

@@ -1,0 +1,108 @@
+"""Hierarchical: a planner delegates sub-tasks to specialists; a synthesizer combines results.
+
+The planner sees the query, the specialists' capability descriptions and the constraints,
+never their documents. Each specialist runs on a context of its own: its sub-task as the
+query plus its own documents (``<specialist>-docs.context``), nothing from the others. The
+plan is validated: an unknown specialist, an empty plan or a plan over the sub-task budget
+is either an error (:class:`PlanError`) or sent back to the planner with the reason, by
+``policy``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from stagewise.context.record import INPUT, Context, Section
+from stagewise.programs.run import Run, StageRun, use_run
+from stagewise.programs.stage import Pipeline, Stage, StageConfigError, as_text, default_count
+
+
+class PlanError(ValueError):
+    """The planner's plan is invalid and the policy says not to re-plan (or re-planning failed)."""
+
+
+@dataclass
+class Specialist:
+    program: Pipeline
+    description: str
+    documents: list[str] = field(default_factory=list)
+
+
+class Hierarchy(Pipeline):
+    def __init__(self, name: str, planner: Stage, specialists: dict[str, Specialist], synthesizer: Stage, *,
+                 max_subtasks: int = 3, constraints: str = "", policy: Literal["error", "replan"] = "replan",
+                 max_replans: int = 1):
+        super().__init__()
+        if not specialists:
+            raise StageConfigError(f"hierarchy {name!r} has no specialists")
+        if policy not in ("error", "replan"):
+            raise StageConfigError(f"hierarchy {name!r}: policy must be 'error' or 'replan', got {policy!r}")
+        self.name, self.planner, self.synthesizer = name, planner, synthesizer
+        self.specialists = {n: s.program for n, s in specialists.items()}  # sub-modules, seen by set_models
+        self.profiles = {n: (s.description, list(s.documents)) for n, s in specialists.items()}
+        self.max_subtasks, self.constraints, self.policy, self.max_replans = max_subtasks, constraints, policy, max_replans
+        self.stages()
+
+    def _problem(self, subtasks: list[Any]) -> str | None:
+        if not subtasks:
+            return "the plan is empty"
+        unknown = sorted({t.specialist for t in subtasks} - set(self.specialists))
+        if unknown:
+            return f"unknown specialist(s) {unknown}; the specialists are {sorted(self.specialists)}"
+        if len(subtasks) > self.max_subtasks:
+            return f"{len(subtasks)} sub-tasks is over the budget of {self.max_subtasks}"
+        return None
+
+    def _plan(self, run: Run) -> list[Any]:
+        roster = "\n".join(f"{n}: {description}" for n, (description, _) in self.profiles.items())
+        base = f"at most {self.max_subtasks} sub-tasks. {self.constraints}".strip()
+        for name, text in (("specialists", roster), ("constraints", base)):
+            run.context.add(Section(name=name, kind="instruction", source=self.name, content=text,
+                                    tokens=default_count(text)))
+        for attempt in range(self.max_replans + 1 if self.policy == "replan" else 1):
+            subtasks = list(self.planner.execute(run).get("subtasks") or [])
+            problem = self._problem(subtasks)
+            if problem is None:
+                return subtasks
+            run.log(StageRun(self.name, None, [f"{self.planner.name}.subtasks"], [],
+                             [f"plan rejected (attempt {attempt + 1}): {problem}"]))
+            text = f"{base}\nYour previous plan was rejected: {problem}. Plan again."
+            run.context.add(Section(name="constraints", kind="instruction", source=self.name, content=text,
+                                    tokens=default_count(text)))
+        raise PlanError(f"hierarchy {self.name!r}: planner stage {self.planner.name!r} gave an invalid plan: {problem}")
+
+    def _delegate(self, run: Run, subtask: Any) -> dict[str, Any]:
+        """The specialist runs on its own context: the sub-task and its own documents only."""
+        _, documents = self.profiles[subtask.specialist]
+        own = Run(run.request_id, Context(), run.ledger, run.stages)
+        own._lock = run._lock
+        own.context.add(Section(name="query", kind="query", source=INPUT, content=subtask.task,
+                                tokens=default_count(subtask.task), lineage=(f"{self.planner.name}.subtasks",)))
+        if documents:
+            text = "\n\n".join(documents)
+            own.context.add(Section(name="context", kind="retrieved", source=f"{subtask.specialist}-docs",
+                                    content=text, tokens=default_count(text)))
+        with use_run(own):
+            outputs = self.specialists[subtask.specialist].execute(own)
+        for section_id, section in own.context.sections.items():
+            if section.source != INPUT:
+                run.context.add(section)  # the results join the request's record, for synthesis and lineage
+        return outputs
+
+    def execute(self, run: Run) -> dict[str, Any]:
+        subtasks = self._plan(run)
+        results = []
+        for subtask in subtasks:
+            outputs = self._delegate(run, subtask)
+            results.append({"specialist": subtask.specialist, "task": subtask.task,
+                            "result": {k: as_text(v) for k, v in outputs.items()}})
+        text = json.dumps(results, indent=1)
+        specialist_sections = tuple(i for i, s in run.context.sections.items()
+                                    if s.source in {n for p in self.specialists.values() for n in p.stages()})
+        run.context.add(Section(name="results", kind="stage_output", source=self.name, content=text,
+                                tokens=default_count(text), lineage=specialist_sections))
+        run.log(StageRun(self.name, None, [f"{self.planner.name}.subtasks"], [f"{self.name}.results"],
+                         [f"{len(subtasks)} sub-task(s): {', '.join(t.specialist for t in subtasks)}"]))
+        return self.synthesizer.execute(run)

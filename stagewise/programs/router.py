@@ -1,0 +1,75 @@
+"""Router: a routing decision sends each query to one of several routes, each a program.
+
+The decision is an LLM stage (e.g. the ``RoutingDecision`` signature, with ``route`` and
+``confidence`` outputs) or any object with ``predict(texts) -> labels`` (a scikit-learn
+classifier; its ``predict_proba`` gives the confidence when it has one). The route taken
+and its confidence are part of the result.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from stagewise.context.record import Section
+from stagewise.programs.run import Run, StageRun
+from stagewise.programs.stage import Pipeline, Stage, StageConfigError, default_count
+
+
+class UnknownRouteError(LookupError):
+    """The routing decision named a route that does not exist."""
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+class Router(Pipeline):
+    """Args:
+        decide: a Stage whose outputs include ``route`` (and ``confidence``), or a classifier.
+        routes: route label -> program.
+        descriptions: route label -> what it handles; given to an LLM router as ``routes``.
+        query: the section the decision reads (a classifier gets its text).
+    """
+
+    def __init__(self, name: str, decide: Stage | Any, routes: dict[str, Pipeline], *,
+                 descriptions: dict[str, str] | None = None, query: str = "input.query"):
+        super().__init__()
+        if not routes:
+            raise StageConfigError(f"router {name!r} has no routes")
+        if not isinstance(decide, Stage) and not callable(getattr(decide, "predict", None)):
+            raise StageConfigError(f"router {name!r}: decide must be a Stage or have predict(texts) -> labels")
+        self.name, self.decide, self.routes, self.query = name, decide, dict(routes), query
+        self.descriptions = descriptions or {label: label for label in routes}
+        self.stages()
+
+    def _decide(self, run: Run) -> tuple[str, float | None]:
+        if isinstance(self.decide, Stage):
+            text = "\n".join(f"{label}: {self.descriptions.get(label, label)}" for label in self.routes)
+            if f"{self.name}.routes" not in run.context:
+                run.context.add(Section(name="routes", kind="instruction", source=self.name, content=text,
+                                        tokens=default_count(text)))
+            out = self.decide.execute(run)
+            if "route" not in out:
+                raise StageConfigError(f"router {self.name!r}: its decision stage has no 'route' output")
+            confidence = out.get("confidence")
+            return str(out["route"]).strip(), float(confidence) if isinstance(confidence, (int, float)) else None
+        [query] = run.context.select([self.query], stage=self.name)
+        label = str(self.decide.predict([query.content])[0])
+        confidence = None
+        if callable(getattr(self.decide, "predict_proba", None)):
+            probabilities = self.decide.predict_proba([query.content])[0]
+            confidence = float(max(probabilities))
+        return label, confidence
+
+    def execute(self, run: Run) -> dict[str, Any]:
+        label, confidence = self._decide(run)
+        if label not in self.routes:
+            raise UnknownRouteError(f"router {self.name!r}: the decision chose route {label!r}, which does not "
+                                    f"exist (routes: {', '.join(self.routes)})")
+        for field, value in (("route", label), ("confidence", confidence)):
+            text = "" if value is None else str(value)
+            run.context.add(Section(name=field, kind="stage_output", source=self.name, content=text,
+                                    tokens=default_count(text)))
+        run.log(StageRun(self.name, None, [self.query], [f"{self.name}.route"],
+                         [f"routed to {label!r}" + ("" if confidence is None else f" (confidence {confidence:.2f})")]))
+        outputs = self.routes[label].execute(run)
+        return {**outputs, "route": label, "confidence": confidence}
