@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args
+
+from pydantic import BaseModel, Field, create_model
 
 from stagewise.context.record import INPUT, Context, Section
 from stagewise.programs.run import Run, StageRun, use_run
@@ -43,7 +45,29 @@ class Hierarchy(Pipeline):
         self.specialists = {n: s.program for n, s in specialists.items()}  # sub-modules, seen by set_models
         self.profiles = {n: (s.description, list(s.documents)) for n, s in specialists.items()}
         self.max_subtasks, self.constraints, self.policy, self.max_replans = max_subtasks, constraints, policy, max_replans
+        self._constrain_planner()
         self.stages()
+
+    def _constrain_planner(self) -> None:
+        """Type the plan so a schema-following model can only name real specialists, within budget.
+
+        When the planner's ``subtasks`` output is a list of objects with a ``specialist`` field,
+        that field becomes a ``Literal`` of the specialists' names and the list gets 1 to
+        ``max_subtasks`` items. Models that honour the JSON schema (local models, structured
+        outputs) then cannot produce an invalid plan; the validation below still guards the rest.
+        """
+        signature = self.planner.signature
+        annotation = signature.output_fields.get("subtasks")
+        item = get_args(annotation.annotation)[0] if annotation is not None and get_args(annotation.annotation) else None
+        if not (isinstance(item, type) and issubclass(item, BaseModel) and "specialist" in item.model_fields):
+            return
+        names = tuple(self.specialists)
+        fields = {name: (info.annotation, info) for name, info in item.model_fields.items()}
+        fields["specialist"] = (Literal[names], item.model_fields["specialist"])
+        assigned = create_model(f"{item.__name__}For{self.name.title().replace('_', '')}", **fields)
+        typed = Annotated[list[assigned], Field(min_length=1, max_length=self.max_subtasks)]
+        for predictor in self.planner.step.predictors():
+            predictor.signature = predictor.signature.with_updated_fields("subtasks", type_=typed)
 
     def _problem(self, subtasks: list[Any]) -> str | None:
         if not subtasks:

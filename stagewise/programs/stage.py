@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import dspy
@@ -196,10 +197,13 @@ class Stage(Pipeline):
                                   fixed_tokens=self._fixed_tokens(count))
             fitted = fit(sections, budget, count, stage=self.name, compress=self._compressor(count))
             notes, saved = fitted.notes, fitted.tokens_before - fitted.tokens_after
-            replaced = {original.id: new for original, new in zip(sections, fitted.sections)}
-            for new in fitted.sections:
-                if new.id not in run.context:
-                    run.context.add(new)  # compressed versions join the record; originals stay for expand
+            replaced = {}
+            for original, new in zip(sections, fitted.sections):
+                if new is not original:
+                    # The fitted copy belongs to this stage: later stages asking for the original
+                    # (``retrieve.*``) still get the original; lineage and expand lead back to it.
+                    replaced[original.id] = run.context.add(replace(new, source=f"{self.name}~budget",
+                                                                    name=original.id, lineage=(original.id,)))
             selected = {field: [replaced.get(s.id, s) for s in group] for field, group in selected.items()}
         fmt = spec.context_format if spec is not None else "markdown"
         values = {field: self._inject(group, fmt) for field, group in selected.items()}

@@ -1,0 +1,315 @@
+"""The orchestration programs end to end: on the real local models, and on the replay engine."""
+
+from typing import Literal
+
+import dspy
+import pandas as pd
+import pytest
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+
+from stagewise.context.budget import BudgetError
+from stagewise.context.record import MissingSectionError
+from stagewise.models.catalog import ModelCatalog
+from stagewise.models.lm import get_lm
+from stagewise.models.replay import OutcomeTable
+from stagewise.programs import (
+    Cascade,
+    Chain,
+    DisagreementReport,
+    DocumentIndex,
+    FanOut,
+    Hierarchy,
+    MajorityVote,
+    MergeProfile,
+    PlanError,
+    Retrieve,
+    Router,
+    Specialist,
+    Stage,
+    StageConfigError,
+    UnknownRouteError,
+)
+from stagewise.signatures import Plan, QueryAnalysis, Review, SpecialistAnswer, Synthesize
+
+from .conftest import ROUTELLM, SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def _json_adapter():
+    with dspy.context(adapter=dspy.JSONAdapter()):
+        yield
+
+
+@pytest.fixture(scope="module")
+def small():
+    return get_lm("smollm2-135m", cache=False, max_tokens=96)
+
+
+@pytest.fixture(scope="module")
+def banking_index():
+    """One document per Banking77 intent: the first 40 customer queries of that intent."""
+    frame = pd.read_csv(SHARED_DATA / "banking77" / "train.csv")
+    groups = frame.groupby("category")["text"].apply(lambda texts: " ".join(texts.head(40)))
+    return DocumentIndex(list(groups.values), ids=list(groups.index))
+
+
+@pytest.fixture(scope="module")
+def routellm():
+    return OutcomeTable.load(ROUTELLM)
+
+
+class Sentiment(dspy.Signature):
+    """Is the customer happy, neutral or unhappy?"""
+
+    ticket: str = dspy.InputField()
+    sentiment: Literal["happy", "neutral", "unhappy"] = dspy.OutputField()
+
+
+class Topic(dspy.Signature):
+    """What is the ticket about?"""
+
+    ticket: str = dspy.InputField()
+    topic: Literal["card", "transfer", "account", "other"] = dspy.OutputField()
+
+
+class Priority(dspy.Signature):
+    """How urgent is the ticket, from 1 (can wait) to 3 (blocked now)?"""
+
+    ticket: str = dspy.InputField()
+    priority: int = dspy.OutputField()
+
+
+TICKET = "My card was blocked at the airport and I cannot pay for my flight, please fix this now!"
+
+
+# --- errors that name the stage -------------------------------------------------------------
+
+def test_a_stage_asking_for_a_section_nobody_produced_names_the_stage(small):
+    chain = Chain("c", [Stage("answer", SpecialistAnswer, inputs={"context": "retrieve.*"}, lm=small)])
+    with pytest.raises(MissingSectionError, match=r"stage 'answer' needs section 'retrieve\.\*'"):
+        chain(query="Where is my card?")
+
+
+def test_a_route_label_with_no_route_names_the_router(small):
+    class Fixed:
+        def predict(self, texts):
+            return ["mortgages"] * len(texts)
+
+    router = Router("triage", Fixed(), {"cards": Stage("cards", SpecialistAnswer, lm=small)})
+    with pytest.raises(UnknownRouteError, match=r"router 'triage'.*'mortgages'.*routes: cards"):
+        router(query="hi", context="none")
+
+
+def test_a_budget_smaller_than_the_fixed_prompt_names_the_stage(tmp_path):
+    catalog_file = tmp_path / "models.toml"
+    catalog_file.write_text('[models.tiny-window]\nprovider = "local"\nengine = "llama_cpp"\n'
+                            'model = "smollm2-135m-instruct"\nparameters_b = 0.135\ncontext_window = 300\n'
+                            'max_output = 64\ntokenizer = "llama.cpp"\n')
+    lm = get_lm("tiny-window", catalog=ModelCatalog.load(catalog_file))
+    stage = Stage("review", Review, lm=lm)
+    with pytest.raises(BudgetError, match="review"):
+        stage(query="q", context_summary="c", output="o")
+
+
+def test_program_assembly_errors():
+    with pytest.raises(StageConfigError, match="two stages are named 'x'"):
+        Chain("c", [Stage("x", SpecialistAnswer), Stage("x", Synthesize)])
+    with pytest.raises(StageConfigError, match="no stage named 'nope'"):
+        Chain("c", [Stage("x", SpecialistAnswer)]).set_models({"nope": "smollm2-135m"})
+    with pytest.raises(StageConfigError, match="'colour' is not an input field"):
+        Stage("x", SpecialistAnswer, inputs={"colour": "input.query"})
+
+
+# --- each pattern, end to end on the real local model ---------------------------------------
+
+def test_four_stage_chain_completes_because_of_compression(tmp_path, banking_index):
+    """Retrieved context is larger than the review model's window: it is compressed, with notes."""
+    catalog_file = tmp_path / "models.toml"
+    catalog_file.write_text('[models.smollm2-1k]\nprovider = "local"\nengine = "llama_cpp"\n'
+                            'model = "smollm2-135m-instruct"\nparameters_b = 0.135\ncontext_window = 1024\n'
+                            'max_output = 192\ntokenizer = "llama.cpp"\ncontext_format = "plain"\n')
+    review_lm = get_lm("smollm2-1k", catalog=ModelCatalog.load(catalog_file), cache=False)
+    chain = Chain("support", [
+        Stage("analyze", QueryAnalysis),
+        Retrieve("retrieve", banking_index, k=3),
+        Stage("generate", SpecialistAnswer, inputs={"context": "retrieve.*"}, budget=700),
+        Stage("review", Review, inputs={"context_summary": "retrieve.*", "output": "generate.answer"}),
+    ])
+    chain.set_models({"analyze": "smollm2-135m", "generate": "smollm2-135m", "review": review_lm})
+    retrieved_tokens = None
+    prediction = chain(query="I ordered a new card two weeks ago and it still has not arrived. What can I do?")
+    trace = prediction.trace
+    assert prediction.verdict in ("accept", "revise", "reject") and isinstance(prediction.issues, list)
+    retrieved_tokens = sum(prediction.context[f"retrieve.passage_{i}"].tokens for i in (1, 2, 3))
+    assert retrieved_tokens > 1024  # more than the review model's whole window
+    review = trace["review"]
+    assert review.tokens_saved > 0 and review.notes
+    assert any(section.endswith("~compressed") or "compress" in section for section in review.received) \
+        or any("truncated" in note or "extractive" in note for note in review.notes)
+    assert [s.stage for s in trace.stages] == ["analyze", "retrieve", "generate", "review"]
+    assert trace["review"].model == "smollm2-1k" and trace["review"].input_tokens <= 1024
+    assert trace["generate"].calls == 1 and trace["generate"].cost_usd > 0
+    # Lineage: the review's verdict goes back to the retrieved passages and the request input.
+    ancestry = {s.id for s in trace.lineage("review.verdict")}
+    assert "input.query" in ancestry and "retrieve.passage_1" in ancestry and "generate.answer" in ancestry
+    assert "compress" in str(trace) or "truncat" in str(trace)
+
+
+def test_fanout_merges_a_multi_aspect_profile(small):
+    fanout = FanOut("ticket", {
+        "sentiment": Stage("sentiment", Sentiment), "topic": Stage("topic", Topic),
+        "priority": Stage("priority", Priority),
+    }, MergeProfile())
+    fanout.set_models({"sentiment": small, "topic": small, "priority": small})
+    prediction = fanout(ticket=TICKET)
+    assert prediction.sentiment in ("happy", "neutral", "unhappy")
+    assert prediction.topic in ("card", "transfer", "account", "other")
+    assert isinstance(prediction.priority, int)
+    assert set(prediction.profile) == {"sentiment", "topic", "priority"}
+    assert {s.stage for s in prediction.trace.stages} >= {"sentiment", "topic", "priority", "ticket"}
+
+
+def test_fanout_votes_across_models_and_reports_disagreement():
+    branches = {name: Stage(name, Sentiment) for name in ("smollm", "gemma", "smollm_again")}
+    vote = FanOut("vote", branches, DisagreementReport("sentiment"))
+    vote.set_models({"smollm": "smollm2-135m", "gemma": "gemma3-270m", "smollm_again": "smollm2-135m"})
+    prediction = vote(ticket=TICKET)
+    assert prediction.sentiment in ("happy", "neutral", "unhappy")
+    assert sum(prediction.votes.values()) == 3
+    assert set(prediction.dissenters) <= set(branches)
+    # The same model on the same context gives the same answer: the two SmolLM branches agree.
+    assert not ({"smollm", "smollm_again"} <= set(prediction.dissenters))
+    majority = FanOut("vote2", {n: Stage(f"{n}2", Sentiment) for n in ("a", "b")}, MajorityVote("sentiment"))
+    majority.set_models({"a2": "smollm2-135m", "b2": "smollm2-135m"})
+    assert majority(ticket=TICKET).agreement == 1.0
+
+
+def test_llm_router_sends_the_query_to_a_route(small):
+    class Decide(dspy.Signature):
+        """Pick the team that should handle the customer's query."""
+
+        query: str = dspy.InputField()
+        routes: str = dspy.InputField()
+        route: Literal["cards", "transfers"] = dspy.OutputField()
+        confidence: float = dspy.OutputField()
+
+    router = Router("router", Stage("decide", Decide), {
+        "cards": Stage("cards", SpecialistAnswer, inputs={"context": "input.context"}),
+        "transfers": Stage("transfers", SpecialistAnswer, inputs={"context": "input.context"}),
+    }, descriptions={"cards": "card delivery, PINs, blocked cards", "transfers": "sending and receiving money"})
+    router.set_models({"decide": small, "cards": small, "transfers": small})
+    prediction = router(query="My card is blocked.", context="Blocked cards can be unblocked in the app.")
+    assert prediction.route in ("cards", "transfers") and isinstance(prediction.confidence, float)
+    assert isinstance(prediction.answer, str)
+    assert prediction.trace[prediction.route].calls == 1
+
+
+def test_cascade_with_an_llm_verifier(small):
+    from stagewise.signatures import Verify
+
+    cascade = Cascade("cascade", [Stage("cheap", "query -> answer"), Stage("strong", "query -> answer")],
+                      Stage("verify", Verify), threshold=0.5)
+    cascade.set_models({"cheap": small, "strong": "gemma3-270m", "verify": small})
+    prediction = cascade(query="What is 2 + 2?")
+    assert prediction.tier in ("cheap", "strong") and prediction.escalations == ("cheap", "strong").index(prediction.tier)
+    assert isinstance(prediction.answer, str) and prediction.trace["verify"].calls >= 1
+
+
+def test_hierarchy_plans_delegates_and_synthesizes(small):
+    specialists = {
+        "cards": Specialist(Stage("cards_expert", SpecialistAnswer), "card delivery, activation and PINs",
+                            ["New cards arrive within 5 working days. Activate a card in the app under Cards."]),
+        "transfers": Specialist(Stage("transfers_expert", SpecialistAnswer), "sending and receiving money",
+                                ["Transfers inside the EU take one working day."]),
+    }
+    hierarchy = Hierarchy("desk", Stage("plan", Plan), specialists, Stage("synthesize", Synthesize), max_subtasks=2)
+    hierarchy.set_models({"plan": small, "cards_expert": small, "transfers_expert": small, "synthesize": small})
+    prediction = hierarchy(query="When will my new card arrive and how do I activate it?")
+    assert isinstance(prediction.answer, str)
+    trace = prediction.trace
+    planned = [s for s in ("cards_expert", "transfers_expert") if any(t.stage == s for t in trace.stages)]
+    assert planned  # at least one specialist ran
+    # The planner never saw the specialists' documents; each specialist saw only its own.
+    assert not any("docs" in section for section in trace["plan"].received)
+    for name in planned:
+        assert all(not s.startswith(("cards-docs", "transfers-docs")) or s.startswith(name.split("_")[0])
+                   for s in trace[name].received)
+
+
+def test_hierarchy_plan_validation_policies():
+    """Orchestration of invalid plans, with the planner's answers scripted."""
+    from stagewise.signatures import SubTask
+
+    bad = {"subtasks": [SubTask(specialist="astrology", task="x").model_dump()]}
+    good = {"subtasks": [SubTask(specialist="cards", task="When does a card arrive?").model_dump()]}
+    specialists = {"cards": Specialist(Stage("cards_expert", "query -> answer"), "cards")}
+
+    def build(policy, answers):
+        scripted = dspy.utils.DummyLM(answers, adapter=dspy.JSONAdapter())
+        plan = Stage("plan", Plan, lm=scripted)
+        h = Hierarchy("desk", plan, specialists, Stage("synthesize", "query, results -> answer"),
+                      policy=policy)
+        # A planner that ignores the schema can name anyone: drop the typed plan to test validation.
+        plan.step.predictors()[0].signature = Plan
+        h.set_models({"cards_expert": dspy.utils.DummyLM([{"answer": "in 5 days"}], adapter=dspy.JSONAdapter()),
+                      "synthesize": dspy.utils.DummyLM([{"answer": "5 days"}], adapter=dspy.JSONAdapter())})
+        return h
+
+    with pytest.raises(PlanError, match=r"planner stage 'plan'.*unknown specialist"):
+        build("error", [bad])(query="card?")
+    prediction = build("replan", [bad, good])(query="card?")
+    assert prediction.answer == "5 days"
+    assert any("plan rejected" in note for s in prediction.trace.stages for note in s.notes)
+    with pytest.raises(PlanError, match="the plan is empty"):
+        build("error", [{"subtasks": []}])(query="card?")
+
+
+# --- on the replay engine: a router and a cascade over recorded models ----------------------
+
+def test_trained_router_over_recorded_models(routellm):
+    strong_col, weak_col = "gpt-4-1106-preview", "mistralai/Mixtral-8x7B-Instruct-v0.1"
+    train = range(300)
+    labels = ["strong" if routellm.scores.at[i, strong_col] > routellm.scores.at[i, weak_col] else "weak"
+              for i in train]
+    classifier = make_pipeline(TfidfVectorizer(), LogisticRegression(max_iter=200, class_weight="balanced"))
+    classifier.fit([routellm.prompts[i] for i in train], labels)
+    router = Router("router", classifier, {
+        "strong": Stage("strong", "prompt -> answer",
+                        lm=get_lm("recorded/gpt-4-1106-preview", replay_table=routellm)),
+        "weak": Stage("weak", "prompt -> answer",
+                      lm=get_lm("recorded/mixtral-8x7b-instruct", replay_table=routellm)),
+    }, query="input.prompt")
+    routes = []
+    for row in range(300, 320):
+        prompt = routellm.prompts[row]
+        prediction = router(prompt=prompt)
+        column = strong_col if prediction.route == "strong" else weak_col
+        assert prediction.answer == routellm.outcome(prompt, column).response
+        assert 0.5 <= prediction.confidence <= 1.0
+        assert prediction.trace[prediction.route].cost_usd > 0
+        routes.append(prediction.route)
+    assert set(routes) <= {"strong", "weak"}
+
+
+def test_cascade_over_recorded_models_with_a_trained_scorer(routellm):
+    weak_col = "mistralai/Mixtral-8x7B-Instruct-v0.1"
+    train = range(400)
+    texts = [f"{routellm.prompts[i]}\n{routellm.responses.at[i, weak_col]}" for i in train]
+    correct = [int(routellm.scores.at[i, weak_col]) for i in train]
+    scorer = make_pipeline(TfidfVectorizer(), LogisticRegression(max_iter=200)).fit(texts, correct)
+    cascade = Cascade("cascade", [
+        Stage("mixtral", "prompt -> answer", lm=get_lm("recorded/mixtral-8x7b-instruct", replay_table=routellm)),
+        Stage("gpt4", "prompt -> answer", lm=get_lm("recorded/gpt-4-1106-preview", replay_table=routellm)),
+    ], scorer, threshold=0.8, query="input.prompt")
+    tiers = []
+    for row in range(400, 415):
+        prediction = cascade(prompt=routellm.prompts[row])
+        tiers.append(prediction.tier)
+        expected = routellm.outcome(routellm.prompts[row], "gpt-4-1106-preview" if prediction.tier == "gpt4"
+                                    else weak_col).response
+        assert prediction.answer == expected
+        if prediction.tier == "gpt4":
+            assert prediction.scores[0] < 0.8 and prediction.trace["mixtral"].calls == 1
+    assert set(tiers) <= {"mixtral", "gpt4"}
