@@ -74,5 +74,7 @@ class Trace:
         for s in self.stages:
             lines.append(f"  {s.stage:<14} {s.model or '-':<22} in {s.input_tokens:>6} out {s.output_tokens:>5} "
                          f"{s.latency_s:6.2f}s ${s.cost_usd:.3g}  received {', '.join(s.received)}")
+            if s.tokens_saved:
+                lines.append(f"  {'':<14} context fitted to the stage's budget: {s.tokens_saved} tokens saved")
             lines.extend(f"  {'':<14} note: {note}" for note in s.notes)
         return "\n".join(lines)
