@@ -314,3 +314,56 @@ def test_cascade_over_recorded_models_with_a_trained_scorer(routellm):
         if prediction.tier == "gpt4":
             assert prediction.scores[0] < 0.8 and prediction.trace["mixtral"].calls == 1
     assert set(tiers) <= {"mixtral", "gpt4"}
+
+
+# --- nesting, configuration ---------------------------------------------------------------
+
+def test_programs_nest_a_route_can_be_a_chain_and_a_branch_a_cascade(routellm, tmp_path):
+    strong = lambda name: Stage(name, "prompt -> answer", lm=get_lm("recorded/gpt-4-1106-preview", replay_table=routellm))  # noqa: E731
+    weak = lambda name: Stage(name, "prompt -> answer", lm=get_lm("recorded/mixtral-8x7b-instruct", replay_table=routellm))  # noqa: E731
+
+    class Always:
+        def __init__(self, label):
+            self.label = label
+
+        def predict(self, texts):
+            return [self.label] * len(texts)
+
+        def predict_proba(self, texts):
+            return [[0.9, 0.1]] * len(texts)  # "probably wrong": always escalate
+
+    cascade_branch = Cascade("escalate", [weak("first"), strong("second")], Always("x"), query="input.prompt")
+    fanout = FanOut("both", {"direct": strong("direct"), "cascade": cascade_branch}, MajorityVote("answer"))
+    router = Router("top", Always("deep"), {"deep": Chain("deep", [fanout]), "shallow": weak("shallow")},
+                    query="input.prompt")
+    assert set(router.stages()) == {"first", "second", "direct", "shallow"}
+    prompt = routellm.prompts[10]
+    prediction = router(prompt=prompt)
+    expected = routellm.outcome(prompt, "gpt-4-1106-preview").response
+    assert prediction.route == "deep" and prediction.answer == expected and prediction.agreement == 1.0
+    ran = [s.stage for s in prediction.trace.stages]
+    assert {"top", "direct", "first", "second", "escalate", "both"} <= set(ran) and "shallow" not in ran
+
+    # Models and budgets by stage name, from a file: no code change.
+    config = tmp_path / "pipeline.toml"
+    config.write_text('[models]\nshallow = "smollm2-135m"\n\n[budgets]\ndirect = 300\n')
+    router.set_models(config).set_budgets(config)
+    assert router.stages()["shallow"].lm.model == "local/smollm2-135m"
+    assert router.stages()["direct"].budget == 300
+    with pytest.raises(StageConfigError, match="no \\[models\\] table"):
+        router.set_models(_write(tmp_path / "empty.toml", ""))
+
+
+def _write(path, text):
+    path.write_text(text)
+    return path
+
+
+def test_budgets_are_reallocated_from_observed_usage(small):
+    chain = Chain("c", [Stage("short", "query -> answer"), Stage("long", SpecialistAnswer,
+                                                                   inputs={"context": "input.context"})])
+    chain.set_models({"short": small, "long": small})
+    traces = [chain(query="Hi?", context="The bank opens at nine. " * 30).trace for _ in range(2)]
+    budgets = chain.rebudget(2000, traces)
+    assert sum(budgets.values()) == 2000 and budgets["long"] > budgets["short"]
+    assert chain.stages()["long"].budget == budgets["long"]

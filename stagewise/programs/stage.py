@@ -17,14 +17,16 @@ section the stage received.
 from __future__ import annotations
 
 import json
+import tomllib
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import dspy
 from pydantic import BaseModel
 
-from stagewise.context.budget import fit, stage_budget
+from stagewise.context.budget import fit, reallocate, stage_budget
 from stagewise.context.format import render
 from stagewise.context.granularity import compress_extractive, compress_with_model
 from stagewise.context.record import Section, SectionKind
@@ -50,6 +52,18 @@ def as_text(value: Any) -> str:
     if isinstance(value, list) and value and all(isinstance(v, BaseModel) for v in value):
         return json.dumps([v.model_dump(mode="json") for v in value])
     return json.dumps(value, default=str)
+
+
+def _toml_table(path: Path, table: str) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise StageConfigError(f"config file {str(path)!r} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise StageConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
+    if not isinstance(data.get(table), dict):
+        raise StageConfigError(f"config file {str(path)!r} has no [{table}] table")
+    return data[table]
 
 
 class Pipeline(dspy.Module):
@@ -83,17 +97,53 @@ class Pipeline(dspy.Module):
                 found[module.name] = module
         return found
 
-    def set_models(self, models: dict[str, Any], *, catalog=None) -> Pipeline:
-        """Assign each stage's model by stage name: a catalog name, a model string or a dspy.LM."""
+    def _named(self, mapping: dict[str, Any], what: str) -> dict[str, Stage]:
+        stages = self.stages()
+        unknown = sorted(set(mapping) - set(stages))
+        if unknown:
+            raise StageConfigError(f"{what}: no stage named {', '.join(map(repr, unknown))}; "
+                                   f"stages: {', '.join(stages)}")
+        return stages
+
+    def set_models(self, models: dict[str, Any] | str | Path, *, catalog=None) -> Pipeline:
+        """Assign each stage's model by stage name: a catalog name, a model string or a dspy.LM.
+
+        ``models`` may be a TOML file with a ``[models]`` table (``stage = "model"``), so the
+        models of a pipeline change without editing code.
+        """
         from stagewise.models.lm import get_lm
 
-        stages = self.stages()
-        unknown = sorted(set(models) - set(stages))
-        if unknown:
-            raise StageConfigError(f"no stage named {', '.join(map(repr, unknown))}; stages: {', '.join(stages)}")
+        if isinstance(models, (str, Path)):
+            models = _toml_table(Path(models), "models")
+        stages = self._named(models, "set_models")
         for name, model in models.items():
             stages[name].lm = model if isinstance(model, dspy.BaseLM) else get_lm(model, catalog=catalog)
         return self
+
+    def set_budgets(self, budgets: dict[str, int | None] | str | Path) -> Pipeline:
+        """Each stage's context budget in tokens, by stage name (or a TOML file's ``[budgets]``)."""
+        if isinstance(budgets, (str, Path)):
+            budgets = _toml_table(Path(budgets), "budgets")
+        stages = self._named(budgets, "set_budgets")
+        for name, budget in budgets.items():
+            if budget is not None and (not isinstance(budget, int) or budget <= 0):
+                raise StageConfigError(f"set_budgets: stage {name!r} budget must be a positive integer, got {budget!r}")
+            stages[name].budget = budget
+        return self
+
+    def rebudget(self, total: int, traces: list[Any], *, floor: int = 64) -> dict[str, int]:
+        """Re-split ``total`` context tokens across the LLM stages from the usage observed in
+        ``traces`` (mean input tokens per request), set the budgets, and return them."""
+        llm_stages = {name for name, stage in self.stages().items()}
+        used: dict[str, list[int]] = {name: [] for name in llm_stages}
+        for trace in traces:
+            for entry in trace.stages:
+                if entry.stage in used and entry.calls:
+                    used[entry.stage].append(entry.input_tokens)
+        observed = {name: (sum(v) / len(v) if v else 0.0) for name, v in used.items()}
+        budgets = reallocate(total, observed, floor=floor)
+        self.set_budgets(budgets)
+        return budgets
 
 
 class Stage(Pipeline):
