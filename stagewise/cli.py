@@ -55,7 +55,7 @@ def demo(
     """Run a two-stage pipeline on the local models and show outputs, tokens and cost per stage."""
     import dspy
 
-    from stagewise.models import get_lm, request_scope, stage_scope, track_usage
+    from stagewise.models import get_lm, track_usage
 
     class Triage(dspy.Signature):
         """Classify a customer support message."""
@@ -71,29 +71,32 @@ def demo(
         category: str = dspy.InputField(desc="the topic the triage stage assigned")
         reply: str = dspy.OutputField(desc="a polite one-sentence answer to the customer")
 
+    from stagewise.programs import Chain, Stage
+
+    pipeline = Chain("support", [
+        Stage("triage", Triage),
+        Stage("reply", Reply, inputs={"category": "triage.category"}),
+    ])
     try:
         # No response cache: the demo always shows the models at work, never answers from a previous run.
-        triage_lm, reply_lm = get_lm(triage_model, cache=False), get_lm(reply_model, cache=False)
+        pipeline.set_models({"triage": get_lm(triage_model, cache=False), "reply": get_lm(reply_model, cache=False)})
     except (UnknownModelError, ImportError, ValueError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
-    triage, reply = dspy.Predict(Triage), dspy.Predict(Reply)
-    triage.lm, reply.lm = triage_lm, reply_lm
 
-    console.print(f"[bold]stagewise demo[/bold]: triage on [cyan]{triage_model}[/cyan], "
+    console.print(f"[bold]stagewise demo[/bold]: a two-stage chain, triage on [cyan]{triage_model}[/cyan], "
                   f"reply on [cyan]{reply_model}[/cyan], in-process through llama.cpp, typed outputs "
                   "constrained to each signature's JSON schema.\n")
     started = time.perf_counter()
     with dspy.context(adapter=dspy.JSONAdapter()), track_usage() as ledger:
         for number, message in enumerate(DEMO_MESSAGES, 1):
-            with request_scope(f"request-{number}"):
-                with stage_scope("triage"):
-                    label = triage(message=message)
-                with stage_scope("reply"):
-                    answer = reply(message=message, category=label.category)
+            result = pipeline(message=message)
+            context = result.context
             console.print(f"[bold]{number}.[/bold] {message}")
-            console.print(f"   triage: category={label.category!r} urgent={label.urgent!r}")
-            console.print(f"   reply:  {answer.reply!r}\n")
+            console.print(f"   triage: category={context['triage.category'].content} "
+                          f"urgent={context['triage.urgent'].content}")
+            console.print(f"   reply:  {result.reply!r}")
+            console.print(f"   reply stage received: {', '.join(result.trace['reply'].received)}\n")
 
     totals = ledger.totals(by=["stage", "model"]).reset_index()
     table = Table(title=f"Usage per stage ({len(ledger)} calls in {time.perf_counter() - started:.1f} s)")
