@@ -367,3 +367,16 @@ def test_budgets_are_reallocated_from_observed_usage(small):
     budgets = chain.rebudget(2000, traces)
     assert sum(budgets.values()) == 2000 and budgets["long"] > budgets["short"]
     assert chain.stages()["long"].budget == budgets["long"]
+
+
+def test_over_budget_context_is_summarized_by_a_cheap_model(small):
+    text = ("The branch at Market Street opens at nine and closes at five. It has two cash machines. "
+            "Card replacements are handled at the desk on the first floor. ") * 8
+    stage = Stage("answer", SpecialistAnswer, inputs={"context": "input.context"}, budget=120, summarizer=small,
+                  lm=small)
+    prediction = stage(query="When does the branch open?", context=text)
+    entry = prediction.trace["answer"]
+    assert any("model summary" in note for note in entry.notes) and entry.tokens_saved > 0
+    assert entry.calls == 2  # the summary (under "answer:compress") and the answer itself
+    summary = prediction.context["answer~budget.input.context"]
+    assert summary.lineage == ("input.context",) and summary.tokens <= 120

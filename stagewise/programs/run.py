@@ -66,13 +66,19 @@ def use_run(run: Run) -> Iterator[Run]:
         _current.reset(token)
 
 
+# Request inputs with these names are the request itself (kind "query": never compressed);
+# other inputs are material supplied with it (kind "retrieved": compressible to fit a budget).
+QUERY_FIELDS = ("query", "question", "prompt", "message", "ticket", "task")
+
+
 @contextmanager
 def open_run(inputs: dict, count) -> Iterator[Run]:
     """A new run whose context holds the request's inputs as sections ``input.<field>``."""
     context = Context()
     for name, value in inputs.items():
         text = value if isinstance(value, str) else str(value)
-        context.add(Section(name=name, kind="query", source=INPUT, content=text, tokens=count(text)))
+        kind = "query" if name in QUERY_FIELDS else "retrieved"
+        context.add(Section(name=name, kind=kind, source=INPUT, content=text, tokens=count(text)))
     request_id = uuid.uuid4().hex[:12]
     with track_usage() as ledger, request_scope(request_id):
         run = Run(request_id, context, ledger)
