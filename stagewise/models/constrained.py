@@ -109,9 +109,10 @@ def bound_schema(schema: dict, max_tokens: int, chars_per_token: int = 1) -> dic
         if per_string >= (MIN_STRING_CHARS if slots else 0):
             break
         if items == 1:
+            strings_left = f", leaving too little for {slots} strings" if slots else ""
             raise ValueError(
                 f"max_tokens={max_tokens} is too small for this output schema: its fixed parts alone can take "
-                f"{fixed} tokens, leaving too little for {slots} strings; raise max_tokens"
+                f"{fixed} tokens{strings_left}; raise max_tokens"
             )
         items //= 2
     for node, _ in strings.values():

@@ -1,0 +1,214 @@
+"""Stage-level and end-to-end evaluation of a program on labeled examples.
+
+Each stage is scored on its own labels (a router's route against the gold route, a
+specialist's answer against the gold answer), the program end to end on the final label,
+with cost, tokens and latency per request from each request's trace. The report also says
+which stage loses the most quality: of the requests that fail end to end, the share whose
+first failing stage (in the order the stage metrics are given) is each stage.
+
+A request that raises is kept in the report with its error and scores of 0: nothing already
+evaluated is lost.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from stagewise.metrics.scoring import Metric, macro_f1, metric_by_name
+
+PASS = 0.5  # a score at or above this counts as a success when attributing failures
+
+
+class EvaluationError(ValueError):
+    """The evaluation is set up wrongly (unknown stage, field or label, no examples)."""
+
+
+@dataclass(frozen=True)
+class StageMetric:
+    """Score ``stage``'s output field ``output`` against the examples' ``label`` field."""
+
+    stage: str
+    output: str
+    label: str
+    metric: str | Metric = "normalized_match"
+
+    def scorer(self) -> Metric:
+        return metric_by_name(self.metric) if isinstance(self.metric, str) else self.metric
+
+    @property
+    def name(self) -> str:
+        return f"{self.stage}.{self.output}"
+
+
+@dataclass(frozen=True)
+class EndToEnd:
+    """Score the program's final output field ``output`` against the examples' ``label``.
+
+    A metric with ``score_example(example, prediction)`` (such as ``RecordedCorrectness``)
+    scores the whole request instead and needs no label.
+    """
+
+    output: str
+    label: str | None = None
+    metric: str | Metric = "normalized_match"
+
+    def score(self, example, prediction) -> float:
+        metric = self.scorer()
+        if hasattr(metric, "score_example"):
+            return float(metric.score_example(example, prediction))
+        value = prediction.get(self.output)
+        return metric(str(value), example[self.label]) if value is not None else 0.0
+
+    def scorer(self) -> Metric:
+        return metric_by_name(self.metric) if isinstance(self.metric, str) else self.metric
+
+
+@dataclass
+class EvaluationReport:
+    rows: pd.DataFrame  # one row per example
+    stage_metrics: list[StageMetric]
+    end_to_end: EndToEnd | None
+    macro_f1: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def quality(self) -> float:
+        """End-to-end mean score (the optimization objective)."""
+        return float(self.rows["end_to_end"].mean()) if self.end_to_end else float("nan")
+
+    @property
+    def cost_per_request(self) -> float:
+        return float(self.rows["cost_usd"].mean())
+
+    def stage_scores(self) -> dict[str, float]:
+        return {m.name: float(self.rows[m.name].mean()) for m in self.stage_metrics}
+
+    def loss_by_stage(self) -> dict[str, float]:
+        """Share of end-to-end failures whose first failing stage is each stage."""
+        if self.end_to_end is None or not self.stage_metrics:
+            return {}
+        failed = self.rows[self.rows["end_to_end"] < PASS]
+        shares = {m.name: 0.0 for m in self.stage_metrics}
+        shares["(no stage failed)"] = 0.0
+        for _, row in failed.iterrows():
+            first = next((m.name for m in self.stage_metrics if row[m.name] < PASS), "(no stage failed)")
+            shares[first] += 1
+        return {name: count / len(failed) if len(failed) else 0.0 for name, count in shares.items()}
+
+    def summary(self) -> dict[str, Any]:
+        latency = self.rows["latency_s"]
+        return {
+            "examples": len(self.rows),
+            "errors": int(self.rows["error"].notna().sum()),
+            "end_to_end": self.quality,
+            "stages": self.stage_scores(),
+            "macro_f1": dict(self.macro_f1),
+            "loss_by_stage": self.loss_by_stage(),
+            "cost_per_request_usd": self.cost_per_request,
+            "cost_per_1k_requests_usd": 1000 * self.cost_per_request,
+            "input_tokens_per_request": float(self.rows["input_tokens"].mean()),
+            "output_tokens_per_request": float(self.rows["output_tokens"].mean()),
+            "latency_s_mean": float(latency.mean()),
+            "latency_s_p50": float(statistics.median(latency)),
+        }
+
+    def table(self):
+        from rich.table import Table
+
+        summary = self.summary()
+        table = Table(title=f"evaluation on {summary['examples']} examples ({summary['errors']} errors)")
+        table.add_column("measure")
+        table.add_column("value", justify="right")
+        table.add_column("loses (share of end-to-end failures)", justify="right")
+        losses = summary["loss_by_stage"]
+        for name, score in summary["stages"].items():
+            extra = f" (macro-F1 {summary['macro_f1'][name]:.3f})" if name in summary["macro_f1"] else ""
+            table.add_row(f"stage {name}", f"{score:.3f}{extra}", f"{losses.get(name, 0):.0%}" if losses else "")
+        if self.end_to_end:
+            table.add_row("end to end", f"{summary['end_to_end']:.3f}", "")
+        table.add_row("cost per 1,000 requests", f"${summary['cost_per_1k_requests_usd']:.4f}", "")
+        table.add_row("tokens in / out per request",
+                      f"{summary['input_tokens_per_request']:.0f} / {summary['output_tokens_per_request']:.0f}", "")
+        table.add_row("latency per request (mean / median)",
+                      f"{summary['latency_s_mean']:.2f} s / {summary['latency_s_p50']:.2f} s", "")
+        return table
+
+
+def _check(program, examples: list, stage_metrics: list[StageMetric], end_to_end: EndToEnd | None) -> None:
+    if not examples:
+        raise EvaluationError("no examples to evaluate (the split is empty)")
+    stages = program.stages()
+    keys = set(examples[0].keys())
+    for metric in stage_metrics:
+        if metric.stage not in stages:
+            raise EvaluationError(f"stage metric {metric.name!r}: the program has no stage {metric.stage!r} "
+                                  f"(stages: {', '.join(stages)})")
+        outputs = list(stages[metric.stage].signature.output_fields)
+        if metric.output not in outputs:
+            raise EvaluationError(f"stage metric {metric.name!r}: stage {metric.stage!r} has no output field "
+                                  f"{metric.output!r} (its outputs: {outputs})")
+        if metric.label not in keys:
+            raise EvaluationError(f"stage metric {metric.name!r}: the examples have no label field {metric.label!r} "
+                                  f"(fields: {sorted(keys)})")
+        metric.scorer()
+    if end_to_end is not None and not hasattr(end_to_end.scorer(), "score_example"):
+        if end_to_end.label not in keys:
+            raise EvaluationError(f"end-to-end metric: the examples have no label field {end_to_end.label!r} "
+                                  f"(fields: {sorted(keys)})")
+
+def evaluate(program, examples: list, *, stage_metrics: list[StageMetric] = (), end_to_end: EndToEnd | None = None,
+             progress: bool = True, on_result: Callable[[int, dict], None] | None = None) -> EvaluationReport:
+    """Run ``program`` on every example and score it per stage and end to end."""
+    stage_metrics = list(stage_metrics)
+    _check(program, examples, stage_metrics, end_to_end)
+    rows: list[dict[str, Any]] = []
+    iterator = range(len(examples))
+    bar = None
+    if progress:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        bar = Progress(TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        bar.start()
+        task = bar.add_task("evaluating", total=len(examples))
+    try:
+        for index in iterator:
+            example = examples[index]
+            row: dict[str, Any] = {"example": index, "error": None}
+            start = time.perf_counter()
+            try:
+                prediction = program(**example.inputs())
+            except Exception as exc:  # kept in the report, with zero scores
+                prediction = None
+                row["error"] = f"{type(exc).__name__}: {exc}"[:500]
+            row["latency_s"] = time.perf_counter() - start
+            trace = getattr(prediction, "trace", None)
+            row["cost_usd"] = trace.total_cost if trace else 0.0
+            row["input_tokens"] = sum(s.input_tokens for s in trace.stages) if trace else 0
+            row["output_tokens"] = sum(s.output_tokens for s in trace.stages) if trace else 0
+            for metric in stage_metrics:
+                section = prediction.context.sections.get(metric.name) if prediction is not None else None
+                row[f"{metric.name}:predicted"] = section.content if section else None
+                row[metric.name] = metric.scorer()(section.content, example[metric.label]) if section else 0.0
+            if end_to_end is not None:
+                row["end_to_end:predicted"] = prediction.get(end_to_end.output) if prediction is not None else None
+                row["end_to_end"] = end_to_end.score(example, prediction) if prediction is not None else 0.0
+            rows.append(row)
+            if on_result is not None:
+                on_result(index, row)
+            if bar is not None:
+                bar.advance(task)
+    finally:
+        if bar is not None:
+            bar.stop()
+    frame = pd.DataFrame(rows)
+    f1 = {}
+    for metric in stage_metrics:
+        if metric.metric == "label_accuracy":
+            predicted = [str(p) if p is not None else "" for p in frame[f"{metric.name}:predicted"]]
+            f1[metric.name] = macro_f1(predicted, [str(e[metric.label]) for e in examples])
+    return EvaluationReport(frame, stage_metrics, end_to_end, f1)
