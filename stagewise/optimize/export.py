@@ -1,0 +1,146 @@
+"""Export a tuned program for serving, and load it again: JSON only, never pickle.
+
+A program is exported as a directory:
+
+- ``program.json``: DSPy's own JSON state of every predictor (instructions, demos), with
+  each predictor's LM state removed: models are rebuilt from the manifest, so loading never
+  imports a class named in a file;
+- ``manifest.json``: how to rebuild the program (the factory ``module:function`` and its
+  arguments), each stage's model with its engine and prices (and, for replayed models, the
+  outcome table), metrics, the dataset fingerprint and package versions. No secrets: a
+  hosted model is named with the environment variable of its key, never the key.
+
+:func:`load` imports the factory named in the manifest, builds the program, restores the
+predictor state and sets each stage's model.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import platform
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+MANIFEST_FORMAT = "stagewise-program/1"
+PACKAGES = ("stagewise", "dspy", "litellm", "llama-cpp-python", "optuna", "mlflow", "scikit-learn")
+
+
+class ExportError(ValueError):
+    """A program directory cannot be written or read; the message names the file and the field."""
+
+
+def _versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for package in PACKAGES:
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            continue
+    return found
+
+
+def stage_models(program) -> dict[str, dict[str, Any]]:
+    """Each stage's model as the manifest records it (catalog entry, engine, prices)."""
+    described = {}
+    for name, stage in program.stages().items():
+        lm = stage.lm
+        spec = getattr(lm, "spec", None)
+        if spec is None:
+            raise ExportError(f"stage {name!r} has no stagewise model (set one with set_models before exporting)")
+        entry = {"model": spec.name, "engine": spec.engine, "provider": spec.provider,
+                 "input_price_per_mtok": spec.input_price, "output_price_per_mtok": spec.output_price,
+                 "price_source": spec.price_source, "max_tokens": (lm.kwargs or {}).get("max_tokens")}
+        table = getattr(getattr(lm, "engine", None), "table", None)
+        if table is not None:
+            entry["replay_table"] = str(Path(table.source).resolve())
+            entry["replay_table_fingerprint"] = table.fingerprint
+        if spec.api_key_env:
+            entry["api_key_env"] = spec.api_key_env
+        described[name] = entry
+    return described
+
+
+def export(program, directory: str | Path, *, factory: str, factory_kwargs: dict | None = None,
+           metrics: dict | None = None, data_fingerprint: str | None = None, extra: dict | None = None) -> Path:
+    """Write ``program.json`` and ``manifest.json`` into ``directory``; returns the directory."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    _factory(factory)  # fail now, not at load time, if the factory cannot be imported
+    state = program.dump_state()
+    for predictor_state in state.values():
+        if isinstance(predictor_state, dict):
+            predictor_state["lm"] = None  # rebuilt from the manifest: no class imported from a file
+    (directory / "program.json").write_text(json.dumps(state, indent=2, default=str), encoding="utf-8")
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "factory": factory,
+        "factory_kwargs": factory_kwargs or {},
+        "stages": stage_models(program),
+        "metrics": metrics or {},
+        "data_fingerprint": data_fingerprint,
+        "versions": _versions(),
+        **(extra or {}),
+    }
+    (directory / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str), encoding="utf-8")
+    return directory
+
+
+def _factory(path: str):
+    module_name, _, attribute = path.partition(":")
+    if not module_name or not attribute:
+        raise ExportError(f"factory {path!r} must be 'module:function'")
+    try:
+        return getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as exc:
+        raise ExportError(f"factory {path!r} cannot be imported: {exc}") from None
+
+
+def read_manifest(directory: str | Path) -> dict[str, Any]:
+    path = Path(directory) / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ExportError(f"{str(path)!r} does not exist: not an exported stagewise program") from None
+    except json.JSONDecodeError as exc:
+        raise ExportError(f"{str(path)!r} is not valid JSON: {exc}") from None
+    if manifest.get("format") != MANIFEST_FORMAT:
+        raise ExportError(f"{str(path)!r}: field 'format' is {manifest.get('format')!r}, expected {MANIFEST_FORMAT!r}")
+    for field in ("factory", "stages"):
+        if field not in manifest:
+            raise ExportError(f"{str(path)!r}: field {field!r} is missing")
+    return manifest
+
+
+def load(directory: str | Path, *, catalog=None):
+    """Rebuild an exported program with each stage's model, ready to serve."""
+    from stagewise.models.lm import get_lm
+    from stagewise.models.replay import OutcomeTable
+
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    program = _factory(manifest["factory"])(**manifest.get("factory_kwargs", {}))
+    program_path = directory / "program.json"
+    try:
+        state = json.loads(program_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ExportError(f"{str(program_path)!r} does not exist") from None
+    program.load_state(state)
+    tables: dict[str, OutcomeTable] = {}
+    models = {}
+    for stage, entry in manifest["stages"].items():
+        options: dict[str, Any] = {"catalog": catalog}
+        if entry.get("max_tokens"):
+            options["max_tokens"] = entry["max_tokens"]
+        if entry.get("replay_table"):
+            source = entry["replay_table"]
+            tables.setdefault(source, OutcomeTable.load(source))
+            if tables[source].fingerprint != entry.get("replay_table_fingerprint", tables[source].fingerprint):
+                raise ExportError(f"stage {stage!r}: outcome table {source!r} changed since the program was exported")
+            options["replay_table"] = tables[source]
+        models[stage] = get_lm(entry["model"], **options)
+    program.set_models(models)
+    return program
