@@ -103,7 +103,8 @@ def test_cached_provider_call_is_a_free_cache_hit(catalog):
     lm("Count to two.")
     lm("Count to two.")
     first, second = lm.usage.records[-2:]
-    assert not first.cache_hit and second.cache_hit and second.cost_usd == 0
+    assert not first.cache_hit and second.cache_hit and second.spent_usd == 0
+    assert second.cost_usd == pytest.approx(first.cost_usd)  # the nominal cost of the replayed call
 
 
 def test_hosted_model_without_its_key_is_a_clear_error(monkeypatch):

@@ -165,14 +165,19 @@ def test_usage_is_collected_per_stage_and_request(routerbench):
     assert set(by_request.index) == {"r0", "r1", "r2"}
 
 
-def test_cache_hits_are_recorded_as_free(routerbench):
+def test_cache_hits_keep_the_nominal_cost_and_spend_nothing(routerbench):
     lm = get_lm("recorded/gpt-4-1106-preview", replay_table=routerbench, cache=True)
     prompt = routerbench.prompts[7]
-    lm(prompt)
-    lm(prompt)
-    first, second = lm.usage.records[-2:]
-    assert not first.cache_hit and first.cost_usd > 0
-    assert second.cache_hit and second.cost_usd == 0 and second.input_tokens == 0
+    with track_usage() as ledger:
+        lm(prompt)
+        lm(prompt)
+    first, second = ledger.records
+    assert not first.cache_hit and first.cost_usd > 0 and first.spent_usd == first.cost_usd
+    assert second.cache_hit and second.spent_usd == 0
+    assert (second.input_tokens, second.output_tokens, second.cost_usd) == \
+        (first.input_tokens, first.output_tokens, first.cost_usd)
+    assert ledger.total_spent == pytest.approx(first.cost_usd)
+    assert ledger.total_cost == pytest.approx(2 * first.cost_usd)
 
 
 def test_async_replay(routellm):

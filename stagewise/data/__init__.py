@@ -1,1 +1,25 @@
-"""Dataset loading and splitting."""
+"""Dataset loading and splitting: files or hub datasets to DSPy examples, with reported skips and fingerprints."""
+
+from stagewise.data.loading import (
+    DataError,
+    FieldMap,
+    LoadedData,
+    LoadReport,
+    SkippedRow,
+    load_dataset_file,
+    looks_like_hub_name,
+)
+from stagewise.data.splits import Splits, split, split_fingerprint
+
+__all__ = [
+    "DataError",
+    "FieldMap",
+    "LoadReport",
+    "LoadedData",
+    "SkippedRow",
+    "Splits",
+    "load_dataset_file",
+    "looks_like_hub_name",
+    "split",
+    "split_fingerprint",
+]

@@ -104,7 +104,7 @@ def _check_field_name(name: object, kind: str) -> None:
 
 @dataclass(frozen=True)
 class SkippedRow:
-    row: int  # 1-based record number in the file (a CSV header is not counted)
+    row: int  # 1-based record number in the file (a CSV header is not counted); for hub data, in the split
     column: str  # the first bad mapped column of the row
     reason: str  # what is wrong with it, and with any other bad column of the row
 
@@ -170,12 +170,15 @@ def load_dataset_file(
             raise ValueError(f"split={split!r} applies to hub datasets; {str(path)!r} is a local file "
                              "(one split): pass split=None and split the examples instead")
         columns, fingerprint_of_data = _read_local(path, fields)
+        # A CSV reader turns only an empty cell into None (see _read_local).
+        null = "empty cell" if path.suffix.lower() == ".csv" else "null"
     elif isinstance(source, str) and looks_like_hub_name(source):
         columns, fingerprint_of_data = _read_hub(source, split or "train", fields)
+        null = "null"
     else:
         raise DataError(f"data file {str(path)!r} does not exist")
     where = str(source)
-    report, rows = _check_rows(columns, fields)
+    report, rows = _check_rows(columns, fields, null)
     if report.skipped:
         if on_bad == "refuse":
             raise DataError(f"{where}: refusing {len(report.skipped)} bad row(s) of {report.total_rows} "
@@ -287,10 +290,10 @@ def _kind(value: Any) -> str:
     return type(value).__name__
 
 
-def _missing(value: Any) -> str | None:
-    """Why ``value`` counts as missing, or None when it is present."""
+def _missing(value: Any, null: str = "null") -> str | None:
+    """Why ``value`` counts as missing, or None when it is present; ``null`` names what None was in the file."""
     if value is None:
-        return "missing value (null)"
+        return f"missing value ({null})"
     if isinstance(value, float) and math.isnan(value):
         return "missing value (NaN)"
     if isinstance(value, str) and not value.strip():
@@ -300,7 +303,7 @@ def _missing(value: Any) -> str | None:
     return None
 
 
-def _check_rows(columns: dict[str, list[Any]], fields: FieldMap) -> tuple[LoadReport, list[int]]:
+def _check_rows(columns: dict[str, list[Any]], fields: FieldMap, null: str) -> tuple[LoadReport, list[int]]:
     """The report of bad rows, and the indices of the rows kept."""
     total = len(next(iter(columns.values())))
     # The kind a column is meant to hold is the kind most of its present values have.
@@ -316,7 +319,7 @@ def _check_rows(columns: dict[str, list[Any]], fields: FieldMap) -> tuple[LoadRe
     for index in range(total):
         problems = []
         for column, values in columns.items():
-            reason = _problem(values[index], expected[column])
+            reason = _problem(values[index], expected[column], null)
             if reason:
                 problems.append((column, f"{reason} for field {field_of[column]!r}"))
         if not problems:
@@ -329,15 +332,15 @@ def _check_rows(columns: dict[str, list[Any]], fields: FieldMap) -> tuple[LoadRe
     return LoadReport(total, len(kept), skipped), kept
 
 
-def _problem(value: Any, expected_kind: str | None) -> str | None:
-    missing = _missing(value)
+def _problem(value: Any, expected_kind: str | None, null: str) -> str | None:
+    missing = _missing(value, null)
     if missing:
         return missing
     if isinstance(value, float) and math.isinf(value):
         return f"malformed value {value!r} (not a finite number)"
     kind = _kind(value)
     if kind != expected_kind:
-        return f"malformed value {_snippet(value)} (a {kind} in a column of {expected_kind} values)"
+        return f"malformed value {_snippet(value)} (a {kind} value in a column of {expected_kind} values)"
     return None
 
 

@@ -19,7 +19,9 @@ from typing import Any
 
 import dspy
 from dspy.clients._deprecation import warn_legacy_lm, warn_openai_messages
-from dspy.clients.execution import aexecute, execute, finalize, prepare
+from dspy.clients.execution import IGNORED_CACHE_KEYS, aexecute, execute, finalize, prepare
+from dspy.clients.legacy_outputs import plain, value
+from dspy.lm15 import Response
 from dspy.utils.callback import with_callbacks
 
 from stagewise.models.async_engine import ThreadedAsyncEngine
@@ -69,28 +71,40 @@ class StagewiseLM(dspy.LM):
         return call
 
     def _account(self, call, result, latency_s: float) -> None:
+        # A cache hit is recorded at the nominal tokens and cost of the call it replays (what the
+        # configuration costs, for optimization), flagged so that spending counts it as free.
         spec = self.spec
-        common = dict(model=spec.name, engine=spec.engine, latency_s=latency_s,
-                      stage=current_stage(), request_id=current_request())
-        if result.cache_hit:
-            entry = UsageRecord(input_tokens=0, output_tokens=0, cost_usd=0.0, cache_hit=True,
-                                token_source="cache", cost_source=spec.price_source, **common)
-        else:
-            input_tokens, output_tokens, token_source = self._tokens(call, result)
-            recorded = [r.provider_data.get(STAGEWISE_DATA, {}).get("cost_usd")
-                        for r in result.responses if r.provider_data]
-            if recorded and all(c is not None for c in recorded):
-                cost, cost_source = float(sum(recorded)), "recorded"
-            elif spec.input_price is not None and spec.output_price is not None:
-                cost, cost_source = spec.cost(input_tokens, output_tokens), spec.catalog_price_source
+        input_tokens, output_tokens, token_source = self._tokens(call, result)
+        if call.cache:
+            # DSPy drops usage from some cached responses: keep the original counts beside them.
+            key = {**call.key(self, False), "_stagewise": "usage"}
+            if result.cache_hit:
+                stored = dspy.cache.get(key, IGNORED_CACHE_KEYS)
+                if stored:
+                    input_tokens, output_tokens, token_source = stored
             else:
-                cost, cost_source = None, "unpriced"
-            entry = UsageRecord(input_tokens=input_tokens, output_tokens=output_tokens, cost_usd=cost,
-                                cache_hit=False, token_source=token_source, cost_source=cost_source, **common)
-        record(entry, self.usage)
+                dspy.cache.put(key, [input_tokens, output_tokens, token_source], IGNORED_CACHE_KEYS)
+        recorded = [r.provider_data.get(STAGEWISE_DATA, {}).get("cost_usd")
+                    for r in result.responses if r.provider_data]
+        if recorded and all(c is not None for c in recorded):
+            cost, cost_source = float(sum(recorded)), "recorded"
+        elif spec.input_price is not None and spec.output_price is not None:
+            cost, cost_source = spec.cost(input_tokens, output_tokens), spec.catalog_price_source
+        else:
+            cost, cost_source = None, "unpriced"
+        record(UsageRecord(model=spec.name, engine=spec.engine, input_tokens=input_tokens,
+                           output_tokens=output_tokens, latency_s=latency_s, cost_usd=cost,
+                           cache_hit=bool(result.cache_hit), token_source=token_source, cost_source=cost_source,
+                           stage=current_stage(), request_id=current_request()), self.usage)
 
     def _tokens(self, call, result) -> tuple[int, int, str]:
         usage = result.usage or {}
+        if not usage and result.responses:  # a cache hit: the cached responses carry their usage
+            counts = [(r.usage.input_tokens, r.usage.output_tokens) for r in result.responses]
+            if all(i is not None and o is not None for i, o in counts):
+                usage = {"prompt_tokens": sum(i for i, _ in counts), "completion_tokens": sum(o for _, o in counts)}
+        if not usage and result.raw is not None and not isinstance(result.raw, Response):
+            usage = plain(dict(value(result.raw, "usage", {}) or {}))  # a cache hit on the litellm route
         sources = {r.provider_data.get(STAGEWISE_DATA, {}).get("token_source")
                    for r in result.responses if r.provider_data} - {None}
         if "prompt_tokens" in usage and "completion_tokens" in usage:

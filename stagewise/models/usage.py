@@ -29,7 +29,9 @@ _ledgers: ContextVar[tuple[UsageLedger, ...]] = ContextVar("stagewise_ledgers", 
 
 @dataclass(frozen=True)
 class UsageRecord:
-    """One model call. A cache hit made no call: its tokens and cost are zero."""
+    """One model call. ``cost_usd`` is the call's nominal cost; a cache hit (answered from DSPy's
+    cache, no model called) keeps the nominal tokens and cost of the call it replays, and
+    ``spent_usd`` is what was actually spent (zero for a cache hit)."""
 
     model: str
     engine: str
@@ -43,6 +45,10 @@ class UsageRecord:
     stage: str | None = None
     request_id: str | None = None
     timestamp: float = field(default_factory=time.time)
+
+    @property
+    def spent_usd(self) -> float:
+        return 0.0 if self.cache_hit else (self.cost_usd or 0.0)
 
 
 class UsageLedger:
@@ -68,22 +74,28 @@ class UsageLedger:
         return len(self._records)
 
     def to_dataframe(self) -> pd.DataFrame:
-        columns = list(UsageRecord.__dataclass_fields__)
-        return pd.DataFrame([asdict(r) for r in self.records], columns=columns)
+        columns = [*UsageRecord.__dataclass_fields__, "spent_usd"]
+        return pd.DataFrame([{**asdict(r), "spent_usd": r.spent_usd} for r in self.records], columns=columns)
 
     def totals(self, by: str | list[str] | None = None) -> pd.DataFrame:
-        """Calls, tokens, latency and cost summed per ``by`` (``stage``, ``request_id``, ``model``)."""
+        """Calls, tokens, latency, nominal cost and spending summed per ``by`` (``stage``, ``request_id``, ``model``)."""
         frame = self.to_dataframe()
         frame["calls"] = 1
         frame["cache_hits"] = frame["cache_hit"].astype(int)
-        sums = ["calls", "cache_hits", "input_tokens", "output_tokens", "latency_s", "cost_usd"]
+        sums = ["calls", "cache_hits", "input_tokens", "output_tokens", "latency_s", "cost_usd", "spent_usd"]
         if by is None:
             return frame[sums].sum(min_count=1).to_frame().T
         return frame.groupby(by, dropna=False)[sums].sum(min_count=1)
 
     @property
     def total_cost(self) -> float:
+        """Nominal cost of every call recorded (cache hits at the cost of the call they replay)."""
         return sum(r.cost_usd or 0.0 for r in self.records)
+
+    @property
+    def total_spent(self) -> float:
+        """What was actually spent: cache hits are free."""
+        return sum(r.spent_usd for r in self.records)
 
 
 def record(entry: UsageRecord, own: UsageLedger | None = None) -> None:

@@ -1,0 +1,114 @@
+"""Per-stage prompt optimization with DSPy's optimizers, compiled once and reused.
+
+DSPy optimizers compile a whole program; a stage's chosen optimizer is applied by
+compiling the program with it and keeping that stage's learned state (demos,
+instructions). The result is cached on disk by content: the stage, the optimizer and its
+settings, the training data's fingerprint and the models it depends on (for bootstrapping,
+every stage's model, since the teacher runs the whole program; for labeled demos, none),
+so a stage compiled once is reused by every later trial and every rerun.
+
+DSPy's ``LabeledFewShot`` and ``BootstrapFewShot*`` return predictors with ``lm=None``;
+only the learned state is taken from the compiled copy, so each stage keeps its model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import dspy
+
+from stagewise.optimize.space import TrialChoice
+
+MODEL_FREE = {"none", "labeled_fewshot"}  # optimizers whose result does not depend on any model
+
+
+class CompileCache:
+    """Learned stage states as JSON files, keyed by the content that produced them."""
+
+    def __init__(self, directory: str | Path):
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.hits = self.misses = 0
+        self._lock = threading.Lock()
+
+    def key(self, stage: str, choice: TrialChoice, data_fingerprint: str) -> str:
+        optimizer = choice.optimizers.get(stage, "none")
+        content = {"stage": stage, "optimizer": optimizer, "demos": choice.demos.get(stage, 0),
+                   "data": data_fingerprint,
+                   "models": {} if optimizer in MODEL_FREE else dict(sorted(choice.models.items()))}
+        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:24]
+
+    def get(self, key: str) -> dict | None:
+        path = self.directory / f"{key}.json"
+        with self._lock:
+            if path.exists():
+                self.hits += 1
+                return json.loads(path.read_text(encoding="utf-8"))
+            self.misses += 1
+            return None
+
+    def put(self, key: str, state: dict) -> None:
+        path = self.directory / f"{key}.json"
+        partial = path.with_suffix(".partial")
+        partial.write_text(json.dumps(state, default=str), encoding="utf-8")
+        partial.replace(path)  # atomic: a concurrent reader never sees half a file
+
+
+def _optimizer(name: str, demos: int, metric: Callable):
+    if name == "labeled_fewshot":
+        return dspy.LabeledFewShot(k=demos)
+    if name == "bootstrap_fewshot":
+        return dspy.BootstrapFewShot(metric=metric, max_bootstrapped_demos=demos, max_labeled_demos=demos,
+                                     max_rounds=1)
+    if name == "bootstrap_random_search":
+        return dspy.BootstrapFewShotWithRandomSearch(metric=metric, max_bootstrapped_demos=demos,
+                                                     max_labeled_demos=demos, num_candidate_programs=2,
+                                                     num_threads=1)
+    if name == "mipro":
+        return dspy.MIPROv2(metric=metric, auto="light", max_bootstrapped_demos=demos, max_labeled_demos=demos,
+                            num_threads=1)
+    raise ValueError(f"unknown optimizer {name!r}")
+
+
+def _stage_state(program, stage: str) -> dict:
+    state = program.stages()[stage].step.dump_state()
+    for predictor_state in state.values() if all(isinstance(v, dict) for v in state.values()) else [state]:
+        predictor_state["lm"] = None
+    return state
+
+
+def compile_stages(program, choice: TrialChoice, trainset: list, metric: Callable, cache: CompileCache,
+                   data_fingerprint: str) -> dict[str, str]:
+    """Apply each stage's optimizer to ``program`` (in place), from the cache when possible.
+
+    Returns, per stage, ``"cached"``, ``"compiled"`` or ``"none"``.
+    """
+    outcome = {}
+    compiled_by: dict[tuple[str, int], object] = {}  # one compile per distinct optimizer setting
+    for stage, optimizer in choice.optimizers.items():
+        demos = choice.demos.get(stage, 0)
+        if optimizer == "none" or demos == 0:
+            outcome[stage] = "none"
+            continue
+        key = cache.key(stage, choice, data_fingerprint)
+        state = cache.get(key)
+        if state is None:
+            if (optimizer, demos) not in compiled_by:
+                teacher = program.deepcopy()  # keeps every stage's model: the teacher runs the real pipeline
+                compiler = _optimizer(optimizer, demos, metric)
+                kwargs = {"teacher": teacher} if optimizer.startswith("bootstrap") else {}
+                compiled_by[(optimizer, demos)] = compiler.compile(program.deepcopy(), trainset=trainset, **kwargs)
+            state = _stage_state(compiled_by[(optimizer, demos)], stage)
+            cache.put(key, state)
+            outcome[stage] = "compiled"
+        else:
+            outcome[stage] = "cached"
+        target = program.stages()[stage]
+        model = target.lm
+        target.step.load_state(state)
+        target.lm = model  # the learned state carries no model: keep the stage's own
+    return outcome

@@ -1,0 +1,80 @@
+"""The cost-quality Pareto front of a study, selection by constraint, and its CSV and plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+
+class SelectionError(ValueError):
+    """No configuration satisfies the constraint."""
+
+
+def pareto_mask(frame: pd.DataFrame, quality: str = "quality", cost: str = "cost_per_request") -> pd.Series:
+    """True for rows no other row beats on both quality (higher) and cost (lower)."""
+    keep = []
+    values = frame[[quality, cost]].to_numpy()
+    for q, c in values:
+        dominated = any((q2 >= q and c2 <= c) and (q2 > q or c2 < c) for q2, c2 in values)
+        keep.append(not dominated)
+    return pd.Series(keep, index=frame.index)
+
+
+def front(trials: pd.DataFrame) -> pd.DataFrame:
+    """The Pareto-optimal trials, cheapest first."""
+    if trials.empty:
+        return trials
+    return trials[pareto_mask(trials)].sort_values(["cost_per_request", "quality"], ascending=[True, False])
+
+
+def select(front_: pd.DataFrame, *, min_quality: float | None = None,
+           max_cost_per_1k: float | None = None) -> pd.Series:
+    """"cheapest with quality >= X", or "best quality under $Y per 1,000 requests", or the best quality."""
+    if front_.empty:
+        raise SelectionError("no completed trial to select from")
+    if min_quality is not None and max_cost_per_1k is not None:
+        raise SelectionError("give min_quality or max_cost_per_1k, not both")
+    if min_quality is not None:
+        ok = front_[front_["quality"] >= min_quality]
+        if ok.empty:
+            raise SelectionError(f"no configuration reaches quality >= {min_quality} "
+                                 f"(best: {front_['quality'].max():.3f})")
+        return ok.sort_values(["cost_per_request", "quality"], ascending=[True, False]).iloc[0]
+    if max_cost_per_1k is not None:
+        ok = front_[1000 * front_["cost_per_request"] <= max_cost_per_1k]
+        if ok.empty:
+            raise SelectionError(f"no configuration costs <= ${max_cost_per_1k} per 1,000 requests "
+                                 f"(cheapest: ${1000 * front_['cost_per_request'].min():.4f})")
+        return ok.sort_values(["quality", "cost_per_request"], ascending=[False, True]).iloc[0]
+    return front_.sort_values(["quality", "cost_per_request"], ascending=[False, True]).iloc[0]
+
+
+def write(trials: pd.DataFrame, directory: str | Path, *, chosen: int | None = None) -> tuple[Path, Path]:
+    """``pareto.csv`` (the front) and ``pareto.png`` (every trial, the front, the chosen one)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no screen: render to a file
+    import matplotlib.pyplot as plt
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    best = front(trials)
+    csv_path = directory / "pareto.csv"
+    best.to_csv(csv_path, index=False)
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    axes.scatter(1000 * trials["cost_per_request"], trials["quality"], s=18, c="#b0b0b0", label="trials")
+    axes.plot(1000 * best["cost_per_request"], best["quality"], "o-", c="#1f5fa8", label="Pareto front")
+    if chosen is not None:
+        row = trials[trials["trial"] == chosen]
+        axes.scatter(1000 * row["cost_per_request"], row["quality"], s=120, facecolors="none",
+                     edgecolors="#c0392b", linewidths=2, label="chosen")
+    axes.set_xlabel("cost per 1,000 requests (USD)")
+    axes.set_ylabel("quality (dev)")
+    axes.grid(alpha=0.3)
+    axes.legend(loc="lower right")
+    figure.tight_layout()
+    png_path = directory / "pareto.png"
+    figure.savefig(png_path, dpi=120)
+    plt.close(figure)
+    return csv_path, png_path
