@@ -111,6 +111,63 @@ def demo(
                   "stagewise's optimizer is for.")
 
 
+@app.command()
+def optimize(
+    config: Path = typer.Argument(..., help="The study config (TOML)."),
+    trials: int | None = typer.Option(None, help="Total trials of the study (a rerun continues it)."),
+    out: Path = typer.Option(Path("runs/latest"), help="Output directory."),
+    study: str | None = typer.Option(None, help="Study name (default: from the config)."),
+) -> None:
+    """Search per-stage models, optimizers and demos; write the Pareto front and the best program."""
+    from stagewise.data import split
+    from stagewise.optimize.config import ConfigError, load_config
+    from stagewise.optimize.export import export
+    from stagewise.optimize.space import SearchSpaceError
+    from stagewise.optimize.study import Study
+    from stagewise.optimize.tracking import Tracker
+
+    import dspy
+
+    try:
+        cfg = load_config(config, study=study, trials=trials)
+        splits = split(cfg.examples, train=cfg.split.get("train", 0.5), dev=cfg.split.get("dev", 0.25),
+                       test=cfg.split.get("test", 0.25), seed=int(cfg.split.get("seed", 0)),
+                       stratify_by=cfg.split.get("stratify_by"))
+        tracker = Tracker(cfg.experiment or cfg.settings.name)
+        runner = Study(cfg.build, splits, cfg.space, cfg.end_to_end, stage_metrics=cfg.stage_metrics,
+                       settings=cfg.settings, out_dir=out, data_fingerprint=cfg.data_fingerprint, tracker=tracker,
+                       lm_options=cfg.lm_options)
+    except (ConfigError, SearchSpaceError, ValueError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    console.print(cfg.data_report)
+    console.print(f"splits: {splits.sizes()}  study {cfg.settings.name!r}, {cfg.settings.trials} trials, "
+                  f"output {out}")
+    with dspy.context(adapter=dspy.JSONAdapter()):
+        result = runner.results(runner.run())
+    table = Table(title="Pareto front (dev)")
+    for column in ("trial", "quality", "$ per 1k requests", *[f"{s}.model" for s in cfg.space]):
+        table.add_column(column)
+    for _, row in result.front.iterrows():
+        table.add_row(str(row["trial"]), f"{row['quality']:.3f}", f"{row['cost_per_1k_requests']:.4f}",
+                      *[str(row[f"{stage}.model"]) for stage in cfg.space])
+    console.print(table)
+    chosen = result.chosen
+    best = export(result.program, out / "best", factory=cfg.factory, factory_kwargs=cfg.factory_kwargs,
+                  metrics={"dev": result.dev.summary(), "test": result.test.summary() if result.test else None},
+                  data_fingerprint=cfg.data_fingerprint, extra={"study": cfg.settings.name, "trial": int(chosen["trial"])})
+    console.print(f"chosen: trial {int(chosen['trial'])}, dev quality {result.dev.quality:.3f}, "
+                  f"test quality {result.test.quality if result.test else float('nan'):.3f}, "
+                  f"${1000 * result.dev.cost_per_request:.4f} per 1,000 requests")
+    if result.test:
+        console.print(result.test.table())
+    console.print(f"wrote {out / 'pareto.csv'}, {out / 'pareto.png'}, {best / 'program.json'}, "
+                  f"{best / 'manifest.json'}; compiled stages reused: {result.cache['hits']}, "
+                  f"compiled: {result.cache['misses']}")
+    console.print(f"MLflow: {tracker.uri} (experiment {tracker.experiment!r}); "
+                  f"open the UI with: mlflow ui --backend-store-uri {tracker.uri}")
+
+
 def main() -> None:
     app()
 

@@ -1,0 +1,129 @@
+"""The study config file (TOML): program, data, split, metrics, search space, tracking.
+
+Paths in the file are relative to the file. ``[program] factory`` is ``module:function``
+returning a fresh program; the config's folder and the working directory are importable.
+Data come from a file (``path`` with ``inputs``/``labels`` column maps) or from the prompts
+of an outcome table (``outcomes``) when the stages replay recorded models.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dspy
+
+from stagewise.metrics.report import EndToEnd, StageMetric
+from stagewise.optimize.space import StageChoices
+from stagewise.optimize.study import StudySettings
+
+
+class ConfigError(ValueError):
+    """The config file is malformed; the message names the file and the key."""
+
+
+@dataclass
+class StudyConfig:
+    path: Path
+    factory: str
+    factory_kwargs: dict
+    examples: list
+    data_fingerprint: str
+    data_report: str
+    split: dict
+    end_to_end: EndToEnd
+    stage_metrics: list[StageMetric]
+    space: dict[str, StageChoices]
+    settings: StudySettings
+    lm_options: dict
+    experiment: str | None
+    replay_table: Any = None
+
+    def build(self):
+        return import_factory(self.factory)(**self.factory_kwargs)
+
+
+def import_factory(path: str):
+    module_name, _, attribute = path.partition(":")
+    if not module_name or not attribute:
+        raise ConfigError(f"factory {path!r} must be 'module:function'")
+    try:
+        return getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"factory {path!r} cannot be imported: {exc}") from None
+
+
+def _need(table: dict, key: str, where: str, file: Path):
+    if key not in table:
+        raise ConfigError(f"config {str(file)!r}: [{where}] needs {key!r}")
+    return table[key]
+
+
+def load_config(path: str | Path, *, study: str | None = None, trials: int | None = None) -> StudyConfig:
+    file = Path(path).resolve()
+    try:
+        raw = tomllib.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config {str(path)!r} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config {str(path)!r} is not valid TOML: {exc}") from None
+    for where in ("program", "data", "metrics", "search"):
+        if not isinstance(raw.get(where), dict):
+            raise ConfigError(f"config {str(file)!r}: missing table [{where}]")
+    for folder in (str(file.parent), str(Path.cwd())):
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
+
+    data, replay_table = raw["data"], None
+    if "outcomes" in data:
+        from stagewise.models.replay import OutcomeTable
+
+        replay_table = OutcomeTable.load(file.parent / data["outcomes"])
+        field = data.get("prompt_field", "prompt")
+        examples = [dspy.Example(**{field: prompt}).with_inputs(field) for prompt in replay_table.prompts]
+        fingerprint, report = replay_table.fingerprint, replay_table.report()
+    else:
+        from stagewise.data import FieldMap, load_dataset_file
+
+        fields = FieldMap(inputs=dict(_need(data, "inputs", "data", file)), labels=dict(data.get("labels", {})))
+        loaded = load_dataset_file(file.parent / _need(data, "path", "data", file), fields,
+                                   on_bad=data.get("on_bad", "skip"))
+        if "limit" in data:
+            loaded.examples[:] = loaded.examples[: int(data["limit"])]
+        examples, fingerprint, report = loaded.examples, loaded.fingerprint, loaded.report.summary()
+
+    metrics = raw["metrics"]
+    end = _need(metrics, "end_to_end", "metrics", file)
+    end_metric: Any = end.get("metric", "normalized_match")
+    if end_metric == "recorded_correctness":
+        if replay_table is None:
+            raise ConfigError(f"config {str(file)!r}: metric 'recorded_correctness' needs [data] outcomes")
+        from stagewise.metrics.scoring import RecordedCorrectness
+
+        end_metric = RecordedCorrectness(replay_table, prompt=data.get("prompt_field", "prompt"))
+    end_to_end = EndToEnd(_need(end, "output", "metrics.end_to_end", file), end.get("label"), end_metric)
+    stage_metrics = [StageMetric(m["stage"], m["output"], m["label"], m.get("metric", "normalized_match"))
+                     for m in metrics.get("stages", [])]
+
+    search = raw["search"]
+    stages = _need(search, "stages", "search", file)
+    space = {name: StageChoices(tuple(_need(choice, "models", f"search.stages.{name}", file)),
+                                tuple(choice.get("optimizers", ["none"])), tuple(choice.get("demos", [0])))
+             for name, choice in stages.items()}
+    settings = StudySettings(
+        name=study or search.get("study", file.stem), trials=trials or int(search.get("trials", 12)),
+        seed=int(search.get("seed", 0)), storage=search.get("storage"), prune_on=int(search.get("prune_on", 8)),
+        prune_margin=float(search.get("prune_margin", 0.15)), min_quality=search.get("min_quality"),
+        max_cost_per_1k=search.get("max_cost_per_1k"))
+    lm_options = {name: dict(options) for name, options in raw.get("models", {}).items()}
+    if replay_table is not None:
+        lm_options.setdefault("*", {})["replay_table"] = replay_table
+    return StudyConfig(file, raw["program"].get("factory") or _need(raw["program"], "factory", "program", file),
+                       dict(raw["program"].get("kwargs", {})), examples, fingerprint, report,
+                       dict(raw.get("split", {"train": 0.5, "dev": 0.25, "test": 0.25, "seed": 0})), end_to_end,
+                       stage_metrics, space, settings, lm_options, raw.get("tracking", {}).get("experiment"),
+                       replay_table)

@@ -1,0 +1,196 @@
+"""The joint search: one Optuna multi-objective study over per-stage models, optimizers and demos.
+
+Each trial builds the program, assigns each stage's model, applies each stage's optimizer
+(compiled once per content, see ``compile``), and scores the program on the dev split:
+quality up, cost per request down. A trial is first scored on a small dev subset and
+pruned when it is hopeless: below the quality of a completed trial that was no more
+expensive, by a margin. The study lives in storage (SQLite by default), so a rerun with
+the same study name continues it. Every trial is an MLflow run nested under the study's.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+
+from stagewise.metrics.report import PASS, EndToEnd, EvaluationReport, StageMetric, evaluate
+from stagewise.models.lm import get_lm
+from stagewise.optimize import pareto
+from stagewise.optimize.compile import CompileCache, compile_stages
+from stagewise.optimize.space import StageChoices, TrialChoice, suggest, validate
+from stagewise.optimize.tracking import Tracker
+
+
+@dataclass
+class StudySettings:
+    name: str
+    trials: int = 12
+    seed: int = 0
+    storage: str | None = None  # default: sqlite in the output directory
+    prune_on: int = 8  # dev examples scored before the pruning decision
+    prune_margin: float = 0.15
+    min_quality: float | None = None  # selection: cheapest with quality >= this
+    max_cost_per_1k: float | None = None  # selection: best quality under this cost
+
+
+@dataclass
+class StudyResult:
+    trials: pd.DataFrame
+    front: pd.DataFrame
+    chosen: pd.Series
+    program: Any
+    dev: EvaluationReport
+    test: EvaluationReport | None
+    out_dir: Path
+    cache: dict[str, int] = field(default_factory=dict)
+
+
+class Study:
+    """A study over ``space`` for the programs ``build()`` returns, on train/dev/test splits."""
+
+    def __init__(self, build: Callable[[], Any], splits, space: dict[str, StageChoices], end_to_end: EndToEnd, *,
+                 stage_metrics: list[StageMetric] = (), settings: StudySettings, out_dir: str | Path,
+                 data_fingerprint: str, tracker: Tracker | None = None, lm_options: dict | None = None,
+                 catalog=None):
+        self.build, self.splits, self.space, self.end_to_end = build, splits, space, end_to_end
+        self.stage_metrics = list(stage_metrics)
+        self.settings, self.out_dir = settings, Path(out_dir)
+        self.data_fingerprint = data_fingerprint
+        self.tracker = tracker or Tracker(None)
+        self.lm_options, self.catalog = lm_options or {}, catalog
+        self.cache = CompileCache(self.out_dir / "compiled")
+        self._lms: dict[str, Any] = {}
+        probe = build()
+        validate(space, list(probe.stages()), catalog)
+        for name, part in (("train", splits.train), ("dev", splits.dev)):
+            if not part:
+                raise ValueError(f"the {name} split is empty: nothing to optimize on")
+
+    def lm(self, model: str):
+        """One LM per model for the whole study (DSPy's cache and the engines are shared)."""
+        if model not in self._lms:
+            options = dict(self.lm_options.get("*", {}), **self.lm_options.get(model, {}))
+            self._lms[model] = get_lm(model, catalog=self.catalog, **options)
+        return self._lms[model]
+
+    def program_for(self, choice: TrialChoice):
+        program = self.build()
+        program.set_models({stage: self.lm(model) for stage, model in choice.models.items()})
+
+        def passes(example, prediction, trace=None) -> bool:
+            return self.end_to_end.score(example, prediction) >= PASS
+
+        compile_stages(program, choice, self.splits.train, passes, self.cache, self.data_fingerprint)
+        return program
+
+    def _evaluate(self, program, examples) -> EvaluationReport:
+        return evaluate(program, examples, stage_metrics=self.stage_metrics, end_to_end=self.end_to_end,
+                        progress=False)
+
+    def _hopeless(self, study: optuna.Study, early: EvaluationReport) -> bool:
+        done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        return any(t.values[0] >= early.quality + self.settings.prune_margin and t.values[1] <= early.cost_per_request
+                   for t in done)
+
+    def objective(self, study: optuna.Study, trial: optuna.Trial) -> tuple[float, float]:
+        choice = suggest(trial, self.space)
+        for earlier in study.trials:  # the sampler proposed a configuration already scored: reuse it
+            if earlier.state == optuna.trial.TrialState.COMPLETE and earlier.params == trial.params:
+                for key, value in earlier.user_attrs.items():
+                    trial.set_user_attr(key, value)
+                trial.set_user_attr("same_as", earlier.number)
+                return tuple(earlier.values)
+        program = self.program_for(choice)
+        dev = self.splits.dev
+        head, rest = dev[: self.settings.prune_on], dev[self.settings.prune_on:]
+        early = self._evaluate(program, head)
+        params = {**choice.params(), "data_fingerprint": self.data_fingerprint}
+        if rest and self._hopeless(study, early):
+            trial.set_user_attr("pruned_at", len(head))
+            self.tracker.trial(trial.number, params, {"quality_subset": early.quality,
+                                                      "cost_per_request": early.cost_per_request}, "pruned")
+            raise optuna.TrialPruned(f"quality {early.quality:.3f} on {len(head)} dev examples is hopeless")
+        report = early if not rest else EvaluationReport(
+            pd.concat([early.rows, self._evaluate(program, rest).rows], ignore_index=True),
+            self.stage_metrics, self.end_to_end)
+        summary = report.summary()
+        trial.set_user_attr("stages", summary["stages"])
+        trial.set_user_attr("tokens_per_request", summary["input_tokens_per_request"] + summary["output_tokens_per_request"])
+        trial.set_user_attr("latency_s", summary["latency_s_mean"])
+        metrics = {"quality": report.quality, "cost_per_request": report.cost_per_request,
+                   "cost_per_1k_requests": 1000 * report.cost_per_request,
+                   "tokens_per_request": trial.user_attrs["tokens_per_request"], "latency_s": summary["latency_s_mean"],
+                   **{f"stage.{k}": v for k, v in summary["stages"].items()}}
+        with tempfile.TemporaryDirectory() as scratch:
+            state = Path(scratch) / "program.json"
+            dumped = program.dump_state()
+            for predictor_state in dumped.values():
+                if isinstance(predictor_state, dict):
+                    predictor_state["lm"] = None
+            state.write_text(json.dumps(dumped, default=str))
+            self.tracker.trial(trial.number, params, metrics, "complete", [state])
+        return report.quality, report.cost_per_request
+
+    def run(self, *, progress: bool = True) -> optuna.Study:
+        storage = self.settings.storage or f"sqlite:///{(self.out_dir / 'optuna.db').resolve()}"
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study = optuna.create_study(study_name=self.settings.name, storage=storage, load_if_exists=True,
+                                    directions=["maximize", "minimize"],
+                                    sampler=optuna.samplers.TPESampler(seed=self.settings.seed))
+        finished = len([t for t in study.trials if t.state.is_finished()])
+        remaining = max(0, self.settings.trials - finished)
+        params = {"trials": self.settings.trials, "seed": self.settings.seed, "data_fingerprint": self.data_fingerprint,
+                  "space": json.dumps({s: vars(c) for s, c in self.space.items()}, default=list)}
+        with self.tracker.study(self.settings.name, params):
+            if remaining:
+                bar = None
+                if progress:
+                    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+                    bar = Progress(TextColumn("trials"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+                    bar.start()
+                    task = bar.add_task("trials", total=self.settings.trials, completed=finished)
+                try:
+                    study.optimize(lambda trial: self.objective(study, trial), n_trials=remaining,
+                                   callbacks=[lambda *_: bar.advance(task)] if bar else None,
+                                   catch=())
+                finally:
+                    if bar:
+                        bar.stop()
+        return study
+
+    def results(self, study: optuna.Study) -> StudyResult:
+        rows = []
+        for trial in study.trials:
+            if trial.state != optuna.trial.TrialState.COMPLETE or "same_as" in trial.user_attrs:
+                continue
+            rows.append({"trial": trial.number, "quality": trial.values[0], "cost_per_request": trial.values[1],
+                         "cost_per_1k_requests": 1000 * trial.values[1], **trial.params,
+                         **{f"stage:{k}": v for k, v in trial.user_attrs.get("stages", {}).items()}})
+        trials = pd.DataFrame(rows)
+        best_front = pareto.front(trials)
+        chosen = pareto.select(best_front, min_quality=self.settings.min_quality,
+                               max_cost_per_1k=self.settings.max_cost_per_1k)
+        choice = TrialChoice(
+            models={s: chosen[f"{s}.model"] for s in self.space},
+            optimizers={s: chosen.get(f"{s}.optimizer", "none") for s in self.space},
+            demos={s: int(chosen[f"{s}.demos"]) if f"{s}.demos" in chosen and pd.notna(chosen[f"{s}.demos"]) else 0
+                   for s in self.space},
+        )
+        program = self.program_for(choice)
+        dev = self._evaluate(program, self.splits.dev)
+        test = self._evaluate(program, self.splits.test) if self.splits.test else None
+        csv_path, png_path = pareto.write(trials, self.out_dir, chosen=int(chosen["trial"]))
+        self.tracker.artifacts([csv_path, png_path], {"chosen.dev_quality": dev.quality,
+                                                     "chosen.test_quality": test.quality if test else None,
+                                                     "chosen.cost_per_request": dev.cost_per_request})
+        return StudyResult(trials, best_front, chosen, program, dev, test, self.out_dir,
+                           {"hits": self.cache.hits, "misses": self.cache.misses})
