@@ -20,3 +20,11 @@ def _isolated_dspy_cache(tmp_path_factory, monkeypatch):
         enable_disk_cache=False, enable_memory_cache=True,
         disk_cache_dir=str(tmp_path_factory.mktemp("dspy-cache")),
     ))
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_tracking_uri():
+    """mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI: keep one test's database out of the next."""
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    yield
+    os.environ.pop("MLFLOW_TRACKING_URI", None)

@@ -139,7 +139,8 @@ class EvaluationReport:
         return table
 
 
-def _check(program, examples: list, stage_metrics: list[StageMetric], end_to_end: EndToEnd | None) -> None:
+def check_metrics(program, examples: list, stage_metrics: list[StageMetric], end_to_end: EndToEnd | None) -> None:
+    """Every metric names a real stage, one of its output fields and a label the examples have."""
     if not examples:
         raise EvaluationError("no examples to evaluate (the split is empty)")
     stages = program.stages()
@@ -165,7 +166,7 @@ def evaluate(program, examples: list, *, stage_metrics: list[StageMetric] = (), 
              progress: bool = True, on_result: Callable[[int, dict], None] | None = None) -> EvaluationReport:
     """Run ``program`` on every example and score it per stage and end to end."""
     stage_metrics = list(stage_metrics)
-    _check(program, examples, stage_metrics, end_to_end)
+    check_metrics(program, examples, stage_metrics, end_to_end)
     rows: list[dict[str, Any]] = []
     iterator = range(len(examples))
     bar = None

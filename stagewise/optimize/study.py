@@ -20,7 +20,15 @@ from typing import Any
 import optuna
 import pandas as pd
 
-from stagewise.metrics.report import PASS, EndToEnd, EvaluationReport, StageMetric, evaluate
+from stagewise.metrics.report import (
+    PASS,
+    EndToEnd,
+    EvaluationError,
+    EvaluationReport,
+    StageMetric,
+    check_metrics,
+    evaluate,
+)
 from stagewise.models.lm import get_lm
 from stagewise.optimize import pareto
 from stagewise.optimize.compile import CompileCache, compile_stages
@@ -71,7 +79,8 @@ class Study:
         validate(space, list(probe.stages()), catalog)
         for name, part in (("train", splits.train), ("dev", splits.dev)):
             if not part:
-                raise ValueError(f"the {name} split is empty: nothing to optimize on")
+                raise EvaluationError(f"the {name} split is empty: nothing to optimize on")
+        check_metrics(probe, splits.dev, self.stage_metrics, end_to_end)  # before any model is called
 
     def lm(self, model: str):
         """One LM per model for the whole study (DSPy's cache and the engines are shared)."""
@@ -106,6 +115,9 @@ class Study:
                 for key, value in earlier.user_attrs.items():
                     trial.set_user_attr(key, value)
                 trial.set_user_attr("same_as", earlier.number)
+                self.tracker.trial(trial.number, {**choice.params(), "data_fingerprint": self.data_fingerprint,
+                                                  "same_as_trial": earlier.number},
+                                   {"quality": earlier.values[0], "cost_per_request": earlier.values[1]}, "reused")
                 return tuple(earlier.values)
         program = self.program_for(choice)
         dev = self.splits.dev
@@ -145,7 +157,9 @@ class Study:
         study = optuna.create_study(study_name=self.settings.name, storage=storage, load_if_exists=True,
                                     directions=["maximize", "minimize"],
                                     sampler=optuna.samplers.TPESampler(seed=self.settings.seed))
-        finished = len([t for t in study.trials if t.state.is_finished()])
+        # Trials that failed (an interrupted run, a crash) do not count against the budget.
+        finished = len([t for t in study.trials
+                        if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)])
         remaining = max(0, self.settings.trials - finished)
         params = {"trials": self.settings.trials, "seed": self.settings.seed, "data_fingerprint": self.data_fingerprint,
                   "space": json.dumps({s: vars(c) for s, c in self.space.items()}, default=list)}

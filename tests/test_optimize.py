@@ -1,0 +1,212 @@
+"""The joint search on the replay engine: study, resume, pruning, Pareto selection, export, CLI."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dspy
+import optuna
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from stagewise.cli import app
+from stagewise.data import split
+from stagewise.metrics import EndToEnd, EvaluationError, RecordedCorrectness, StageMetric
+from stagewise.optimize import pareto
+from stagewise.optimize.export import ExportError, export, load
+from stagewise.optimize.space import SearchSpaceError, StageChoices
+from stagewise.optimize.study import Study, StudySettings
+from stagewise.optimize.tracking import Tracker
+from stagewise.programs import Stage
+
+from .conftest import ROOT, ROUTERBENCH_TEST
+
+ARC_CONFIG = ROOT / "examples" / "arc_routing" / "study.toml"
+MODELS = ("recorded/gpt-4-1106-preview", "recorded/mixtral-8x7b-chat", "recorded/mistral-7b-chat",
+          "recorded/gpt-3.5-turbo-1106")
+
+
+def build():
+    return Stage("answer", "prompt -> answer")
+
+
+@pytest.fixture(scope="module")
+def table():
+    from stagewise.models.replay import OutcomeTable
+
+    return OutcomeTable.load(ROUTERBENCH_TEST)
+
+
+@pytest.fixture()
+def study_parts(table, tmp_path):
+    examples = [dspy.Example(prompt=p).with_inputs("prompt") for p in table.prompts[:120]]
+    splits = split(examples, train=0.25, dev=0.5, test=0.25, seed=0)
+    end = EndToEnd("answer", metric=RecordedCorrectness(table))
+
+    def make(trials, name="s", **settings):
+        return Study(build, splits, {"answer": StageChoices(MODELS)}, end,
+                     settings=StudySettings(name=name, trials=trials, **settings), out_dir=tmp_path / "out",
+                     data_fingerprint=table.fingerprint, tracker=Tracker("tests", f"sqlite:///{tmp_path}/mlflow.db"),
+                     lm_options={"*": {"replay_table": table}})
+    return make, splits
+
+
+def test_study_finds_the_front_and_resumes_with_the_same_name(study_parts, tmp_path):
+    make, splits = study_parts
+    with dspy.context(adapter=dspy.JSONAdapter()):
+        first = make(3)
+        study = first.run(progress=False)
+        assert len([t for t in study.trials if t.state.is_finished()]) == 3
+        resumed = make(6)  # the same study name in the same storage: it continues, it does not restart
+        study = resumed.run(progress=False)
+        numbers = [t.number for t in study.trials]
+        assert numbers == list(range(6))
+        result = resumed.results(study)
+    assert set(result.trials["answer.model"]) <= set(MODELS)
+    front = result.front
+    assert (front["quality"].diff().dropna() > 0).all()  # cheapest first, each step buys quality
+    assert (tmp_path / "out" / "pareto.csv").exists() and (tmp_path / "out" / "pareto.png").stat().st_size > 10_000
+    assert pd.read_csv(tmp_path / "out" / "pareto.csv")["trial"].tolist() == front["trial"].tolist()
+    # Every scored trial is an MLflow run nested under the study's run.
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = mlflow.search_runs(experiment_names=["tests"])
+    trial_runs = runs[runs["tags.stagewise_role"] == "trial"]
+    assert len(runs[runs["tags.stagewise_role"] == "study"]) == 1
+    assert len(trial_runs) == 6 and set(trial_runs["tags.mlflow.parentRunId"]) == \
+        set(runs.loc[runs["tags.stagewise_role"] == "study", "run_id"])
+    assert "params.answer.model" in trial_runs and "metrics.cost_per_request" in trial_runs
+    assert not any("key" in c.lower() and "api" in c.lower() for c in runs.columns)
+
+
+def test_hopeless_trials_are_pruned_on_a_dev_subset(table, tmp_path):
+    """On these questions claude-v2 costs ten times Yi-34B's recorded cost and answers worse: once
+    Yi-34B is scored, claude-v2 is stopped after the dev subset instead of the whole dev split."""
+    examples = [dspy.Example(prompt=p).with_inputs("prompt") for p in table.prompts[:120]]
+    splits = split(examples, train=0.25, dev=0.5, test=0.25, seed=0)
+    space = {"answer": StageChoices(("recorded/yi-34b-chat", "recorded/claude-v2"))}
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    seeded = optuna.create_study(study_name="pruning", storage=storage, directions=["maximize", "minimize"])
+    for model in space["answer"].models:  # fix the order: the strong, cheaper model first
+        seeded.enqueue_trial({"answer.model": model, "answer.optimizer": "none"})
+    study = Study(build, splits, space, EndToEnd("answer", metric=RecordedCorrectness(table)),
+                  settings=StudySettings(name="pruning", trials=2, storage=storage, prune_on=10, prune_margin=0.15),
+                  out_dir=tmp_path / "out", data_fingerprint=table.fingerprint,
+                  lm_options={"*": {"replay_table": table}})
+    with dspy.context(adapter=dspy.JSONAdapter()):
+        trials = study.run(progress=False).trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED]
+    assert trials[1].user_attrs["pruned_at"] == 10
+
+
+def test_selection_by_constraint():
+    trials = pd.DataFrame({"trial": [0, 1, 2, 3], "quality": [0.6, 0.8, 0.9, 0.85],
+                           "cost_per_request": [0.001, 0.002, 0.01, 0.02]})
+    front = pareto.front(trials)
+    assert front["trial"].tolist() == [0, 1, 2]  # trial 3 is dominated by trial 2
+    assert pareto.select(front, min_quality=0.75)["trial"] == 1
+    assert pareto.select(front, max_cost_per_1k=5.0)["trial"] == 1
+    assert pareto.select(front)["trial"] == 2
+    with pytest.raises(pareto.SelectionError, match="no configuration reaches quality >= 0.95"):
+        pareto.select(front, min_quality=0.95)
+    with pytest.raises(pareto.SelectionError, match=r"costs <= \$0.5 per 1,000"):
+        pareto.select(front, max_cost_per_1k=0.5)
+
+
+def test_bad_inputs_are_refused_before_any_model_is_called(table, tmp_path):
+    examples = [dspy.Example(prompt=p).with_inputs("prompt") for p in table.prompts[:40]]
+    splits = split(examples, train=0.25, dev=0.5, test=0.25, seed=0)
+    end = EndToEnd("answer", metric=RecordedCorrectness(table))
+    settings = StudySettings(name="bad")
+    with pytest.raises(SearchSpaceError, match=r"stage 'answer', candidate unknown model 'recorded/gpt-5-turbo'"):
+        Study(build, splits, {"answer": StageChoices(("recorded/gpt-5-turbo",))}, end, settings=settings,
+              out_dir=tmp_path, data_fingerprint="x")
+    with pytest.raises(EvaluationError, match="stage 'answer' has no output field 'label'"):
+        Study(build, splits, {"answer": StageChoices(MODELS)}, end, settings=settings, out_dir=tmp_path,
+              data_fingerprint="x", stage_metrics=[StageMetric("answer", "label", "prompt")])
+    empty = split(examples[:4], train=0.0, dev=0.5, test=0.5, seed=0)
+    with pytest.raises(EvaluationError, match="the train split is empty"):
+        Study(build, empty, {"answer": StageChoices(MODELS)}, end, settings=settings, out_dir=tmp_path,
+              data_fingerprint="x")
+
+
+def test_exported_program_loads_in_a_fresh_process_with_the_same_predictions(table, tmp_path):
+    from stagewise.models.lm import get_lm
+
+    program = build()
+    program.set_models({"answer": get_lm("recorded/mixtral-8x7b-chat", replay_table=table)})
+    program.stages()["answer"].step.demos = [dspy.Example(prompt="2+2?", answer="4")]
+    directory = export(program, tmp_path / "best", factory="tests.test_optimize:build", metrics={"dev": 0.8},
+                       data_fingerprint=table.fingerprint)
+    manifest = json.loads((directory / "manifest.json").read_text())
+    assert manifest["stages"]["answer"]["model"] == "recorded/mixtral-8x7b-chat"
+    assert manifest["stages"]["answer"]["replay_table_fingerprint"] == table.fingerprint
+    assert "lm" not in json.loads((directory / "program.json").read_text())["step"] or \
+        json.loads((directory / "program.json").read_text())["step"]["lm"] is None
+    prompts = table.prompts[200:205]
+    with dspy.context(adapter=dspy.JSONAdapter()):
+        here = [program(prompt=p).answer for p in prompts]
+    script = ("import json, sys, dspy, stagewise\n"
+              "from stagewise.optimize.export import load\n"
+              f"program = load({str(directory)!r})\n"
+              "with dspy.context(adapter=dspy.JSONAdapter()):\n"
+              f"    print(json.dumps([program(prompt=p).answer for p in {prompts!r}]))\n")
+    fresh = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert fresh.returncode == 0, fresh.stderr[-2000:]
+    assert json.loads(fresh.stdout.strip().splitlines()[-1]) == here
+    loaded = load(directory)
+    assert loaded.stages()["answer"].step.demos[0]["answer"] == "4"
+    with pytest.raises(ExportError, match="manifest.json' does not exist"):
+        load(tmp_path)
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "manifest.json").write_text('{"format": "other"}')
+    with pytest.raises(ExportError, match="field 'format'"):
+        load(tmp_path / "broken")
+
+
+def test_optimize_command_on_the_replay_example(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the MLflow database goes in the working directory
+    result = CliRunner().invoke(app, ["optimize", str(ARC_CONFIG), "--trials", "5", "--out", str(tmp_path / "run"),
+                                      "--study", "cli-test"])
+    assert result.exit_code == 0, result.output
+    assert "Pareto front" in result.output and "chosen: trial" in result.output
+    for name in ("pareto.csv", "pareto.png", "best/program.json", "best/manifest.json"):
+        assert (tmp_path / "run" / name).exists(), name
+    assert (tmp_path / "mlflow.db").exists()
+
+
+def test_interrupted_study_resumes_from_its_storage(tmp_path):
+    """A real process kill in the middle of a study, then a rerun with the same name finishes it."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "stagewise.cli", "optimize", str(ARC_CONFIG), "--trials", "400",
+               "--out", str(tmp_path / "run"), "--study", "killed"]
+    process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    storage = f"sqlite:///{(tmp_path / 'run' / 'optuna.db').resolve()}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        time.sleep(1)
+        try:
+            done = [t for t in optuna.load_study(study_name="killed", storage=storage).trials if t.state.is_finished()]
+        except Exception:  # the database or the study does not exist yet
+            continue
+        if len(done) >= 3:
+            break
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    before = optuna.load_study(study_name="killed", storage=storage).trials
+    finished_before = [t for t in before if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+    assert len(finished_before) >= 3
+    target = len(finished_before) + 2
+    rerun = CliRunner().invoke(app, ["optimize", str(ARC_CONFIG), "--trials", str(target),
+                                     "--out", str(tmp_path / "run"), "--study", "killed"])
+    assert rerun.exit_code == 0, rerun.output
+    after = optuna.load_study(study_name="killed", storage=storage).trials
+    finished_after = [t for t in after if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+    assert len(finished_after) == target
+    assert [t.params for t in finished_after[: len(finished_before)]] == [t.params for t in finished_before]
