@@ -155,7 +155,8 @@ def optimize(
     chosen = result.chosen
     best = export(result.program, out / "best", factory=cfg.factory, factory_kwargs=cfg.factory_kwargs,
                   metrics={"dev": result.dev.summary(), "test": result.test.summary() if result.test else None},
-                  data_fingerprint=cfg.data_fingerprint, extra={"study": cfg.settings.name, "trial": int(chosen["trial"])})
+                  data_fingerprint=cfg.data_fingerprint,
+                  extra={"study": cfg.settings.name, "trial": int(chosen["trial"]), "config": str(cfg.path)})
     console.print(f"chosen: trial {int(chosen['trial'])}, dev quality {result.dev.quality:.3f}, "
                   f"test quality {result.test.quality if result.test else float('nan'):.3f}, "
                   f"${1000 * result.dev.cost_per_request:.4f} per 1,000 requests")
@@ -166,6 +167,95 @@ def optimize(
                   f"compiled: {result.cache['misses']}")
     console.print(f"MLflow: {tracker.uri} (experiment {tracker.experiment!r}); "
                   f"open the UI with: mlflow ui --backend-store-uri {tracker.uri}")
+
+
+@app.command("evaluate")
+def evaluate_command(
+    directory: Path = typer.Argument(..., help="An exported program (with manifest.json)."),
+    data: Path = typer.Option(..., "--data", help="A study config (TOML): its data, test split and metrics."),
+    json_output: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Stage-level and end-to-end report of an exported program on the test split of a config's data."""
+    import json
+
+    import dspy
+
+    from stagewise.data import split
+    from stagewise.metrics import evaluate
+    from stagewise.optimize.config import ConfigError, load_config
+    from stagewise.optimize.export import ExportError, load
+
+    try:
+        cfg = load_config(data)
+        program = load(directory)
+        splits = split(cfg.examples, train=cfg.split.get("train", 0.5), dev=cfg.split.get("dev", 0.25),
+                       test=cfg.split.get("test", 0.25), seed=int(cfg.split.get("seed", 0)),
+                       stratify_by=cfg.split.get("stratify_by"))
+        with dspy.context(adapter=dspy.JSONAdapter()):
+            report = evaluate(program, splits.test, stage_metrics=cfg.stage_metrics, end_to_end=cfg.end_to_end,
+                              progress=not json_output)
+    except (ConfigError, ExportError, ValueError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    if json_output:
+        typer.echo(json.dumps({"program": str(directory), "data_fingerprint": cfg.data_fingerprint,
+                               "examples": len(splits.test), **report.summary()}, indent=2, default=str))
+    else:
+        console.print(report.table())
+
+
+@app.command()
+def compare(
+    experiment: list[str] = typer.Option(None, "--experiment", help="Experiment name (repeatable; default: all)."),
+    plot: Path | None = typer.Option(None, help="Save a quality-versus-cost plot of the trials here."),
+) -> None:
+    """Compare the trials of one or more MLflow experiments (tracking URI as for optimize)."""
+    import mlflow
+
+    from stagewise.optimize.tracking import tracking_uri
+
+    mlflow.set_tracking_uri(tracking_uri())
+    names = experiment or [e.name for e in mlflow.search_experiments()]
+    missing = [n for n in names if mlflow.get_experiment_by_name(n) is None]
+    if missing:
+        known = [e.name for e in mlflow.search_experiments()]
+        console.print(f"[red]error:[/red] no experiment named {', '.join(map(repr, missing))} at {tracking_uri()} "
+                      f"(experiments: {', '.join(known) or 'none'})")
+        raise typer.Exit(2)
+    runs = mlflow.search_runs(experiment_names=names, filter_string="tags.stagewise_role = 'trial'")
+    if runs.empty:
+        console.print(f"no trial runs in {', '.join(names)}")
+        raise typer.Exit(1)
+    experiments = {e.experiment_id: e.name for e in mlflow.search_experiments()}
+    runs["experiment"] = runs["experiment_id"].map(experiments)
+    params = sorted(c for c in runs.columns if c.startswith("params.") and c.endswith(".model"))
+    table = Table(title=f"{len(runs)} trials from {', '.join(names)}")
+    for column in ("experiment", "trial", "state", "quality", "$ per 1k", *[c.removeprefix("params.") for c in params]):
+        table.add_column(column)
+    ordered = runs.sort_values(["experiment", "metrics.quality"], ascending=[True, False], na_position="last")
+    for _, row in ordered.iterrows():
+        quality, cost = row.get("metrics.quality"), row.get("metrics.cost_per_1k_requests")
+        table.add_row(str(row["experiment"]), str(row.get("tags.stagewise_trial", "")),
+                      str(row.get("tags.stagewise_state", "")),
+                      "-" if quality != quality else f"{quality:.3f}", "-" if cost != cost else f"{cost:.4f}",
+                      *[str(row.get(c, "")) for c in params])
+    console.print(table)
+    if plot is not None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        figure, axes = plt.subplots(figsize=(7, 4.5))
+        for name, group in runs.dropna(subset=["metrics.quality"]).groupby("experiment"):
+            axes.scatter(group["metrics.cost_per_1k_requests"], group["metrics.quality"], label=name, s=24)
+        axes.set_xlabel("cost per 1,000 requests (USD)")
+        axes.set_ylabel("quality (dev)")
+        axes.grid(alpha=0.3)
+        axes.legend()
+        figure.tight_layout()
+        figure.savefig(plot, dpi=120)
+        console.print(f"wrote {plot}")
 
 
 def main() -> None:

@@ -180,6 +180,19 @@ def test_optimize_command_on_the_replay_example(tmp_path, monkeypatch):
         assert (tmp_path / "run" / name).exists(), name
     assert (tmp_path / "mlflow.db").exists()
 
+    evaluated = CliRunner().invoke(app, ["evaluate", str(tmp_path / "run" / "best"), "--data", str(ARC_CONFIG), "--json"])
+    assert evaluated.exit_code == 0, evaluated.output
+    report = json.loads(evaluated.output)
+    manifest = json.loads((tmp_path / "run" / "best" / "manifest.json").read_text())
+    assert report["end_to_end"] == pytest.approx(manifest["metrics"]["test"]["end_to_end"])
+    assert report["cost_per_request_usd"] > 0
+
+    compared = CliRunner().invoke(app, ["compare", "--experiment", "arc-routing", "--plot", str(tmp_path / "cmp.png")])
+    assert compared.exit_code == 0, compared.output
+    assert "5 trials from arc-routing" in compared.output and (tmp_path / "cmp.png").exists()
+    unknown = CliRunner().invoke(app, ["compare", "--experiment", "nope"])
+    assert unknown.exit_code == 2 and "no experiment named 'nope'" in unknown.output
+
 
 def test_interrupted_study_resumes_from_its_storage(tmp_path):
     """A real process kill in the middle of a study, then a rerun with the same name finishes it."""
