@@ -19,14 +19,18 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The flagship example: a router and specialists on Banking77, optimized on the local models
+# (about 6 minutes on 2 cores). `stagewise demo` is a one-minute tour of a two-stage chain.
 demo: install
-	$(BIN)/stagewise demo
+	$(BIN)/stagewise optimize examples/banking/study.toml --out runs/banking
 
 test: install
 	$(BIN)/python -m pytest
 
 bench: install
 	$(BIN)/python benchmarks/engine_overhead.py
+	$(BIN)/python benchmarks/fanout.py
+	$(BIN)/python benchmarks/optimize_rerun.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -153,8 +153,20 @@ def optimize(
                       *[str(row[f"{stage}.model"]) for stage in cfg.space])
     console.print(table)
     chosen = result.chosen
+    baseline = None
+    if cfg.baseline and splits.test:
+        from stagewise.metrics import evaluate
+
+        program = cfg.build()
+        program.set_models({stage: runner.lm(model) for stage, model in cfg.baseline.items()})
+        console.print("baseline (unoptimized) on the test split:")
+        with dspy.context(adapter=dspy.JSONAdapter()):
+            baseline = evaluate(program, splits.test, stage_metrics=cfg.stage_metrics, end_to_end=cfg.end_to_end)
+        tracker.artifacts([], {"baseline.test_quality": baseline.quality,
+                               "baseline.cost_per_request": baseline.cost_per_request})
     best = export(result.program, out / "best", factory=cfg.factory, factory_kwargs=cfg.factory_kwargs,
-                  metrics={"dev": result.dev.summary(), "test": result.test.summary() if result.test else None},
+                  metrics={"dev": result.dev.summary(), "test": result.test.summary() if result.test else None,
+                           "baseline_test": baseline.summary() if baseline else None},
                   data_fingerprint=cfg.data_fingerprint,
                   extra={"study": cfg.settings.name, "trial": int(chosen["trial"]), "config": str(cfg.path)})
     console.print(f"chosen: trial {int(chosen['trial'])}, dev quality {result.dev.quality:.3f}, "
@@ -162,6 +174,15 @@ def optimize(
                   f"${1000 * result.dev.cost_per_request:.4f} per 1,000 requests")
     if result.test:
         console.print(result.test.table())
+    if baseline is not None and result.test is not None:
+        comparison = Table(title="held-out test split: chosen program versus the unoptimized baseline")
+        for column in ("program", "end-to-end quality", *[f"stage {m}" for m in baseline.stage_scores()],
+                       "$ per 1k requests"):
+            comparison.add_column(column)
+        for label, report in (("baseline", baseline), ("optimized", result.test)):
+            comparison.add_row(label, f"{report.quality:.3f}", *[f"{v:.3f}" for v in report.stage_scores().values()],
+                               f"{1000 * report.cost_per_request:.4f}")
+        console.print(comparison)
     console.print(f"wrote {out / 'pareto.csv'}, {out / 'pareto.png'}, {best / 'program.json'}, "
                   f"{best / 'manifest.json'}; compiled stages reused: {result.cache['hits']}, "
                   f"compiled: {result.cache['misses']}")

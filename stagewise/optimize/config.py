@@ -42,6 +42,7 @@ class StudyConfig:
     lm_options: dict
     experiment: str | None
     replay_table: Any = None
+    baseline: dict[str, str] | None = None  # stage -> model of the unoptimized program to compare with
 
     def build(self):
         return import_factory(self.factory)(**self.factory_kwargs)
@@ -126,4 +127,4 @@ def load_config(path: str | Path, *, study: str | None = None, trials: int | Non
                        dict(raw["program"].get("kwargs", {})), examples, fingerprint, report,
                        dict(raw.get("split", {"train": 0.5, "dev": 0.25, "test": 0.25, "seed": 0})), end_to_end,
                        stage_metrics, space, settings, lm_options, raw.get("tracking", {}).get("experiment"),
-                       replay_table)
+                       replay_table, dict(raw["baseline"]) if "baseline" in raw else None)

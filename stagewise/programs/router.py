@@ -28,16 +28,17 @@ class Router(Pipeline):
         routes: route label -> program.
         descriptions: route label -> what it handles; given to an LLM router as ``routes``.
         query: the section the decision reads (a classifier gets its text).
+        field: the decision stage's output that names the route.
     """
 
     def __init__(self, name: str, decide: Stage | Any, routes: dict[str, Pipeline], *,
-                 descriptions: dict[str, str] | None = None, query: str = "input.query"):
+                 descriptions: dict[str, str] | None = None, query: str = "input.query", field: str = "route"):
         super().__init__()
         if not routes:
             raise StageConfigError(f"router {name!r} has no routes")
         if not isinstance(decide, Stage) and not callable(getattr(decide, "predict", None)):
             raise StageConfigError(f"router {name!r}: decide must be a Stage or have predict(texts) -> labels")
-        self.name, self.decide, self.routes, self.query = name, decide, dict(routes), query
+        self.name, self.decide, self.routes, self.query, self.field = name, decide, dict(routes), query, field
         self.descriptions = descriptions or {label: label for label in routes}
         self.stages()
 
@@ -48,10 +49,11 @@ class Router(Pipeline):
                 run.context.add(Section(name="routes", kind="instruction", source=self.name, content=text,
                                         tokens=default_count(text)))
             out = self.decide.execute(run)
-            if "route" not in out:
-                raise StageConfigError(f"router {self.name!r}: its decision stage has no 'route' output")
+            if self.field not in out:
+                raise StageConfigError(f"router {self.name!r}: its decision stage has no {self.field!r} output "
+                                       f"(outputs: {list(out)})")
             confidence = out.get("confidence")
-            return str(out["route"]).strip(), float(confidence) if isinstance(confidence, (int, float)) else None
+            return str(out[self.field]).strip(), float(confidence) if isinstance(confidence, (int, float)) else None
         [query] = run.context.select([self.query], stage=self.name)
         label = str(self.decide.predict([query.content])[0])
         confidence = None
