@@ -10,3 +10,10 @@ import os
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 __version__ = "0.1.0"
+
+
+def load(directory, **kwargs):
+    """Rebuild an exported program (``stagewise optimize`` writes ``OUT/best``) with each stage's model."""
+    from stagewise.optimize.export import load as load_program
+
+    return load_program(directory, **kwargs)
