@@ -223,3 +223,40 @@ def test_interrupted_study_resumes_from_its_storage(tmp_path):
     finished_after = [t for t in after if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
     assert len(finished_after) == target
     assert [t.params for t in finished_after[: len(finished_before)]] == [t.params for t in finished_before]
+
+
+@pytest.mark.local_model
+def test_banking_study_on_the_local_model_compiles_once_and_exports(tmp_path):
+    """The flagship pipeline on SmolLM2, small: labeled demos compiled once, reused, exported, reloaded."""
+    sys.path.insert(0, str(ROOT / "examples" / "banking"))
+    from pipeline import build as build_banking
+
+    from stagewise.data import FieldMap, load_dataset_file
+
+    loaded = load_dataset_file(ROOT / "examples" / "banking" / "banking77_subset.csv",
+                               FieldMap(inputs={"message": "text"}, labels={"area": "area", "intent": "intent"}))
+    splits = split(loaded.examples[:24], train=0.34, dev=0.33, test=0.33, seed=0)
+    space = {"route": StageChoices(("smollm2-135m",), ("labeled_fewshot",), (2,)),
+             "cards": StageChoices(("smollm2-135m",)), "payments": StageChoices(("smollm2-135m",))}
+
+    def make(name):
+        return Study(build_banking, splits, space, EndToEnd("intent", "intent", "label_accuracy"),
+                     stage_metrics=[StageMetric("route", "area", "area", "label_accuracy")],
+                     settings=StudySettings(name=name, trials=1), out_dir=tmp_path / "out",
+                     data_fingerprint=loaded.fingerprint, lm_options={"*": {"max_tokens": 64}})
+
+    with dspy.context(adapter=dspy.JSONAdapter()):
+        first = make("first")
+        result = first.results(first.run(progress=False))
+        assert first.cache.misses >= 1  # the route stage was compiled
+        demos = result.program.stages()["route"].step.demos
+        assert len(demos) == 2 and all("message" in d and "area" in d for d in demos)
+        assert result.program.stages()["route"].lm.model == "local/smollm2-135m"  # the model survived compiling
+        again = make("second")
+        again.results(again.run(progress=False))
+        assert again.cache.hits >= 1 and again.cache.misses == 0  # reused, not recompiled
+        directory = export(result.program, tmp_path / "best", factory="pipeline:build")
+        reloaded = load(directory)
+        assert reloaded.stages()["route"].step.demos == demos
+        for example in splits.test[:3]:
+            assert reloaded(message=example.message).intent == result.program(message=example.message).intent
