@@ -165,6 +165,7 @@ def optimize(
         tracker.artifacts([], {"baseline.test_quality": baseline.quality,
                                "baseline.cost_per_request": baseline.cost_per_request})
     best = export(result.program, out / "best", factory=cfg.factory, factory_kwargs=cfg.factory_kwargs,
+                  factory_path=str(cfg.path.parent),
                   metrics={"dev": result.dev.summary(), "test": result.test.summary() if result.test else None,
                            "baseline_test": baseline.summary() if baseline else None},
                   data_fingerprint=cfg.data_fingerprint,

@@ -229,7 +229,7 @@ def test_interrupted_study_resumes_from_its_storage(tmp_path):
 def test_banking_study_on_the_local_model_compiles_once_and_exports(tmp_path):
     """The flagship pipeline on SmolLM2, small: labeled demos compiled once, reused, exported, reloaded."""
     sys.path.insert(0, str(ROOT / "examples" / "banking"))
-    from pipeline import build as build_banking
+    from banking_pipeline import build as build_banking
 
     from stagewise.data import FieldMap, load_dataset_file
 
@@ -255,7 +255,7 @@ def test_banking_study_on_the_local_model_compiles_once_and_exports(tmp_path):
         again = make("second")
         again.results(again.run(progress=False))
         assert again.cache.hits >= 1 and again.cache.misses == 0  # reused, not recompiled
-        directory = export(result.program, tmp_path / "best", factory="pipeline:build")
+        directory = export(result.program, tmp_path / "best", factory="banking_pipeline:build", factory_path=str(ROOT / "examples" / "banking"))
         reloaded = load(directory)
         assert reloaded.stages()["route"].step.demos == demos
         for example in splits.test[:3]:

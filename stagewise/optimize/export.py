@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib
 import json
 import platform
+import sys
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -64,11 +65,15 @@ def stage_models(program) -> dict[str, dict[str, Any]]:
 
 
 def export(program, directory: str | Path, *, factory: str, factory_kwargs: dict | None = None,
-           metrics: dict | None = None, data_fingerprint: str | None = None, extra: dict | None = None) -> Path:
-    """Write ``program.json`` and ``manifest.json`` into ``directory``; returns the directory."""
+           factory_path: str | None = None, metrics: dict | None = None, data_fingerprint: str | None = None,
+           extra: dict | None = None) -> Path:
+    """Write ``program.json`` and ``manifest.json`` into ``directory``; returns the directory.
+
+    ``factory_path`` is a folder to import the factory's module from (a config's folder).
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    _factory(factory)  # fail now, not at load time, if the factory cannot be imported
+    _factory(factory, factory_path)  # fail now, not at load time, if the factory cannot be imported
     state = program.dump_state()
     for predictor_state in state.values():
         if isinstance(predictor_state, dict):
@@ -79,6 +84,7 @@ def export(program, directory: str | Path, *, factory: str, factory_kwargs: dict
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "factory": factory,
         "factory_kwargs": factory_kwargs or {},
+        "factory_path": str(Path(factory_path).resolve()) if factory_path else None,
         "stages": stage_models(program),
         "metrics": metrics or {},
         "data_fingerprint": data_fingerprint,
@@ -89,7 +95,9 @@ def export(program, directory: str | Path, *, factory: str, factory_kwargs: dict
     return directory
 
 
-def _factory(path: str):
+def _factory(path: str, folder: str | None = None):
+    if folder and folder not in sys.path:
+        sys.path.insert(0, folder)
     module_name, _, attribute = path.partition(":")
     if not module_name or not attribute:
         raise ExportError(f"factory {path!r} must be 'module:function'")
@@ -122,7 +130,7 @@ def load(directory: str | Path, *, catalog=None):
 
     directory = Path(directory)
     manifest = read_manifest(directory)
-    program = _factory(manifest["factory"])(**manifest.get("factory_kwargs", {}))
+    program = _factory(manifest["factory"], manifest.get("factory_path"))(**manifest.get("factory_kwargs", {}))
     program_path = directory / "program.json"
     try:
         state = json.loads(program_path.read_text(encoding="utf-8"))
