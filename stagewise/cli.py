@@ -120,6 +120,7 @@ def optimize(
 ) -> None:
     """Search per-stage models, optimizers and demos; write the Pareto front and the best program."""
     from stagewise.data import split
+    from stagewise.optimize import pareto
     from stagewise.optimize.config import ConfigError, load_config
     from stagewise.optimize.export import export
     from stagewise.optimize.space import SearchSpaceError
@@ -152,6 +153,12 @@ def optimize(
         table.add_row(str(row["trial"]), f"{row['quality']:.3f}", f"{row['cost_per_1k_requests']:.4f}",
                       *[str(row[f"{stage}.model"]) for stage in cfg.space])
     console.print(table)
+    saving = pareto.saving_at(result.front)
+    if saving:
+        console.print(f"cheapest at >= 95% of the best quality ({saving['best_quality']:.3f}, trial "
+                      f"{saving['best_trial']}): trial {saving['trial']}, quality {saving['quality']:.3f}, "
+                      f"${saving['cost_per_1k']:.4f} per 1,000 requests instead of ${saving['best_cost_per_1k']:.4f}: "
+                      f"{saving['saving']:.0%} saved")
     chosen = result.chosen
     baseline = None
     if cfg.baseline and splits.test:

@@ -113,6 +113,9 @@ def test_selection_by_constraint():
     assert pareto.select(front, min_quality=0.75)["trial"] == 1
     assert pareto.select(front, max_cost_per_1k=5.0)["trial"] == 1
     assert pareto.select(front)["trial"] == 2
+    saving = pareto.saving_at(front)  # 95% of 0.9 is 0.855: trial 2 itself; at 85%, trial 1 saves 80%
+    assert saving["trial"] == 2 and saving["saving"] == 0
+    assert pareto.saving_at(front, 0.85)["trial"] == 1 and pareto.saving_at(front, 0.85)["saving"] == pytest.approx(0.8)
     with pytest.raises(pareto.SelectionError, match="no configuration reaches quality >= 0.95"):
         pareto.select(front, min_quality=0.95)
     with pytest.raises(pareto.SelectionError, match=r"costs <= \$0.5 per 1,000"):
@@ -176,6 +179,7 @@ def test_optimize_command_on_the_replay_example(tmp_path, monkeypatch):
                                       "--study", "cli-test"])
     assert result.exit_code == 0, result.output
     assert "Pareto front" in result.output and "chosen: trial" in result.output
+    assert "cheapest at >= 95% of the best quality" in result.output
     for name in ("pareto.csv", "pareto.png", "best/program.json", "best/manifest.json"):
         assert (tmp_path / "run" / name).exists(), name
     assert (tmp_path / "mlflow.db").exists()
@@ -260,3 +264,25 @@ def test_banking_study_on_the_local_model_compiles_once_and_exports(tmp_path):
         assert reloaded.stages()["route"].step.demos == demos
         for example in splits.test[:3]:
             assert reloaded(message=example.message).intent == result.program(message=example.message).intent
+
+
+def test_bootstrap_demos_come_from_traces_that_pass_the_metric(table, tmp_path):
+    from stagewise.models.lm import get_lm
+    from stagewise.optimize.compile import CompileCache, compile_stages
+    from stagewise.optimize.space import TrialChoice
+
+    metric = RecordedCorrectness(table)
+    program = build()
+    program.set_models({"answer": get_lm("recorded/mistral-7b-chat", replay_table=table)})
+    trainset = [dspy.Example(prompt=p).with_inputs("prompt") for p in table.prompts[:30]]
+    choice = TrialChoice({"answer": "recorded/mistral-7b-chat"}, {"answer": "bootstrap_fewshot"}, {"answer": 3})
+    cache = CompileCache(tmp_path / "compiled")
+    with dspy.context(adapter=dspy.JSONAdapter()):
+        outcome = compile_stages(program, choice, trainset, lambda ex, pred, trace=None: metric.score_example(ex, pred) >= 0.5,
+                                 cache, table.fingerprint)
+    assert outcome == {"answer": "compiled"}
+    demos = program.stages()["answer"].step.demos
+    assert 1 <= len(demos) <= 3
+    for demo in demos:  # a bootstrapped demo is a trace the recorded model got right
+        assert table.outcome(demo["prompt"], "mistralai/mistral-7b-chat").correct == 1.0
+    assert program.stages()["answer"].lm.model.startswith("replay/recorded/mistral-7b-chat")

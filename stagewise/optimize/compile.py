@@ -99,6 +99,9 @@ def compile_stages(program, choice: TrialChoice, trainset: list, metric: Callabl
         if state is None:
             if (optimizer, demos) not in compiled_by:
                 teacher = program.deepcopy()  # keeps every stage's model: the teacher runs the real pipeline
+                # BootstrapFewShot would give an uncompiled teacher labeled demos through reset_copy(),
+                # which drops every stage's model; marked compiled, the teacher keeps them.
+                teacher._compiled = True
                 compiler = _optimizer(optimizer, demos, metric)
                 kwargs = {"teacher": teacher} if optimizer.startswith("bootstrap") else {}
                 compiled_by[(optimizer, demos)] = compiler.compile(program.deepcopy(), trainset=trainset, **kwargs)

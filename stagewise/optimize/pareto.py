@@ -50,6 +50,20 @@ def select(front_: pd.DataFrame, *, min_quality: float | None = None,
     return front_.sort_values(["quality", "cost_per_request"], ascending=[False, True]).iloc[0]
 
 
+def saving_at(front_: pd.DataFrame, share: float = 0.95) -> dict | None:
+    """The cheapest configuration reaching ``share`` of the best quality, and what it saves
+    against the best-quality configuration (RouterBench's way to read a front)."""
+    if front_.empty:
+        return None
+    best = front_.sort_values(["quality", "cost_per_request"], ascending=[False, True]).iloc[0]
+    enough = front_[front_["quality"] >= share * best["quality"]].sort_values("cost_per_request").iloc[0]
+    saved = 1 - enough["cost_per_request"] / best["cost_per_request"] if best["cost_per_request"] else 0.0
+    return {"share": share, "best_trial": int(best["trial"]), "best_quality": float(best["quality"]),
+            "trial": int(enough["trial"]), "quality": float(enough["quality"]),
+            "cost_per_1k": 1000 * float(enough["cost_per_request"]),
+            "best_cost_per_1k": 1000 * float(best["cost_per_request"]), "saving": float(saved)}
+
+
 def write(trials: pd.DataFrame, directory: str | Path, *, chosen: int | None = None) -> tuple[Path, Path]:
     """``pareto.csv`` (the front) and ``pareto.png`` (every trial, the front, the chosen one)."""
     import matplotlib
