@@ -177,6 +177,7 @@ def optimize(
                            "baseline_test": baseline.summary() if baseline else None},
                   data_fingerprint=cfg.data_fingerprint,
                   extra={"study": cfg.settings.name, "trial": int(chosen["trial"]), "config": str(cfg.path)})
+    tracker.artifacts([best / "program.json", best / "manifest.json"])  # the exported program, JSON only
     console.print(f"chosen: trial {int(chosen['trial'])}, dev quality {result.dev.quality:.3f}, "
                   f"test quality {result.test.quality if result.test else float('nan'):.3f}, "
                   f"${1000 * result.dev.cost_per_request:.4f} per 1,000 requests")
