@@ -49,13 +49,13 @@ class StudyConfig:
 
 
 def import_factory(path: str):
-    module_name, _, attribute = path.partition(":")
-    if not module_name or not attribute:
-        raise ConfigError(f"factory {path!r} must be 'module:function'")
+    from stagewise.optimize.export import ExportError
+    from stagewise.optimize.export import import_factory as importer
+
     try:
-        return getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"factory {path!r} cannot be imported: {exc}") from None
+        return importer(path)
+    except ExportError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _need(table: dict, key: str, where: str, file: Path):

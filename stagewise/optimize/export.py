@@ -73,7 +73,7 @@ def export(program, directory: str | Path, *, factory: str, factory_kwargs: dict
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    _factory(factory, factory_path)  # fail now, not at load time, if the factory cannot be imported
+    import_factory(factory, factory_path)  # fail now, not at load time, if the factory cannot be imported
     state = program.dump_state()
     for predictor_state in state.values():
         if isinstance(predictor_state, dict):
@@ -95,7 +95,8 @@ def export(program, directory: str | Path, *, factory: str, factory_kwargs: dict
     return directory
 
 
-def _factory(path: str, folder: str | None = None):
+def import_factory(path: str, folder: str | None = None):
+    """The callable named ``module:function`` (importing from ``folder`` too, when given)."""
     if folder and folder not in sys.path:
         sys.path.insert(0, folder)
     module_name, _, attribute = path.partition(":")
@@ -130,7 +131,7 @@ def load(directory: str | Path, *, catalog=None):
 
     directory = Path(directory)
     manifest = read_manifest(directory)
-    program = _factory(manifest["factory"], manifest.get("factory_path"))(**manifest.get("factory_kwargs", {}))
+    program = import_factory(manifest["factory"], manifest.get("factory_path"))(**manifest.get("factory_kwargs", {}))
     program_path = directory / "program.json"
     try:
         state = json.loads(program_path.read_text(encoding="utf-8"))
