@@ -178,6 +178,7 @@ def optimize(
                   data_fingerprint=cfg.data_fingerprint,
                   extra={"study": cfg.settings.name, "trial": int(chosen["trial"]), "config": str(cfg.path)})
     tracker.artifacts([best / "program.json", best / "manifest.json"])  # the exported program, JSON only
+    model_uri = tracker.log_program(best)
     console.print(f"chosen: trial {int(chosen['trial'])}, dev quality {result.dev.quality:.3f}, "
                   f"test quality {result.test.quality if result.test else float('nan'):.3f}, "
                   f"${1000 * result.dev.cost_per_request:.4f} per 1,000 requests")
@@ -197,6 +198,9 @@ def optimize(
                   f"compiled: {result.cache['misses']}")
     console.print(f"MLflow: {tracker.uri} (experiment {tracker.experiment!r}); "
                   f"open the UI with: mlflow ui --backend-store-uri {tracker.uri}")
+    if model_uri:
+        console.print(f"MLflow model: {model_uri} (serve it with: mlflow models serve -m {model_uri} "
+                      "--env-manager local)")
 
 
 @app.command("evaluate")

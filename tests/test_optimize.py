@@ -180,6 +180,18 @@ def test_optimize_command_on_the_replay_example(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     assert "Pareto front" in result.output and "chosen: trial" in result.output
     assert "cheapest at >= 95% of the best quality" in result.output
+    # The chosen program is an MLflow model logged from code (no pickle) that serves predictions.
+    import re
+
+    import mlflow
+
+    uri = re.search(r"MLflow model: (models:/\S+)", result.output).group(1)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    served = mlflow.pyfunc.load_model(uri)
+    from stagewise.models.replay import OutcomeTable
+
+    prompts = OutcomeTable.load(ROUTERBENCH_TEST).prompts[:2]
+    assert len(served.predict(pd.DataFrame({"prompt": prompts}))["answer"]) == 2
     for name in ("pareto.csv", "pareto.png", "best/program.json", "best/manifest.json"):
         assert (tmp_path / "run" / name).exists(), name
     assert (tmp_path / "mlflow.db").exists()

@@ -74,3 +74,18 @@ class Tracker:
         for key, value in (metrics or {}).items():
             if value is not None and value == value:
                 client.log_metric(self.parent_id, key, float(value))
+
+    def log_program(self, directory: Path) -> str | None:
+        """Log an exported program as an MLflow model on the study's run (from code, no pickle).
+
+        Returns its model URI (``mlflow.pyfunc.load_model(uri)``, ``mlflow models serve -m uri``).
+        """
+        if self.experiment is None or self.parent_id is None:
+            return None
+        import mlflow
+
+        code = Path(__file__).with_name("mlflow_model.py")
+        with mlflow.start_run(run_id=self.parent_id):
+            info = mlflow.pyfunc.log_model(name="program", python_model=str(code),
+                                           artifacts={"program": str(Path(directory).resolve())})
+        return info.model_uri

@@ -1,0 +1,40 @@
+"""The exported program as an MLflow model, logged from code (no pickle).
+
+MLflow's DSPy flavor saves programs with cloudpickle. Instead, this file is logged as a
+"model from code": MLflow stores this source file and the exported program directory
+(``program.json`` + ``manifest.json``) as artifacts, and rebuilds the model by running this
+file, which loads the program with :func:`stagewise.load`. ``mlflow models serve`` (with
+``--env-manager local``) and ``mlflow.pyfunc.load_model`` both work.
+
+Input: a DataFrame whose columns are the program's input fields; output: a DataFrame with
+one row of output fields per input row.
+"""
+
+from __future__ import annotations
+
+import mlflow
+import pandas as pd
+from mlflow.pyfunc import PythonModel
+
+
+class StagewiseProgram(PythonModel):
+    def load_context(self, context) -> None:
+        import dspy
+
+        import stagewise
+
+        self.program = stagewise.load(context.artifacts["program"])
+        self.adapter = dspy.JSONAdapter()
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        import dspy
+
+        rows = []
+        with dspy.context(adapter=self.adapter):
+            for record in model_input.to_dict(orient="records"):
+                prediction = self.program(**record)
+                rows.append({key: prediction[key] for key in prediction.keys()})
+        return pd.DataFrame(rows)
+
+
+mlflow.models.set_model(StagewiseProgram())
