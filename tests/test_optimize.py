@@ -298,3 +298,15 @@ def test_bootstrap_demos_come_from_traces_that_pass_the_metric(table, tmp_path):
     for demo in demos:  # a bootstrapped demo is a trace the recorded model got right
         assert table.outcome(demo["prompt"], "mistralai/mistral-7b-chat").correct == 1.0
     assert program.stages()["answer"].lm.model.startswith("replay/recorded/mistral-7b-chat")
+
+
+def test_latency_can_be_a_third_objective(study_parts):
+    make, _ = study_parts
+    study = make(3, name="three-objectives", latency=True)
+    with dspy.context(adapter=dspy.JSONAdapter()):
+        ran = study.run(progress=False)
+    assert len(ran.directions) == 3
+    assert all(len(t.values) == 3 and t.values[2] >= 0 for t in ran.trials if t.state == optuna.trial.TrialState.COMPLETE)
+    with dspy.context(adapter=dspy.JSONAdapter()):
+        result = study.results(ran)
+    assert "latency_s" in result.trials and result.trials["latency_s"].notna().all()

@@ -22,7 +22,8 @@ def pareto_mask(frame: pd.DataFrame, quality: str = "quality", cost: str = "cost
 
 
 def front(trials: pd.DataFrame) -> pd.DataFrame:
-    """The Pareto-optimal trials, cheapest first."""
+    """The trials Pareto-optimal in quality and cost, cheapest first (latency, when a study
+    optimizes it too, is a column: the cost-quality front is what selection reads)."""
     if trials.empty:
         return trials
     return trials[pareto_mask(trials)].sort_values(["cost_per_request", "quality"], ascending=[True, False])

@@ -46,6 +46,7 @@ class StudySettings:
     prune_margin: float = 0.15
     min_quality: float | None = None  # selection: cheapest with quality >= this
     max_cost_per_1k: float | None = None  # selection: best quality under this cost
+    latency: bool = False  # a third objective: mean latency per request, down
 
 
 @dataclass
@@ -108,7 +109,7 @@ class Study:
         return any(t.values[0] >= early.quality + self.settings.prune_margin and t.values[1] <= early.cost_per_request
                    for t in done)
 
-    def objective(self, study: optuna.Study, trial: optuna.Trial) -> tuple[float, float]:
+    def objective(self, study: optuna.Study, trial: optuna.Trial) -> tuple[float, ...]:
         choice = suggest(trial, self.space)
         for earlier in study.trials:  # the sampler proposed a configuration already scored: reuse it
             if earlier.state == optuna.trial.TrialState.COMPLETE and earlier.params == trial.params:
@@ -148,14 +149,16 @@ class Study:
                     predictor_state["lm"] = None
             state.write_text(json.dumps(dumped, default=str))
             self.tracker.trial(trial.number, params, metrics, "complete", [state])
-        return report.quality, report.cost_per_request
+        values = (report.quality, report.cost_per_request)
+        return (*values, summary["latency_s_mean"]) if self.settings.latency else values
 
     def run(self, *, progress: bool = True) -> optuna.Study:
         storage = self.settings.storage or f"sqlite:///{(self.out_dir / 'optuna.db').resolve()}"
         self.out_dir.mkdir(parents=True, exist_ok=True)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
+        directions = ["maximize", "minimize"] + (["minimize"] if self.settings.latency else [])
         study = optuna.create_study(study_name=self.settings.name, storage=storage, load_if_exists=True,
-                                    directions=["maximize", "minimize"],
+                                    directions=directions,
                                     sampler=optuna.samplers.TPESampler(seed=self.settings.seed))
         # Trials that failed (an interrupted run, a crash) do not count against the budget.
         finished = len([t for t in study.trials
@@ -187,7 +190,9 @@ class Study:
             if trial.state != optuna.trial.TrialState.COMPLETE or "same_as" in trial.user_attrs:
                 continue
             rows.append({"trial": trial.number, "quality": trial.values[0], "cost_per_request": trial.values[1],
-                         "cost_per_1k_requests": 1000 * trial.values[1], **trial.params,
+                         "cost_per_1k_requests": 1000 * trial.values[1],
+                         "latency_s": trial.values[2] if len(trial.values) > 2 else trial.user_attrs.get("latency_s"),
+                         **trial.params,
                          **{f"stage:{k}": v for k, v in trial.user_attrs.get("stages", {}).items()}})
         trials = pd.DataFrame(rows)
         best_front = pareto.front(trials)
