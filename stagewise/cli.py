@@ -176,7 +176,8 @@ def optimize(
                   metrics={"dev": result.dev.summary(), "test": result.test.summary() if result.test else None,
                            "baseline_test": baseline.summary() if baseline else None},
                   data_fingerprint=cfg.data_fingerprint,
-                  extra={"study": cfg.settings.name, "trial": int(chosen["trial"]), "config": str(cfg.path)})
+                  extra={"study": cfg.settings.name, "trial": int(chosen["trial"]), "config": str(cfg.path),
+                         "evaluation": cfg.evaluation()})
     tracker.artifacts([best / "program.json", best / "manifest.json"])  # the exported program, JSON only
     model_uri = tracker.log_program(best)
     console.print(f"chosen: trial {int(chosen['trial'])}, dev quality {result.dev.quality:.3f}, "
@@ -206,34 +207,47 @@ def optimize(
 @app.command("evaluate")
 def evaluate_command(
     directory: Path = typer.Argument(..., help="An exported program (with manifest.json)."),
-    data: Path = typer.Option(..., "--data", help="A study config (TOML): its data, test split and metrics."),
+    data: Path = typer.Option(..., "--data", help="A study config (TOML: its test split and metrics), or a data "
+                                                 "file (CSV, JSONL, Parquet) evaluated whole with the manifest's "
+                                                 "column maps and metrics."),
     json_output: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
-    """Stage-level and end-to-end report of an exported program on the test split of a config's data."""
+    """Stage-level and end-to-end report of an exported program."""
     import json
 
     import dspy
 
-    from stagewise.data import split
-    from stagewise.metrics import evaluate
+    from stagewise.data import FieldMap, load_dataset_file, split
+    from stagewise.metrics import EndToEnd, StageMetric, evaluate
     from stagewise.optimize.config import ConfigError, load_config
-    from stagewise.optimize.export import ExportError, load
+    from stagewise.optimize.export import ExportError, load, read_manifest
 
     try:
-        cfg = load_config(data)
         program = load(directory)
-        splits = split(cfg.examples, train=cfg.split.get("train", 0.5), dev=cfg.split.get("dev", 0.25),
-                       test=cfg.split.get("test", 0.25), seed=int(cfg.split.get("seed", 0)),
-                       stratify_by=cfg.split.get("stratify_by"))
+        if data.suffix == ".toml":
+            cfg = load_config(data)
+            examples = split(cfg.examples, train=cfg.split.get("train", 0.5), dev=cfg.split.get("dev", 0.25),
+                             test=cfg.split.get("test", 0.25), seed=int(cfg.split.get("seed", 0)),
+                             stratify_by=cfg.split.get("stratify_by")).test
+            fingerprint, stage_metrics, end_to_end = cfg.data_fingerprint, cfg.stage_metrics, cfg.end_to_end
+        else:
+            settings = read_manifest(directory).get("evaluation")
+            if not settings:
+                raise ConfigError(f"{directory / 'manifest.json'} has no 'evaluation' settings (column maps and "
+                                  "named metrics): pass the study config as --data instead")
+            loaded = load_dataset_file(data, FieldMap(settings["inputs"], settings["labels"]))
+            examples, fingerprint = loaded.examples, loaded.fingerprint
+            end_to_end = EndToEnd(**settings["end_to_end"])
+            stage_metrics = [StageMetric(**m) for m in settings["stages"]]
         with dspy.context(adapter=dspy.JSONAdapter()):
-            report = evaluate(program, splits.test, stage_metrics=cfg.stage_metrics, end_to_end=cfg.end_to_end,
+            report = evaluate(program, examples, stage_metrics=stage_metrics, end_to_end=end_to_end,
                               progress=not json_output)
     except (ConfigError, ExportError, ValueError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
     if json_output:
-        typer.echo(json.dumps({"program": str(directory), "data_fingerprint": cfg.data_fingerprint,
-                               "examples": len(splits.test), **report.summary()}, indent=2, default=str))
+        typer.echo(json.dumps({"program": str(directory), "data_fingerprint": fingerprint,
+                               "examples": len(examples), **report.summary()}, indent=2, default=str))
     else:
         console.print(report.table())
 

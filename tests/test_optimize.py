@@ -310,3 +310,24 @@ def test_latency_can_be_a_third_objective(study_parts):
     with dspy.context(adapter=dspy.JSONAdapter()):
         result = study.results(ran)
     assert "latency_s" in result.trials and result.trials["latency_s"].notna().all()
+
+
+def test_evaluate_a_data_file_with_the_manifests_column_maps_and_metrics(table, tmp_path):
+    from stagewise.models.lm import get_lm
+
+    program = build()
+    program.set_models({"answer": get_lm("recorded/gpt-4-1106-preview", replay_table=table)})
+    rows = [(p, table.outcome(p, "gpt-4-1106-preview").response) for p in table.prompts[:12]
+            if not pd.isna(table.scores.at[table.find(p), "gpt-4-1106-preview"])]
+    pd.DataFrame(rows, columns=["question", "gold"]).to_csv(tmp_path / "data.csv", index=False)
+    evaluation = {"inputs": {"prompt": "question"}, "labels": {"answer": "gold"},
+                  "end_to_end": {"output": "answer", "label": "answer", "metric": "exact_match"}, "stages": []}
+    directory = export(program, tmp_path / "best", factory="tests.test_optimize:build",
+                       extra={"evaluation": evaluation})
+    result = CliRunner().invoke(app, ["evaluate", str(directory), "--data", str(tmp_path / "data.csv"), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output[result.output.index("{"):])
+    assert report["examples"] == len(rows) and report["end_to_end"] == 1.0  # the recorded answers, exactly
+    bare = export(program, tmp_path / "bare", factory="tests.test_optimize:build")
+    refused = CliRunner().invoke(app, ["evaluate", str(bare), "--data", str(tmp_path / "data.csv")])
+    assert refused.exit_code == 2 and "no 'evaluation' settings" in refused.output

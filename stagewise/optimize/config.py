@@ -43,6 +43,18 @@ class StudyConfig:
     experiment: str | None
     replay_table: Any = None
     baseline: dict[str, str] | None = None  # stage -> model of the unoptimized program to compare with
+    fields: Any = None  # the FieldMap of file data (None for outcome-table data)
+
+    def evaluation(self) -> dict | None:
+        """How to evaluate the program on a data file, for the manifest (file data, named metrics only)."""
+        metrics = [self.end_to_end.metric, *[m.metric for m in self.stage_metrics]]
+        if self.fields is None or not all(isinstance(m, str) for m in metrics):
+            return None
+        return {"inputs": dict(self.fields.inputs), "labels": dict(self.fields.labels),
+                "end_to_end": {"output": self.end_to_end.output, "label": self.end_to_end.label,
+                               "metric": self.end_to_end.metric},
+                "stages": [{"stage": m.stage, "output": m.output, "label": m.label, "metric": m.metric}
+                           for m in self.stage_metrics]}
 
     def build(self):
         return import_factory(self.factory)(**self.factory_kwargs)
@@ -79,7 +91,7 @@ def load_config(path: str | Path, *, study: str | None = None, trials: int | Non
         if folder not in sys.path:
             sys.path.insert(0, folder)
 
-    data, replay_table = raw["data"], None
+    data, replay_table, fields = raw["data"], None, None
     if "outcomes" in data:
         from stagewise.models.replay import OutcomeTable
 
@@ -127,4 +139,4 @@ def load_config(path: str | Path, *, study: str | None = None, trials: int | Non
                        dict(raw["program"].get("kwargs", {})), examples, fingerprint, report,
                        dict(raw.get("split", {"train": 0.5, "dev": 0.25, "test": 0.25, "seed": 0})), end_to_end,
                        stage_metrics, space, settings, lm_options, raw.get("tracking", {}).get("experiment"),
-                       replay_table, dict(raw["baseline"]) if "baseline" in raw else None)
+                       replay_table, dict(raw["baseline"]) if "baseline" in raw else None, fields)
