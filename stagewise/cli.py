@@ -137,7 +137,7 @@ def optimize(
         tracker = Tracker(cfg.experiment or cfg.settings.name)
         runner = Study(cfg.build, splits, cfg.space, cfg.end_to_end, stage_metrics=cfg.stage_metrics,
                        settings=cfg.settings, out_dir=out, data_fingerprint=cfg.data_fingerprint, tracker=tracker,
-                       lm_options=cfg.lm_options)
+                       lm_options=cfg.lm_options, thresholds=cfg.thresholds)
     except (ConfigError, SearchSpaceError, ValueError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None

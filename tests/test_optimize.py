@@ -331,3 +331,57 @@ def test_evaluate_a_data_file_with_the_manifests_column_maps_and_metrics(table, 
     bare = export(program, tmp_path / "bare", factory="tests.test_optimize:build")
     refused = CliRunner().invoke(app, ["evaluate", str(bare), "--data", str(tmp_path / "data.csv")])
     assert refused.exit_code == 2 and "no 'evaluation' settings" in refused.output
+
+
+_SCORER = {}
+
+
+def build_cascade():
+    """Mixtral first, GPT-4 when a scorer trained on recorded Mixtral outcomes doubts the answer."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    from stagewise.models.replay import OutcomeTable
+    from stagewise.programs import Cascade
+
+    from .conftest import ROUTELLM
+
+    if "scorer" not in _SCORER:
+        table = OutcomeTable.load(ROUTELLM)
+        weak = "mistralai/Mixtral-8x7B-Instruct-v0.1"
+        texts = [f"{table.prompts[i]}\n{table.responses.at[i, weak]}" for i in range(600, 1000)]
+        labels = [int(table.scores.at[i, weak]) for i in range(600, 1000)]
+        _SCORER["scorer"] = make_pipeline(TfidfVectorizer(), LogisticRegression(max_iter=300)).fit(texts, labels)
+    return Cascade("escalate", [Stage("cheap", "prompt -> answer"), Stage("strong", "prompt -> answer")],
+                   _SCORER["scorer"], query="input.prompt")
+
+
+def test_cascade_thresholds_are_searched(tmp_path):
+    from stagewise.models.replay import OutcomeTable
+
+    from .conftest import ROUTELLM
+
+    table = OutcomeTable.load(ROUTELLM)
+    examples = [dspy.Example(prompt=p).with_inputs("prompt") for p in table.prompts[:60]]
+    splits = split(examples, train=0.2, dev=0.5, test=0.3, seed=0)
+    space = {"cheap": StageChoices(("recorded/mixtral-8x7b-instruct",)),
+             "strong": StageChoices(("recorded/gpt-4-1106-preview",))}
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    seeded = optuna.create_study(study_name="thresholds", storage=storage, directions=["maximize", "minimize"])
+    for threshold in (0.0, 1.0):
+        seeded.enqueue_trial({"escalate.threshold": threshold})
+    study = Study(build_cascade, splits, space, EndToEnd("answer", metric=RecordedCorrectness(table)),
+                  settings=StudySettings(name="thresholds", trials=2, storage=storage), out_dir=tmp_path / "out",
+                  data_fingerprint=table.fingerprint, lm_options={"*": {"replay_table": table}},
+                  thresholds={"escalate": (0.0, 1.0)})
+    with dspy.context(adapter=dspy.JSONAdapter()):
+        result = study.results(study.run(progress=False))
+    by_threshold = result.trials.set_index("escalate.threshold")
+    # Threshold 1.0 escalates every question to GPT-4: it costs more, and answers at least as well.
+    assert by_threshold.loc[1.0, "cost_per_request"] > by_threshold.loc[0.0, "cost_per_request"]
+    assert by_threshold.loc[1.0, "quality"] >= by_threshold.loc[0.0, "quality"]
+    with pytest.raises(SearchSpaceError, match="no cascade 'nope'"):
+        Study(build_cascade, splits, space, EndToEnd("answer", metric=RecordedCorrectness(table)),
+              settings=StudySettings(name="x"), out_dir=tmp_path / "x", data_fingerprint="x",
+              thresholds={"nope": (0.5,)})

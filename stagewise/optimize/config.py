@@ -44,6 +44,7 @@ class StudyConfig:
     replay_table: Any = None
     baseline: dict[str, str] | None = None  # stage -> model of the unoptimized program to compare with
     fields: Any = None  # the FieldMap of file data (None for outcome-table data)
+    thresholds: dict[str, tuple[float, ...]] | None = None  # cascade name -> candidate thresholds
 
     def evaluation(self) -> dict | None:
         """How to evaluate the program on a data file, for the manifest (file data, named metrics only)."""
@@ -139,4 +140,5 @@ def load_config(path: str | Path, *, study: str | None = None, trials: int | Non
                        dict(raw["program"].get("kwargs", {})), examples, fingerprint, report,
                        dict(raw.get("split", {"train": 0.5, "dev": 0.25, "test": 0.25, "seed": 0})), end_to_end,
                        stage_metrics, space, settings, lm_options, raw.get("tracking", {}).get("experiment"),
-                       replay_table, dict(raw["baseline"]) if "baseline" in raw else None, fields)
+                       replay_table, dict(raw["baseline"]) if "baseline" in raw else None, fields,
+                       {name: tuple(float(v) for v in values) for name, values in search.get("thresholds", {}).items()})

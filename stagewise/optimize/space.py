@@ -27,13 +27,16 @@ class TrialChoice:
     models: dict[str, str]
     optimizers: dict[str, str] = field(default_factory=dict)
     demos: dict[str, int] = field(default_factory=dict)
+    thresholds: dict[str, float] = field(default_factory=dict)  # cascade name -> acceptance threshold
 
-    def params(self) -> dict[str, str | int]:
-        flat: dict[str, str | int] = {}
+    def params(self) -> dict[str, str | int | float]:
+        flat: dict[str, str | int | float] = {}
         for stage, model in self.models.items():
             flat[f"{stage}.model"] = model
             flat[f"{stage}.optimizer"] = self.optimizers.get(stage, "none")
             flat[f"{stage}.demos"] = self.demos.get(stage, 0)
+        for cascade, threshold in self.thresholds.items():
+            flat[f"{cascade}.threshold"] = threshold
         return flat
 
 
@@ -58,12 +61,31 @@ def validate(space: dict[str, StageChoices], stages: list[str], catalog: ModelCa
             raise SearchSpaceError(f"search space: stage {stage!r}: demo counts must be >= 0, got {choices.demos}")
 
 
-def suggest(trial, space: dict[str, StageChoices]) -> TrialChoice:
-    """Ask an Optuna trial for one point of the space (categorical choices per stage)."""
+def cascades(program) -> dict:
+    """The program's cascades by name."""
+    from stagewise.programs import Cascade
+
+    return {module.name: module for _, module in program.named_sub_modules() if isinstance(module, Cascade)}
+
+
+def validate_thresholds(thresholds: dict[str, tuple[float, ...]], program) -> None:
+    found = cascades(program)
+    for name, values in thresholds.items():
+        if name not in found:
+            raise SearchSpaceError(f"search space: the program has no cascade {name!r} "
+                                   f"(cascades: {', '.join(found) or 'none'})")
+        if not values or any(not 0.0 <= v <= 1.0 for v in values):
+            raise SearchSpaceError(f"search space: cascade {name!r} thresholds must be in [0, 1], got {values}")
+
+
+def suggest(trial, space: dict[str, StageChoices], thresholds: dict[str, tuple[float, ...]] | None = None) -> TrialChoice:
+    """Ask an Optuna trial for one point of the space (categorical choices per stage and cascade)."""
+    chosen_thresholds = {name: trial.suggest_categorical(f"{name}.threshold", list(values))
+                         for name, values in (thresholds or {}).items()}
     models, optimizers, demos = {}, {}, {}
     for stage, choices in space.items():
         models[stage] = trial.suggest_categorical(f"{stage}.model", list(choices.models))
         optimizers[stage] = trial.suggest_categorical(f"{stage}.optimizer", list(choices.optimizers))
         demos[stage] = (trial.suggest_categorical(f"{stage}.demos", list(choices.demos))
                         if optimizers[stage] != "none" else 0)
-    return TrialChoice(models, optimizers, demos)
+    return TrialChoice(models, optimizers, demos, chosen_thresholds)

@@ -32,7 +32,7 @@ from stagewise.metrics.report import (
 from stagewise.models.lm import get_lm
 from stagewise.optimize import pareto
 from stagewise.optimize.compile import CompileCache, compile_stages
-from stagewise.optimize.space import StageChoices, TrialChoice, suggest, validate
+from stagewise.optimize.space import StageChoices, TrialChoice, cascades, suggest, validate, validate_thresholds
 from stagewise.optimize.tracking import Tracker
 
 
@@ -67,17 +67,19 @@ class Study:
     def __init__(self, build: Callable[[], Any], splits, space: dict[str, StageChoices], end_to_end: EndToEnd, *,
                  stage_metrics: list[StageMetric] = (), settings: StudySettings, out_dir: str | Path,
                  data_fingerprint: str, tracker: Tracker | None = None, lm_options: dict | None = None,
-                 catalog=None):
+                 catalog=None, thresholds: dict[str, tuple[float, ...]] | None = None):
         self.build, self.splits, self.space, self.end_to_end = build, splits, space, end_to_end
         self.stage_metrics = list(stage_metrics)
         self.settings, self.out_dir = settings, Path(out_dir)
         self.data_fingerprint = data_fingerprint
         self.tracker = tracker or Tracker(None)
         self.lm_options, self.catalog = lm_options or {}, catalog
+        self.thresholds = dict(thresholds or {})
         self.cache = CompileCache(self.out_dir / "compiled")
         self._lms: dict[str, Any] = {}
         probe = build()
         validate(space, list(probe.stages()), catalog)
+        validate_thresholds(self.thresholds, probe)
         for name, part in (("train", splits.train), ("dev", splits.dev)):
             if not part:
                 raise EvaluationError(f"the {name} split is empty: nothing to optimize on")
@@ -93,6 +95,9 @@ class Study:
     def program_for(self, choice: TrialChoice):
         program = self.build()
         program.set_models({stage: self.lm(model) for stage, model in choice.models.items()})
+        for name, cascade in cascades(program).items():
+            if name in choice.thresholds:
+                cascade.threshold = choice.thresholds[name]
 
         def passes(example, prediction, trace=None) -> bool:
             return self.end_to_end.score(example, prediction) >= PASS
@@ -110,7 +115,7 @@ class Study:
                    for t in done)
 
     def objective(self, study: optuna.Study, trial: optuna.Trial) -> tuple[float, ...]:
-        choice = suggest(trial, self.space)
+        choice = suggest(trial, self.space, self.thresholds)
         for earlier in study.trials:  # the sampler proposed a configuration already scored: reuse it
             if earlier.state == optuna.trial.TrialState.COMPLETE and earlier.params == trial.params:
                 for key, value in earlier.user_attrs.items():
@@ -203,6 +208,7 @@ class Study:
             optimizers={s: chosen.get(f"{s}.optimizer", "none") for s in self.space},
             demos={s: int(chosen[f"{s}.demos"]) if f"{s}.demos" in chosen and pd.notna(chosen[f"{s}.demos"]) else 0
                    for s in self.space},
+            thresholds={c: float(chosen[f"{c}.threshold"]) for c in self.thresholds},
         )
         program = self.program_for(choice)
         dev = self._evaluate(program, self.splits.dev)
