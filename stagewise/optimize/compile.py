@@ -21,6 +21,7 @@ from pathlib import Path
 
 import dspy
 
+from stagewise.optimize.export import state_without_models
 from stagewise.optimize.space import TrialChoice
 
 MODEL_FREE = {"none", "labeled_fewshot"}  # optimizers whose result does not depend on any model
@@ -74,13 +75,6 @@ def _optimizer(name: str, demos: int, metric: Callable):
     raise ValueError(f"unknown optimizer {name!r}")
 
 
-def _stage_state(program, stage: str) -> dict:
-    state = program.stages()[stage].step.dump_state()
-    for predictor_state in state.values() if all(isinstance(v, dict) for v in state.values()) else [state]:
-        predictor_state["lm"] = None
-    return state
-
-
 def compile_stages(program, choice: TrialChoice, trainset: list, metric: Callable, cache: CompileCache,
                    data_fingerprint: str) -> dict[str, str]:
     """Apply each stage's optimizer to ``program`` (in place), from the cache when possible.
@@ -105,7 +99,7 @@ def compile_stages(program, choice: TrialChoice, trainset: list, metric: Callabl
                 compiler = _optimizer(optimizer, demos, metric)
                 kwargs = {"teacher": teacher} if optimizer.startswith("bootstrap") else {}
                 compiled_by[(optimizer, demos)] = compiler.compile(program.deepcopy(), trainset=trainset, **kwargs)
-            state = _stage_state(compiled_by[(optimizer, demos)], stage)
+            state = state_without_models(compiled_by[(optimizer, demos)].stages()[stage].step)
             cache.put(key, state)
             outcome[stage] = "compiled"
         else:

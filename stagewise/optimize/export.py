@@ -64,6 +64,17 @@ def stage_models(program) -> dict[str, dict[str, Any]]:
     return described
 
 
+def state_without_models(module) -> dict:
+    """DSPy's JSON state of ``module`` (a program or one predictor) with every predictor's LM
+    state removed: models are rebuilt by name, so loading never imports a class named in a file."""
+    import dspy
+
+    state = module.dump_state()
+    for predictor_state in [state] if isinstance(module, dspy.Predict) else state.values():
+        predictor_state["lm"] = None
+    return state
+
+
 def export(program, directory: str | Path, *, factory: str, factory_kwargs: dict | None = None,
            factory_path: str | None = None, metrics: dict | None = None, data_fingerprint: str | None = None,
            extra: dict | None = None) -> Path:
@@ -74,10 +85,7 @@ def export(program, directory: str | Path, *, factory: str, factory_kwargs: dict
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     import_factory(factory, factory_path)  # fail now, not at load time, if the factory cannot be imported
-    state = program.dump_state()
-    for predictor_state in state.values():
-        if isinstance(predictor_state, dict):
-            predictor_state["lm"] = None  # rebuilt from the manifest: no class imported from a file
+    state = state_without_models(program)
     (directory / "program.json").write_text(json.dumps(state, indent=2, default=str), encoding="utf-8")
     manifest = {
         "format": MANIFEST_FORMAT,

@@ -32,6 +32,7 @@ from stagewise.metrics.report import (
 from stagewise.models.lm import get_lm
 from stagewise.optimize import pareto
 from stagewise.optimize.compile import CompileCache, compile_stages
+from stagewise.optimize.export import state_without_models
 from stagewise.optimize.space import StageChoices, TrialChoice, cascades, suggest, validate, validate_thresholds
 from stagewise.optimize.tracking import Tracker
 
@@ -148,11 +149,7 @@ class Study:
                    **{f"stage.{k}": v for k, v in summary["stages"].items()}}
         with tempfile.TemporaryDirectory() as scratch:
             state = Path(scratch) / "program.json"
-            dumped = program.dump_state()
-            for predictor_state in dumped.values():
-                if isinstance(predictor_state, dict):
-                    predictor_state["lm"] = None
-            state.write_text(json.dumps(dumped, default=str))
+            state.write_text(json.dumps(state_without_models(program), default=str))
             self.tracker.trial(trial.number, params, metrics, "complete", [state])
         values = (report.quality, report.cost_per_request)
         return (*values, summary["latency_s_mean"]) if self.settings.latency else values
