@@ -100,8 +100,7 @@ class Hierarchy(Pipeline):
     def _delegate(self, run: Run, subtask: Any) -> dict[str, Any]:
         """The specialist runs on its own context: the sub-task and its own documents only."""
         _, documents = self.profiles[subtask.specialist]
-        own = Run(run.request_id, Context(), run.ledger, run.stages)
-        own._lock = run._lock
+        own = run.fork(Context())
         own.context.add(Section(name="query", kind="query", source=INPUT, content=subtask.task,
                                 tokens=default_count(subtask.task), lineage=(f"{self.planner.name}.subtasks",)))
         if documents:

@@ -43,9 +43,9 @@ class Run:
         with self._lock:
             self.stages.append(stage_run)
 
-    def fork(self) -> Run:
-        """A run over a copy of the context, sharing the ledger and the stage log."""
-        forked = Run(self.request_id, self.context.copy(), self.ledger, self.stages)
+    def fork(self, context: Context | None = None) -> Run:
+        """A run over ``context`` (default: a copy of this one's), sharing the ledger and the stage log."""
+        forked = Run(self.request_id, self.context.copy() if context is None else context, self.ledger, self.stages)
         forked._lock = self._lock
         return forked
 
