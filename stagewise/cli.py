@@ -306,6 +306,117 @@ def compare(
         console.print(f"wrote {plot}")
 
 
+@app.command("route-eval")
+def route_eval_command(
+    outcomes: Path = typer.Option(..., help="Recorded outcomes to train on (RouterBench, RouteLLM or plain CSV)."),
+    test: Path | None = typer.Option(None, help="Recorded outcomes to evaluate on (the same models)."),
+    cv: int | None = typer.Option(None, help="Cross-validate with K folds instead of a test file."),
+    router: str = typer.Option("auto", help="Router spec, e.g. quality, win, cascade:features=word+checks,C=2 "
+                                            "(auto: win for two models, quality for more)."),
+    weak: str | None = typer.Option(None, help="Two-model routers: the weak model (default: the cheapest)."),
+    strong: str | None = typer.Option(None, help="Two-model routers: the strong model (default: the costliest)."),
+    json_output: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
+    plot: Path = typer.Option(Path("route_eval.png"), help="Where to save the plot (not with --json)."),
+    save: Path | None = typer.Option(None, help="Also train on all of --outcomes and save the router here (skops)."),
+    seed: int = typer.Option(0, help="Seed of the cross-validation folds."),
+) -> None:
+    """Train a router on recorded outcomes and evaluate it against random, single-model and oracle routing."""
+    import json
+
+    from stagewise.models.replay import OutcomeTableError
+    from stagewise.routing.evaluation import RoutingEvalError, plot_report, route_eval
+    from stagewise.routing.features import EmbeddingsUnavailable, FeatureSpecError
+    from stagewise.routing.outcomes import load_outcomes
+    from stagewise.routing.routers import RouterSpecError
+
+    if (test is None) == (cv is None):
+        console.print("[red]error:[/red] give --test FILE or --cv K (one of them)")
+        raise typer.Exit(2)
+    try:
+        train = load_outcomes(outcomes)
+        evaluation = None if test is None else load_outcomes(test)
+        spec = router if router != "auto" else ("win" if len(train.models) == 2 else "quality")
+        status = Console(stderr=True)
+        for table in filter(None, (train, evaluation)):
+            status.print(table.report())
+        with _progress(status) as bar:
+            task = bar.add_task("folds" if cv else "training", total=cv or 1)
+            report = route_eval(spec, train, evaluation, cv=cv, seed=seed, weak=weak, strong=strong,
+                                progress=lambda done, total: bar.update(task, completed=done, total=total))
+        if save is not None:
+            _save_router(spec, train, report, save)
+            status.print(f"saved the router trained on all of {outcomes} to {save}")
+    except (OutcomeTableError, RoutingEvalError, RouterSpecError, FeatureSpecError, EmbeddingsUnavailable,
+            ValueError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    if json_output:
+        print(json.dumps(report.to_json(), indent=2))
+        return
+    console.print(_routing_table(report))
+    saving = report.metrics["cost_saving_at_95"]
+    best = report.metrics["best_single_model"]
+    if saving is None:
+        console.print(f"the router never reaches 95% of {best}'s quality")
+    else:
+        best_cost = report.metrics["single_models"][best]["cost"]
+        console.print(f"at >= 95% of {best}'s quality: ${saving['cost'] * 1000:.4f} per 1k queries against "
+                      f"${best_cost * 1000:.4f} for {best} alone ({saving['saving']:.0%} saved)")
+    plot_report(report, plot)
+    console.print(f"wrote {plot}")
+
+
+def _progress(console_: Console):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    console=console_, transient=True)
+
+
+def _save_router(spec: str, train, report, path: Path) -> None:
+    from stagewise.routing.persist import save_router
+    from stagewise.routing.routers import CascadeScorer, WinRouter, make_router
+
+    router = make_router(spec)
+    if isinstance(router, WinRouter):
+        router.fit_outcomes(train, report.metrics["weak"], report.metrics["strong"])
+    elif isinstance(router, CascadeScorer):
+        router.fit_outcomes(train, report.metrics["weak"])
+    else:
+        router.fit_outcomes(train)
+    save_router(router, path)
+
+
+def _routing_table(report) -> Table:
+    metrics = report.metrics
+    two = "apgr" in metrics
+    table = Table(title=f"{report.router} on {metrics.get('n_test', len(report.outcomes))} test queries "
+                        f"({'APGR, CPT' if two else 'AIQ'})")
+    for column in ("router", "quality", "$ per 1k", *(("APGR", "CPT50", "CPT80") if two else ("AIQ",))):
+        table.add_column(column, justify="left" if column == "router" else "right")
+
+    def fmt(value, spec=".3f"):
+        return "-" if value is None else format(value, spec)
+
+    end = (lambda c: fmt(c, ".0%")) if two else fmt
+    point = metrics["cost_saving_at_95"] or {}  # the router's cheapest setting at >= 95% of the best model
+    quality, cost = fmt(point.get("quality")), fmt(point.get("cost", 0) * 1000, ".4f") if point else "-"
+    if two:
+        table.add_row(report.router, quality, cost, fmt(metrics["apgr"]), end(metrics["cpt50"]), end(metrics["cpt80"]))
+        table.add_row("random (10 seeds)", "", "", fmt(metrics["random"]["apgr"]), end(metrics["random"]["cpt50"]),
+                      end(metrics["random"]["cpt80"]))
+        table.add_row("oracle", fmt(metrics["oracle"]["quality"]), fmt(metrics["oracle"]["cost"] * 1000, ".4f"),
+                      fmt(metrics["oracle"]["apgr"]), "", "")
+    else:
+        table.add_row(report.router, quality, cost, fmt(metrics["aiq"]))
+        table.add_row("zero router (single-model hull)", "", "", fmt(metrics["zero_router_aiq"]))
+        table.add_row("random (10 seeds)", "", "", fmt(metrics["random"]["aiq"]))
+        table.add_row("oracle", fmt(metrics["oracle"]["quality"]), fmt(metrics["oracle"]["cost"] * 1000, ".4f"), "")
+    for model, figures in sorted(metrics["single_models"].items(), key=lambda item: item[1]["cost"]):
+        table.add_row(model, fmt(figures["quality"]), fmt(figures["cost"] * 1000, ".4f"), *[""] * (3 if two else 1))
+    return table
+
+
 def main() -> None:
     app()
 

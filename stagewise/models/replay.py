@@ -6,6 +6,9 @@ whether it was correct, and (when recorded) what the call cost. Two public forma
 - RouterBench wide CSV: ``prompt`` (a Python list literal of turns), then per model
   ``<model>`` (score 0..1), ``<model>|model_response`` and ``<model>|total_cost`` (USD).
 - RouteLLM CSV: ``prompt``, per model ``<model>`` (True/False) and ``<model>_response``.
+- A plain table: ``prompt``, per model a score column ``<model>`` (a number or True/False)
+  and optionally ``<model>|total_cost`` or ``<model>_cost`` (USD); no responses, so it
+  trains and evaluates routers but cannot be replayed.
 
 A :class:`ReplayEngine` makes one model of a table a DSPy engine: asked a prompt, it
 returns that model's recorded response, never an invented one. Tokens are counted on the
@@ -32,7 +35,7 @@ from stagewise.models.catalog import ModelSpec
 from stagewise.models.constrained import schema_of
 from stagewise.models.tokens import count_tokens
 
-TableFormat = Literal["routerbench", "routellm"]
+TableFormat = Literal["routerbench", "routellm", "plain"]
 _FIELD_HEADER = re.compile(r"\[\[ ## \w+ ## \]\]\n")
 
 
@@ -118,11 +121,16 @@ class OutcomeTable:
             models = [c.removesuffix("|model_response") for c in frame.columns if c.endswith("|model_response")]
             response_cols = {m: f"{m}|model_response" for m in models}
             cost_cols = {m: f"{m}|total_cost" for m in models}
-        else:
+        elif format == "routellm":
             models = [c.removesuffix("_response") for c in frame.columns
                       if c.endswith("_response") and c.removesuffix("_response") in frame.columns]
             response_cols = {m: f"{m}_response" for m in models}
             cost_cols = None
+        else:
+            models = _plain_models(frame, path)
+            response_cols = {}
+            cost_cols = {m: next((c for c in (f"{m}|total_cost", f"{m}_cost") if c in frame.columns), "")
+                         for m in models}
         missing = [m for m in models if m not in frame.columns]
         if missing:
             raise OutcomeTableError(f"outcome table {str(path)!r}: score column(s) {missing} missing for their responses")
@@ -141,7 +149,8 @@ class OutcomeTable:
             kept.append(position)
             prompts.append(prompt)
         rows = frame.iloc[kept].reset_index(drop=True)
-        responses = pd.DataFrame({m: rows[response_cols[m]].map(_turns) for m in models})
+        responses = pd.DataFrame({m: rows[response_cols[m]].map(_turns) if m in response_cols else pd.Series(
+            [None] * len(rows), dtype=object) for m in models})
         scores = pd.DataFrame({m: rows[m].map(lambda v, m=m: _score(v, path, m)) for m in models})
         costs = None
         if cost_cols is not None:
@@ -189,10 +198,31 @@ def detect_format(columns, path: Path) -> TableFormat:
         return "routerbench"
     if any(c.endswith("_response") and c.removesuffix("_response") in columns for c in columns):
         return "routellm"
-    raise OutcomeTableError(
-        f"outcome table {str(path)!r} is neither RouterBench (<model>|model_response columns) "
-        f"nor RouteLLM (<model> and <model>_response columns)"
-    )
+    return "plain"
+
+
+_COST_SUFFIXES = ("|total_cost", "_cost")
+
+
+def _plain_models(frame: pd.DataFrame, path: Path) -> list[str]:
+    """A plain table's model columns: every column of scores (numbers or True/False), and every
+    column with a cost column beside it (an empty one is then a model with no scores)."""
+    models = []
+    for column in frame.columns:
+        if column == "prompt" or column.endswith(_COST_SUFFIXES):
+            continue
+        values = frame[column].dropna().str.strip()
+        priced = any(f"{column}{suffix}" in frame.columns for suffix in _COST_SUFFIXES)
+        if (priced and not len(values)) or (len(values) and (
+                values.str.lower().isin(["true", "false"]) | pd.to_numeric(values, errors="coerce").notna()).all()):
+            models.append(column)
+    if not models:
+        raise OutcomeTableError(
+            f"outcome table {str(path)!r} has no model columns: expected RouterBench (<model>|model_response), "
+            f"RouteLLM (<model> and <model>_response) or plain score columns (<model> with numbers or True/False); "
+            f"columns: {list(frame.columns)[:8]}"
+        )
+    return models
 
 
 def _score(value: object, path: Path, model: str) -> float:

@@ -1,9 +1,11 @@
 """Cascade: the cheapest model first; a scorer accepts its answer or escalates to the next.
 
 The scorer is an LLM verifier stage (e.g. the ``Verify`` signature: ``correct`` and
-``confidence`` outputs) or any object with ``predict_proba(texts)`` whose second column is
-the probability that the answer is right (the FrugalGPT scorer of a later issue). The
-last tier's answer is accepted whatever its score.
+``confidence`` outputs) or any object with ``predict_proba`` whose second column is the
+probability that the answer is right: it reads the query and the answer joined by a blank
+line, or ``(query, answer)`` pairs when it declares ``input_format = "pairs"`` (the trained
+:class:`~stagewise.routing.routers.CascadeScorer`). The last tier's answer is accepted
+whatever its score.
 """
 
 from __future__ import annotations
@@ -42,7 +44,9 @@ class Cascade(Pipeline):
             confidence = float(verdict.get("confidence", 1.0))
             return confidence if verdict.get("correct", True) else 1.0 - confidence
         [query] = run.context.select([self.query], stage=self.name)
-        return float(self.scorer.predict_proba([f"{query.content}\n{as_text(answer)}"])[0][1])
+        pair = (query.content, as_text(answer))
+        item = pair if getattr(self.scorer, "input_format", "text") == "pairs" else "\n\n".join(pair)
+        return float(self.scorer.predict_proba([item])[0][1])
 
     def execute(self, run: Run) -> dict[str, Any]:
         scores = []

@@ -1,0 +1,282 @@
+"""Trained routers and cascade scorers: scikit-learn estimators over :mod:`text features <stagewise.routing.features>`.
+
+- :class:`LabelRouter`: labeled queries -> route label (a classifier; e.g. a support desk's
+  intent router).
+- :class:`QualityRouter`: a recorded outcome table -> each model's predicted quality; routes
+  each query to the model maximizing predicted quality - ``cost_weight`` * cost (RouterBench).
+- :class:`WinRouter`: two models -> probability that the strong model wins (it is right where
+  the weak one is wrong); routes to it above ``threshold`` (RouteLLM).
+- :class:`CascadeScorer`: (query, cheap model's response) -> probability the response is
+  correct; a cascade escalates below its threshold (FrugalGPT).
+
+All follow scikit-learn's conventions (``fit``/``predict``/``predict_proba``/``score``,
+``get_params``), and plug into :class:`~stagewise.programs.router.Router` (as ``decide``) and
+:class:`~stagewise.programs.cascade.Cascade` (as ``scorer``). ``make_router("kind:key=value,...")``
+builds one from a spec string; ``suggest_router`` draws one from an Optuna trial.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.linear_model import LogisticRegression, Ridge
+
+from stagewise.routing.features import TextFeatures, parse_features
+from stagewise.routing.outcomes import Outcomes
+
+
+class RouterSpecError(ValueError):
+    """A router spec string names an unknown kind or option, or a bad value."""
+
+
+def _classifier(C: float, balanced: bool = False) -> LogisticRegression:
+    return LogisticRegression(C=C, max_iter=3000, class_weight="balanced" if balanced else None)
+
+
+class _TextEstimator(BaseEstimator):
+    features: str
+    C: float
+
+    def _features(self, X):
+        return self.features_.transform(X)
+
+    def _fit_features(self, X):
+        self.features_ = TextFeatures(self.features).fit(X)
+        return self.features_.transform(X)
+
+
+class LabelRouter(ClassifierMixin, _TextEstimator):
+    """Query -> route label, from labeled queries."""
+
+    def __init__(self, features: str = "word+char", C: float = 4.0):
+        self.features = features
+        self.C = C
+
+    def fit(self, X, y):
+        labels = np.asarray([str(v) for v in y])
+        if len(set(labels)) < 2:
+            raise ValueError(f"a label router needs at least two route labels in its training data, got {sorted(set(labels))}")
+        self.model_ = _classifier(self.C, balanced=True).fit(self._fit_features(list(X)), labels)
+        self.classes_ = self.model_.classes_
+        return self
+
+    def predict_proba(self, X):
+        return self.model_.predict_proba(self._features(list(X)))
+
+    def predict(self, X):
+        return self.model_.predict(self._features(list(X)))
+
+
+class _OutcomeRouter(_TextEstimator):
+    """Routers whose predictions are model names; ``score`` is the mean realized quality."""
+
+    models_: list[str]
+
+    def score(self, X, y, sample_weight=None) -> float:
+        scores = _matrix(y, self.models_)
+        chosen = [self.models_.index(m) for m in self.predict(X)]
+        return float(np.average(scores[np.arange(len(chosen)), chosen], weights=sample_weight))
+
+
+class QualityRouter(_OutcomeRouter):
+    """Predicts each model's quality on a query; picks argmax(quality - cost_weight * cost)."""
+
+    def __init__(self, features: str = "word+char", C: float = 1.0, cost_weight: float = 0.0):
+        self.features = features
+        self.C = C
+        self.cost_weight = cost_weight
+
+    def fit(self, X, y, *, models: list[str] | None = None, costs=None):
+        """``y``: (n, m) scores (a DataFrame's columns name the models); ``costs``: (n, m) or (m,) USD per call."""
+        self.models_ = _models(y, models)
+        scores = _matrix(y, self.models_)
+        features = self._fit_features(list(X))
+        binary = bool(np.isin(scores, (0.0, 1.0)).all())
+        self.estimators_ = []
+        for j in range(scores.shape[1]):
+            column = scores[:, j]
+            if binary and len(np.unique(column)) == 2:
+                self.estimators_.append(_classifier(self.C).fit(features, column.astype(int)))
+            elif not binary and np.ptp(column) > 0:
+                self.estimators_.append(Ridge(alpha=1.0 / self.C).fit(features, column))
+            else:
+                self.estimators_.append(float(column.mean()))  # every query scored alike
+        costs = np.zeros(len(self.models_)) if costs is None else np.asarray(costs, dtype=float)
+        self.expected_cost_ = costs.mean(axis=0) if costs.ndim == 2 else costs
+        return self
+
+    def fit_outcomes(self, outcomes: Outcomes) -> QualityRouter:
+        return self.fit(outcomes.prompts, outcomes.scores, models=outcomes.models, costs=outcomes.costs)
+
+    def predict_quality(self, X) -> np.ndarray:
+        features = self._features(list(X))
+        columns = []
+        for estimator in self.estimators_:
+            if isinstance(estimator, float):
+                columns.append(np.full(features.shape[0], estimator))
+            elif isinstance(estimator, LogisticRegression):
+                columns.append(estimator.predict_proba(features)[:, 1])
+            else:
+                columns.append(np.clip(estimator.predict(features), 0.0, 1.0))
+        return np.column_stack(columns)
+
+    def predict_proba(self, X):
+        """Each model's predicted quality (probability of a correct answer for 0/1 scores); not normalized."""
+        return self.predict_quality(X)
+
+    def predict(self, X):
+        utility = self.predict_quality(X) - self.cost_weight * self.expected_cost_
+        return np.asarray(self.models_, dtype=object)[np.argmax(utility, axis=1)]
+
+    @property
+    def classes_(self):
+        return np.asarray(self.models_, dtype=object)
+
+
+class WinRouter(_OutcomeRouter):
+    """Two models: P(the strong model is right where the weak one is wrong); strong above ``threshold``."""
+
+    def __init__(self, features: str = "word+char", C: float = 1.0, threshold: float = 0.5):
+        self.features = features
+        self.C = C
+        self.threshold = threshold
+
+    def fit(self, X, y, *, models: list[str] | None = None):
+        """``y``: (n, 2) scores, the weak (cheaper) model first."""
+        self.models_ = _models(y, models)
+        if len(self.models_) != 2:
+            raise ValueError(f"a win router routes between two models, got {len(self.models_)}: {self.models_}")
+        scores = _matrix(y, self.models_)
+        wins = (scores[:, 1] > scores[:, 0]).astype(int)
+        features = self._fit_features(list(X))
+        self.model_ = _classifier(self.C).fit(features, wins) if len(set(wins)) == 2 else float(wins.mean())
+        return self
+
+    def fit_outcomes(self, outcomes: Outcomes, weak: str | None = None, strong: str | None = None) -> WinRouter:
+        weak, strong = _pair(outcomes, weak, strong)
+        columns = [outcomes.column(weak), outcomes.column(strong)]
+        return self.fit(outcomes.prompts, outcomes.scores[:, columns], models=[weak, strong])
+
+    def strong_probability(self, X) -> np.ndarray:
+        features = self._features(list(X))
+        if isinstance(self.model_, float):
+            return np.full(features.shape[0], self.model_)
+        return self.model_.predict_proba(features)[:, 1]
+
+    def predict_proba(self, X):
+        strong = self.strong_probability(X)
+        return np.column_stack([1.0 - strong, strong])
+
+    def predict(self, X):
+        return np.where(self.strong_probability(X) >= self.threshold, self.models_[1], self.models_[0]).astype(object)
+
+    @property
+    def classes_(self):
+        return np.asarray(self.models_, dtype=object)
+
+
+class CascadeScorer(ClassifierMixin, _TextEstimator):
+    """(query, response) pairs -> P(the response is correct)."""
+
+    input_format = "pairs"  # the Cascade program passes (query, answer) pairs
+
+    def __init__(self, features: str = "word+char+checks", C: float = 1.0):
+        self.features = features
+        self.C = C
+
+    def fit(self, X, y):
+        correct = (np.asarray(y, dtype=float) >= 0.5).astype(int)
+        if len(set(correct)) < 2:
+            raise ValueError("a cascade scorer needs both correct and wrong responses in its training data")
+        self.model_ = _classifier(self.C).fit(self._fit_features(_pairs(X)), correct)
+        self.classes_ = self.model_.classes_
+        return self
+
+    def fit_outcomes(self, outcomes: Outcomes, model: str | None = None) -> CascadeScorer:
+        """Trained on ``model``'s recorded responses (default: the cheapest model)."""
+        model = model or outcomes.by_cost()[0]
+        if outcomes.responses is None:
+            raise ValueError(f"{outcomes.source!r} records no responses: a cascade scorer reads the cheap model's response")
+        j = outcomes.column(model)
+        pairs = [(p, r[j]) for p, r in zip(outcomes.prompts, outcomes.responses)]
+        return self.fit(pairs, outcomes.scores[:, j])
+
+    def predict_proba(self, X):
+        return self.model_.predict_proba(self._features(_pairs(X)))
+
+    def predict(self, X):
+        return self.model_.predict(self._features(_pairs(X)))
+
+
+def _pairs(X) -> list[tuple[str, str]]:
+    pairs = [tuple(x) for x in X]
+    if any(len(p) != 2 for p in pairs):
+        raise ValueError("a cascade scorer reads (query, response) pairs")
+    return pairs
+
+
+def _models(y, models: list[str] | None) -> list[str]:
+    if models is not None:
+        return [str(m) for m in models]
+    if isinstance(y, pd.DataFrame):
+        return [str(c) for c in y.columns]
+    return [f"model_{j}" for j in range(np.asarray(y).shape[1])]
+
+
+def _matrix(y, models: list[str]) -> np.ndarray:
+    scores = (y[models] if isinstance(y, pd.DataFrame) and set(models) <= set(y.columns) else np.asarray(y))
+    scores = np.asarray(scores, dtype=float)
+    if scores.ndim != 2 or scores.shape[1] != len(models):
+        raise ValueError(f"scores must be (queries, {len(models)} models), got shape {scores.shape}")
+    if np.isnan(scores).any():
+        raise ValueError("scores have missing values: drop those rows first")
+    return scores
+
+
+def _pair(outcomes: Outcomes, weak: str | None, strong: str | None) -> tuple[str, str]:
+    if weak is None and strong is None:
+        if len(outcomes.models) != 2:
+            raise ValueError(f"{outcomes.source!r} has {len(outcomes.models)} models: name the weak and the strong one")
+        weak, strong = outcomes.by_cost()
+    weak = weak or next(m for m in outcomes.by_cost() if m != strong)
+    strong = strong or next(m for m in reversed(outcomes.by_cost()) if m != weak)
+    return weak, strong
+
+
+# --- specs and search spaces --------------------------------------------------------------
+
+KINDS = {"label": LabelRouter, "quality": QualityRouter, "win": WinRouter, "cascade": CascadeScorer}
+FEATURE_CHOICES = ("word", "char", "word+char", "embed", "word+char+embed")
+
+
+def make_router(spec: str):
+    """``"kind"`` or ``"kind:key=value,key=value"``, e.g. ``"cascade:features=word+checks,C=2"``."""
+    kind, _, options = spec.partition(":")
+    if kind not in KINDS:
+        raise RouterSpecError(f"router spec {spec!r}: unknown kind {kind!r} (kinds: {', '.join(KINDS)})")
+    cls = KINDS[kind]
+    params = {}
+    valid = cls().get_params()
+    for option in filter(None, (o.strip() for o in options.split(","))):
+        key, equals, value = option.partition("=")
+        if not equals or key not in valid:
+            raise RouterSpecError(f"router spec {spec!r}: option {option!r} is not key=value with a key in {sorted(valid)}")
+        if key == "features":
+            parse_features(value)
+            params[key] = value
+        else:
+            try:
+                params[key] = float(value)
+            except ValueError:
+                raise RouterSpecError(f"router spec {spec!r}: {key}={value!r} is not a number") from None
+    return cls(**params)
+
+
+def suggest_router(trial, kind: str, *, embeddings: bool = False, prefix: str = "router"):
+    """A router of ``kind`` with features and regularization drawn from an Optuna trial."""
+    choices = [c for c in FEATURE_CHOICES if embeddings or "embed" not in c]
+    features = trial.suggest_categorical(f"{prefix}.features", choices)
+    if kind == "cascade":
+        features += "+checks" if trial.suggest_categorical(f"{prefix}.checks", [True, False]) else ""
+    return KINDS[kind](features=features, C=trial.suggest_float(f"{prefix}.C", 0.05, 50.0, log=True))
