@@ -223,11 +223,11 @@ def test_quality_router_beats_the_zero_router_on_routerbench_arc(arc):
     saving = report.metrics["cost_saving_at_95"]
     assert saving["quality"] >= 0.95 * report.metrics["single_models"]["gpt-4-1106-preview"]["quality"]
     assert saving["saving"] > 0.5
-    router = QualityRouter(cost_weight=1000.0).fit_outcomes(train)
+    router = QualityRouter(features="word").fit_outcomes(train)
     assert router.predict_quality(test.prompts[:5]).shape == (5, 11)
-    # A cost weight trades quality for price: the routed cost falls as it grows.
+    # A cost weight trades quality for price (at prediction time): the routed cost falls as it grows.
     costs = [np.mean([test.costs[i, test.column(m)] for i, m in enumerate(
-        QualityRouter(cost_weight=w).fit_outcomes(train).predict(test.prompts))]) for w in (0.0, 100.0, 10000.0)]
+        router.set_params(cost_weight=w).predict(test.prompts))]) for w in (0.0, 100.0, 10000.0)]
     assert costs[0] > costs[1] > costs[2]
 
 
@@ -289,12 +289,11 @@ def test_saved_routers_load_without_pickle_and_refuse_foreign_types(gsm8k, tmp_p
 def test_quality_router_routes_a_router_program_over_recorded_models(arc):
     train, test = arc
     table_ = OutcomeTable.load(ARC_TEST)
-    decide = QualityRouter(cost_weight=200.0).fit_outcomes(train)
     names = {"gpt-4-1106-preview": "recorded/gpt-4-1106-preview", "zero-one-ai/Yi-34B-Chat": "recorded/yi-34b-chat",
              "mistralai/mixtral-8x7b-chat": "recorded/mixtral-8x7b-chat"}
     routes = {column: Stage(column.split("/")[-1], "prompt -> answer", lm=get_lm(entry, replay_table=table_))
               for column, entry in names.items()}
-    restricted = QualityRouter(cost_weight=200.0).fit(train.prompts, train.scores[:, [train.column(c) for c in names]],
+    restricted = QualityRouter(features="word", cost_weight=200.0).fit(train.prompts, train.scores[:, [train.column(c) for c in names]],
                                                       models=list(names), costs=train.costs[:, [train.column(c) for c in names]])
     router = Router("pick", restricted, routes, query="input.prompt")
     taken = []
@@ -304,7 +303,6 @@ def test_quality_router_routes_a_router_program_over_recorded_models(arc):
         assert prediction.trace[routes[prediction.route].name].cost_usd > 0
         taken.append(prediction.route)
     assert set(taken) <= set(names)
-    assert decide.predict(test.prompts[:1])[0] in train.models
 
 
 def test_cascade_scorer_drives_a_cascade_program_over_recorded_models(gsm8k):
