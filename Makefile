@@ -31,6 +31,7 @@ bench: install
 	$(BIN)/python benchmarks/engine_overhead.py
 	$(BIN)/python benchmarks/fanout.py
 	$(BIN)/python benchmarks/optimize_rerun.py
+	$(BIN)/python benchmarks/routing.py --embeddings
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
