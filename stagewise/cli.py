@@ -128,6 +128,7 @@ def optimize(
     from stagewise.optimize.tracking import Tracker
 
     import dspy
+    import pandas as pd
 
     try:
         cfg = load_config(config, study=study, trials=trials)
@@ -137,7 +138,7 @@ def optimize(
         tracker = Tracker(cfg.experiment or cfg.settings.name)
         runner = Study(cfg.build, splits, cfg.space, cfg.end_to_end, stage_metrics=cfg.stage_metrics,
                        settings=cfg.settings, out_dir=out, data_fingerprint=cfg.data_fingerprint, tracker=tracker,
-                       lm_options=cfg.lm_options, thresholds=cfg.thresholds)
+                       lm_options=cfg.lm_options, thresholds=cfg.thresholds, routers=cfg.routers)
     except (ConfigError, SearchSpaceError, ValueError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
@@ -147,11 +148,12 @@ def optimize(
     with dspy.context(adapter=dspy.JSONAdapter()):
         result = runner.results(runner.run())
     table = Table(title="Pareto front (dev)")
-    for column in ("trial", "quality", "$ per 1k requests", *[f"{s}.model" for s in cfg.space]):
+    choices = [f"{r}.decision" for r in cfg.routers or {}] + [f"{s}.model" for s in cfg.space]
+    for column in ("trial", "quality", "$ per 1k requests", *choices):
         table.add_column(column)
     for _, row in result.front.iterrows():
         table.add_row(str(row["trial"]), f"{row['quality']:.3f}", f"{row['cost_per_1k_requests']:.4f}",
-                      *[str(row[f"{stage}.model"]) for stage in cfg.space])
+                      *["-" if pd.isna(row.get(c)) else str(row[c]) for c in choices])
     console.print(table)
     saving = pareto.saving_at(result.front)
     if saving:

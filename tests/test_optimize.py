@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Literal
 
 import dspy
 import optuna
@@ -385,3 +386,101 @@ def test_cascade_thresholds_are_searched(tmp_path):
         Study(build_cascade, splits, space, EndToEnd("answer", metric=RecordedCorrectness(table)),
               settings=StudySettings(name="x"), out_dir=tmp_path / "x", data_fingerprint="x",
               thresholds={"nope": (0.5,)})
+
+
+# --- router choice: the LLM decision stage or a trained classifier ---------------------------
+
+class PickTier(dspy.Signature):
+    """Can a small model solve this math word problem ("weak"), or does it need a strong one ("strong")?"""
+
+    prompt: str = dspy.InputField()
+    tier: Literal["weak", "strong"] = dspy.OutputField()
+
+
+def build_routed():
+    from stagewise.programs import Router
+
+    return Router("pick", Stage("route", PickTier), {
+        "weak": Stage("weak", "prompt -> answer"), "strong": Stage("strong", "prompt -> answer"),
+    }, query="input.prompt", field="tier")
+
+
+@pytest.mark.local_model
+def test_router_choice_llm_stage_or_trained_classifier_is_searched_and_exported(tmp_path):
+    from stagewise.models.replay import OutcomeTable
+    from stagewise.optimize.space import RouterChoices, TrialChoice
+    from stagewise.routing import LabelRouter
+
+    from .conftest import ROUTELLM
+
+    table = OutcomeTable.load(ROUTELLM)
+    weak_col = "mistralai/Mixtral-8x7B-Instruct-v0.1"
+    examples = [dspy.Example(prompt=p, tier="weak" if table.scores.at[i, weak_col] else "strong").with_inputs("prompt")
+                for i, p in enumerate(table.prompts[:60])]
+    splits = split(examples, train=0.6, dev=0.2, test=0.2, seed=0)
+    space = {"route": StageChoices(("smollm2-135m",)), "weak": StageChoices(("recorded/mixtral-8x7b-instruct",)),
+             "strong": StageChoices(("recorded/gpt-4-1106-preview",))}
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    seeded = optuna.create_study(study_name="routers", storage=storage, directions=["maximize", "minimize"])
+    seeded.enqueue_trial({"pick.decision": "llm"})
+    seeded.enqueue_trial({"pick.decision": "trained", "pick.features": "word", "pick.C": 1.0})
+    study = Study(build_routed, splits, space, EndToEnd("answer", metric=RecordedCorrectness(table)),
+                  stage_metrics=[StageMetric("route", "tier", "tier", "label_accuracy")],
+                  settings=StudySettings(name="routers", trials=2, storage=storage, prune_on=100),
+                  out_dir=tmp_path / "out", data_fingerprint=table.fingerprint,
+                  lm_options={"*": {"replay_table": table, "max_tokens": 32}},
+                  routers={"pick": RouterChoices(label="tier", features=("word",), C=(1.0,))})
+    with dspy.context(adapter=dspy.JSONAdapter()):
+        result = study.results(study.run(progress=False))
+    trials = result.trials.set_index("pick.decision")
+    assert set(trials.index) == {"llm", "trained"}
+    assert trials.loc["llm", "route.model"] == "smollm2-135m" and pd.isna(trials.loc["trained", "route.model"])
+    assert trials.loc["trained", "pick.features"] == "word"
+    assert 0.0 <= trials.loc["trained", "stage:route.tier"] <= 1.0  # the classifier is scored as the stage
+
+    trained = study.program_for(TrialChoice(
+        models={"weak": "recorded/mixtral-8x7b-instruct", "strong": "recorded/gpt-4-1106-preview"},
+        routers={"pick": {"decision": "trained", "features": "word", "C": 1.0}}))
+    router = trained.named_sub_modules().__next__()[1]
+    assert isinstance(router.classifier, LabelRouter) and router.stand_in == "route"
+    prompt = splits.test[0].prompt
+    prediction = trained(prompt=prompt)
+    route_run = prediction.trace["route"]
+    assert route_run.model is None and route_run.cost_usd == 0  # no LLM call for the decision
+    assert prediction.context.sections["route.tier"].content == prediction.route
+
+    directory = export(trained, tmp_path / "best", factory="tests.test_optimize:build_routed")
+    manifest = json.loads((directory / "manifest.json").read_text())
+    assert manifest["routers"]["pick"]["kind"] == "LabelRouter" and (directory / "routers" / "pick.skops").is_file()
+    assert "decided_by" in manifest["stages"]["route"]
+    reloaded = load(directory)
+    for example in splits.test[:6]:
+        assert reloaded(prompt=example.prompt).answer == trained(prompt=example.prompt).answer
+
+
+def test_router_choice_bad_inputs(tmp_path):
+    from stagewise.optimize.config import ConfigError, load_config
+    from stagewise.optimize.space import RouterChoices
+
+    examples = [dspy.Example(prompt=f"q{i}", tier="weak").with_inputs("prompt") for i in range(8)]
+    splits = split(examples, train=0.5, dev=0.25, test=0.25, seed=0)
+    space = {"route": StageChoices(("smollm2-135m",))}
+
+    def make(routers):
+        return Study(build_routed, splits, space, EndToEnd("answer", "tier"), settings=StudySettings(name="x"),
+                     out_dir=tmp_path / "x", data_fingerprint="x", routers=routers)
+
+    with pytest.raises(SearchSpaceError, match="no router 'nope'"):
+        make({"nope": RouterChoices(label="tier")})
+    with pytest.raises(SearchSpaceError, match="no label field 'area'"):
+        make({"pick": RouterChoices(label="area")})
+    with pytest.raises(SearchSpaceError, match="decisions must be among"):
+        make({"pick": RouterChoices(label="tier", decisions=("llm", "oracle"))})
+    with pytest.raises(SearchSpaceError, match="unknown kind"):
+        make({"pick": RouterChoices(label="tier", features=("pixels",))})
+    config = (ROOT / "examples" / "banking" / "study.toml").read_text()
+    bad = tmp_path / "study.toml"
+    bad.write_text(config.replace("[search.routers.support]", "[search.routers.support]\ndepth = 3"))
+    (tmp_path / "banking77_subset.csv").write_bytes((ROOT / "examples" / "banking" / "banking77_subset.csv").read_bytes())
+    with pytest.raises(ConfigError, match=r"\[search.routers.support\] has unknown key\(s\) \['depth'\]"):
+        load_config(bad)

@@ -41,6 +41,8 @@ class CompileCache:
         content = {"stage": stage, "optimizer": optimizer, "demos": choice.demos.get(stage, 0),
                    "data": data_fingerprint,
                    "models": {} if optimizer in MODEL_FREE else dict(sorted(choice.models.items()))}
+        if choice.routers and optimizer not in MODEL_FREE:  # the teacher's routing decides its traces too
+            content["routers"] = {name: choice.routers[name] for name in sorted(choice.routers)}
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:24]
 
     def get(self, key: str) -> dict | None:

@@ -18,7 +18,7 @@ from typing import Any
 import dspy
 
 from stagewise.metrics.report import EndToEnd, StageMetric
-from stagewise.optimize.space import StageChoices
+from stagewise.optimize.space import RouterChoices, StageChoices
 from stagewise.optimize.study import StudySettings
 
 
@@ -45,6 +45,7 @@ class StudyConfig:
     baseline: dict[str, str] | None = None  # stage -> model of the unoptimized program to compare with
     fields: Any = None  # the FieldMap of file data (None for outcome-table data)
     thresholds: dict[str, tuple[float, ...]] | None = None  # cascade name -> candidate thresholds
+    routers: dict[str, RouterChoices] | None = None  # router name -> LLM stage or trained classifier
 
     def evaluation(self) -> dict | None:
         """How to evaluate the program on a data file, for the manifest (file data, named metrics only)."""
@@ -141,4 +142,21 @@ def load_config(path: str | Path, *, study: str | None = None, trials: int | Non
                        dict(raw.get("split", {"train": 0.5, "dev": 0.25, "test": 0.25, "seed": 0})), end_to_end,
                        stage_metrics, space, settings, lm_options, raw.get("tracking", {}).get("experiment"),
                        replay_table, dict(raw["baseline"]) if "baseline" in raw else None, fields,
-                       {name: tuple(float(v) for v in values) for name, values in search.get("thresholds", {}).items()})
+                       {name: tuple(float(v) for v in values) for name, values in search.get("thresholds", {}).items()},
+                       {name: _router_choices(name, table, file) for name, table in search.get("routers", {}).items()})
+
+
+def _router_choices(name: str, table: dict, file: Path) -> RouterChoices:
+    where = f"search.routers.{name}"
+    unknown = sorted(set(table) - {"label", "decisions", "features", "C"})
+    if unknown:
+        raise ConfigError(f"config {str(file)!r}: [{where}] has unknown key(s) {unknown} "
+                          "(keys: label, decisions, features, C)")
+    defaults = RouterChoices(label="")
+    try:
+        return RouterChoices(label=str(_need(table, "label", where, file)),
+                             decisions=tuple(str(d) for d in table.get("decisions", defaults.decisions)),
+                             features=tuple(str(f) for f in table.get("features", defaults.features)),
+                             C=tuple(float(c) for c in table.get("C", defaults.C)))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"config {str(file)!r}: [{where}]: {exc}") from None

@@ -25,8 +25,10 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from stagewise.optimize.space import router_modules
+
 MANIFEST_FORMAT = "stagewise-program/1"
-PACKAGES = ("stagewise", "dspy", "litellm", "llama-cpp-python", "optuna", "mlflow", "scikit-learn")
+PACKAGES = ("stagewise", "dspy", "litellm", "llama-cpp-python", "optuna", "mlflow", "scikit-learn", "skops")
 
 
 class ExportError(ValueError):
@@ -44,9 +46,14 @@ def _versions() -> dict[str, str]:
 
 
 def stage_models(program) -> dict[str, dict[str, Any]]:
-    """Each stage's model as the manifest records it (catalog entry, engine, prices)."""
+    """Each stage's model as the manifest records it (catalog entry, engine, prices); a decision
+    stage a trained classifier stands in for names the router whose classifier it is."""
     described = {}
+    stood_in = {router.stand_in: name for name, router in router_modules(program).items() if router.stand_in}
     for name, stage in program.stages().items():
+        if name in stood_in:
+            described[name] = {"decided_by": f"router {stood_in[name]!r}'s trained classifier"}
+            continue
         lm = stage.lm
         spec = getattr(lm, "spec", None)
         if spec is None:
@@ -87,6 +94,14 @@ def export(program, directory: str | Path, *, factory: str, factory_kwargs: dict
     import_factory(factory, factory_path)  # fail now, not at load time, if the factory cannot be imported
     state = state_without_models(program)
     (directory / "program.json").write_text(json.dumps(state, indent=2, default=str), encoding="utf-8")
+    classifiers = {}
+    for name, router in router_modules(program).items():
+        if router.classifier is not None and router.stand_in is not None:
+            from stagewise.routing.persist import save_router
+
+            path = save_router(router.classifier, directory / "routers" / f"{name}.skops")
+            classifiers[name] = {"file": str(path.relative_to(directory)), "kind": type(router.classifier).__name__,
+                                 "params": router.classifier.get_params()}
     manifest = {
         "format": MANIFEST_FORMAT,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -94,6 +109,7 @@ def export(program, directory: str | Path, *, factory: str, factory_kwargs: dict
         "factory_kwargs": factory_kwargs or {},
         "factory_path": str(Path(factory_path).resolve()) if factory_path else None,
         "stages": stage_models(program),
+        "routers": classifiers,
         "metrics": metrics or {},
         "data_fingerprint": data_fingerprint,
         "versions": _versions(),
@@ -148,7 +164,19 @@ def load(directory: str | Path, *, catalog=None):
     program.load_state(state)
     tables: dict[str, OutcomeTable] = {}
     models = {}
+    found = router_modules(program)
+    for name, entry in manifest.get("routers", {}).items():
+        from stagewise.routing.persist import RouterFileError, load_router
+
+        if name not in found:
+            raise ExportError(f"manifest: the program has no router {name!r} for classifier {entry.get('file')!r}")
+        try:
+            found[name].use_classifier(load_router(directory / entry["file"]))
+        except RouterFileError as exc:
+            raise ExportError(f"router {name!r}: {exc}") from None
     for stage, entry in manifest["stages"].items():
+        if "decided_by" in entry:
+            continue
         options: dict[str, Any] = {"catalog": catalog}
         if entry.get("max_tokens"):
             options["max_tokens"] = entry["max_tokens"]

@@ -1,4 +1,5 @@
-"""The search space of a study: per stage, candidate models, optimizers and demo counts."""
+"""The search space of a study: per stage, candidate models, optimizers and demo counts;
+per cascade, acceptance thresholds; per router, an LLM decision stage or a trained classifier."""
 
 from __future__ import annotations
 
@@ -20,6 +21,20 @@ class StageChoices:
     demos: tuple[int, ...] = (0,)
 
 
+DECISIONS = ("llm", "trained")
+
+
+@dataclass(frozen=True)
+class RouterChoices:
+    """A router's decision: its LLM stage, or a :class:`~stagewise.routing.routers.LabelRouter`
+    trained on the train split's ``label`` field (with these feature and C candidates)."""
+
+    label: str
+    decisions: tuple[str, ...] = DECISIONS
+    features: tuple[str, ...] = ("word+char",)
+    C: tuple[float, ...] = (4.0,)
+
+
 @dataclass(frozen=True)
 class TrialChoice:
     """One point of the space: each stage's model, optimizer and number of demos."""
@@ -28,9 +43,12 @@ class TrialChoice:
     optimizers: dict[str, str] = field(default_factory=dict)
     demos: dict[str, int] = field(default_factory=dict)
     thresholds: dict[str, float] = field(default_factory=dict)  # cascade name -> acceptance threshold
+    routers: dict[str, dict] = field(default_factory=dict)  # router name -> {"decision", "features", "C"}
 
     def params(self) -> dict[str, str | int | float]:
         flat: dict[str, str | int | float] = {}
+        for router, decision in self.routers.items():
+            flat.update({f"{router}.{key}": value for key, value in decision.items()})
         for stage, model in self.models.items():
             flat[f"{stage}.model"] = model
             flat[f"{stage}.optimizer"] = self.optimizers.get(stage, "none")
@@ -78,14 +96,64 @@ def validate_thresholds(thresholds: dict[str, tuple[float, ...]], program) -> No
             raise SearchSpaceError(f"search space: cascade {name!r} thresholds must be in [0, 1], got {values}")
 
 
-def suggest(trial, space: dict[str, StageChoices], thresholds: dict[str, tuple[float, ...]] | None = None) -> TrialChoice:
-    """Ask an Optuna trial for one point of the space (categorical choices per stage and cascade)."""
+def router_modules(program) -> dict:
+    """The program's routers by name."""
+    from stagewise.programs import Router
+
+    return {module.name: module for _, module in program.named_sub_modules() if isinstance(module, Router)}
+
+
+def validate_routers(choices: dict[str, RouterChoices], program, label_fields: set[str]) -> None:
+    from stagewise.programs import Stage
+    from stagewise.routing.features import parse_features
+
+    found = router_modules(program)
+    for name, choice in choices.items():
+        if name not in found:
+            raise SearchSpaceError(f"search space: the program has no router {name!r} "
+                                   f"(routers: {', '.join(found) or 'none'})")
+        unknown = [d for d in choice.decisions if d not in DECISIONS]
+        if unknown or not choice.decisions:
+            raise SearchSpaceError(f"search space: router {name!r}: decisions must be among {list(DECISIONS)}, "
+                                   f"got {list(choice.decisions)}")
+        if "llm" in choice.decisions and not isinstance(found[name].decide, Stage):
+            raise SearchSpaceError(f"search space: router {name!r} has no LLM decision stage to choose")
+        if "trained" in choice.decisions and choice.label not in label_fields:
+            raise SearchSpaceError(f"search space: router {name!r}: the examples have no label field "
+                                   f"{choice.label!r} to train a classifier on (fields: {sorted(label_fields)})")
+        for features in choice.features:
+            try:
+                parse_features(features)
+            except ValueError as exc:
+                raise SearchSpaceError(f"search space: router {name!r}: {exc}") from None
+        if not choice.C or any(c <= 0 for c in choice.C):
+            raise SearchSpaceError(f"search space: router {name!r}: C values must be > 0, got {list(choice.C)}")
+
+
+def suggest(trial, space: dict[str, StageChoices], thresholds: dict[str, tuple[float, ...]] | None = None,
+            router_choices: dict[str, RouterChoices] | None = None, decision_stages: dict[str, str] | None = None,
+            ) -> TrialChoice:
+    """Ask an Optuna trial for one point of the space (categorical choices per stage, cascade and router).
+
+    A router decided by a trained classifier leaves its decision stage (``decision_stages``:
+    router -> stage) out of the trial: no model, optimizer or demos are drawn for it.
+    """
     chosen_thresholds = {name: trial.suggest_categorical(f"{name}.threshold", list(values))
                          for name, values in (thresholds or {}).items()}
+    chosen_routers, skipped = {}, set()
+    for name, choice in (router_choices or {}).items():
+        decision = trial.suggest_categorical(f"{name}.decision", list(choice.decisions))
+        chosen_routers[name] = {"decision": decision}
+        if decision == "trained":
+            chosen_routers[name]["features"] = trial.suggest_categorical(f"{name}.features", list(choice.features))
+            chosen_routers[name]["C"] = trial.suggest_categorical(f"{name}.C", list(choice.C))
+            skipped.add((decision_stages or {}).get(name))
     models, optimizers, demos = {}, {}, {}
     for stage, choices in space.items():
+        if stage in skipped:
+            continue
         models[stage] = trial.suggest_categorical(f"{stage}.model", list(choices.models))
         optimizers[stage] = trial.suggest_categorical(f"{stage}.optimizer", list(choices.optimizers))
         demos[stage] = (trial.suggest_categorical(f"{stage}.demos", list(choices.demos))
                         if optimizers[stage] != "none" else 0)
-    return TrialChoice(models, optimizers, demos, chosen_thresholds)
+    return TrialChoice(models, optimizers, demos, chosen_thresholds, chosen_routers)

@@ -33,7 +33,17 @@ from stagewise.models.lm import get_lm
 from stagewise.optimize import pareto
 from stagewise.optimize.compile import CompileCache, compile_stages
 from stagewise.optimize.export import state_without_models
-from stagewise.optimize.space import StageChoices, TrialChoice, cascades, suggest, validate, validate_thresholds
+from stagewise.optimize.space import (
+    RouterChoices,
+    StageChoices,
+    TrialChoice,
+    cascades,
+    router_modules,
+    suggest,
+    validate,
+    validate_routers,
+    validate_thresholds,
+)
 from stagewise.optimize.tracking import Tracker
 
 
@@ -68,7 +78,8 @@ class Study:
     def __init__(self, build: Callable[[], Any], splits, space: dict[str, StageChoices], end_to_end: EndToEnd, *,
                  stage_metrics: list[StageMetric] = (), settings: StudySettings, out_dir: str | Path,
                  data_fingerprint: str, tracker: Tracker | None = None, lm_options: dict | None = None,
-                 catalog=None, thresholds: dict[str, tuple[float, ...]] | None = None):
+                 catalog=None, thresholds: dict[str, tuple[float, ...]] | None = None,
+                 routers: dict[str, RouterChoices] | None = None):
         self.build, self.splits, self.space, self.end_to_end = build, splits, space, end_to_end
         self.stage_metrics = list(stage_metrics)
         self.settings, self.out_dir = settings, Path(out_dir)
@@ -76,14 +87,19 @@ class Study:
         self.tracker = tracker or Tracker(None)
         self.lm_options, self.catalog = lm_options or {}, catalog
         self.thresholds = dict(thresholds or {})
+        self.routers = dict(routers or {})
         self.cache = CompileCache(self.out_dir / "compiled")
         self._lms: dict[str, Any] = {}
+        self._classifiers: dict[tuple, Any] = {}
         probe = build()
         validate(space, list(probe.stages()), catalog)
         validate_thresholds(self.thresholds, probe)
         for name, part in (("train", splits.train), ("dev", splits.dev)):
             if not part:
                 raise EvaluationError(f"the {name} split is empty: nothing to optimize on")
+        validate_routers(self.routers, probe, set(splits.train[0].keys()))
+        found = router_modules(probe)
+        self.decision_stages = {name: getattr(found[name].decide, "name", None) for name in self.routers}
         check_metrics(probe, splits.dev, self.stage_metrics, end_to_end)  # before any model is called
 
     def lm(self, model: str):
@@ -93,8 +109,28 @@ class Study:
             self._lms[model] = get_lm(model, catalog=self.catalog, **options)
         return self._lms[model]
 
+    def classifier(self, router, settings: dict):
+        """A LabelRouter trained on the train split's router label; one per (router, features, C)."""
+        from stagewise.routing.routers import LabelRouter
+
+        key = (router.name, settings["features"], float(settings["C"]))
+        if key not in self._classifiers:
+            field = router.query.removeprefix("input.")
+            if field == router.query:
+                raise EvaluationError(f"router {router.name!r} reads {router.query!r}: a trained classifier needs "
+                                      "a request input (input.<field>)")
+            label = self.routers[router.name].label
+            texts = [str(example[field]) for example in self.splits.train]
+            labels = [str(example[label]) for example in self.splits.train]
+            self._classifiers[key] = LabelRouter(settings["features"], float(settings["C"])).fit(texts, labels)
+        return self._classifiers[key]
+
     def program_for(self, choice: TrialChoice):
         program = self.build()
+        found = router_modules(program)
+        for name, settings in choice.routers.items():
+            if settings["decision"] == "trained":
+                found[name].use_classifier(self.classifier(found[name], settings))
         program.set_models({stage: self.lm(model) for stage, model in choice.models.items()})
         for name, cascade in cascades(program).items():
             if name in choice.thresholds:
@@ -116,7 +152,7 @@ class Study:
                    for t in done)
 
     def objective(self, study: optuna.Study, trial: optuna.Trial) -> tuple[float, ...]:
-        choice = suggest(trial, self.space, self.thresholds)
+        choice = suggest(trial, self.space, self.thresholds, self.routers, self.decision_stages)
         for earlier in study.trials:  # the sampler proposed a configuration already scored: reuse it
             if earlier.state == optuna.trial.TrialState.COMPLETE and earlier.params == trial.params:
                 for key, value in earlier.user_attrs.items():
@@ -168,6 +204,8 @@ class Study:
         remaining = max(0, self.settings.trials - finished)
         params = {"trials": self.settings.trials, "seed": self.settings.seed, "data_fingerprint": self.data_fingerprint,
                   "space": json.dumps({s: vars(c) for s, c in self.space.items()}, default=list)}
+        if self.routers:
+            params["routers"] = json.dumps({r: vars(c) for r, c in self.routers.items()}, default=list)
         with self.tracker.study(self.settings.name, params):
             if remaining:
                 bar = None
@@ -200,12 +238,15 @@ class Study:
         best_front = pareto.front(trials)
         chosen = pareto.select(best_front, min_quality=self.settings.min_quality,
                                max_cost_per_1k=self.settings.max_cost_per_1k)
+        active = [s for s in self.space if pd.notna(chosen.get(f"{s}.model"))]  # a stood-in stage has none
         choice = TrialChoice(
-            models={s: chosen[f"{s}.model"] for s in self.space},
-            optimizers={s: chosen.get(f"{s}.optimizer", "none") for s in self.space},
+            models={s: chosen[f"{s}.model"] for s in active},
+            optimizers={s: chosen.get(f"{s}.optimizer", "none") for s in active},
             demos={s: int(chosen[f"{s}.demos"]) if f"{s}.demos" in chosen and pd.notna(chosen[f"{s}.demos"]) else 0
-                   for s in self.space},
+                   for s in active},
             thresholds={c: float(chosen[f"{c}.threshold"]) for c in self.thresholds},
+            routers={r: {key: chosen[f"{r}.{key}"] for key in ("decision", "features", "C")
+                         if pd.notna(chosen.get(f"{r}.{key}"))} for r in self.routers},
         )
         program = self.program_for(choice)
         dev = self._evaluate(program, self.splits.dev)

@@ -2,8 +2,14 @@
 
 The decision is an LLM stage (e.g. the ``RoutingDecision`` signature, with ``route`` and
 ``confidence`` outputs) or any object with ``predict(texts) -> labels`` (a scikit-learn
-classifier; its ``predict_proba`` gives the confidence when it has one). The route taken
-and its confidence are part of the result.
+classifier such as :class:`~stagewise.routing.routers.LabelRouter`; its ``predict_proba``
+gives the confidence when it has one). The route taken and its confidence are part of the
+result.
+
+A router built with an LLM stage can swap in a trained classifier later
+(:meth:`Router.use_classifier`): the classifier then stands in for the stage, and writes its
+label under the stage's name, so the stage's metrics score the classifier. An optimization
+study uses this to search "LLM router or trained classifier" as one choice.
 """
 
 from __future__ import annotations
@@ -40,10 +46,25 @@ class Router(Pipeline):
             raise StageConfigError(f"router {name!r}: decide must be a Stage or have predict(texts) -> labels")
         self.name, self.decide, self.routes, self.query, self.field = name, decide, dict(routes), query, field
         self.descriptions = descriptions or {label: label for label in routes}
+        self.classifier = None if isinstance(decide, Stage) else decide
         self.stages()
 
+    def use_classifier(self, classifier: Any | None) -> Router:
+        """Decide with ``classifier`` (``predict(texts) -> labels``) instead of the LLM stage; None: the stage again."""
+        if classifier is None and not isinstance(self.decide, Stage):
+            raise StageConfigError(f"router {self.name!r} has no decision stage to return to")
+        if classifier is not None and not callable(getattr(classifier, "predict", None)):
+            raise StageConfigError(f"router {self.name!r}: a classifier needs predict(texts) -> labels")
+        self.classifier = classifier
+        return self
+
+    @property
+    def stand_in(self) -> str | None:
+        """The name of the decision stage a classifier stands in for, if one does."""
+        return self.decide.name if self.classifier is not None and isinstance(self.decide, Stage) else None
+
     def _decide(self, run: Run) -> tuple[str, float | None]:
-        if isinstance(self.decide, Stage):
+        if self.classifier is None:
             text = "\n".join(f"{label}: {self.descriptions.get(label, label)}" for label in self.routes)
             if f"{self.name}.routes" not in run.context:
                 run.context.add(Section(name="routes", kind="instruction", source=self.name, content=text,
@@ -55,11 +76,16 @@ class Router(Pipeline):
             confidence = out.get("confidence")
             return str(out[self.field]).strip(), float(confidence) if isinstance(confidence, (int, float)) else None
         [query] = run.context.select([self.query], stage=self.name)
-        label = str(self.decide.predict([query.content])[0])
+        label = str(self.classifier.predict([query.content])[0])
         confidence = None
-        if callable(getattr(self.decide, "predict_proba", None)):
-            probabilities = self.decide.predict_proba([query.content])[0]
+        if callable(getattr(self.classifier, "predict_proba", None)):
+            probabilities = self.classifier.predict_proba([query.content])[0]
             confidence = float(max(probabilities))
+        if self.stand_in is not None:  # the stage's outputs, from the classifier, under the stage's name
+            run.context.add(Section(name=self.field, kind="stage_output", source=self.stand_in, content=label,
+                                    tokens=default_count(label)))
+            run.log(StageRun(self.stand_in, None, [query.id], [f"{self.stand_in}.{self.field}"],
+                             [f"decided by {type(self.classifier).__name__} instead of the LLM stage"]))
         return label, confidence
 
     def execute(self, run: Run) -> dict[str, Any]:
