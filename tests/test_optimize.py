@@ -484,3 +484,33 @@ def test_router_choice_bad_inputs(tmp_path):
     (tmp_path / "banking77_subset.csv").write_bytes((ROOT / "examples" / "banking" / "banking77_subset.csv").read_bytes())
     with pytest.raises(ConfigError, match=r"\[search.routers.support\] has unknown key\(s\) \['depth'\]"):
         load_config(bad)
+
+
+@pytest.mark.local_model
+def test_gepa_evolves_a_stage_instruction_with_a_reflection_model(tmp_path):
+    """GEPA on the banking router stage: SmolLM2 answers, Gemma 3 reflects on the feedback."""
+    sys.path.insert(0, str(ROOT / "examples" / "banking"))
+    from banking_pipeline import build as build_banking
+
+    from stagewise.data import FieldMap, load_dataset_file
+
+    loaded = load_dataset_file(ROOT / "examples" / "banking" / "banking77_subset.csv",
+                               FieldMap(inputs={"message": "text"}, labels={"area": "area", "intent": "intent"}))
+    splits = split(loaded.examples[:16], train=0.5, dev=0.25, test=0.25, seed=0, stratify_by="area")
+    space = {"route": StageChoices(("smollm2-135m",), ("gepa",)), "cards": StageChoices(("smollm2-135m",)),
+             "payments": StageChoices(("smollm2-135m",))}
+    settings = StudySettings(name="gepa", trials=1, reflection_model="gemma3-270m", gepa_metric_calls=16)
+    study = Study(build_banking, splits, space, EndToEnd("intent", "intent", "label_accuracy"),
+                  settings=settings, out_dir=tmp_path / "out", data_fingerprint=loaded.fingerprint,
+                  lm_options={"*": {"max_tokens": 64}, "gemma3-270m": {"max_tokens": 300}})
+    with dspy.context(adapter=dspy.JSONAdapter()):
+        result = study.results(study.run(progress=False))
+    reflection = study.lm("gemma3-270m")
+    assert any("instruction" in str(entry.get("messages", "")).lower() for entry in reflection.history)
+    assert study.cache.misses >= 1 and len(list((tmp_path / "out" / "compiled").glob("*.json"))) >= 1
+    route = result.program.stages()["route"]
+    assert route.lm.model == "local/smollm2-135m"  # GEPA's compile kept the stage's own model
+    assert result.trials.loc[0, "route.optimizer"] == "gepa"
+    with pytest.raises(SearchSpaceError, match="needs a reflection model"):
+        Study(build_banking, splits, space, EndToEnd("intent", "intent", "label_accuracy"),
+              settings=StudySettings(name="x"), out_dir=tmp_path / "x", data_fingerprint="x")

@@ -9,6 +9,10 @@ so a stage compiled once is reused by every later trial and every rerun.
 
 DSPy's ``LabeledFewShot`` and ``BootstrapFewShot*`` return predictors with ``lm=None``;
 only the learned state is taken from the compiled copy, so each stage keeps its model.
+
+GEPA evolves instructions, not demos: a reflection model reads the program's traces and
+textual feedback (what the metric expected, what the program answered) and proposes new
+instructions. It needs a reflection model (``Reflection``) and a budget of metric calls.
 """
 
 from __future__ import annotations
@@ -17,14 +21,26 @@ import hashlib
 import json
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import dspy
 
 from stagewise.optimize.export import state_without_models
-from stagewise.optimize.space import TrialChoice
+from stagewise.optimize.space import DEMO_OPTIMIZERS, TrialChoice
 
 MODEL_FREE = {"none", "labeled_fewshot"}  # optimizers whose result does not depend on any model
+
+
+@dataclass(frozen=True)
+class Reflection:
+    """What GEPA needs beyond the pass/fail metric."""
+
+    lm: Any  # the reflection model
+    model: str  # its catalog name (part of the cache key)
+    feedback: Callable  # (example, prediction) -> (score, feedback text)
+    max_metric_calls: int = 40
 
 
 class CompileCache:
@@ -36,11 +52,13 @@ class CompileCache:
         self.hits = self.misses = 0
         self._lock = threading.Lock()
 
-    def key(self, stage: str, choice: TrialChoice, data_fingerprint: str) -> str:
+    def key(self, stage: str, choice: TrialChoice, data_fingerprint: str, reflection: Reflection | None = None) -> str:
         optimizer = choice.optimizers.get(stage, "none")
         content = {"stage": stage, "optimizer": optimizer, "demos": choice.demos.get(stage, 0),
                    "data": data_fingerprint,
                    "models": {} if optimizer in MODEL_FREE else dict(sorted(choice.models.items()))}
+        if optimizer == "gepa" and reflection is not None:
+            content["reflection"] = [reflection.model, reflection.max_metric_calls]
         if choice.routers and optimizer not in MODEL_FREE:  # the teacher's routing decides its traces too
             content["routers"] = {name: choice.routers[name] for name in sorted(choice.routers)}
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:24]
@@ -61,7 +79,18 @@ class CompileCache:
         partial.replace(path)  # atomic: a concurrent reader never sees half a file
 
 
-def _optimizer(name: str, demos: int, metric: Callable):
+def _optimizer(name: str, demos: int, metric: Callable, reflection: Reflection | None = None):
+    if name == "gepa":
+        if reflection is None:
+            raise ValueError("the gepa optimizer needs a reflection model ([search] reflection_model)")
+
+        def feedback_metric(gold, pred, trace=None, pred_name=None, pred_trace=None):
+            score, text = reflection.feedback(gold, pred)
+            return dspy.Prediction(score=score, feedback=text)
+
+        return dspy.GEPA(metric=feedback_metric, reflection_lm=reflection.lm,
+                         max_metric_calls=reflection.max_metric_calls, num_threads=1, track_stats=False,
+                         use_merge=False)
     if name == "labeled_fewshot":
         return dspy.LabeledFewShot(k=demos)
     if name == "bootstrap_fewshot":
@@ -78,7 +107,7 @@ def _optimizer(name: str, demos: int, metric: Callable):
 
 
 def compile_stages(program, choice: TrialChoice, trainset: list, metric: Callable, cache: CompileCache,
-                   data_fingerprint: str) -> dict[str, str]:
+                   data_fingerprint: str, reflection: Reflection | None = None) -> dict[str, str]:
     """Apply each stage's optimizer to ``program`` (in place), from the cache when possible.
 
     Returns, per stage, ``"cached"``, ``"compiled"`` or ``"none"``.
@@ -87,10 +116,10 @@ def compile_stages(program, choice: TrialChoice, trainset: list, metric: Callabl
     compiled_by: dict[tuple[str, int], object] = {}  # one compile per distinct optimizer setting
     for stage, optimizer in choice.optimizers.items():
         demos = choice.demos.get(stage, 0)
-        if optimizer == "none" or demos == 0:
+        if optimizer == "none" or (demos == 0 and optimizer in DEMO_OPTIMIZERS):
             outcome[stage] = "none"
             continue
-        key = cache.key(stage, choice, data_fingerprint)
+        key = cache.key(stage, choice, data_fingerprint, reflection)
         state = cache.get(key)
         if state is None:
             if (optimizer, demos) not in compiled_by:
@@ -98,7 +127,7 @@ def compile_stages(program, choice: TrialChoice, trainset: list, metric: Callabl
                 # BootstrapFewShot would give an uncompiled teacher labeled demos through reset_copy(),
                 # which drops every stage's model; marked compiled, the teacher keeps them.
                 teacher._compiled = True
-                compiler = _optimizer(optimizer, demos, metric)
+                compiler = _optimizer(optimizer, demos, metric, reflection)
                 kwargs = {"teacher": teacher} if optimizer.startswith("bootstrap") else {}
                 compiled_by[(optimizer, demos)] = compiler.compile(program.deepcopy(), trainset=trainset, **kwargs)
             state = state_without_models(compiled_by[(optimizer, demos)].stages()[stage].step)

@@ -52,7 +52,7 @@ def stage_models(program) -> dict[str, dict[str, Any]]:
     stood_in = {router.stand_in: name for name, router in router_modules(program).items() if router.stand_in}
     for name, stage in program.stages().items():
         if name in stood_in:
-            described[name] = {"decided_by": f"router {stood_in[name]!r}'s trained classifier"}
+            described[name] = {"decided_by": f"the trained classifier of router {stood_in[name]!r}"}
             continue
         lm = stage.lm
         spec = getattr(lm, "spec", None)

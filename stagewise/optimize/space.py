@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 
 from stagewise.models.catalog import ModelCatalog, UnknownModelError, default_catalog
 
-OPTIMIZERS = ("none", "labeled_fewshot", "bootstrap_fewshot", "bootstrap_random_search", "mipro")
+OPTIMIZERS = ("none", "labeled_fewshot", "bootstrap_fewshot", "bootstrap_random_search", "mipro", "gepa")
+DEMO_OPTIMIZERS = ("labeled_fewshot", "bootstrap_fewshot", "bootstrap_random_search", "mipro")  # gepa: instructions
 
 
 class SearchSpaceError(ValueError):
@@ -155,5 +156,5 @@ def suggest(trial, space: dict[str, StageChoices], thresholds: dict[str, tuple[f
         models[stage] = trial.suggest_categorical(f"{stage}.model", list(choices.models))
         optimizers[stage] = trial.suggest_categorical(f"{stage}.optimizer", list(choices.optimizers))
         demos[stage] = (trial.suggest_categorical(f"{stage}.demos", list(choices.demos))
-                        if optimizers[stage] != "none" else 0)
+                        if optimizers[stage] in DEMO_OPTIMIZERS else 0)
     return TrialChoice(models, optimizers, demos, chosen_thresholds, chosen_routers)

@@ -31,10 +31,11 @@ from stagewise.metrics.report import (
 )
 from stagewise.models.lm import get_lm
 from stagewise.optimize import pareto
-from stagewise.optimize.compile import CompileCache, compile_stages
+from stagewise.optimize.compile import CompileCache, Reflection, compile_stages
 from stagewise.optimize.export import state_without_models
 from stagewise.optimize.space import (
     RouterChoices,
+    SearchSpaceError,
     StageChoices,
     TrialChoice,
     cascades,
@@ -58,6 +59,8 @@ class StudySettings:
     min_quality: float | None = None  # selection: cheapest with quality >= this
     max_cost_per_1k: float | None = None  # selection: best quality under this cost
     latency: bool = False  # a third objective: mean latency per request, down
+    reflection_model: str | None = None  # GEPA's reflection model (a catalog name)
+    gepa_metric_calls: int = 40  # GEPA's budget per compile
 
 
 @dataclass
@@ -93,6 +96,12 @@ class Study:
         self._classifiers: dict[tuple, Any] = {}
         probe = build()
         validate(space, list(probe.stages()), catalog)
+        gepa = [stage for stage, choices in space.items() if "gepa" in choices.optimizers]
+        if gepa and not settings.reflection_model:
+            raise SearchSpaceError(f"search space: stage(s) {gepa} may use the gepa optimizer, which needs a "
+                                   "reflection model ([search] reflection_model)")
+        if settings.reflection_model:
+            validate({"reflection": StageChoices((settings.reflection_model,))}, ["reflection"], catalog)
         validate_thresholds(self.thresholds, probe)
         for name, part in (("train", splits.train), ("dev", splits.dev)):
             if not part:
@@ -139,8 +148,21 @@ class Study:
         def passes(example, prediction, trace=None) -> bool:
             return self.end_to_end.score(example, prediction) >= PASS
 
-        compile_stages(program, choice, self.splits.train, passes, self.cache, self.data_fingerprint)
+        reflection = None
+        if "gepa" in choice.optimizers.values():
+            reflection = Reflection(self.lm(self.settings.reflection_model), self.settings.reflection_model,
+                                    self.feedback, self.settings.gepa_metric_calls)
+        compile_stages(program, choice, self.splits.train, passes, self.cache, self.data_fingerprint, reflection)
         return program
+
+    def feedback(self, example, prediction) -> tuple[float, str]:
+        """The end-to-end score, and in words what was expected and what came out (GEPA reads it)."""
+        end = self.end_to_end
+        score = float(end.score(example, prediction))
+        text = f"score {score:.2f}: the program's {end.output!r} was {prediction.get(end.output)!r}"
+        if end.label and end.label in example:
+            text += f"; the expected {end.label!r} is {example[end.label]!r}"
+        return score, text
 
     def _evaluate(self, program, examples) -> EvaluationReport:
         return evaluate(program, examples, stage_metrics=self.stage_metrics, end_to_end=self.end_to_end,
