@@ -407,6 +407,8 @@ def _routing_table(report) -> Table:
         table.add_row(report.router, quality, cost, fmt(metrics["apgr"]), end(metrics["cpt50"]), end(metrics["cpt80"]))
         table.add_row("random (10 seeds)", "", "", fmt(metrics["random"]["apgr"]), end(metrics["random"]["cpt50"]),
                       end(metrics["random"]["cpt80"]))
+        zero = metrics["zero_router"]
+        table.add_row("zero router (single-model hull)", "", "", fmt(zero["apgr"]), end(zero["cpt50"]), end(zero["cpt80"]))
         table.add_row("oracle", fmt(metrics["oracle"]["quality"]), fmt(metrics["oracle"]["cost"] * 1000, ".4f"),
                       fmt(metrics["oracle"]["apgr"]), "", "")
     else:

@@ -393,3 +393,13 @@ def test_split_fingerprint_follows_content_and_order(banking_examples):
     assert split_fingerprint(copies) == split_fingerprint(splits)
     swapped = type(splits)(splits.train[1:] + splits.train[:1], splits.dev, splits.test)
     assert split_fingerprint(swapped) != split_fingerprint(splits)
+
+
+def test_a_hub_dataset_that_cannot_be_reached_is_a_clear_error(monkeypatch, tmp_path):
+    """No network here: an offline hub load names the dataset and the split, and loses nothing."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr("datasets.config.HF_HUB_OFFLINE", True, raising=False)
+    with pytest.raises(DataError, match=r"hub dataset 'PolyAI/banking77' \(split 'test'\) could not be loaded"):
+        load_dataset_file("PolyAI/banking77", FieldMap(inputs={"message": "text"}), split="test")

@@ -128,9 +128,15 @@ def test_bad_tables_are_clear_errors(tmp_path):
     with pytest.raises(OutcomeTableError, match="no 'prompt' column"):
         OutcomeTable.load(no_prompt)
     unknown = tmp_path / "unknown.csv"
-    unknown.write_text("prompt,score\nq,1\n")
-    with pytest.raises(OutcomeTableError, match="neither RouterBench"):
+    unknown.write_text("prompt,topic\nq,chat\n")
+    with pytest.raises(OutcomeTableError, match="no model columns: expected RouterBench"):
         OutcomeTable.load(unknown)
+    scores_only = tmp_path / "scores_only.csv"  # a plain table: routers train on it, replay cannot answer from it
+    scores_only.write_text("prompt,score\nq,1\n")
+    table = OutcomeTable.load(scores_only)
+    assert table.format == "plain" and table.models == ["score"]
+    with pytest.raises(ReplayError, match="empty cell for model 'score' \\(no recorded response\\)"):
+        table.outcome("q", "score")
     bad_score = tmp_path / "bad_score.csv"
     bad_score.write_text("prompt,a,a_response\nq,maybe,r\n")
     with pytest.raises(OutcomeTableError, match="column 'a': score 'maybe'"):

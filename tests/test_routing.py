@@ -62,6 +62,10 @@ def test_perfect_router_apgr_cpt_by_hand():
     # Routing the wins last is the worst router: PGR stays 0 until the last two queries.
     worst = ev.two_model_report("worst", outcomes, -perfect, weak="m0", strong="m1")
     assert worst.metrics["apgr"] == pytest.approx(0.1)
+    # The zero router mixes the two models linearly: APGR 0.5, CPT(x) = x.
+    zero = report.metrics["zero_router"]
+    assert (zero["apgr"], zero["cpt50"], zero["cpt80"]) == pytest.approx((0.5, 0.5, 0.8))
+    assert report.metrics["zero_router_aiq"] == pytest.approx((0.6 + 0.8) / 2)  # costs 1 and 2
 
 
 def test_perfect_router_apgr_is_one_when_the_gap_is_one_query():
@@ -144,6 +148,11 @@ def test_plain_table_with_and_without_costs(tmp_path):
     assert outcomes.models == ["small", "big"] and len(outcomes) == 2 and outcomes.skipped == 1
     assert outcomes.scores.tolist() == [[1, 1], [1, 0]] and outcomes.responses is None
     assert OutcomeTable.load(path).format == "plain"
+    # No cost columns: models the catalog knows are priced from their prompt tokens.
+    path.write_text(f"prompt,{WEAK},{STRONG}\nwhat is 2+2,1,1\nname a prime,0,1\n")
+    priced = load_outcomes(path)
+    assert priced.cost_sources[STRONG] == "catalog recorded/gpt-4-1106-preview"
+    assert 0 < priced.costs[0, 0] < priced.costs[0, 1]
 
 
 def test_bad_outcome_files_name_the_problem(tmp_path):

@@ -155,7 +155,7 @@ class OutcomeTable:
         costs = None
         if cost_cols is not None:
             costs = pd.DataFrame({m: pd.to_numeric(rows[cost_cols[m]], errors="coerce") if cost_cols[m] in rows
-                                  else float("nan") for m in models})
+                                  else pd.Series(float("nan"), index=rows.index) for m in models})
         return cls(str(path), format, hashlib.sha256(data).hexdigest(), models, prompts, responses, scores, costs, skipped)
 
     def __len__(self) -> int:

@@ -199,16 +199,23 @@ def two_model_report(router: str, outcomes: Outcomes, strong_score: np.ndarray, 
     random_figures = [figures(c) for c in randoms]
     oracle_curve = share_curve(scores[:, 1] - scores[:, 0], scores, costs, cascade=cascade)
     common = _common(outcomes, curve)
+    singles = [common["single_models"][weak], common["single_models"][strong]]
+    low, high = singles[0]["cost"], singles[1]["cost"]
+    zero = Curve(np.array([low, high]), np.array([q_weak, q_strong]), np.array([0.0, 1.0]))
     metrics = {
         "kind": "cascade" if cascade else "router", "weak": weak, "strong": strong,
         **figures(curve),
+        # The two single models' hull: routing a share c at random gets it in expectation (APGR 0.5).
+        "aiq": aiq(curve.cost, curve.quality, low, high) if high > low else None,
+        "zero_router_aiq": aiq(zero.cost, zero.quality, low, high) if high > low else None,
+        "zero_router": figures(zero),
         "random": {"apgr": float(np.mean([f["apgr"] for f in random_figures])),
                    **{f"cpt{x}": _mean_or_none([f[f"cpt{x}"] for f in random_figures]) for x in (20, 50, 80)}},
         **common,
     }
     metrics["oracle"]["apgr"] = apgr(oracle_curve, q_weak, q_strong)
     return RoutingReport(router, outcomes, curve, metrics,
-                         {"random": _mean_curve(randoms), "oracle": oracle_curve})
+                         {"random": _mean_curve(randoms), "zero router": zero, "oracle": oracle_curve})
 
 
 def many_model_report(router: str, outcomes: Outcomes, predicted: np.ndarray,
