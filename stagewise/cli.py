@@ -421,6 +421,86 @@ def _routing_table(report) -> Table:
     return table
 
 
+RUNS_STORE_HELP = "Checkpoint store URL (default: $STAGEWISE_RUNS or sqlite:///stagewise-runs.db)."
+
+
+def _runs_store(url: str | None):
+    import os
+
+    from stagewise.runtime.checkpoint import StoreConnectionError, open_checkpoints
+
+    try:
+        return open_checkpoints(url or os.environ.get("STAGEWISE_RUNS"))
+    except StoreConnectionError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+@app.command("diff")
+def diff_command(
+    run_id: str = typer.Argument(..., help="A checkpointed run's id."),
+    html: Path | None = typer.Option(None, "--html", help="Also write a standalone HTML page here."),
+    store: str | None = typer.Option(None, help=RUNS_STORE_HELP),
+) -> None:
+    """Per stage of a run: the context it received, transformed (tokens saved) and added (tokens cost)."""
+    from stagewise.runtime.checkpoint import CheckpointError
+    from stagewise.runtime.diff import diff_html, diff_text
+
+    try:
+        record = _runs_store(store).load(run_id)
+    except CheckpointError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    print(diff_text(record))
+    if html is not None:
+        html.write_text(diff_html(record), encoding="utf-8")
+        console.print(f"wrote {html}")
+
+
+@app.command("replay")
+def replay_command(
+    run_id: str = typer.Argument(..., help="A checkpointed run's id."),
+    stage: str = typer.Option(..., help="Re-run from this stage (earlier stages' stored outputs are reused)."),
+    set_: list[str] = typer.Option(None, "--set", help="FIELD=VALUE: an input field, or a section id an earlier "
+                                                       "stage produced (repeatable)."),
+    model: list[str] = typer.Option(None, "--model", help="STAGE=MODEL: run a stage on another model (repeatable)."),
+    store: str | None = typer.Option(None, help=RUNS_STORE_HELP),
+) -> None:
+    """Re-run a stored run from a stage with changed context or models; show how the outputs changed."""
+    import dspy
+
+    from stagewise.optimize.export import ExportError
+    from stagewise.programs.stage import StageConfigError
+    from stagewise.runtime.checkpoint import CheckpointError
+    from stagewise.runtime.runs import ReplayError, output_changes, replay
+
+    def pairs(items, option):
+        parsed = {}
+        for item in items or []:
+            key, equals, value = item.partition("=")
+            if not equals or not key:
+                console.print(f"[red]error:[/red] {option} {item!r}: expected NAME=VALUE")
+                raise typer.Exit(2)
+            parsed[key] = value
+        return parsed
+
+    overrides, models = pairs(set_, "--set"), pairs(model, "--model")
+    try:
+        with dspy.context(adapter=dspy.JSONAdapter()):
+            original, prediction, replayed = replay(run_id, stage, store=_runs_store(store), overrides=overrides,
+                                                    models=models)
+    except (CheckpointError, ReplayError, ExportError, StageConfigError, UnknownModelError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    changes = output_changes(original, replayed)
+    table = Table(title=f"run {run_id} replayed from stage {stage!r} as {prediction.run_id}")
+    for column in ("stage", "field", "original", "replayed"):
+        table.add_column(column)
+    for row in changes:
+        table.add_row(*row)
+    console.print(table if changes else f"replayed as {prediction.run_id}: no output changed")
+
+
 def main() -> None:
     app()
 

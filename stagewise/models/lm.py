@@ -27,7 +27,8 @@ from dspy.utils.callback import with_callbacks
 from stagewise.models.async_engine import ThreadedAsyncEngine
 from stagewise.models.catalog import ModelCatalog, ModelSpec, default_catalog
 from stagewise.models.tokens import count_chat_tokens, count_tokens
-from stagewise.models.usage import UsageLedger, UsageRecord, current_request, current_stage, record
+from stagewise.models.usage import (UsageLedger, UsageRecord, capture_enabled, current_request, current_stage,
+                                    record)
 
 STAGEWISE_DATA = "stagewise"  # key of our entry in Response.provider_data
 
@@ -95,7 +96,14 @@ class StagewiseLM(dspy.LM):
         record(UsageRecord(model=spec.name, engine=spec.engine, input_tokens=input_tokens,
                            output_tokens=output_tokens, latency_s=latency_s, cost_usd=cost,
                            cache_hit=bool(result.cache_hit), token_source=token_source, cost_source=cost_source,
-                           stage=current_stage(), request_id=current_request()), self.usage)
+                           stage=current_stage(), request_id=current_request(), provider=spec.provider,
+                           content=self._content(call, result) if capture_enabled() else None), self.usage)
+
+    @staticmethod
+    def _content(call, result) -> dict:
+        prompt = call.messages if call.messages is not None else [{"role": "user", "content": str(call.prompt)}]
+        outputs = [o if isinstance(o, str) else (o.get("text") if isinstance(o, dict) else str(o)) for o in result.outputs]
+        return {"messages": prompt, "outputs": outputs}
 
     def _tokens(self, call, result) -> tuple[int, int, str]:
         usage = result.usage or {}

@@ -25,6 +25,7 @@ import pandas as pd
 _stage: ContextVar[str | None] = ContextVar("stagewise_stage", default=None)
 _request: ContextVar[str | None] = ContextVar("stagewise_request", default=None)
 _ledgers: ContextVar[tuple[UsageLedger, ...]] = ContextVar("stagewise_ledgers", default=())
+_capture: ContextVar[bool] = ContextVar("stagewise_capture_content", default=False)
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,9 @@ class UsageRecord:
     cost_source: str  # "notional", "litellm", "explicit", "recorded" or "unpriced"
     stage: str | None = None
     request_id: str | None = None
-    timestamp: float = field(default_factory=time.time)
+    timestamp: float = field(default_factory=time.time)  # when the call ended (seconds since the epoch)
+    provider: str | None = None  # the catalog's provider ("local", "openai", "replay", ...)
+    content: dict | None = None  # the prompt and response, only inside ``capturing_content()``
 
     @property
     def spent_usd(self) -> float:
@@ -110,7 +113,7 @@ def record(entry: UsageRecord, own: UsageLedger | None = None) -> None:
 @contextmanager
 def track_usage(ledger: UsageLedger | None = None) -> Iterator[UsageLedger]:
     """Collect the records of every call made inside the block (in this context)."""
-    ledger = ledger or UsageLedger()
+    ledger = ledger if ledger is not None else UsageLedger()  # an empty ledger is falsy
     token = _ledgers.set((*_ledgers.get(), ledger))
     try:
         yield ledger
@@ -142,3 +145,17 @@ def current_stage() -> str | None:
 
 def current_request() -> str | None:
     return _request.get()
+
+
+@contextmanager
+def capturing_content() -> Iterator[None]:
+    """Calls in this block keep their prompt and response on their usage record (opt-in: tracing)."""
+    token = _capture.set(True)
+    try:
+        yield
+    finally:
+        _capture.reset(token)
+
+
+def capture_enabled() -> bool:
+    return _capture.get()

@@ -188,4 +188,5 @@ def load(directory: str | Path, *, catalog=None):
             options["replay_table"] = tables[source]
         models[stage] = get_lm(entry["model"], **options)
     program.set_models(models)
+    program.stagewise_origin = {"export": str(directory.resolve())}  # checkpointed runs can rebuild it
     return program

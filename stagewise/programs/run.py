@@ -11,9 +11,10 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from typing import Any
 
 from stagewise.context.record import INPUT, Context, Section
 from stagewise.models.usage import UsageLedger, request_scope, track_usage
@@ -37,6 +38,9 @@ class Run:
     context: Context
     ledger: UsageLedger
     stages: list[StageRun] = field(default_factory=list)
+    executions: dict[str, int] = field(default_factory=dict)  # stage name -> times it ran (stage_key)
+    run_id: str | None = None  # a checkpointed run's id (set by the runtime layer)
+    outputs: dict | None = None  # the top-level program's outputs, once it has finished
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def log(self, stage_run: StageRun) -> None:
@@ -45,7 +49,8 @@ class Run:
 
     def fork(self, context: Context | None = None) -> Run:
         """A run over ``context`` (default: a copy of this one's), sharing the ledger and the stage log."""
-        forked = Run(self.request_id, self.context.copy() if context is None else context, self.ledger, self.stages)
+        forked = Run(self.request_id, self.context.copy() if context is None else context, self.ledger, self.stages,
+                     self.executions, self.run_id)
         forked._lock = self._lock
         return forked
 
@@ -66,6 +71,68 @@ def use_run(run: Run) -> Iterator[Run]:
         _current.reset(token)
 
 
+# --- observers: execution-time layers (checkpoints, tracing, a shared store) -------------------
+
+@dataclass
+class StageEvent:
+    """One execution of a stage in a run, as observers see it.
+
+    ``key`` tells repeated executions of one stage apart (``name#0``, ``name#1``). The stage
+    fills ``outputs``, ``added`` (the sections it added to the context) and ``log`` before the
+    observers' ``stage`` context managers exit.
+    """
+
+    stage: Any
+    run: Run
+    key: str
+    outputs: dict | None = None
+    added: list[Section] = field(default_factory=list)
+    log: StageRun | None = None
+
+
+class Observer:
+    """Base class of the execution-time layers a program run reports to (all hooks optional)."""
+
+    def restore(self, event: StageEvent) -> dict | None:
+        """The stage's outputs to reuse instead of running it (the observer restores its sections), or None."""
+        return None
+
+    @contextmanager
+    def stage(self, event: StageEvent) -> Iterator[None]:
+        """Wraps one stage execution; an exception from the stage passes through it."""
+        yield
+
+    @contextmanager
+    def request(self, run: Run, inputs: dict) -> Iterator[None]:
+        """Wraps one top-level program call."""
+        yield
+
+
+_observers: ContextVar[tuple[Observer, ...]] = ContextVar("stagewise_observers", default=())
+
+
+def observers() -> tuple[Observer, ...]:
+    return _observers.get()
+
+
+@contextmanager
+def observing(*added: Observer) -> Iterator[None]:
+    """Program calls inside this block report to ``added`` (on top of any already observing)."""
+    token = _observers.set((*_observers.get(), *added))
+    try:
+        yield
+    finally:
+        _observers.reset(token)
+
+
+def stage_key(run: Run, name: str) -> str:
+    """``name#n``: the n-th execution of stage ``name`` in this run."""
+    with run._lock:
+        count = run.executions.get(name, 0)
+        run.executions[name] = count + 1
+    return f"{name}#{count}"
+
+
 # Request inputs with these names are the request itself (kind "query": never compressed);
 # other inputs are material supplied with it (kind "retrieved": compressible to fit a budget).
 QUERY_FIELDS = ("query", "question", "prompt", "message", "ticket", "task")
@@ -82,5 +149,7 @@ def open_run(inputs: dict, count) -> Iterator[Run]:
     request_id = uuid.uuid4().hex[:12]
     with track_usage() as ledger, request_scope(request_id):
         run = Run(request_id, context, ledger)
-        with use_run(run):
+        with use_run(run), ExitStack() as watchers:
+            for watcher in observers():
+                watchers.enter_context(watcher.request(run, inputs))
             yield run

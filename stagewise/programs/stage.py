@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import tomllib
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from stagewise.context.granularity import compress_extractive, compress_with_mod
 from stagewise.context.record import Section, SectionKind
 from stagewise.models.tokens import count_tokens
 from stagewise.models.usage import stage_scope
-from stagewise.programs.run import Run, StageRun, current_run, open_run
+from stagewise.programs.run import Run, StageEvent, StageRun, current_run, observers, open_run, stage_key
 
 
 class StageConfigError(ValueError):
@@ -81,7 +82,7 @@ class Pipeline(dspy.Module):
         from stagewise.programs.trace import Trace
 
         with open_run(inputs, default_count) as run:
-            outputs = self.execute(run)
+            outputs = run.outputs = self.execute(run)
         prediction = dspy.Prediction(**outputs)
         object.__setattr__(prediction, "trace", Trace.of(run))  # kept out of the prediction's fields
         object.__setattr__(prediction, "context", run.context)
@@ -234,6 +235,24 @@ class Stage(Pipeline):
         return lambda section, max_tokens: compress_with_model(section, max_tokens, with_model, count)
 
     def execute(self, run: Run) -> dict[str, Any]:
+        watchers = observers()
+        if not watchers:
+            return self._execute(run)
+        event = StageEvent(self, run, stage_key(run, self.name))
+        for watcher in watchers:
+            restored = watcher.restore(event)
+            if restored is not None:
+                return restored
+        before = len(run.context.sections)
+        with ExitStack() as stack:
+            for watcher in watchers:
+                stack.enter_context(watcher.stage(event))
+            event.outputs = self._execute(run)
+            event.added = list(run.context.sections.values())[before:]
+            event.log = next((s for s in reversed(run.stages) if s.stage == self.name), None)
+        return event.outputs
+
+    def _execute(self, run: Run) -> dict[str, Any]:
         lm, spec, count = self._model()
         selected = {field: run.context.select(patterns, stage=self.name) for field, patterns in self.inputs.items()}
         sections = [s for group in selected.values() for s in group]

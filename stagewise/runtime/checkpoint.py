@@ -1,0 +1,238 @@
+"""Checkpoints of program runs, and the stores that keep them.
+
+After every stage a run writes a checkpoint: a plain, versioned JSON record (like LangGraph's
+checkpoints) of the run so far. Record version 1:
+
+- ``run_id``, ``status`` (``running``, ``failed``, ``completed``), ``updated`` (UTC, ISO 8601);
+- ``program``: how to rebuild the program (``{"factory", "factory_path", "kwargs"}`` or
+  ``{"export": dir}``), when known; ``models``: each stage's model;
+- ``inputs``; ``steps``: the completed stage executions in order, each with its ``key``
+  (``stage#n``), outputs, the context sections it added and received, notes, tokens, cost,
+  latency and model; ``error`` and ``position`` of a failed run (the stage it failed at);
+  ``outputs`` of a completed one.
+
+Stores share one small interface and are chosen by URL: ``sqlite:///path.db`` (the embedded
+default), ``postgresql://user:password@host/db``, ``memory://name`` (one process). Each save
+appends a row, so a run's history is kept; ``load`` returns its latest record.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from abc import ABC, abstractmethod
+from datetime import datetime, timezone
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+CHECKPOINT_VERSION = 1
+DEFAULT_URL = "sqlite:///stagewise-runs.db"
+
+
+class CheckpointError(LookupError):
+    """A checkpoint that cannot be found or read; the message names the run and the store."""
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+class UnknownRunError(CheckpointError):
+    pass
+
+
+class CorruptCheckpointError(CheckpointError):
+    pass
+
+
+class StoreConnectionError(ConnectionError):
+    """A store URL that cannot be opened; the message shows the URL without its password."""
+
+
+def redact(url: str) -> str:
+    """``url`` with any password replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def scrub(message: str, url: str) -> str:
+    """An error message with the URL's password removed, wherever the driver quoted it."""
+    password = urlsplit(url).password
+    return message.replace(password, "***") if password else message
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+class CheckpointStore(ABC):
+    """Where checkpoints live: ``save`` appends one, ``load`` reads a run's latest."""
+
+    url: str
+
+    @abstractmethod
+    def _append(self, run_id: str, status: str, updated: str, text: str) -> None: ...
+
+    @abstractmethod
+    def _latest(self, run_id: str) -> str | None: ...
+
+    @abstractmethod
+    def _summaries(self, limit: int) -> list[tuple[str, str, str]]: ...
+
+    def save(self, record: dict) -> None:
+        record["version"], record["updated"] = CHECKPOINT_VERSION, now()
+        self._append(record["run_id"], record["status"], record["updated"], json.dumps(record, default=str))
+
+    def load(self, run_id: str) -> dict:
+        text = self._latest(run_id)
+        if text is None:
+            raise UnknownRunError(f"no run {run_id!r} in the checkpoint store {redact(self.url)}")
+        try:
+            record = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise CorruptCheckpointError(f"run {run_id!r}: its latest checkpoint in {redact(self.url)} is not valid "
+                                         f"JSON ({exc.msg} at character {exc.pos})") from None
+        if not isinstance(record, dict) or record.get("version") != CHECKPOINT_VERSION:
+            version = record.get("version") if isinstance(record, dict) else None
+            raise CorruptCheckpointError(f"run {run_id!r}: checkpoint version {version!r} in {redact(self.url)}, "
+                                         f"expected {CHECKPOINT_VERSION}")
+        missing = [k for k in ("run_id", "status", "inputs", "steps") if k not in record]
+        if missing:
+            raise CorruptCheckpointError(f"run {run_id!r}: its checkpoint in {redact(self.url)} lacks {missing}")
+        return record
+
+    def runs(self, limit: int = 50) -> list[dict]:
+        """The latest runs: id, status, last update."""
+        return [{"run_id": r, "status": s, "updated": u} for r, s, u in self._summaries(limit)]
+
+    def close(self) -> None:
+        """Release connections (stores that hold none do nothing)."""
+
+
+class MemoryCheckpoints(CheckpointStore):
+    """In one process; stores of the same ``memory://name`` share their records."""
+
+    _shared: dict[str, dict[str, list[tuple[str, str, str]]]] = {}
+
+    def __init__(self, url: str = "memory://"):
+        self.url = url
+        self._rows = self._shared.setdefault(url, {})
+        self._lock = threading.Lock()
+
+    def _append(self, run_id, status, updated, text):
+        with self._lock:
+            self._rows.setdefault(run_id, []).append((status, updated, text))
+
+    def _latest(self, run_id):
+        rows = self._rows.get(run_id)
+        return rows[-1][2] if rows else None
+
+    def _summaries(self, limit):
+        latest = [(run_id, rows[-1][0], rows[-1][1]) for run_id, rows in self._rows.items()]
+        return sorted(latest, key=lambda row: row[2], reverse=True)[:limit]
+
+
+_SCHEMA = ("CREATE TABLE IF NOT EXISTS stagewise_checkpoints (run_id TEXT NOT NULL, seq INTEGER NOT NULL, "
+           "status TEXT NOT NULL, updated TEXT NOT NULL, record TEXT NOT NULL, PRIMARY KEY (run_id, seq))")
+
+
+class SQLiteCheckpoints(CheckpointStore):
+    """A SQLite file (WAL mode: readers never block the writing run)."""
+
+    def __init__(self, url: str):
+        self.url = url
+        path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else url.removeprefix("sqlite://")
+        self.path = Path(path or "stagewise-runs.db")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute(_SCHEMA)
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreConnectionError(f"cannot open the checkpoint store {url}: {exc}") from None
+        self._lock = threading.Lock()
+
+    def _append(self, run_id, status, updated, text):
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute(
+                    "INSERT INTO stagewise_checkpoints VALUES (?, (SELECT COALESCE(MAX(seq), -1) + 1 FROM "
+                    "stagewise_checkpoints WHERE run_id = ?), ?, ?, ?)", (run_id, run_id, status, updated, text))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def _latest(self, run_id):
+        with self._lock:
+            row = self._db.execute("SELECT record FROM stagewise_checkpoints WHERE run_id = ? ORDER BY seq DESC "
+                                   "LIMIT 1", (run_id,)).fetchone()
+        return row[0] if row else None
+
+    def _summaries(self, limit):
+        with self._lock:
+            return self._db.execute(
+                "SELECT c.run_id, c.status, c.updated FROM stagewise_checkpoints c JOIN (SELECT run_id, MAX(seq) AS "
+                "seq FROM stagewise_checkpoints GROUP BY run_id) m ON c.run_id = m.run_id AND c.seq = m.seq "
+                "ORDER BY c.updated DESC LIMIT ?", (limit,)).fetchall()
+
+    def close(self):
+        self._db.close()
+
+
+class PostgresCheckpoints(CheckpointStore):
+    """A PostgreSQL table; many processes may write runs at once."""
+
+    def __init__(self, url: str):
+        import psycopg
+
+        self.url = url
+        try:
+            self._db = psycopg.connect(url, autocommit=True, connect_timeout=5)
+            self._db.execute(_SCHEMA.replace("seq INTEGER", "seq BIGINT"))
+        except psycopg.Error as exc:
+            raise StoreConnectionError(f"cannot connect to the checkpoint store {redact(url)}: "
+                                       f"{scrub(str(exc).strip(), url)}") from None
+        self._lock = threading.Lock()
+
+    def _append(self, run_id, status, updated, text):
+        with self._lock, self._db.transaction():
+            self._db.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (run_id,))
+            self._db.execute(
+                "INSERT INTO stagewise_checkpoints VALUES (%s, (SELECT COALESCE(MAX(seq), -1) + 1 FROM "
+                "stagewise_checkpoints WHERE run_id = %s), %s, %s, %s)", (run_id, run_id, status, updated, text))
+
+    def _latest(self, run_id):
+        with self._lock:
+            row = self._db.execute("SELECT record FROM stagewise_checkpoints WHERE run_id = %s ORDER BY seq DESC "
+                                   "LIMIT 1", (run_id,)).fetchone()
+        return row[0] if row else None
+
+    def _summaries(self, limit):
+        with self._lock:
+            return self._db.execute(
+                "SELECT DISTINCT ON (run_id) run_id, status, updated FROM stagewise_checkpoints "
+                "ORDER BY run_id, seq DESC").fetchall()[:limit]
+
+    def close(self):
+        self._db.close()
+
+
+def open_checkpoints(url: str | None = None) -> CheckpointStore:
+    """The checkpoint store at ``url`` (default: ``sqlite:///stagewise-runs.db``)."""
+    url = url or DEFAULT_URL
+    scheme = url.split(":", 1)[0].lower()
+    if scheme == "sqlite":
+        return SQLiteCheckpoints(url)
+    if scheme in ("postgresql", "postgres"):
+        return PostgresCheckpoints(url)
+    if scheme == "memory":
+        return MemoryCheckpoints(url)
+    raise StoreConnectionError(f"checkpoint store {redact(url)}: unknown scheme {scheme!r} "
+                               "(use sqlite:///path, postgresql://... or memory://)")

@@ -1,0 +1,134 @@
+"""Context diffs of a checkpointed run: per stage, what context it added, transformed and removed.
+
+For each stage execution of a run, from its checkpoint:
+
+- received: the sections the stage read (with their tokens);
+- transformed: sections fitted to the stage's token budget (compressed or truncated copies),
+  with the tokens each saved; the original is *removed* from that stage's view;
+- added: the sections the stage produced (with the tokens each cost).
+
+``diff_text`` renders it for the terminal, ``diff_html`` as a standalone HTML page (inline CSS,
+no scripts, no external resources).
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass, field
+
+
+@dataclass
+class StageDiff:
+    key: str
+    stage: str
+    model: str | None
+    received: list[tuple[str, int]] = field(default_factory=list)
+    transformed: list[dict] = field(default_factory=list)  # {"original", "copy", "before", "after", "note"}
+    added: list[tuple[str, int, str]] = field(default_factory=list)  # (id, tokens, content preview)
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    restored: bool = False
+
+    @property
+    def tokens_added(self) -> int:
+        return sum(tokens for _, tokens, _ in self.added)
+
+    @property
+    def tokens_saved(self) -> int:
+        return sum(t["before"] - t["after"] for t in self.transformed)
+
+
+def run_diff(record: dict) -> list[StageDiff]:
+    """The per-stage context changes of a checkpointed run, in execution order."""
+    tokens: dict[str, int] = {}
+    for section in record.get("context", []):
+        tokens[f"{section['source']}.{section['name']}"] = section["tokens"]
+    diffs = []
+    for step in record["steps"]:
+        diff = StageDiff(step["key"], step["stage"], step.get("model"), input_tokens=step.get("input_tokens", 0),
+                         output_tokens=step.get("output_tokens", 0), cost_usd=step.get("cost_usd", 0.0) or 0.0)
+        for section in step["sections"]:
+            section_id = f"{section['source']}.{section['name']}"
+            tokens[section_id] = section["tokens"]
+            if section["source"].endswith("~budget"):
+                original = (section.get("lineage") or [section["name"]])[0]
+                diff.transformed.append({"original": original, "copy": section_id,
+                                         "before": tokens.get(original, section["tokens"]),
+                                         "after": section["tokens"], "note": section.get("note") or ""})
+            else:
+                preview = " ".join(section["content"].split())
+                diff.added.append((section_id, section["tokens"], preview[:120] + ("..." if len(preview) > 120 else "")))
+        diff.received = [(section_id, tokens.get(section_id, 0)) for section_id in step.get("received", [])]
+        diffs.append(diff)
+    return diffs
+
+
+def diff_text(record: dict) -> str:
+    diffs = run_diff(record)
+    lines = [f"run {record['run_id']} ({record['status']}): {len(diffs)} stage executions"]
+    for diff in diffs:
+        lines.append(f"stage {diff.key} ({diff.model or 'no model'}): {diff.input_tokens} in / {diff.output_tokens} "
+                     f"out tokens, ${diff.cost_usd:.6f}")
+        for section_id, count in diff.received:
+            lines.append(f"    received     {section_id} ({count} tokens)")
+        for change in diff.transformed:
+            saved = change["before"] - change["after"]
+            lines.append(f"  ~ transformed  {change['original']} -> {change['copy']}: {change['before']} -> "
+                         f"{change['after']} tokens (saved {saved}){': ' + change['note'] if change['note'] else ''}")
+            lines.append(f"  - removed      {change['original']} from this stage's view (replaced by its copy)")
+        for section_id, count, preview in diff.added:
+            lines.append(f"  + added        {section_id} (+{count} tokens): {preview}")
+    if record.get("error"):
+        error = record["error"]
+        lines.append(f"failed at {error.get('stage')}: {error.get('type')}: {error.get('message')}")
+    return "\n".join(lines)
+
+
+_STYLE = """
+body{font-family:system-ui,sans-serif;margin:2rem;color:#222}
+h1{font-size:1.3rem}
+table{border-collapse:collapse;margin:0 0 1.5rem 0;min-width:60%}
+th,td{border:1px solid #ddd;padding:.3rem .6rem;text-align:left;vertical-align:top;font-size:.9rem}
+th{background:#f4f4f4}
+.added td:first-child{color:#116611}
+.transformed td:first-child{color:#8a5a00}
+.removed td:first-child{color:#aa1111}
+.received td:first-child{color:#555}
+code{font-size:.85rem}
+"""
+
+
+def diff_html(record: dict) -> str:
+    """A standalone page: one table per stage execution."""
+    esc = html.escape
+    diffs = run_diff(record)
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>stagewise run {esc(record['run_id'])}</title>"
+             f"<style>{_STYLE}</style></head><body>",
+             f"<h1>Context diff of run <code>{esc(record['run_id'])}</code> ({esc(record['status'])})</h1>",
+             f"<p id='summary'>{len(diffs)} stage executions; {sum(d.tokens_added for d in diffs)} tokens added, "
+             f"{sum(d.tokens_saved for d in diffs)} tokens saved by transforms.</p>"]
+    for diff in diffs:
+        parts.append(f"<h2 id='stage-{esc(diff.key)}'>stage {esc(diff.key)} <small>({esc(diff.model or 'no model')}, "
+                     f"{diff.input_tokens} in / {diff.output_tokens} out tokens, ${diff.cost_usd:.6f})</small></h2>")
+        parts.append("<table><tr><th>change</th><th>section</th><th>tokens</th><th>detail</th></tr>")
+        for section_id, count in diff.received:
+            parts.append(f"<tr class='received'><td>received</td><td><code>{esc(section_id)}</code></td>"
+                         f"<td>{count}</td><td></td></tr>")
+        for change in diff.transformed:
+            saved = change["before"] - change["after"]
+            parts.append(f"<tr class='transformed'><td>transformed</td><td><code>{esc(change['original'])}</code> &rarr; "
+                         f"<code>{esc(change['copy'])}</code></td><td>{change['before']} &rarr; {change['after']} "
+                         f"(saved {saved})</td><td>{esc(change['note'])}</td></tr>")
+            parts.append(f"<tr class='removed'><td>removed</td><td><code>{esc(change['original'])}</code></td>"
+                         f"<td>-{change['before']}</td><td>replaced by its copy in this stage's view</td></tr>")
+        for section_id, count, preview in diff.added:
+            parts.append(f"<tr class='added'><td>added</td><td><code>{esc(section_id)}</code></td><td>+{count}</td>"
+                         f"<td>{esc(preview)}</td></tr>")
+        parts.append("</table>")
+    if record.get("error"):
+        error = record["error"]
+        parts.append(f"<p id='error'>failed at {esc(str(error.get('stage')))}: {esc(str(error.get('type')))}: "
+                     f"{esc(str(error.get('message')))}</p>")
+    parts.append("</body></html>")
+    return "\n".join(parts)

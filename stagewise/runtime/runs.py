@@ -1,0 +1,269 @@
+"""Checkpointed runs: run a program with a checkpoint after every stage, resume a failed run.
+
+``run(program, inputs, store=URL)`` gives the run an id and writes a checkpoint (see
+:mod:`stagewise.runtime.checkpoint`) after every stage. ``resume(run_id, store=URL)`` runs it
+again from its checkpoint: every stage execution the checkpoint holds is restored (its
+outputs and context sections, no model call), so the run restarts at the stage that failed.
+A stage execution is recognized by its key, ``stage#n`` (its n-th execution in the run).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import asdict
+from typing import Any
+
+import pydantic
+
+from stagewise.context.record import Section
+from stagewise.programs.run import Observer, Run, StageEvent, StageRun, observing
+from stagewise.runtime.checkpoint import CheckpointError, CheckpointStore, open_checkpoints
+
+
+def section_record(section: Section) -> dict:
+    return {**asdict(section), "lineage": list(section.lineage)}
+
+
+def section_from(record: dict) -> Section:
+    return Section(**{**record, "lineage": tuple(record.get("lineage", ()))})
+
+
+def jsonable(value: Any) -> Any:
+    if isinstance(value, pydantic.BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    return value if value is None or isinstance(value, (str, int, float, bool)) else str(value)
+
+
+def typed_outputs(stage, outputs: dict) -> dict:
+    """Stored outputs back as the stage's signature types (a plan's list of models, a float ...)."""
+    fields = stage.signature.output_fields
+    typed = {}
+    for name, value in outputs.items():
+        annotation = fields[name].annotation if name in fields else None
+        try:
+            typed[name] = pydantic.TypeAdapter(annotation).validate_python(value) if annotation else value
+        except pydantic.ValidationError:
+            typed[name] = value
+    return typed
+
+
+def stage_models(program) -> dict[str, str | None]:
+    models = {}
+    for name, stage in program.stages().items():
+        spec = getattr(stage.lm, "spec", None)  # only catalog models can be set again by name
+        models[name] = spec.name if spec is not None else None
+    return models
+
+
+class Checkpointer(Observer):
+    """Writes a checkpoint after every stage of a run; restores the steps of ``restore_from``."""
+
+    def __init__(self, store: CheckpointStore, run_id: str, *, program=None, origin: dict | None = None,
+                 restore_from: dict | None = None):
+        self.store, self.run_id, self.program, self.origin = store, run_id, program, origin
+        self.restorable = {step["key"]: step for step in (restore_from or {}).get("steps", [])}
+        self.record: dict | None = None
+        self.failed_at: str | None = None
+        self.write_seconds = 0.0  # time spent writing checkpoints (benchmarks/checkpoint_overhead.py)
+
+    def _save(self) -> None:
+        start = time.perf_counter()
+        self.store.save(self.record)
+        self.write_seconds += time.perf_counter() - start
+
+    @contextmanager
+    def request(self, run: Run, inputs: dict):
+        if self.record is not None:  # a nested top-level call (a program inside a program) is part of this run
+            yield
+            return
+        run.run_id = self.run_id
+        self.record = {"run_id": self.run_id, "status": "running", "program": self.origin,
+                       "models": stage_models(self.program) if self.program is not None else {},
+                       "inputs": {k: jsonable(v) for k, v in inputs.items()},
+                       "context": [section_record(s) for s in run.context.sections.values()],  # the inputs
+                       "steps": [], "position": 0,
+                       "error": None, "outputs": None, "request_id": run.request_id}
+        self._save()
+        try:
+            yield
+        except BaseException as exc:
+            self.record.update(status="failed", position=len(self.record["steps"]),
+                               error={"stage": self.failed_at, "type": type(exc).__name__, "message": str(exc)[:2000]})
+            self._save()
+            raise
+        self.record.update(status="completed", position=len(self.record["steps"]),
+                           outputs={k: jsonable(v) for k, v in (run.outputs or {}).items()})
+        self._save()
+
+    def restore(self, event: StageEvent) -> dict | None:
+        step = self.restorable.get(event.key)
+        if step is None:
+            return None
+        for section in step["sections"]:
+            event.run.context.add(section_from(section))
+        event.run.log(StageRun(event.stage.name, step.get("model"), step.get("received", []),
+                               [s["source"] + "." + s["name"] for s in step["sections"]],
+                               [f"restored from the checkpoint of run {self.run_id}"]))
+        if self.record is not None:
+            self.record["steps"].append(step)
+            self.record["position"] = len(self.record["steps"])
+            self._save()
+        return typed_outputs(event.stage, step["outputs"])
+
+    @contextmanager
+    def stage(self, event: StageEvent):
+        start = time.perf_counter()
+        before = len(event.run.ledger)
+        try:
+            yield
+        except BaseException:
+            self.failed_at = self.failed_at or event.key
+            raise
+        records = [r for r in event.run.ledger.records[before:] if r.stage == event.stage.name]
+        log = event.log or StageRun(event.stage.name, None, [], [])
+        self.record["steps"].append({
+            "key": event.key, "stage": event.stage.name, "model": log.model,
+            "outputs": jsonable(event.outputs), "sections": [section_record(s) for s in event.added],
+            "received": log.received, "notes": log.notes, "tokens_saved": log.tokens_saved,
+            "input_tokens": sum(r.input_tokens for r in records), "output_tokens": sum(r.output_tokens for r in records),
+            "cost_usd": sum(r.cost_usd for r in records), "calls": len(records),
+            "latency_s": time.perf_counter() - start,
+        })
+        self.record["position"] = len(self.record["steps"])
+        self._save()
+
+
+def origin_of(program) -> dict | None:
+    """How to rebuild ``program``: set by ``stagewise.load`` (an export) or given to ``run``."""
+    return getattr(program, "stagewise_origin", None)
+
+
+def run(program, inputs: dict, *, store: str | CheckpointStore | None = None, run_id: str | None = None,
+        origin: dict | None = None):
+    """Call ``program(**inputs)`` with a checkpoint after every stage; the prediction has ``run_id``.
+
+    ``origin`` (``{"factory": "module:function", "factory_path": dir, "kwargs": {}}``) lets
+    ``resume`` and ``stagewise replay`` rebuild the program without it being passed in.
+    """
+    store = open_checkpoints(store) if store is None or isinstance(store, str) else store
+    run_id = run_id or uuid.uuid4().hex[:16]
+    checkpointer = Checkpointer(store, run_id, program=program, origin=origin or origin_of(program))
+    with observing(checkpointer):
+        prediction = program(**inputs)
+    object.__setattr__(prediction, "run_id", run_id)
+    return prediction
+
+
+def rebuild(record: dict, models: dict[str, str] | None = None):
+    """The program of a checkpointed run, with its stages' models (``models`` overrides some)."""
+    from stagewise.optimize.export import import_factory, load
+
+    origin = record.get("program")
+    if not origin:
+        raise CheckpointError(f"run {record['run_id']!r} does not say how to rebuild its program: pass the "
+                              "program, or run it with origin={'factory': 'module:function'}")
+    if "export" in origin:
+        program = load(origin["export"])
+    else:
+        program = import_factory(origin["factory"], origin.get("factory_path"))(**origin.get("kwargs", {}))
+        wanted = {stage: model for stage, model in record.get("models", {}).items() if model}
+        if wanted:
+            program.set_models(wanted)
+    if models:
+        program.set_models(models)
+    return program
+
+
+def resume(run_id: str, *, store: str | CheckpointStore | None = None, program=None):
+    """Run a checkpointed run again from its checkpoint: completed stages are restored, not called."""
+    store = open_checkpoints(store) if store is None or isinstance(store, str) else store
+    record = store.load(run_id)
+    program = program if program is not None else rebuild(record)
+    checkpointer = Checkpointer(store, run_id, program=program, origin=record.get("program"), restore_from=record)
+    with observing(checkpointer):
+        prediction = program(**record["inputs"])
+    object.__setattr__(prediction, "run_id", run_id)
+    return prediction
+
+
+class ReplayError(LookupError):
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+def replay(run_id: str, stage: str, *, store: str | CheckpointStore | None = None,
+           overrides: dict[str, str] | None = None, models: dict[str, str] | None = None, program=None):
+    """Run a stored run again from ``stage``: earlier stages' stored outputs are reused, the
+    stage and everything after it run for real, with ``overrides`` (an input field, or a
+    section id an earlier stage produced, to a new value) and ``models`` (stage -> model).
+
+    Returns ``(original record, prediction, new record)``; the new run's id is
+    ``<run_id>-replay-<n>``.
+    """
+    import copy
+
+    store = open_checkpoints(store) if store is None or isinstance(store, str) else store
+    original = store.load(run_id)
+    names = list(dict.fromkeys(step["stage"] for step in original["steps"]))
+    position = next((i for i, step in enumerate(original["steps"]) if stage in (step["stage"], step["key"])), None)
+    if position is None:
+        raise ReplayError(f"run {run_id!r} has no stage {stage!r} (its stages: {', '.join(names) or 'none'})")
+    earlier = copy.deepcopy(original["steps"][:position])
+    inputs = dict(original["inputs"])
+    for target, value in (overrides or {}).items():
+        if target in inputs:
+            inputs[target] = value
+            continue
+        found = False
+        for step in earlier:
+            for section in step["sections"]:
+                if f"{section['source']}.{section['name']}" == target:
+                    section["content"], found = value, True
+                    if section["source"] == step["stage"] and section["name"] in step["outputs"]:
+                        step["outputs"][section["name"]] = value
+        if not found:
+            available = list(inputs) + [f"{s['source']}.{s['name']}" for step in earlier for s in step["sections"]]
+            raise ReplayError(f"--set {target}: neither an input of run {run_id!r} nor a section produced before "
+                              f"stage {stage!r} (available: {', '.join(available)})")
+    if program is None:
+        program = rebuild(original, models)
+    elif models:
+        program.set_models(models)
+    existing = {r["run_id"] for r in store.runs(limit=10_000)}
+    number = 1
+    while f"{run_id}-replay-{number}" in existing:
+        number += 1
+    new_id = f"{run_id}-replay-{number}"
+    checkpointer = Checkpointer(store, new_id, program=program, origin=original.get("program"),
+                                restore_from={"steps": earlier})
+    with observing(checkpointer):
+        prediction = program(**inputs)
+    object.__setattr__(prediction, "run_id", new_id)
+    return original, prediction, store.load(new_id)
+
+
+def output_changes(original: dict, replayed: dict) -> list[tuple[str, str, str, str]]:
+    """(stage key, field, before, after) for every stage output and final output that differs."""
+    before = {step["key"]: step["outputs"] for step in original["steps"]}
+    changes = []
+    for step in replayed["steps"]:
+        old = before.get(step["key"], {})
+        for name, value in step["outputs"].items():
+            if old.get(name) != value:
+                changes.append((step["key"], name, _show(old.get(name)), _show(value)))
+    for name, value in (replayed.get("outputs") or {}).items():
+        old = (original.get("outputs") or {}).get(name)
+        if old != value:
+            changes.append(("(final)", name, _show(old), _show(value)))
+    return changes
+
+
+def _show(value) -> str:
+    text = "-" if value is None else str(value)
+    return text if len(text) <= 200 else text[:197] + "..."

@@ -1,0 +1,165 @@
+"""OpenTelemetry traces of program runs, following the GenAI semantic conventions.
+
+One span per request (``invoke_workflow {program}``), one per stage (``stage {name}``) under
+it, and one per model call (``{operation} {model}``, operation ``chat``) under its stage, with
+``gen_ai.operation.name``, ``gen_ai.provider.name``, ``gen_ai.request.model``,
+``gen_ai.usage.input_tokens`` and ``gen_ai.usage.output_tokens``, plus stagewise's cost, cache
+and latency. A stage span refers to the context it read: the section ids it received and
+``stagewise.context.ref`` (``<run>/<stage>`` in the context store, when one records the run).
+Prompts and responses (``gen_ai.input.messages`` / ``gen_ai.output.messages``) are recorded
+only with ``capture_content=True``.
+
+``tracer_provider("console" | "otlp" | "memory" | "mlflow")`` builds a provider with that
+exporter; ``"mlflow"`` sends the spans to the MLflow tracking URI's traces, beside the runs.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import Status, StatusCode
+
+from stagewise.models.usage import UsageLedger, UsageRecord, capturing_content, track_usage
+from stagewise.programs.run import Observer, Run, StageEvent
+
+OPERATION = "chat"
+
+
+def tracer_provider(exporter: str = "console", *, endpoint: str | None = None) -> tuple[TracerProvider, object]:
+    """A provider exporting to ``console``, ``otlp`` (HTTP; ``endpoint`` or OTEL_EXPORTER_OTLP_ENDPOINT),
+    ``memory`` (tests) or ``mlflow`` (the tracking URI's traces). Returns (provider, exporter)."""
+    provider = TracerProvider(resource=Resource.create({"service.name": "stagewise"}))
+    if exporter == "console":
+        sink = ConsoleSpanExporter()
+    elif exporter == "memory":
+        sink = InMemorySpanExporter()
+    elif exporter == "otlp":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        sink = OTLPSpanExporter(endpoint=endpoint) if endpoint else OTLPSpanExporter()
+    elif exporter == "mlflow":
+        sink = MlflowSpanExporter()
+    else:
+        raise ValueError(f"unknown trace exporter {exporter!r} (console, otlp, memory, mlflow)")
+    provider.add_span_processor(SimpleSpanProcessor(sink))
+    return provider, sink
+
+
+class _CallSpans(UsageLedger):
+    """A ledger that turns each model call of a stage into a span under the stage's span."""
+
+    def __init__(self, tracer, parent, capture: bool):
+        super().__init__()
+        self.tracer, self.parent, self.capture = tracer, parent, capture
+
+    def add(self, record: UsageRecord) -> None:
+        super().add(record)
+        end = int(record.timestamp * 1e9)
+        start = end - int(record.latency_s * 1e9)
+        attributes = {
+            "gen_ai.operation.name": OPERATION,
+            "gen_ai.provider.name": record.provider or record.engine,
+            "gen_ai.request.model": record.model,
+            "gen_ai.usage.input_tokens": record.input_tokens,
+            "gen_ai.usage.output_tokens": record.output_tokens,
+            "stagewise.engine": record.engine,
+            "stagewise.cost_usd": record.cost_usd if record.cost_usd is not None else -1.0,
+            "stagewise.cache_hit": record.cache_hit,
+            "stagewise.token_source": record.token_source,
+        }
+        if self.capture and record.content:
+            attributes["gen_ai.input.messages"] = json.dumps(record.content.get("messages"), default=str)
+            attributes["gen_ai.output.messages"] = json.dumps(record.content.get("outputs"), default=str)
+        span = self.tracer.start_span(f"{OPERATION} {record.model}", context=trace.set_span_in_context(self.parent),
+                                      start_time=start, attributes=attributes, kind=trace.SpanKind.CLIENT)
+        span.end(end_time=end)
+
+
+class Tracer(Observer):
+    """Spans for requests, stages and model calls (see the module's docstring)."""
+
+    def __init__(self, provider: TracerProvider | None = None, *, capture_content: bool = False,
+                 program: str = "stagewise"):
+        self.tracer = (provider or trace.get_tracer_provider()).get_tracer("stagewise")
+        self.capture_content, self.program = capture_content, program
+
+    @contextmanager
+    def request(self, run: Run, inputs: dict):
+        attributes = {"gen_ai.operation.name": "invoke_workflow", "stagewise.request_id": run.request_id,
+                      "stagewise.inputs": sorted(inputs)}
+        with self.tracer.start_as_current_span(f"invoke_workflow {self.program}", attributes=attributes,
+                                               record_exception=True, set_status_on_exception=True) as span:
+            yield
+            if run.run_id:
+                span.set_attribute("stagewise.run_id", run.run_id)
+            span.set_attribute("stagewise.cost_usd", run.ledger.total_cost)
+
+    @contextmanager
+    def stage(self, event: StageEvent):
+        run = event.run
+        with self.tracer.start_as_current_span(f"stage {event.stage.name}", record_exception=True,
+                                               set_status_on_exception=True) as span:
+            span.set_attribute("stagewise.stage", event.stage.name)
+            span.set_attribute("stagewise.stage.key", event.key)
+            span.set_attribute("stagewise.context.ref", f"{run.run_id or run.request_id}/{event.stage.name}")
+            capture = capturing_content() if self.capture_content else _nothing()
+            with capture, track_usage(_CallSpans(self.tracer, span, self.capture_content)):
+                yield
+            if event.log is not None:
+                span.set_attribute("stagewise.context.received", list(event.log.received))
+                span.set_attribute("stagewise.context.produced", list(event.log.produced))
+                span.set_attribute("stagewise.context.tokens_saved", event.log.tokens_saved)
+            span.set_status(Status(StatusCode.OK))
+
+
+@contextmanager
+def _nothing():
+    yield
+
+
+class MlflowSpanExporter:
+    """Exports finished spans as MLflow traces (one per request) at the tracking URI."""
+
+    def __init__(self):
+        self._spans: dict[int, list] = {}
+
+    def export(self, spans):
+        from opentelemetry.sdk.trace.export import SpanExportResult
+
+        for span in spans:
+            self._spans.setdefault(span.context.trace_id, []).append(span)
+            if span.parent is None:  # the request span ends last: its trace is complete
+                self._log(self._spans.pop(span.context.trace_id))
+        return SpanExportResult.SUCCESS
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True  # MLflow writes traces from its own queue: read them with search_traces(flush=True)
+
+    def _log(self, spans) -> None:
+        import mlflow
+
+        root = next(s for s in spans if s.parent is None)
+        children: dict[int, list] = {}
+        for s in spans:
+            if s.parent is not None:
+                children.setdefault(s.parent.span_id, []).append(s)
+
+        def emit(span, parent=None):
+            kind = "LLM" if span.name.startswith(OPERATION) else ("CHAIN" if parent is None else "AGENT")
+            live = mlflow.start_span_no_context(span.name, span_type=kind, parent_span=parent,
+                                                attributes=dict(span.attributes or {}), start_time_ns=span.start_time)
+            for child in sorted(children.get(span.context.span_id, []), key=lambda c: c.start_time):
+                emit(child, live)
+            status = "ERROR" if span.status.status_code == StatusCode.ERROR else "OK"
+            live.end(status=status, end_time_ns=span.end_time)
+
+        emit(root)
+
+    def shutdown(self):
+        pass
