@@ -24,14 +24,17 @@ install: $(STAMP)
 demo: install
 	$(BIN)/stagewise optimize examples/banking/study.toml --out runs/banking
 
+# tests/services.sh starts Redis and PostgreSQL on loopback (installing them, and Chromium for the
+# HTML diff page, from Debian packages when missing and running as root) and prints their URLs.
 test: install
-	$(BIN)/python -m pytest
+	services="$$(bash tests/services.sh)" && eval "$$services" && $(BIN)/python -m pytest
 
 bench: install
 	$(BIN)/python benchmarks/engine_overhead.py
 	$(BIN)/python benchmarks/fanout.py
 	$(BIN)/python benchmarks/optimize_rerun.py
 	$(BIN)/python benchmarks/routing.py --embeddings
+	$(BIN)/python benchmarks/checkpoint_overhead.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
