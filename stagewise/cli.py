@@ -111,27 +111,20 @@ def demo(
                   "stagewise's optimizer is for.")
 
 
-@app.command()
-def optimize(
-    config: Path = typer.Argument(..., help="The study config (TOML)."),
-    trials: int | None = typer.Option(None, help="Total trials of the study (a rerun continues it)."),
-    out: Path = typer.Option(Path("runs/latest"), help="Output directory."),
-    study: str | None = typer.Option(None, help="Study name (default: from the config)."),
-) -> None:
-    """Search per-stage models, optimizers and demos; write the Pareto front and the best program."""
+def _study(config: Path, *, study: str | None, trials: int | None, storage: str | None, out: Path, create: bool):
+    """The config, splits, tracker and Study of ``optimize`` and ``worker``; exits 2 on bad input."""
     from stagewise.data import split
-    from stagewise.optimize import pareto
     from stagewise.optimize.config import ConfigError, load_config
-    from stagewise.optimize.export import export
     from stagewise.optimize.space import SearchSpaceError
     from stagewise.optimize.study import Study
     from stagewise.optimize.tracking import Tracker
 
-    import dspy
-    import pandas as pd
-
     try:
         cfg = load_config(config, study=study, trials=trials)
+        if storage:
+            cfg.settings.storage = storage
+        if not create and trials is None:
+            cfg.settings.trials = None  # a worker takes the study's own budget
         splits = split(cfg.examples, train=cfg.split.get("train", 0.5), dev=cfg.split.get("dev", 0.25),
                        test=cfg.split.get("test", 0.25), seed=int(cfg.split.get("seed", 0)),
                        stratify_by=cfg.split.get("stratify_by"))
@@ -139,9 +132,55 @@ def optimize(
         runner = Study(cfg.build, splits, cfg.space, cfg.end_to_end, stage_metrics=cfg.stage_metrics,
                        settings=cfg.settings, out_dir=out, data_fingerprint=cfg.data_fingerprint, tracker=tracker,
                        lm_options=cfg.lm_options, thresholds=cfg.thresholds, routers=cfg.routers)
+        runner.open(create=create)  # storage, study name and config checked before any model is called
     except (ConfigError, SearchSpaceError, ValueError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
+    return cfg, splits, tracker, runner
+
+
+@app.command()
+def worker(
+    config: Path = typer.Argument(..., help="The study's config (TOML): the same as the study's."),
+    storage: str = typer.Option(..., help="The study's Optuna storage URL (postgresql://..., journal:///...)."),
+    study: str = typer.Option(..., help="The name of the study to join."),
+    trials: int | None = typer.Option(None, help="At most this many trials from this worker."),
+    out: Path = typer.Option(Path("runs/latest"), help="Output directory; share it for the compiled-stage cache."),
+) -> None:
+    """Join a running study: run its trials until its budget is spent (start as many workers as wanted)."""
+    import dspy
+
+    cfg, splits, _, runner = _study(config, study=study, trials=None, storage=storage, out=out, create=False)
+    console.print(f"worker joining study {study!r} at {_redacted(storage)}")
+    with dspy.context(adapter=dspy.JSONAdapter()):
+        finished = runner.run(create=False, wait=False, own_trials=trials)
+    console.print(f"study {study!r}: {runner.counted(finished)} of {runner.budget(finished)} trials done")
+
+
+def _redacted(url: str) -> str:
+    from stagewise.redaction import redact
+
+    return redact(url)
+
+
+@app.command()
+def optimize(
+    config: Path = typer.Argument(..., help="The study config (TOML)."),
+    trials: int | None = typer.Option(None, help="Total trials of the study (a rerun continues it)."),
+    out: Path = typer.Option(Path("runs/latest"), help="Output directory."),
+    study: str | None = typer.Option(None, help="Study name (default: from the config)."),
+    storage: str | None = typer.Option(None, help="Optuna storage URL shared with workers: sqlite:///..., "
+                                                  "postgresql://..., journal:///path or redis://... "
+                                                  "(default: OUT/optuna.db)."),
+) -> None:
+    """Search per-stage models, optimizers and demos; write the Pareto front and the best program."""
+    from stagewise.optimize import pareto
+    from stagewise.optimize.export import export
+
+    import dspy
+    import pandas as pd
+
+    cfg, splits, tracker, runner = _study(config, study=study, trials=trials, storage=storage, out=out, create=True)
     console.print(cfg.data_report)
     console.print(f"splits: {splits.sizes()}  study {cfg.settings.name!r}, {cfg.settings.trials} trials, "
                   f"output {out}")

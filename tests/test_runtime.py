@@ -32,8 +32,14 @@ def build_chain():
 
 # --- stores ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("url", ["memory://t", "sqlite:///{tmp}/runs.db"])
+@pytest.mark.parametrize("url", ["memory://t", "sqlite:///{tmp}/runs.db", "POSTGRES"])
 def test_store_round_trip_history_and_listing(url, tmp_path):
+    if url == "POSTGRES":
+        import psycopg
+
+        url = _server("POSTGRES")
+        with psycopg.connect(url, autocommit=True) as db:  # a fresh table for this test
+            db.execute("DROP TABLE IF EXISTS stagewise_checkpoints")
     store = cp.open_checkpoints(url.format(tmp=tmp_path))
     store.save({"run_id": "r1", "status": "running", "inputs": {"q": "x"}, "steps": []})
     store.save({"run_id": "r1", "status": "completed", "inputs": {"q": "x"}, "steps": [{"key": "a#0"}]})
@@ -420,3 +426,45 @@ def replay_factory():
     chain = Chain("desk", [Stage("triage", "ticket -> topic"), Stage("answer", "ticket, topic -> reply")])
     return chain.set_models({"triage": EchoLM("triage", {"topic": "card delivery"}),
                              "answer": EchoLM("answer", {"reply": "x"})})
+
+
+def test_otlp_exporter_sends_the_spans_to_a_collector_on_loopback():
+    """A real HTTP endpoint on loopback receives the OTLP/protobuf export."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    from stagewise.programs.run import observing
+    from stagewise.runtime.tracing import Tracer, tracer_provider
+
+    received = []
+
+    class Collector(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append((self.path, self.headers["Content-Type"], body))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Collector)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        endpoint = f"http://127.0.0.1:{server.server_address[1]}/v1/traces"
+        provider, _ = tracer_provider("otlp", endpoint=endpoint)
+        with dspy.context(adapter=dspy.JSONAdapter()), observing(Tracer(provider, program="desk")):
+            budget_chain()(notes="card missing")
+        provider.force_flush()
+    finally:
+        server.shutdown()
+    assert received and all(path == "/v1/traces" and kind == "application/x-protobuf" for path, kind, _ in received)
+    names = set()
+    for _, _, body in received:
+        request = ExportTraceServiceRequest()
+        request.ParseFromString(body)
+        names |= {span.name for rs in request.resource_spans for ss in rs.scope_spans for span in ss.spans}
+    assert {"invoke_workflow desk", "stage triage", "stage answer"} <= names

@@ -134,7 +134,8 @@ def load_config(path: str | Path, *, study: str | None = None, trials: int | Non
         seed=int(search.get("seed", 0)), storage=search.get("storage"), prune_on=int(search.get("prune_on", 8)),
         prune_margin=float(search.get("prune_margin", 0.15)), min_quality=search.get("min_quality"),
         max_cost_per_1k=search.get("max_cost_per_1k"), latency=bool(search.get("latency_objective", False)),
-        reflection_model=search.get("reflection_model"), gepa_metric_calls=int(search.get("gepa_metric_calls", 40)))
+        reflection_model=search.get("reflection_model"), gepa_metric_calls=int(search.get("gepa_metric_calls", 40)),
+        sampler=str(search.get("sampler", "tpe")))
     lm_options = {name: dict(options) for name, options in raw.get("models", {}).items()}
     if replay_table is not None:
         lm_options.setdefault("*", {})["replay_table"] = replay_table

@@ -10,7 +10,10 @@ the same study name continues it. Every trial is an MLflow run nested under the 
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import socket
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,6 +37,7 @@ from stagewise.optimize import pareto
 from stagewise.optimize.compile import CompileCache, Reflection, compile_stages
 from stagewise.optimize.export import state_without_models
 from stagewise.optimize.space import (
+    DEMO_OPTIMIZERS,
     RouterChoices,
     SearchSpaceError,
     StageChoices,
@@ -46,12 +50,17 @@ from stagewise.optimize.space import (
     validate_thresholds,
 )
 from stagewise.optimize.tracking import Tracker
+from stagewise.redaction import redact
+
+
+class OverBudget(Exception):
+    """A trial asked for after the study's budget was spent (by concurrent workers)."""
 
 
 @dataclass
 class StudySettings:
     name: str
-    trials: int = 12
+    trials: int | None = 12  # the study's budget; a worker may leave it None to take the study's
     seed: int = 0
     storage: str | None = None  # default: sqlite in the output directory
     prune_on: int = 8  # dev examples scored before the pruning decision
@@ -61,6 +70,7 @@ class StudySettings:
     latency: bool = False  # a third objective: mean latency per request, down
     reflection_model: str | None = None  # GEPA's reflection model (a catalog name)
     gepa_metric_calls: int = 40  # GEPA's budget per compile
+    sampler: str = "tpe"  # "tpe" (multi-objective TPE) or "grid" (every configuration once, in any order)
 
 
 @dataclass
@@ -174,6 +184,7 @@ class Study:
                    for t in done)
 
     def objective(self, study: optuna.Study, trial: optuna.Trial) -> tuple[float, ...]:
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         choice = suggest(trial, self.space, self.thresholds, self.routers, self.decision_stages)
         for earlier in study.trials:  # the sampler proposed a configuration already scored: reuse it
             if earlier.state == optuna.trial.TrialState.COMPLETE and earlier.params == trial.params:
@@ -212,39 +223,144 @@ class Study:
         values = (report.quality, report.cost_per_request)
         return (*values, summary["latency_s_mean"]) if self.settings.latency else values
 
-    def run(self, *, progress: bool = True) -> optuna.Study:
-        storage = self.settings.storage or f"sqlite:///{(self.out_dir / 'optuna.db').resolve()}"
+    def storage_url(self) -> str:
+        return self.settings.storage or f"sqlite:///{(self.out_dir / 'optuna.db').resolve()}"
+
+    def signature(self) -> dict[str, str]:
+        """What a worker must share with the study it joins (compared key by key)."""
+        return {"space": json.dumps({s: vars(c) for s, c in sorted(self.space.items())}, default=list, sort_keys=True),
+                "thresholds": json.dumps(self.thresholds, sort_keys=True),
+                "routers": json.dumps({r: vars(c) for r, c in sorted(self.routers.items())}, default=list),
+                "data_fingerprint": self.data_fingerprint,
+                "splits": hashlib.sha256(json.dumps([[dict(e) for e in part] for part in (
+                    self.splits.train, self.splits.dev, self.splits.test)], default=str, sort_keys=True).encode()
+                ).hexdigest()[:16],
+                "end_to_end": repr((self.end_to_end.output, self.end_to_end.label, str(self.end_to_end.metric))),
+                "stage_metrics": repr([(m.stage, m.output, m.label, str(m.metric)) for m in self.stage_metrics]),
+                "latency_objective": str(self.settings.latency), "seed": str(self.settings.seed),
+                "sampler": self.settings.sampler}
+
+    def grid(self) -> dict[str, list]:
+        """Every choice of the space, as Optuna parameter names (the grid sampler's search space)."""
+        grid: dict[str, list] = {f"{c}.threshold": list(v) for c, v in self.thresholds.items()}
+        if self.routers:
+            raise SearchSpaceError("the grid sampler does not search router choices (their parameters are "
+                                   "conditional): use the tpe sampler")
+        for stage, choices in self.space.items():
+            grid[f"{stage}.model"] = list(choices.models)
+            grid[f"{stage}.optimizer"] = list(choices.optimizers)
+            if any(o in DEMO_OPTIMIZERS for o in choices.optimizers):
+                grid[f"{stage}.demos"] = list(choices.demos)  # unused (and repeated) for "none": reused, not rerun
+        return grid
+
+    def sampler(self) -> optuna.samplers.BaseSampler:
+        if self.settings.sampler == "grid":
+            return optuna.samplers.GridSampler(self.grid(), seed=self.settings.seed)
+        if self.settings.sampler != "tpe":
+            raise SearchSpaceError(f"[search] sampler {self.settings.sampler!r}: use 'tpe' or 'grid'")
+        return optuna.samplers.TPESampler(seed=self.settings.seed)
+
+    def open(self, *, create: bool = True) -> optuna.Study:
+        """The study in its storage: created (or continued) by ``optimize``, joined by a worker."""
+        from stagewise.optimize.storage import StorageError, open_storage, study_names
+
         self.out_dir.mkdir(parents=True, exist_ok=True)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
+        storage = open_storage(self.storage_url())
+        sampler = self.sampler()
+        if not create and self.settings.name not in study_names(storage):
+            names = study_names(storage)
+            raise StorageError(f"no study named {self.settings.name!r} in {redact(self.storage_url())} "
+                               f"(studies: {', '.join(names) or 'none'}); start it with stagewise optimize")
         directions = ["maximize", "minimize"] + (["minimize"] if self.settings.latency else [])
         study = optuna.create_study(study_name=self.settings.name, storage=storage, load_if_exists=True,
-                                    directions=directions,
-                                    sampler=optuna.samplers.TPESampler(seed=self.settings.seed))
-        # Trials that failed (an interrupted run, a crash) do not count against the budget.
-        finished = len([t for t in study.trials
-                        if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)])
-        remaining = max(0, self.settings.trials - finished)
-        params = {"trials": self.settings.trials, "seed": self.settings.seed, "data_fingerprint": self.data_fingerprint,
-                  "space": json.dumps({s: vars(c) for s, c in self.space.items()}, default=list)}
+                                    directions=directions, sampler=sampler)
+        mine = self.signature()
+        theirs = study.user_attrs.get("stagewise_signature")
+        if theirs is None:
+            study.set_user_attr("stagewise_signature", mine)
+            study.set_user_attr("stagewise_trials", self.settings.trials)
+        else:
+            differing = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+            if differing:
+                raise StorageError(f"study {self.settings.name!r}: this config differs from the study's in "
+                                   f"{', '.join(differing)}; a worker must run the study's own config")
+        return study
+
+    def budget(self, study: optuna.Study) -> int:
+        return int(study.user_attrs.get("stagewise_trials", self.settings.trials)) if self.settings.trials is None \
+            else self.settings.trials
+
+    @staticmethod
+    def counted(study: optuna.Study) -> int:
+        """Trials that count against the budget: completed or pruned (failed ones are retried)."""
+        return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,
+                                                            optuna.trial.TrialState.PRUNED)))
+
+    def run(self, *, progress: bool = True, create: bool = True, wait: bool = True,
+            own_trials: int | None = None) -> optuna.Study:
+        """Run trials until the study's budget is spent, by this process and any workers sharing it.
+
+        A trial whose number falls past the budget (workers asked for trials at the same time)
+        is not run: it is marked failed with the note ``over budget``. ``wait`` waits for the
+        trials other workers are still running, so the results include them. ``own_trials``
+        caps the trials this process runs (a worker's ``--trials``).
+        """
+        study = self.open(create=create)
+        budget = self.budget(study)
+        params = {"trials": budget, "seed": self.settings.seed, "data_fingerprint": self.data_fingerprint,
+                  "space": json.dumps({s: vars(c) for s, c in self.space.items()}, default=list),
+                  "storage": redact(self.storage_url())}
         if self.routers:
             params["routers"] = json.dumps({r: vars(c) for r, c in self.routers.items()}, default=list)
+
+        def objective(trial: optuna.Trial):
+            earlier = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number
+                       and t.state != optuna.trial.TrialState.FAIL]
+            if len(earlier) >= budget:
+                raise OverBudget(f"trial {trial.number}: the study's {budget} trials are already taken")
+            return self.objective(study, trial)
+
+        stop = optuna.study.MaxTrialsCallback(budget, states=(optuna.trial.TrialState.COMPLETE,
+                                                              optuna.trial.TrialState.PRUNED))
         with self.tracker.study(self.settings.name, params):
-            if remaining:
+            if self.counted(study) < budget:
                 bar = None
+                callbacks = [stop]
                 if progress:
                     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
                     bar = Progress(TextColumn("trials"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
                     bar.start()
-                    task = bar.add_task("trials", total=self.settings.trials, completed=finished)
+                    task = bar.add_task("trials", total=budget, completed=self.counted(study))
+                    callbacks.append(lambda s, t: bar.update(task, completed=min(budget, self.counted(s))))
                 try:
-                    study.optimize(lambda trial: self.objective(study, trial), n_trials=remaining,
-                                   callbacks=[lambda *_: bar.advance(task)] if bar else None,
-                                   catch=())
+                    study.optimize(objective, n_trials=own_trials, callbacks=callbacks, catch=(OverBudget,))
                 finally:
                     if bar:
                         bar.stop()
+            if wait:
+                self._wait_for_others(study, objective)
         return study
+
+    def _wait_for_others(self, study: optuna.Study, objective, timeout_s: float = 900) -> None:
+        """Until no trial is running elsewhere. A dead worker's trial turns failed after its grace period
+        and is queued again (RetryFailedTrialCallback): queued trials left over are run here."""
+        import time
+
+        from optuna.storages import fail_stale_trials
+
+        waiting_states = (optuna.trial.TrialState.WAITING,)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            fail_stale_trials(study)
+            if study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+                time.sleep(1.0)
+                continue
+            waiting = study.get_trials(deepcopy=False, states=waiting_states)
+            if not waiting:
+                return
+            study.optimize(objective, n_trials=len(waiting), catch=(OverBudget,))
 
     def results(self, study: optuna.Study) -> StudyResult:
         rows = []

@@ -24,7 +24,8 @@ import threading
 from abc import ABC, abstractmethod
 from datetime import datetime, timezone
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+
+from stagewise.redaction import redact, scrub
 
 CHECKPOINT_VERSION = 1
 DEFAULT_URL = "sqlite:///stagewise-runs.db"
@@ -47,22 +48,6 @@ class CorruptCheckpointError(CheckpointError):
 
 class StoreConnectionError(ConnectionError):
     """A store URL that cannot be opened; the message shows the URL without its password."""
-
-
-def redact(url: str) -> str:
-    """``url`` with any password replaced by ``***``."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-
-
-def scrub(message: str, url: str) -> str:
-    """An error message with the URL's password removed, wherever the driver quoted it."""
-    password = urlsplit(url).password
-    return message.replace(password, "***") if password else message
 
 
 def now() -> str:

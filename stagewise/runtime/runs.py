@@ -9,6 +9,7 @@ A stage execution is recognized by its key, ``stage#n`` (its n-th execution in t
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from contextlib import contextmanager
@@ -71,11 +72,16 @@ class Checkpointer(Observer):
         self.record: dict | None = None
         self.failed_at: str | None = None
         self.write_seconds = 0.0  # time spent writing checkpoints (benchmarks/checkpoint_overhead.py)
+        self._lock = threading.Lock()  # fan-out branches finish stages concurrently
 
-    def _save(self) -> None:
-        start = time.perf_counter()
-        self.store.save(self.record)
-        self.write_seconds += time.perf_counter() - start
+    def _save(self, step: dict | None = None) -> None:
+        with self._lock:
+            if step is not None:
+                self.record["steps"].append(step)
+                self.record["position"] = len(self.record["steps"])
+            start = time.perf_counter()
+            self.store.save(self.record)
+            self.write_seconds += time.perf_counter() - start
 
     @contextmanager
     def request(self, run: Run, inputs: dict):
@@ -111,9 +117,7 @@ class Checkpointer(Observer):
                                [s["source"] + "." + s["name"] for s in step["sections"]],
                                [f"restored from the checkpoint of run {self.run_id}"]))
         if self.record is not None:
-            self.record["steps"].append(step)
-            self.record["position"] = len(self.record["steps"])
-            self._save()
+            self._save(step)
         return typed_outputs(event.stage, step["outputs"])
 
     @contextmanager
@@ -127,7 +131,7 @@ class Checkpointer(Observer):
             raise
         records = [r for r in event.run.ledger.records[before:] if r.stage == event.stage.name]
         log = event.log or StageRun(event.stage.name, None, [], [])
-        self.record["steps"].append({
+        self._save({
             "key": event.key, "stage": event.stage.name, "model": log.model,
             "outputs": jsonable(event.outputs), "sections": [section_record(s) for s in event.added],
             "received": log.received, "notes": log.notes, "tokens_saved": log.tokens_saved,
@@ -135,8 +139,6 @@ class Checkpointer(Observer):
             "cost_usd": sum(r.cost_usd for r in records), "calls": len(records),
             "latency_s": time.perf_counter() - start,
         })
-        self.record["position"] = len(self.record["steps"])
-        self._save()
 
 
 def origin_of(program) -> dict | None:

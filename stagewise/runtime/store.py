@@ -24,7 +24,8 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from stagewise.programs.run import Observer, StageEvent, current_run
-from stagewise.runtime.checkpoint import StoreConnectionError, redact, scrub
+from stagewise.redaction import redact, scrub
+from stagewise.runtime.checkpoint import StoreConnectionError
 
 DEFAULT_URL = "sqlite:///stagewise-context.db"
 DEFAULT_TTL = 86_400
