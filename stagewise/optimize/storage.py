@@ -7,13 +7,16 @@
 
 Database storages keep a heartbeat per running trial: the trial of a worker that died is
 marked failed after ``GRACE_PERIOD`` seconds without one, and run again by the next worker
-(``RetryFailedTrialCallback``), so it is neither lost nor counted twice.
+(``RetryHeartbeatStaleTrialCallback``), so it is neither lost nor counted twice.
 """
 
 from __future__ import annotations
 
 import optuna
-from optuna.storages import RDBStorage, RetryFailedTrialCallback
+import warnings
+
+from optuna.exceptions import ExperimentalWarning
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
 from stagewise.redaction import redact, scrub
 
@@ -28,6 +31,7 @@ class StorageError(ValueError):
 def open_storage(url: str, *, heartbeat_interval: int = HEARTBEAT_INTERVAL, grace_period: int = GRACE_PERIOD):
     """The Optuna storage at ``url``; a clear error (without the password) when it cannot be opened."""
     scheme = url.split(":", 1)[0].lower()
+    warnings.filterwarnings("ignore", category=ExperimentalWarning, module="optuna")  # heartbeats are "experimental"
     try:
         if scheme in ("sqlite", "postgresql", "postgres", "mysql") or scheme.startswith(("postgresql+", "mysql+")):
             if scheme == "postgres":
@@ -36,7 +40,8 @@ def open_storage(url: str, *, heartbeat_interval: int = HEARTBEAT_INTERVAL, grac
             if scheme != "sqlite":
                 engine["connect_args"] = {"connect_timeout": 5}
             return RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat_interval,
-                              grace_period=grace_period, failed_trial_callback=RetryFailedTrialCallback(max_retry=3))
+                              grace_period=grace_period,
+                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
         if scheme == "journal":
             from optuna.storages.journal import JournalFileBackend
 

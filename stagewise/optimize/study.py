@@ -53,6 +53,11 @@ from stagewise.optimize.tracking import Tracker
 from stagewise.redaction import redact
 
 
+def _named(metric) -> str:
+    """A metric's name, the same in every process (a metric object's repr carries its address)."""
+    return metric if isinstance(metric, str) else type(metric).__name__
+
+
 class OverBudget(Exception):
     """A trial asked for after the study's budget was spent (by concurrent workers)."""
 
@@ -235,8 +240,8 @@ class Study:
                 "splits": hashlib.sha256(json.dumps([[dict(e) for e in part] for part in (
                     self.splits.train, self.splits.dev, self.splits.test)], default=str, sort_keys=True).encode()
                 ).hexdigest()[:16],
-                "end_to_end": repr((self.end_to_end.output, self.end_to_end.label, str(self.end_to_end.metric))),
-                "stage_metrics": repr([(m.stage, m.output, m.label, str(m.metric)) for m in self.stage_metrics]),
+                "end_to_end": repr((self.end_to_end.output, self.end_to_end.label, _named(self.end_to_end.metric))),
+                "stage_metrics": repr([(m.stage, m.output, m.label, _named(m.metric)) for m in self.stage_metrics]),
                 "latency_objective": str(self.settings.latency), "seed": str(self.settings.seed),
                 "sampler": self.settings.sampler}
 
@@ -345,7 +350,7 @@ class Study:
 
     def _wait_for_others(self, study: optuna.Study, objective, timeout_s: float = 900) -> None:
         """Until no trial is running elsewhere. A dead worker's trial turns failed after its grace period
-        and is queued again (RetryFailedTrialCallback): queued trials left over are run here."""
+        and is queued again (RetryHeartbeatStaleTrialCallback): queued trials left over are run here."""
         import time
 
         from optuna.storages import fail_stale_trials
