@@ -30,6 +30,7 @@ test: install
 	services="$$(bash tests/services.sh)" && eval "$$services" && $(BIN)/python -m pytest
 
 bench: install
+	services="$$(bash tests/services.sh)" && eval "$$services" && $(BIN)/python benchmarks/scaleout.py
 	$(BIN)/python benchmarks/engine_overhead.py
 	$(BIN)/python benchmarks/fanout.py
 	$(BIN)/python benchmarks/optimize_rerun.py
