@@ -460,6 +460,49 @@ def _routing_table(report) -> Table:
     return table
 
 
+@app.command()
+def serve(
+    directory: Path = typer.Argument(..., help="An exported program (stagewise optimize's OUT/best)."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind (loopback by default)."),
+    port: int = typer.Option(8000, help="Port."),
+    token_env: str = typer.Option("STAGEWISE_SERVE_TOKEN", help="Environment variable holding the bearer token."),
+    no_auth: bool = typer.Option(False, "--no-auth", help="Serve without a token (local use only)."),
+    max_body: int = typer.Option(64 * 1024, help="Largest request body, in bytes."),
+    rate: int = typer.Option(60, help="Requests per minute per token."),
+    budget: float | None = typer.Option(None, help="Cost budget per request, in USD."),
+    fallback: list[str] = typer.Option(None, help="STAGE=MODEL[,MODEL]: fall back to these models (repeatable)."),
+) -> None:
+    """Serve an exported program over HTTP: POST /v1/run, GET /healthz, OpenAPI at /openapi.json."""
+    import os
+
+    import uvicorn
+
+    from stagewise.optimize.export import ExportError
+    from stagewise.runtime.resilience import Budget, Resilience, StagePolicy
+    from stagewise.runtime.serve import create_app
+
+    token = None if no_auth else os.environ.get(token_env)
+    if not no_auth and not token:
+        console.print(f"[red]error:[/red] set the bearer token in ${token_env}, or pass --no-auth for local use")
+        raise typer.Exit(2)
+    policies = {}
+    for item in fallback or []:
+        stage, equals, models = item.partition("=")
+        if not equals or not models:
+            console.print(f"[red]error:[/red] --fallback {item!r}: expected STAGE=MODEL[,MODEL]")
+            raise typer.Exit(2)
+        policies[stage] = StagePolicy("fallback", tuple(m.strip() for m in models.split(",")))
+    resilience = Resilience(policies=policies, budget=Budget(per_request_usd=budget) if budget else None)
+    try:
+        app_ = create_app(directory, token=token, max_body=max_body, requests_per_minute=rate, resilience=resilience)
+    except ExportError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    console.print(f"serving {directory} at http://{host}:{port} (POST /v1/run, GET /healthz, /docs)"
+                  + ("" if token else " without authentication"))
+    uvicorn.run(app_, host=host, port=port, log_level="warning")
+
+
 RUNS_STORE_HELP = "Checkpoint store URL (default: $STAGEWISE_RUNS or sqlite:///stagewise-runs.db)."
 
 

@@ -20,6 +20,9 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
 from stagewise.redaction import redact, scrub
 
+# Heartbeats, stale-trial retries and fail_stale_trials are flagged "experimental" by Optuna 5.0 (pinned).
+warnings.filterwarnings("ignore", category=ExperimentalWarning)
+
 HEARTBEAT_INTERVAL = 2
 GRACE_PERIOD = 10
 
@@ -31,7 +34,6 @@ class StorageError(ValueError):
 def open_storage(url: str, *, heartbeat_interval: int = HEARTBEAT_INTERVAL, grace_period: int = GRACE_PERIOD):
     """The Optuna storage at ``url``; a clear error (without the password) when it cannot be opened."""
     scheme = url.split(":", 1)[0].lower()
-    warnings.filterwarnings("ignore", category=ExperimentalWarning, module="optuna")  # heartbeats are "experimental"
     try:
         if scheme in ("sqlite", "postgresql", "postgres", "mysql") or scheme.startswith(("postgresql+", "mysql+")):
             if scheme == "postgres":

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -41,6 +41,7 @@ class Run:
     executions: dict[str, int] = field(default_factory=dict)  # stage name -> times it ran (stage_key)
     run_id: str | None = None  # a checkpointed run's id (set by the runtime layer)
     outputs: dict | None = None  # the top-level program's outputs, once it has finished
+    degraded: list[str] = field(default_factory=list)  # stages skipped after their models failed
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def log(self, stage_run: StageRun) -> None:
@@ -50,7 +51,7 @@ class Run:
     def fork(self, context: Context | None = None) -> Run:
         """A run over ``context`` (default: a copy of this one's), sharing the ledger and the stage log."""
         forked = Run(self.request_id, self.context.copy() if context is None else context, self.ledger, self.stages,
-                     self.executions, self.run_id)
+                     self.executions, self.run_id, degraded=self.degraded)
         forked._lock = self._lock
         return forked
 
@@ -123,6 +124,31 @@ def observing(*added: Observer) -> Iterator[None]:
         yield
     finally:
         _observers.reset(token)
+
+
+class CallGuard:
+    """Decides how a stage's model call is made (retries, fallbacks, limits, budgets): the runtime's
+    resilience layer implements it. ``attempt(lm)`` runs the stage on ``lm`` (None: its own model)."""
+
+    def call(self, stage: Any, run: Run, attempt: Callable[[Any], dict]) -> dict:
+        return attempt(None)
+
+
+_guard: ContextVar[CallGuard | None] = ContextVar("stagewise_guard", default=None)
+
+
+def current_guard() -> CallGuard | None:
+    return _guard.get()
+
+
+@contextmanager
+def guarding(guard: CallGuard | None) -> Iterator[None]:
+    """Stage calls inside this block go through ``guard``."""
+    token = _guard.set(guard)
+    try:
+        yield
+    finally:
+        _guard.reset(token)
 
 
 def stage_key(run: Run, name: str) -> str:

@@ -33,7 +33,8 @@ from stagewise.context.granularity import compress_extractive, compress_with_mod
 from stagewise.context.record import Section, SectionKind
 from stagewise.models.tokens import count_tokens
 from stagewise.models.usage import stage_scope
-from stagewise.programs.run import Run, StageEvent, StageRun, current_run, observers, open_run, stage_key
+from stagewise.programs.run import (Run, StageEvent, StageRun, current_guard, current_run, observers, open_run,
+                                    stage_key)
 
 
 class StageConfigError(ValueError):
@@ -86,6 +87,7 @@ class Pipeline(dspy.Module):
         prediction = dspy.Prediction(**outputs)
         object.__setattr__(prediction, "trace", Trace.of(run))  # kept out of the prediction's fields
         object.__setattr__(prediction, "context", run.context)
+        object.__setattr__(prediction, "degraded", list(run.degraded))  # stages skipped by a resilience policy
         return prediction
 
     def stages(self) -> dict[str, Stage]:
@@ -206,8 +208,8 @@ class Stage(Pipeline):
         for predictor in self.step.predictors():
             predictor.lm = lm
 
-    def _model(self):
-        lm = self.lm or dspy.settings.lm
+    def _model(self, override: dspy.BaseLM | None = None):
+        lm = override or self.lm or dspy.settings.lm
         spec = getattr(lm, "spec", None)
         count = lm.count_tokens if hasattr(lm, "count_tokens") else default_count
         return lm, spec, count
@@ -253,7 +255,29 @@ class Stage(Pipeline):
         return event.outputs
 
     def _execute(self, run: Run) -> dict[str, Any]:
-        lm, spec, count = self._model()
+        guard = current_guard()
+        if guard is None:
+            return self._attempt(run, None)
+        return guard.call(self, run, lambda lm: self._attempt(run, lm))
+
+    def estimate(self, run: Run, lm: dspy.BaseLM | None = None) -> tuple[int, int]:
+        """(input tokens, maximum output tokens) of this stage's call on ``lm``, before making it."""
+        lm, spec, count = self._model(lm)
+        sections = [s for patterns in self.inputs.values() for s in run.context.select(patterns, stage=self.name)]
+        max_output = (getattr(lm, "kwargs", {}) or {}).get("max_tokens") or (spec.max_output if spec else 0)
+        return self._fixed_tokens(count) + sum(s.tokens for s in sections), int(max_output or 0)
+
+    def _step_for(self, lm: dspy.BaseLM | None):
+        """The stage's module, on ``lm`` when it is not the stage's own model (a fallback)."""
+        if lm is None or lm is self.lm:
+            return self.step
+        step = self.step.deepcopy()  # requests share the program: never swap the model in place
+        for predictor in step.predictors():
+            predictor.lm = lm
+        return step
+
+    def _attempt(self, run: Run, override: dspy.BaseLM | None) -> dict[str, Any]:
+        lm, spec, count = self._model(override)
         selected = {field: run.context.select(patterns, stage=self.name) for field, patterns in self.inputs.items()}
         sections = [s for group in selected.values() for s in group]
         notes: list[str] = []
@@ -277,7 +301,7 @@ class Stage(Pipeline):
         fmt = spec.context_format if spec is not None else "markdown"
         values = {field: self._inject(group, fmt) for field, group in selected.items()}
         with stage_scope(self.name):
-            prediction = self.step(**values)
+            prediction = self._step_for(override)(**values)
         received = [s.id for group in selected.values() for s in group]
         produced = []
         outputs = {}

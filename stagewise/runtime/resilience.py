@@ -1,0 +1,360 @@
+"""Resilience of stage calls: retries, fallback models, circuit breakers, a shared rate limiter, budgets.
+
+Install a :class:`Resilience` guard around program calls (``with guarding(resilience): ...``,
+as ``stagewise serve`` does). For every stage call it applies the stage's :class:`StagePolicy`:
+
+- ``retry``: retryable errors only (rate limits, timeouts, 5xx, lost connections) are retried
+  with exponential backoff and jitter (tenacity); anything else fails the request;
+- ``fallback``: after the retries, the next model of ``fallbacks`` is called, with the context
+  rendered in its own format and fitted to its own budget (the stage runs again on it);
+- ``skip``: when every model failed, the stage's outputs are empty and the request goes on,
+  marked degraded (``prediction.degraded``);
+- ``fail``: the first error fails the request.
+
+A circuit breaker per provider endpoint (pybreaker: closed, open, half-open with one probe call)
+stops calls to an endpoint after ``fail_max`` failures for ``reset_s`` seconds; with a Redis URL
+its state is shared by every process. A :class:`RateLimiter` counts requests and tokens per
+provider in a sliding window across stages and processes (Redis when configured) and queues or
+sheds a call before the provider's limit. A :class:`Budget` stops a request before the call that
+would exceed its cost budget (or its tenant's daily budget), keeping the partial results.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextvars
+import datetime as dt
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import pybreaker
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+
+from stagewise.context.record import Section
+from stagewise.programs.run import CallGuard, Run, StageRun
+from stagewise.redaction import redact
+
+log = logging.getLogger(__name__)
+
+RETRYABLE_STATUS = frozenset({408, 409, 425, 429})
+RETRYABLE_NAMES = ("timeout", "connection", "ratelimit", "serviceunavailable", "internalserver", "badgateway",
+                   "apiconnection")
+
+
+class StageFailed(RuntimeError):
+    """Every model a stage may use failed; ``errors`` says how, per model."""
+
+    def __init__(self, stage: str, errors: list[str]):
+        super().__init__(f"stage {stage!r} failed on every model: " + "; ".join(errors))
+        self.stage, self.errors = stage, errors
+
+
+class RateLimited(RuntimeError):
+    """A call shed by the rate limiter (policy ``shed``, or waited longer than ``max_wait_s``)."""
+
+
+class BudgetExceeded(RuntimeError):
+    """The next call would take the request (or its tenant's day) over its cost budget."""
+
+    def __init__(self, message: str, partial: dict[str, str]):
+        super().__init__(message)
+        self.partial = partial  # section id -> content: what the request produced before it was stopped
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Rate limits, timeouts, 5xx and lost connections; not bad requests or parse errors."""
+    for candidate in (exc, exc.__cause__, exc.__context__):
+        if candidate is None:
+            continue
+        status = getattr(candidate, "status_code", None) or getattr(getattr(candidate, "response", None),
+                                                                    "status_code", None)
+        if isinstance(status, int) and (status in RETRYABLE_STATUS or status >= 500):
+            return True
+        if isinstance(candidate, (TimeoutError, ConnectionError)):
+            return True
+        if any(name in type(candidate).__name__.lower() for name in RETRYABLE_NAMES):
+            return True
+    return False
+
+
+@dataclass(frozen=True)
+class StagePolicy:
+    mode: str = "retry"  # retry | fallback | skip | fail
+    fallbacks: tuple[str, ...] = ()  # catalog names, tried in order after the stage's own model
+    retries: int = 2  # retries of retryable errors, per model
+    backoff_s: float = 0.5  # first backoff; doubles per retry, with jitter
+    max_backoff_s: float = 8.0
+
+    def __post_init__(self):
+        if self.mode not in ("retry", "fallback", "skip", "fail"):
+            raise ValueError(f"stage policy mode {self.mode!r}: use retry, fallback, skip or fail")
+
+
+def endpoint_of(lm) -> str:
+    """The provider endpoint a model is called at (its API base, else its catalog name)."""
+    spec = getattr(lm, "spec", None)
+    base = (getattr(lm, "kwargs", None) or {}).get("api_base") or getattr(spec, "api_base", None)
+    return base or getattr(spec, "name", None) or getattr(lm, "model", "unknown")
+
+
+def provider_of(lm) -> str:
+    spec = getattr(lm, "spec", None)
+    return getattr(spec, "provider", None) or getattr(lm, "model", "unknown").split("/", 1)[0]
+
+
+# --- circuit breakers ---------------------------------------------------------------------
+
+class Breakers:
+    """One pybreaker circuit breaker per endpoint; shared through Redis when ``redis_url`` is given."""
+
+    def __init__(self, fail_max: int = 3, reset_s: float = 30.0, redis_url: str | None = None):
+        self.fail_max, self.reset_s, self.redis_url = fail_max, reset_s, redis_url
+        self._redis = None
+        if redis_url:
+            import redis
+
+            self._redis = redis.Redis.from_url(redis_url)  # pybreaker needs bytes (no decode_responses)
+        self._breakers: dict[str, pybreaker.CircuitBreaker] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, endpoint: str) -> pybreaker.CircuitBreaker:
+        with self._lock:
+            if endpoint not in self._breakers:
+                storage = None
+                if self._redis is not None:
+                    storage = pybreaker.CircuitRedisStorage(pybreaker.STATE_CLOSED, self._redis,
+                                                            namespace=f"stagewise:{endpoint}")
+                self._breakers[endpoint] = pybreaker.CircuitBreaker(
+                    fail_max=self.fail_max, reset_timeout=self.reset_s, state_storage=storage,
+                    exclude=[lambda exc: not is_retryable(exc)], name=endpoint)
+            return self._breakers[endpoint]
+
+    def state(self, endpoint: str) -> str:
+        return self(endpoint).current_state
+
+
+# --- rate limiter -------------------------------------------------------------------------
+
+_SLIDING_WINDOW = """
+local now = redis.call('TIME')
+local t = tonumber(now[1]) + tonumber(now[2]) / 1000000
+local window, max_requests, max_tokens, tokens = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', t - window)
+local entries = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+local count, used = 0, 0
+for i = 1, #entries, 2 do
+  count = count + 1
+  used = used + tonumber(string.match(entries[i], '|(%d+)$'))
+end
+if (max_requests > 0 and count + 1 > max_requests) or (max_tokens > 0 and count > 0 and used + tokens > max_tokens) then
+  return {0, tostring(tonumber(entries[2]) + window - t)}
+end
+redis.call('ZADD', KEYS[1], t, ARGV[5] .. '|' .. ARGV[4])
+redis.call('PEXPIRE', KEYS[1], math.ceil(window * 1000) + 1000)
+return {1, '0'}
+"""
+
+
+@dataclass
+class Limit:
+    requests: int = 0  # per window; 0: no limit
+    tokens: int = 0
+
+
+class RateLimiter:
+    """Requests and tokens per provider per ``window_s`` (60: per minute), across stages and processes.
+
+    ``policy="queue"`` waits for room (at most ``max_wait_s``), ``"shed"`` refuses at once
+    (:class:`RateLimited`). ``margin_s`` widens the window a little so that network jitter never
+    lets a provider see more than the limit in any window of its own.
+    """
+
+    def __init__(self, limits: dict[str, Limit], *, window_s: float = 60.0, policy: str = "queue",
+                 max_wait_s: float = 60.0, redis_url: str | None = None, margin_s: float | None = None):
+        if policy not in ("queue", "shed"):
+            raise ValueError(f"rate limiter policy {policy!r}: use queue or shed")
+        self.limits, self.policy, self.max_wait_s = limits, policy, max_wait_s
+        self.window_s = window_s + (margin_s if margin_s is not None else max(0.05, window_s * 0.02))
+        self.redis_url = redis_url
+        self._script = None
+        if redis_url:
+            import redis
+
+            from stagewise.runtime.checkpoint import StoreConnectionError
+
+            try:
+                client = redis.Redis.from_url(redis_url, socket_connect_timeout=5)
+                client.ping()
+            except redis.RedisError as exc:
+                raise StoreConnectionError(f"cannot connect to the rate limiter's Redis {redact(redis_url)}: "
+                                           f"{exc}") from None
+            self._script = client.register_script(_SLIDING_WINDOW)
+        self._local: dict[str, collections.deque] = collections.defaultdict(collections.deque)
+        self._lock = threading.Lock()
+
+    def _try(self, provider: str, limit: Limit, tokens: int) -> float:
+        """0 when the call may go now (and it is counted), else seconds until room may free up."""
+        if self._script is not None:
+            ok, wait = self._script(keys=[f"stagewise:ratelimit:{provider}"],
+                                    args=[self.window_s, limit.requests, limit.tokens, tokens, uuid.uuid4().hex])
+            return 0.0 if int(ok) == 1 else max(0.01, float(wait))
+        with self._lock:
+            now = time.monotonic()
+            entries = self._local[provider]
+            while entries and entries[0][0] <= now - self.window_s:
+                entries.popleft()
+            used = sum(t for _, t in entries)
+            if (limit.requests and len(entries) + 1 > limit.requests) or (
+                    limit.tokens and entries and used + tokens > limit.tokens):
+                return max(0.01, entries[0][0] + self.window_s - now)
+            entries.append((now, tokens))
+            return 0.0
+
+    def acquire(self, provider: str, tokens: int = 0) -> float:
+        """Take room for one call of ``tokens``; returns the seconds waited."""
+        limit = self.limits.get(provider) or self.limits.get("*")
+        if limit is None:
+            return 0.0
+        waited, deadline = 0.0, time.monotonic() + self.max_wait_s
+        while True:
+            wait = self._try(provider, limit, tokens)
+            if wait == 0.0:
+                return waited
+            if self.policy == "shed" or time.monotonic() + wait > deadline:
+                raise RateLimited(f"provider {provider!r}: {limit.requests or '-'} requests / "
+                                  f"{limit.tokens or '-'} tokens per {self.window_s:.0f} s reached"
+                                  + ("" if self.policy == "shed" else f"; waited {waited:.1f} s"))
+            time.sleep(wait)
+            waited += wait
+
+
+# --- budgets ------------------------------------------------------------------------------
+
+_tenant: contextvars.ContextVar[str | None] = contextvars.ContextVar("stagewise_tenant", default=None)
+
+
+@contextmanager
+def tenant_scope(tenant: str | None):
+    token = _tenant.set(tenant)
+    try:
+        yield
+    finally:
+        _tenant.reset(token)
+
+
+class Budget:
+    """A cost budget per request and, optionally, per tenant per day (USD, nominal costs)."""
+
+    def __init__(self, per_request_usd: float | None = None, per_tenant_day_usd: float | None = None):
+        self.per_request_usd, self.per_tenant_day_usd = per_request_usd, per_tenant_day_usd
+        self._spent: dict[tuple[str, str], float] = collections.defaultdict(float)
+        self._lock = threading.Lock()
+
+    def tenant_spent(self, tenant: str) -> float:
+        return self._spent[(tenant, dt.date.today().isoformat())]
+
+    def check(self, stage: str, run: Run, estimate_usd: float) -> None:
+        spent = run.ledger.total_cost
+        problem = None
+        if self.per_request_usd is not None and spent + estimate_usd > self.per_request_usd:
+            problem = (f"request budget ${self.per_request_usd:.6f}: spent ${spent:.6f}, stage {stage!r} would "
+                       f"cost up to ${estimate_usd:.6f}")
+        tenant = _tenant.get()
+        if problem is None and tenant and self.per_tenant_day_usd is not None:
+            today = self.tenant_spent(tenant)
+            if today + spent + estimate_usd > self.per_tenant_day_usd:
+                problem = (f"tenant {tenant!r} daily budget ${self.per_tenant_day_usd:.6f}: spent ${today:.6f} "
+                           f"today, this request ${spent:.6f}, stage {stage!r} would cost up to ${estimate_usd:.6f}")
+        if problem:
+            partial = {s.id: s.content for s in run.context.sections.values() if s.kind == "stage_output"}
+            raise BudgetExceeded(f"stopped before stage {stage!r}: {problem}", partial)
+
+    def charge(self, tenant: str | None, cost_usd: float) -> None:
+        """Count a finished request's cost against its tenant's day."""
+        if tenant:
+            with self._lock:
+                self._spent[(tenant, dt.date.today().isoformat())] += cost_usd
+
+
+# --- the guard ------------------------------------------------------------------------------
+
+@dataclass
+class Resilience(CallGuard):
+    policies: dict[str, StagePolicy] = field(default_factory=dict)  # stage name -> policy
+    default: StagePolicy = field(default_factory=StagePolicy)
+    breakers: Breakers = field(default_factory=Breakers)
+    limiter: RateLimiter | None = None
+    budget: Budget | None = None
+    catalog: Any = None
+    _lms: dict = field(default_factory=dict, repr=False)
+
+    def _lm(self, name: str):
+        if name not in self._lms:
+            from stagewise.models.lm import get_lm
+
+            self._lms[name] = get_lm(name, catalog=self.catalog, num_retries=0)  # retries are the policy's
+        return self._lms[name]
+
+    def call(self, stage, run: Run, attempt: Callable[[Any], dict]) -> dict:
+        policy = self.policies.get(stage.name, self.default)
+        models = [stage.lm] + ([self._lm(m) for m in policy.fallbacks] if policy.mode in ("fallback", "skip") else [])
+        errors: list[str] = []
+        for position, lm in enumerate(models):
+            endpoint = endpoint_of(lm)
+            breaker = self.breakers(endpoint)
+            if breaker.current_state == pybreaker.STATE_OPEN:
+                errors.append(f"{redact(endpoint)}: circuit open")
+                continue
+            try:
+                outputs = self._with_retries(stage, run, lm, attempt, breaker, policy, fallback=position > 0)
+            except (BudgetExceeded, RateLimited):
+                raise
+            except Exception as exc:  # noqa: BLE001 - any failure moves on to the next model
+                errors.append(f"{redact(endpoint)}: {type(exc).__name__}: {str(exc)[:200]}")
+                if policy.mode == "fail" or (policy.mode == "retry" and not isinstance(
+                        exc, pybreaker.CircuitBreakerError)):
+                    raise
+                continue
+            return outputs
+        if policy.mode == "skip":
+            return self._degraded(stage, run, errors)
+        raise StageFailed(stage.name, errors)
+
+    def _with_retries(self, stage, run, lm, attempt, breaker, policy: StagePolicy, *, fallback: bool) -> dict:
+        def once():
+            input_tokens, max_output = stage.estimate(run, lm)
+            if self.budget is not None:
+                spec = getattr(lm, "spec", None)
+                estimate = spec.cost(input_tokens, max_output) if spec is not None and spec.input_price is not None \
+                    else 0.0
+                self.budget.check(stage.name, run, estimate)
+            if self.limiter is not None:
+                self.limiter.acquire(provider_of(lm), input_tokens + max_output)
+            return breaker.call(attempt, None if lm is stage.lm else lm)
+
+        retries = 0 if policy.mode == "fail" else policy.retries
+        retrying = Retrying(stop=stop_after_attempt(retries + 1), reraise=True,
+                            wait=wait_exponential_jitter(initial=policy.backoff_s, max=policy.max_backoff_s),
+                            retry=retry_if_exception(lambda e: is_retryable(e) and not isinstance(
+                                e, (pybreaker.CircuitBreakerError, RateLimited, BudgetExceeded))))
+        outputs = retrying(once)
+        if fallback:
+            log.warning("stage %r answered by fallback model %s", stage.name, endpoint_of(lm))
+        return outputs
+
+    @staticmethod
+    def _degraded(stage, run: Run, errors: list[str]) -> dict:
+        outputs = {name: None for name in stage.signature.output_fields}
+        for name in outputs:
+            run.context.add(Section(name=name, kind="stage_output", source=stage.name, content="", tokens=0,
+                                    note="degraded: the stage was skipped after every model failed"))
+        run.log(StageRun(stage.name, None, [], [f"{stage.name}.{n}" for n in outputs],
+                         ["degraded: skipped after " + "; ".join(errors)]))
+        run.degraded.append(stage.name)
+        return outputs
