@@ -43,8 +43,10 @@ from stagewise.redaction import redact
 log = logging.getLogger(__name__)
 
 RETRYABLE_STATUS = frozenset({408, 409, 425, 429})
-RETRYABLE_NAMES = ("timeout", "connection", "ratelimit", "serviceunavailable", "internalserver", "badgateway",
-                   "apiconnection")
+# Exception class names that mean "try again": litellm's, openai's, httpx's and DSPy's own
+# (LMTransportError, LMRateLimitError, LMTimeoutError, LMServerError).
+RETRYABLE_NAMES = ("timeout", "connection", "transport", "ratelimit", "serviceunavailable", "internalserver",
+                   "badgateway", "servererror")
 
 
 class StageFailed(RuntimeError):
@@ -72,8 +74,8 @@ def is_retryable(exc: BaseException) -> bool:
     for candidate in (exc, exc.__cause__, exc.__context__):
         if candidate is None:
             continue
-        status = getattr(candidate, "status_code", None) or getattr(getattr(candidate, "response", None),
-                                                                    "status_code", None)
+        status = (getattr(candidate, "status_code", None) or getattr(candidate, "status", None)
+                  or getattr(getattr(candidate, "response", None), "status_code", None))
         if isinstance(status, int) and (status in RETRYABLE_STATUS or status >= 500):
             return True
         if isinstance(candidate, (TimeoutError, ConnectionError)):
@@ -132,7 +134,8 @@ class Breakers:
                                                             namespace=f"stagewise:{endpoint}")
                 self._breakers[endpoint] = pybreaker.CircuitBreaker(
                     fail_max=self.fail_max, reset_timeout=self.reset_s, state_storage=storage,
-                    exclude=[lambda exc: not is_retryable(exc)], name=endpoint)
+                    exclude=[lambda exc: not is_retryable(exc) or isinstance(exc, (RateLimited, BudgetExceeded))],
+                    name=endpoint)
             return self._breakers[endpoint]
 
     def state(self, endpoint: str) -> str:
@@ -145,6 +148,7 @@ _SLIDING_WINDOW = """
 local now = redis.call('TIME')
 local t = tonumber(now[1]) + tonumber(now[2]) / 1000000
 local window, max_requests, max_tokens, tokens = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local lease = tonumber(ARGV[6])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', t - window)
 local entries = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
 local count, used = 0, 0
@@ -155,9 +159,15 @@ end
 if (max_requests > 0 and count + 1 > max_requests) or (max_tokens > 0 and count > 0 and used + tokens > max_tokens) then
   return {0, tostring(tonumber(entries[2]) + window - t)}
 end
-redis.call('ZADD', KEYS[1], t, ARGV[5] .. '|' .. ARGV[4])
-redis.call('PEXPIRE', KEYS[1], math.ceil(window * 1000) + 1000)
+redis.call('ZADD', KEYS[1], t + lease, ARGV[5])
+redis.call('PEXPIRE', KEYS[1], math.ceil((window + lease) * 1000))
 return {1, '0'}
+"""
+
+_RELEASE = """
+local now = redis.call('TIME')
+redis.call('ZADD', KEYS[1], 'XX', tonumber(now[1]) + tonumber(now[2]) / 1000000, ARGV[1])
+return 1
 """
 
 
@@ -170,19 +180,19 @@ class Limit:
 class RateLimiter:
     """Requests and tokens per provider per ``window_s`` (60: per minute), across stages and processes.
 
-    ``policy="queue"`` waits for room (at most ``max_wait_s``), ``"shed"`` refuses at once
-    (:class:`RateLimited`). ``margin_s`` widens the window a little so that network jitter never
-    lets a provider see more than the limit in any window of its own.
+    A call holds its slot while it is in flight and is counted from the moment it ends, so a
+    provider never sees more than the limit in any window of its own, however long a call takes
+    to leave (``lease_s`` bounds the hold of a process that died mid-call). ``policy="queue"``
+    waits for room (at most ``max_wait_s``), ``"shed"`` refuses at once (:class:`RateLimited`).
     """
 
     def __init__(self, limits: dict[str, Limit], *, window_s: float = 60.0, policy: str = "queue",
-                 max_wait_s: float = 60.0, redis_url: str | None = None, margin_s: float | None = None):
+                 max_wait_s: float = 60.0, redis_url: str | None = None, lease_s: float = 300.0):
         if policy not in ("queue", "shed"):
             raise ValueError(f"rate limiter policy {policy!r}: use queue or shed")
         self.limits, self.policy, self.max_wait_s = limits, policy, max_wait_s
-        self.window_s = window_s + (margin_s if margin_s is not None else max(0.05, window_s * 0.02))
-        self.redis_url = redis_url
-        self._script = None
+        self.window_s, self.lease_s, self.redis_url = window_s, lease_s, redis_url
+        self._script = self._release = None
         if redis_url:
             import redis
 
@@ -195,43 +205,70 @@ class RateLimiter:
                 raise StoreConnectionError(f"cannot connect to the rate limiter's Redis {redact(redis_url)}: "
                                            f"{exc}") from None
             self._script = client.register_script(_SLIDING_WINDOW)
-        self._local: dict[str, collections.deque] = collections.defaultdict(collections.deque)
+            self._release = client.register_script(_RELEASE)
+        self._local: dict[str, list[list]] = collections.defaultdict(list)  # [score, tokens, member]
         self._lock = threading.Lock()
 
-    def _try(self, provider: str, limit: Limit, tokens: int) -> float:
-        """0 when the call may go now (and it is counted), else seconds until room may free up."""
+    @staticmethod
+    def _key(provider: str) -> str:
+        return f"stagewise:ratelimit:{provider}"
+
+    def _try(self, provider: str, limit: Limit, tokens: int, member: str) -> float:
+        """0 when the call may go now (its slot is taken, in flight), else seconds until room may free up."""
         if self._script is not None:
-            ok, wait = self._script(keys=[f"stagewise:ratelimit:{provider}"],
-                                    args=[self.window_s, limit.requests, limit.tokens, tokens, uuid.uuid4().hex])
+            ok, wait = self._script(keys=[self._key(provider)], args=[self.window_s, limit.requests, limit.tokens,
+                                                                     tokens, f"{member}|{tokens}", self.lease_s])
             return 0.0 if int(ok) == 1 else max(0.01, float(wait))
         with self._lock:
             now = time.monotonic()
             entries = self._local[provider]
-            while entries and entries[0][0] <= now - self.window_s:
-                entries.popleft()
-            used = sum(t for _, t in entries)
+            entries[:] = [e for e in entries if e[0] > now - self.window_s]
+            entries.sort(key=lambda e: e[0])
+            used = sum(e[1] for e in entries)
             if (limit.requests and len(entries) + 1 > limit.requests) or (
                     limit.tokens and entries and used + tokens > limit.tokens):
                 return max(0.01, entries[0][0] + self.window_s - now)
-            entries.append((now, tokens))
+            entries.append([now + self.lease_s, tokens, member])
             return 0.0
 
-    def acquire(self, provider: str, tokens: int = 0) -> float:
-        """Take room for one call of ``tokens``; returns the seconds waited."""
+    def _end(self, provider: str, member: str, tokens: int) -> None:
+        if self._release is not None:
+            self._release(keys=[self._key(provider)], args=[f"{member}|{tokens}"])
+            return
+        with self._lock:
+            for entry in self._local[provider]:
+                if entry[2] == member:
+                    entry[0] = time.monotonic()
+
+    @contextmanager
+    def slot(self, provider: str, tokens: int = 0):
+        """Hold room for one call of ``tokens`` while it runs; yields the seconds waited for it."""
         limit = self.limits.get(provider) or self.limits.get("*")
         if limit is None:
-            return 0.0
+            yield 0.0
+            return
+        member = uuid.uuid4().hex
         waited, deadline = 0.0, time.monotonic() + self.max_wait_s
         while True:
-            wait = self._try(provider, limit, tokens)
+            wait = self._try(provider, limit, tokens, member)
             if wait == 0.0:
-                return waited
-            if self.policy == "shed" or time.monotonic() + wait > deadline:
+                break
+            if self.policy == "shed" or time.monotonic() + min(wait, 0.25) > deadline:
                 raise RateLimited(f"provider {provider!r}: {limit.requests or '-'} requests / "
-                                  f"{limit.tokens or '-'} tokens per {self.window_s:.0f} s reached"
+                                  f"{limit.tokens or '-'} tokens per {self.window_s:g} s reached"
                                   + ("" if self.policy == "shed" else f"; waited {waited:.1f} s"))
-            time.sleep(wait)
-            waited += wait
+            pause = min(wait, 0.25)  # a slot held by a call in flight frees up when the call ends
+            time.sleep(pause)
+            waited += pause
+        try:
+            yield waited
+        finally:
+            self._end(provider, member, tokens)
+
+    def acquire(self, provider: str, tokens: int = 0) -> float:
+        """Count one call now (its slot is released at once); returns the seconds waited."""
+        with self.slot(provider, tokens) as waited:
+            return waited
 
 
 # --- budgets ------------------------------------------------------------------------------
@@ -308,17 +345,16 @@ class Resilience(CallGuard):
         for position, lm in enumerate(models):
             endpoint = endpoint_of(lm)
             breaker = self.breakers(endpoint)
-            if breaker.current_state == pybreaker.STATE_OPEN:
-                errors.append(f"{redact(endpoint)}: circuit open")
-                continue
             try:
                 outputs = self._with_retries(stage, run, lm, attempt, breaker, policy, fallback=position > 0)
             except (BudgetExceeded, RateLimited):
                 raise
+            except pybreaker.CircuitBreakerError:  # open: the endpoint is not called until its reset timeout
+                errors.append(f"{redact(endpoint)}: circuit open")
+                continue
             except Exception as exc:  # noqa: BLE001 - any failure moves on to the next model
                 errors.append(f"{redact(endpoint)}: {type(exc).__name__}: {str(exc)[:200]}")
-                if policy.mode == "fail" or (policy.mode == "retry" and not isinstance(
-                        exc, pybreaker.CircuitBreakerError)):
+                if policy.mode in ("fail", "retry"):
                     raise
                 continue
             return outputs
@@ -327,16 +363,20 @@ class Resilience(CallGuard):
         raise StageFailed(stage.name, errors)
 
     def _with_retries(self, stage, run, lm, attempt, breaker, policy: StagePolicy, *, fallback: bool) -> dict:
-        def once():
+        def guarded():  # inside the breaker: an open circuit stops here, before any budget or rate-limit slot
             input_tokens, max_output = stage.estimate(run, lm)
             if self.budget is not None:
                 spec = getattr(lm, "spec", None)
                 estimate = spec.cost(input_tokens, max_output) if spec is not None and spec.input_price is not None \
                     else 0.0
                 self.budget.check(stage.name, run, estimate)
-            if self.limiter is not None:
-                self.limiter.acquire(provider_of(lm), input_tokens + max_output)
-            return breaker.call(attempt, None if lm is stage.lm else lm)
+            if self.limiter is None:
+                return attempt(None if lm is stage.lm else lm)
+            with self.limiter.slot(provider_of(lm), input_tokens + max_output):
+                return attempt(None if lm is stage.lm else lm)
+
+        def once():
+            return breaker.call(guarded)
 
         retries = 0 if policy.mode == "fail" else policy.retries
         retrying = Retrying(stop=stop_after_attempt(retries + 1), reraise=True,

@@ -13,7 +13,7 @@ default) unless the app is made with ``token=None`` for local use (``--no-auth``
 (503), ``internal_error`` (500).
 """
 
-from __future__ import annotations
+
 
 import hashlib
 import hmac
@@ -79,7 +79,7 @@ def create_app(directory: str | Path, *, token: str | None, max_body: int = 64 *
     resilience = resilience or Resilience()
     monitor = monitor or CostMonitor(manifest.get("factory", "program"))
     cache = StageCache()
-    limiter = RateLimiter({"*": Limit(requests=requests_per_minute)}, policy="shed", margin_s=0.0)
+    limiter = RateLimiter({"*": Limit(requests=requests_per_minute)}, policy="shed")
     adapter = dspy.JSONAdapter()
 
     app = FastAPI(title="stagewise program", version=manifest.get("format", "1"),
