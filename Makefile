@@ -36,6 +36,7 @@ bench: install
 	$(BIN)/python benchmarks/optimize_rerun.py
 	$(BIN)/python benchmarks/routing.py --embeddings
 	$(BIN)/python benchmarks/checkpoint_overhead.py
+	$(BIN)/python benchmarks/serve_load.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

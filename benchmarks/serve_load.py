@@ -78,7 +78,8 @@ def main() -> None:
                 i = number
                 while time.monotonic() < stop_at:
                     start = time.perf_counter()
-                    response = http.post(f"{base}/v1/run", json={"message": MESSAGES[i % len(MESSAGES)]})
+                    message = f"{MESSAGES[i % len(MESSAGES)]} (ticket {clients}-{i})"  # distinct: no cache hits
+                    response = http.post(f"{base}/v1/run", json={"message": message})
                     elapsed = time.perf_counter() - start
                     with lock:
                         if response.status_code == 200:
