@@ -414,3 +414,47 @@ def test_the_api_answers_bad_input_with_json_errors_and_keeps_serving(served, ar
              for _ in range(8)]
     assert 429 in codes and httpx.post(f"{served}/v1/run", json={"prompt": "x"}, headers=auth).json()["error"][
         "code"] == "rate_limited"
+
+
+def test_a_tenants_daily_budget_stops_its_requests_before_the_call(arc):
+    from stagewise.runtime.resilience import tenant_scope
+
+    stage = Stage("answer", "prompt -> answer", lm=get_lm("recorded/gpt-4-1106-preview", replay_table=arc))
+    with dspy.context(adapter=dspy.JSONAdapter()), track_usage() as one:
+        stage(prompt=arc.prompts[0])
+    with dspy.context(adapter=dspy.JSONAdapter()), guarding(Resilience(budget=Budget(per_request_usd=0.0))):
+        with pytest.raises(BudgetExceeded) as probe:  # the call's worst case: up to max_tokens of output
+            stage(prompt=arc.prompts[0])
+    worst = probe.value.estimate_usd
+    assert worst >= one.total_cost > 0
+    budget = Budget(per_tenant_day_usd=worst + one.total_cost / 2)  # room for one request, not two
+    resilience = Resilience(budget=budget)
+    with dspy.context(adapter=dspy.JSONAdapter()), guarding(resilience):
+        with tenant_scope("acme"), track_usage() as first:
+            stage(prompt=arc.prompts[0])
+        budget.charge("acme", first.total_cost)
+        with tenant_scope("acme"), pytest.raises(BudgetExceeded, match="tenant 'acme' daily budget"):
+            stage(prompt=arc.prompts[0])
+        with tenant_scope("other"):
+            stage(prompt=arc.prompts[0])  # another tenant is not affected
+    assert budget.tenant_spent("acme") == pytest.approx(first.total_cost)
+
+
+def test_breaker_state_is_shared_through_redis():
+    redis_url = os.environ.get("STAGEWISE_TEST_REDIS_URL")
+    if not redis_url:
+        pytest.skip("no redis server: run the tests with `make test`, which starts one on loopback")
+    endpoint = f"http://shared-endpoint-{time.time_ns()}/v1"
+    one, two = Breakers(fail_max=2, reset_s=30, redis_url=redis_url), Breakers(fail_max=2, reset_s=30,
+                                                                               redis_url=redis_url)
+
+    def failing():
+        raise ConnectionError("down")
+
+    for _ in range(2):
+        with pytest.raises((ConnectionError, pybreaker.CircuitBreakerError)):
+            one(endpoint).call(failing)
+    assert one.state(endpoint) == pybreaker.STATE_OPEN
+    assert two.state(endpoint) == pybreaker.STATE_OPEN  # another process's breaker sees it open
+    with pytest.raises(pybreaker.CircuitBreakerError):
+        two(endpoint).call(lambda: "not called")

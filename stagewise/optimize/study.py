@@ -378,6 +378,9 @@ class Study:
                          **trial.params,
                          **{f"stage:{k}": v for k, v in trial.user_attrs.get("stages", {}).items()}})
         trials = pd.DataFrame(rows)
+        # Workers that draw the same configuration at the same moment both run it: one point per configuration.
+        params = sorted({name for trial in study.trials for name in trial.params})
+        trials = trials.sort_values("trial").drop_duplicates(subset=params, keep="first").reset_index(drop=True)
         best_front = pareto.front(trials)
         chosen = pareto.select(best_front, min_quality=self.settings.min_quality,
                                max_cost_per_1k=self.settings.max_cost_per_1k)

@@ -64,9 +64,10 @@ class RateLimited(RuntimeError):
 class BudgetExceeded(RuntimeError):
     """The next call would take the request (or its tenant's day) over its cost budget."""
 
-    def __init__(self, message: str, partial: dict[str, str]):
+    def __init__(self, message: str, partial: dict[str, str], estimate_usd: float = 0.0):
         super().__init__(message)
         self.partial = partial  # section id -> content: what the request produced before it was stopped
+        self.estimate_usd = estimate_usd  # the worst-case cost of the call that was not made
 
 
 def is_retryable(exc: BaseException) -> bool:
@@ -310,7 +311,7 @@ class Budget:
                            f"today, this request ${spent:.6f}, stage {stage!r} would cost up to ${estimate_usd:.6f}")
         if problem:
             partial = {s.id: s.content for s in run.context.sections.values() if s.kind == "stage_output"}
-            raise BudgetExceeded(f"stopped before stage {stage!r}: {problem}", partial)
+            raise BudgetExceeded(f"stopped before stage {stage!r}: {problem}", partial, estimate_usd)
 
     def charge(self, tenant: str | None, cost_usd: float) -> None:
         """Count a finished request's cost against its tenant's day."""
