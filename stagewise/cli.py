@@ -485,13 +485,8 @@ def serve(
     if not no_auth and not token:
         console.print(f"[red]error:[/red] set the bearer token in ${token_env}, or pass --no-auth for local use")
         raise typer.Exit(2)
-    policies = {}
-    for item in fallback or []:
-        stage, equals, models = item.partition("=")
-        if not equals or not models:
-            console.print(f"[red]error:[/red] --fallback {item!r}: expected STAGE=MODEL[,MODEL]")
-            raise typer.Exit(2)
-        policies[stage] = StagePolicy("fallback", tuple(m.strip() for m in models.split(",")))
+    policies = {stage: StagePolicy("fallback", tuple(m.strip() for m in models.split(",")))
+                for stage, models in _pairs(fallback, "--fallback", "STAGE=MODEL[,MODEL]").items()}
     resilience = Resilience(policies=policies, budget=Budget(per_request_usd=budget) if budget else None)
     try:
         app_ = create_app(directory, token=token, max_body=max_body, requests_per_minute=rate, resilience=resilience)
@@ -501,6 +496,18 @@ def serve(
     console.print(f"serving {directory} at http://{host}:{port} (POST /v1/run, GET /healthz, /docs)"
                   + ("" if token else " without authentication"))
     uvicorn.run(app_, host=host, port=port, log_level="warning")
+
+
+def _pairs(items: list[str] | None, option: str, form: str, *, empty: bool = False) -> dict[str, str]:
+    """``NAME=VALUE`` options as a dict (``empty``: VALUE may be empty); exits 2 naming the item at fault."""
+    parsed = {}
+    for item in items or []:
+        key, equals, value = item.partition("=")
+        if not equals or not key or not (value or empty):
+            console.print(f"[red]error:[/red] {option} {item!r}: expected {form}")
+            raise typer.Exit(2)
+        parsed[key] = value
+    return parsed
 
 
 RUNS_STORE_HELP = "Checkpoint store URL (default: $STAGEWISE_RUNS or sqlite:///stagewise-runs.db)."
@@ -556,17 +563,7 @@ def replay_command(
     from stagewise.runtime.checkpoint import CheckpointError
     from stagewise.runtime.runs import ReplayError, output_changes, replay
 
-    def pairs(items, option):
-        parsed = {}
-        for item in items or []:
-            key, equals, value = item.partition("=")
-            if not equals or not key:
-                console.print(f"[red]error:[/red] {option} {item!r}: expected NAME=VALUE")
-                raise typer.Exit(2)
-            parsed[key] = value
-        return parsed
-
-    overrides, models = pairs(set_, "--set"), pairs(model, "--model")
+    overrides, models = _pairs(set_, "--set", "NAME=VALUE", empty=True), _pairs(model, "--model", "STAGE=MODEL")
     try:
         with dspy.context(adapter=dspy.JSONAdapter()):
             original, prediction, replayed = replay(run_id, stage, store=_runs_store(store), overrides=overrides,
