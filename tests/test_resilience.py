@@ -79,9 +79,10 @@ def test_retryable_errors_are_retried_and_others_fail_at_once():
         assert stage(question="q").answer == "ok"
     assert flaky.calls == 3
     broken = Scripted("broken", "ok", [Status(400)])
-    with dspy.context(adapter=dspy.JSONAdapter()), guarding(Resilience(default=quick())), pytest.raises(Status):
-        Stage("s", "question -> answer", lm=broken)(question="q")
-    assert broken.calls == 1
+    with dspy.context(adapter=dspy.JSONAdapter()), guarding(Resilience(default=quick())):
+        with pytest.raises(StageFailed, match="failed on every model") as caught:
+            Stage("s", "question -> answer", lm=broken)(question="q")
+    assert broken.calls == 1 and isinstance(caught.value.__cause__, Status)
 
 
 def test_fallback_breaker_opens_then_a_probe_closes_it():
@@ -116,8 +117,9 @@ def test_skip_marks_the_result_degraded_and_fail_stops_the_request():
     assert prediction.summary == "still here" and prediction.degraded == ["first"]
     assert "degraded" in prediction.trace["first"].notes[0]
     resilience = Resilience(policies={"first": quick("fail")}, breakers=Breakers(fail_max=100))
-    with dspy.context(adapter=dspy.JSONAdapter()), guarding(resilience), pytest.raises(ConnectionError):
+    with dspy.context(adapter=dspy.JSONAdapter()), guarding(resilience), pytest.raises(StageFailed) as caught:
         chain(question="q")
+    assert isinstance(caught.value.__cause__, ConnectionError)
 
 
 def test_in_process_limiter_queues_and_sheds():

@@ -90,7 +90,10 @@ class Context:
         with self._lock:
             available = list(self.sections)
             for pattern in patterns:
-                matches = [i for i in available if fnmatch.fnmatchcase(i, pattern)] if "*" in pattern else (
+                # A stage's budget-fitted copies (source ``<stage>~budget``) are its own: a wildcard
+                # (``*.passage``) never picks them up for another stage, or for a retry of the same one.
+                matches = [i for i in available if fnmatch.fnmatchcase(i, pattern)
+                           and ("~" not in i.split(".", 1)[0] or "~" in pattern)] if "*" in pattern else (
                     [pattern] if pattern in self.sections else [])
                 if not matches:
                     raise MissingSectionError(stage, pattern, available)

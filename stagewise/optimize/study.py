@@ -284,12 +284,13 @@ class Study:
         theirs = study.user_attrs.get("stagewise_signature")
         if theirs is None:
             study.set_user_attr("stagewise_signature", mine)
-            study.set_user_attr("stagewise_trials", self.settings.trials)
         else:
             differing = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
             if differing:
                 raise StorageError(f"study {self.settings.name!r}: this config differs from the study's in "
                                    f"{', '.join(differing)}; a worker must run the study's own config")
+        if create and self.settings.trials is not None:  # a rerun of optimize may raise the budget
+            study.set_user_attr("stagewise_trials", self.settings.trials)
         return study
 
     def budget(self, study: optuna.Study) -> int:
@@ -323,6 +324,7 @@ class Study:
             earlier = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number
                        and t.state != optuna.trial.TrialState.FAIL]
             if len(earlier) >= budget:
+                study.stop()  # this worker is done: the budget is taken (some trials may still be running)
                 raise OverBudget(f"trial {trial.number}: the study's {budget} trials are already taken")
             return self.objective(study, trial)
 
@@ -377,9 +379,11 @@ class Study:
                          "latency_s": trial.values[2] if len(trial.values) > 2 else trial.user_attrs.get("latency_s"),
                          **trial.params,
                          **{f"stage:{k}": v for k, v in trial.user_attrs.get("stages", {}).items()}})
+        if not rows:
+            raise EvaluationError(f"study {self.settings.name!r} has no completed trial: nothing to choose from")
         trials = pd.DataFrame(rows)
         # Workers that draw the same configuration at the same moment both run it: one point per configuration.
-        params = sorted({name for trial in study.trials for name in trial.params})
+        params = sorted({name for trial in study.trials for name in trial.params} & set(trials.columns))
         trials = trials.sort_values("trial").drop_duplicates(subset=params, keep="first").reset_index(drop=True)
         best_front = pareto.front(trials)
         chosen = pareto.select(best_front, min_quality=self.settings.min_quality,

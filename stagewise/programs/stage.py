@@ -245,12 +245,12 @@ class Stage(Pipeline):
             restored = watcher.restore(event)
             if restored is not None:
                 return restored
-        before = len(run.context.sections)
+        before = dict(run.context.sections)  # a re-added id replaces its section in place: compare by identity
         with ExitStack() as stack:
             for watcher in watchers:
                 stack.enter_context(watcher.stage(event))
             event.outputs = self._execute(run)
-            event.added = list(run.context.sections.values())[before:]
+            event.added = [s for i, s in run.context.sections.items() if before.get(i) is not s]
             event.log = next((s for s in reversed(run.stages) if s.stage == self.name), None)
         return event.outputs
 

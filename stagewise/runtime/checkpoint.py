@@ -180,7 +180,9 @@ class PostgresCheckpoints(CheckpointStore):
         self.url = url
         try:
             self._db = psycopg.connect(url, autocommit=True, connect_timeout=5)
-            self._db.execute(_SCHEMA.replace("seq INTEGER", "seq BIGINT"))
+            with self._db.transaction():  # processes opening the store at once must not race on CREATE TABLE
+                self._db.execute("SELECT pg_advisory_xact_lock(hashtext('stagewise_checkpoints'))")
+                self._db.execute(_SCHEMA.replace("seq INTEGER", "seq BIGINT"))
         except psycopg.Error as exc:
             raise StoreConnectionError(f"cannot connect to the checkpoint store {redact(url)}: "
                                        f"{scrub(str(exc).strip(), url)}") from None
@@ -202,8 +204,9 @@ class PostgresCheckpoints(CheckpointStore):
     def _summaries(self, limit):
         with self._lock:
             return self._db.execute(
-                "SELECT DISTINCT ON (run_id) run_id, status, updated FROM stagewise_checkpoints "
-                "ORDER BY run_id, seq DESC").fetchall()[:limit]
+                "SELECT run_id, status, updated FROM (SELECT DISTINCT ON (run_id) run_id, status, updated "
+                "FROM stagewise_checkpoints ORDER BY run_id, seq DESC) latest ORDER BY updated DESC LIMIT %s",
+                (limit,)).fetchall()
 
     def close(self):
         self._db.close()

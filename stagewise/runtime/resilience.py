@@ -29,7 +29,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,6 +75,8 @@ def is_retryable(exc: BaseException) -> bool:
     for candidate in (exc, exc.__cause__, exc.__context__):
         if candidate is None:
             continue
+        if type(candidate).__module__.split(".")[0] == "redis":  # our own store, not the model provider
+            return False
         status = (getattr(candidate, "status_code", None) or getattr(candidate, "status", None)
                   or getattr(getattr(candidate, "response", None), "status_code", None))
         if isinstance(status, int) and (status in RETRYABLE_STATUS or status >= 500):
@@ -135,8 +137,7 @@ class Breakers:
                                                             namespace=f"stagewise:{endpoint}")
                 self._breakers[endpoint] = pybreaker.CircuitBreaker(
                     fail_max=self.fail_max, reset_timeout=self.reset_s, state_storage=storage,
-                    exclude=[lambda exc: not is_retryable(exc) or isinstance(exc, (RateLimited, BudgetExceeded))],
-                    name=endpoint)
+                    exclude=[lambda exc: not is_retryable(exc)], name=endpoint)
             return self._breakers[endpoint]
 
     def state(self, endpoint: str) -> str:
@@ -234,7 +235,12 @@ class RateLimiter:
 
     def _end(self, provider: str, member: str, tokens: int) -> None:
         if self._release is not None:
-            self._release(keys=[self._key(provider)], args=[f"{member}|{tokens}"])
+            import redis
+
+            try:
+                self._release(keys=[self._key(provider)], args=[f"{member}|{tokens}"])
+            except redis.RedisError as exc:  # the call was made: never lose its result; the lease frees the slot
+                log.warning("rate limiter: could not release a slot in %s: %s", redact(self.redis_url), exc)
             return
         with self._lock:
             for entry in self._local[provider]:
@@ -356,7 +362,7 @@ class Resilience(CallGuard):
             except Exception as exc:  # noqa: BLE001 - any failure moves on to the next model
                 errors.append(f"{redact(endpoint)}: {type(exc).__name__}: {str(exc)[:200]}")
                 if policy.mode in ("fail", "retry"):
-                    raise
+                    raise StageFailed(stage.name, errors) from exc
                 continue
             return outputs
         if policy.mode == "skip":
@@ -364,20 +370,18 @@ class Resilience(CallGuard):
         raise StageFailed(stage.name, errors)
 
     def _with_retries(self, stage, run, lm, attempt, breaker, policy: StagePolicy, *, fallback: bool) -> dict:
-        def guarded():  # inside the breaker: an open circuit stops here, before any budget or rate-limit slot
+        def once():
+            # The budget and the rate limiter act before the breaker: only the model call itself can
+            # count as a failure or a success of the endpoint (a success closes a half-open circuit).
             input_tokens, max_output = stage.estimate(run, lm)
             if self.budget is not None:
                 spec = getattr(lm, "spec", None)
                 estimate = spec.cost(input_tokens, max_output) if spec is not None and spec.input_price is not None \
                     else 0.0
                 self.budget.check(stage.name, run, estimate)
-            if self.limiter is None:
+            slot = self.limiter.slot(provider_of(lm), input_tokens + max_output) if self.limiter else nullcontext()
+            with slot, breaker.calling():  # calling() does not hold the breaker's lock during the call
                 return attempt(None if lm is stage.lm else lm)
-            with self.limiter.slot(provider_of(lm), input_tokens + max_output):
-                return attempt(None if lm is stage.lm else lm)
-
-        def once():
-            return breaker.call(guarded)
 
         retries = 0 if policy.mode == "fail" else policy.retries
         retrying = Retrying(stop=stop_after_attempt(retries + 1), reraise=True,

@@ -129,6 +129,8 @@ class Checkpointer(Observer):
         except BaseException:
             self.failed_at = self.failed_at or event.key
             raise
+        if event.stage.name in event.run.degraded:
+            return  # a stage skipped by a resilience policy is not done: a resume runs it again
         records = [r for r in event.run.ledger.records[before:] if r.stage == event.stage.name]
         log = event.log or StageRun(event.stage.name, None, [], [])
         self._save({
@@ -153,13 +155,26 @@ def run(program, inputs: dict, *, store: str | CheckpointStore | None = None, ru
     ``origin`` (``{"factory": "module:function", "factory_path": dir, "kwargs": {}}``) lets
     ``resume`` and ``stagewise replay`` rebuild the program without it being passed in.
     """
-    store = open_checkpoints(store) if store is None or isinstance(store, str) else store
-    run_id = run_id or uuid.uuid4().hex[:16]
-    checkpointer = Checkpointer(store, run_id, program=program, origin=origin or origin_of(program))
-    with observing(checkpointer):
-        prediction = program(**inputs)
+    with _opened(store) as store:
+        run_id = run_id or uuid.uuid4().hex[:16]
+        checkpointer = Checkpointer(store, run_id, program=program, origin=origin or origin_of(program))
+        with observing(checkpointer):
+            prediction = program(**inputs)
     object.__setattr__(prediction, "run_id", run_id)
     return prediction
+
+
+@contextmanager
+def _opened(store: str | CheckpointStore | None):
+    """The store itself, or one opened from a URL for this call (and closed after it)."""
+    if store is not None and not isinstance(store, str):
+        yield store
+        return
+    opened = open_checkpoints(store)
+    try:
+        yield opened
+    finally:
+        opened.close()
 
 
 def rebuild(record: dict, models: dict[str, str] | None = None):
@@ -184,12 +199,13 @@ def rebuild(record: dict, models: dict[str, str] | None = None):
 
 def resume(run_id: str, *, store: str | CheckpointStore | None = None, program=None):
     """Run a checkpointed run again from its checkpoint: completed stages are restored, not called."""
-    store = open_checkpoints(store) if store is None or isinstance(store, str) else store
-    record = store.load(run_id)
-    program = program if program is not None else rebuild(record)
-    checkpointer = Checkpointer(store, run_id, program=program, origin=record.get("program"), restore_from=record)
-    with observing(checkpointer):
-        prediction = program(**record["inputs"])
+    with _opened(store) as store:
+        record = store.load(run_id)
+        program = program if program is not None else rebuild(record)
+        checkpointer = Checkpointer(store, run_id, program=program, origin=record.get("program"),
+                                    restore_from=record)
+        with observing(checkpointer):
+            prediction = program(**record["inputs"])
     object.__setattr__(prediction, "run_id", run_id)
     return prediction
 
@@ -208,9 +224,13 @@ def replay(run_id: str, stage: str, *, store: str | CheckpointStore | None = Non
     Returns ``(original record, prediction, new record)``; the new run's id is
     ``<run_id>-replay-<n>``.
     """
+    with _opened(store) as store:
+        return _replay(store, run_id, stage, overrides, models, program)
+
+
+def _replay(store: CheckpointStore, run_id: str, stage: str, overrides, models, program):
     import copy
 
-    store = open_checkpoints(store) if store is None or isinstance(store, str) else store
     original = store.load(run_id)
     names = list(dict.fromkeys(step["stage"] for step in original["steps"]))
     position = next((i for i, step in enumerate(original["steps"]) if stage in (step["stage"], step["key"])), None)
@@ -237,9 +257,8 @@ def replay(run_id: str, stage: str, *, store: str | CheckpointStore | None = Non
         program = rebuild(original, models)
     elif models:
         program.set_models(models)
-    existing = {r["run_id"] for r in store.runs(limit=10_000)}
     number = 1
-    while f"{run_id}-replay-{number}" in existing:
+    while store._latest(f"{run_id}-replay-{number}") is not None:
         number += 1
     new_id = f"{run_id}-replay-{number}"
     checkpointer = Checkpointer(store, new_id, program=program, origin=original.get("program"),

@@ -29,6 +29,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ConfigDict, create_model
 from starlette.concurrency import run_in_threadpool
 
+from stagewise.models.usage import track_usage
 from stagewise.programs.run import guarding, observing
 from stagewise.runtime.costs import CostMonitor
 from stagewise.runtime.resilience import (BudgetExceeded, Limit, RateLimited, RateLimiter, Resilience, StageFailed,
@@ -96,9 +97,12 @@ def create_app(directory: str | Path, *, token: str | None, max_body: int = 64 *
             length = request.headers.get("content-length")
             if length is not None and (not length.isdigit() or int(length) > max_body):
                 return _error(413, "body_too_large", f"the body is over {max_body} bytes")
-            body = await request.body()
-            if len(body) > max_body:
-                return _error(413, "body_too_large", f"the body is over {max_body} bytes")
+            body = b""
+            async for chunk in request.stream():  # a chunked body has no length: count as it arrives
+                body += chunk
+                if len(body) > max_body:
+                    return _error(413, "body_too_large", f"the body is over {max_body} bytes")
+            request._body = body  # Starlette's cache of the body, for the endpoint to read
             who = hashlib.sha256((request.headers.get("authorization") or request.client.host or "").encode())
             try:
                 limiter.acquire(who.hexdigest()[:16])
@@ -124,17 +128,22 @@ def create_app(directory: str | Path, *, token: str | None, max_body: int = 64 *
         log.exception("request failed")
         return _error(500, "internal_error", f"{type(exc).__name__}: the request failed")
 
-    def execute(inputs: dict, tenant: str | None) -> dict:
+    def execute(inputs: dict, tenant: str) -> dict:
         started = time.perf_counter()
         try:
-            with dspy.context(adapter=adapter), guarding(resilience), observing(cache, monitor), tenant_scope(tenant):
+            with dspy.context(adapter=adapter), guarding(resilience), observing(cache, monitor), \
+                    tenant_scope(tenant), track_usage() as ledger:
                 prediction = program(**inputs)
         except BudgetExceeded as exc:
             raise ApiError(402, "budget_exceeded", str(exc), partial=exc.partial) from None
-        except (StageFailed, RateLimited) as exc:
-            raise ApiError(503, "upstream_failed", str(exc)) from None
-        if resilience.budget is not None:
-            resilience.budget.charge(tenant, prediction.trace.total_cost)
+        except StageFailed as exc:
+            log.warning("request failed: %s", exc)  # the providers' messages stay in the log
+            raise ApiError(503, "upstream_failed", f"stage {exc.stage!r} failed on every model it may use") from None
+        except RateLimited:
+            raise ApiError(503, "upstream_failed", "the model provider's rate limit is reached; retry later") from None
+        finally:
+            if resilience.budget is not None:  # whatever happened, what was spent counts against the tenant
+                resilience.budget.charge(tenant, ledger.total_cost)
         trace = prediction.trace
         return {
             "outputs": {key: _plain(prediction[key]) for key in prediction.keys()},
@@ -149,7 +158,10 @@ def create_app(directory: str | Path, *, token: str | None, max_body: int = 64 *
 
     @app.post("/v1/run", responses={400: {}, 401: {}, 402: {}, 413: {}, 422: {}, 429: {}, 503: {}})
     async def run_program(body: Inputs, request: Request) -> dict:  # type: ignore[valid-type]
-        return await run_in_threadpool(execute, body.model_dump(), request.headers.get("x-tenant"))
+        # The tenant is the credential (or the client's address without one), never a header the client sets.
+        credential = request.headers.get("authorization") or (request.client.host if request.client else "")
+        tenant = hashlib.sha256(credential.encode()).hexdigest()[:12]
+        return await run_in_threadpool(execute, body.model_dump(), tenant)
 
     @app.get("/healthz")
     async def healthz() -> dict:

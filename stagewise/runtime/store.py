@@ -105,8 +105,10 @@ class PostgresContextStore(ContextStore):
         self.url = url
         try:
             self._db = psycopg.connect(url, autocommit=True, connect_timeout=5)
-            self._db.execute(_SCHEMA.format(serial="BIGSERIAL"))
-            self._db.execute(_INDEX)
+            with self._db.transaction():  # processes opening the store at once must not race on CREATE TABLE
+                self._db.execute("SELECT pg_advisory_xact_lock(hashtext('stagewise_context'))")
+                self._db.execute(_SCHEMA.format(serial="BIGSERIAL"))
+                self._db.execute(_INDEX)
         except psycopg.Error as exc:
             raise StoreConnectionError(f"cannot connect to the context store {redact(url)}: "
                                        f"{scrub(str(exc).strip(), url)}") from None
