@@ -471,6 +471,8 @@ def serve(
     rate: int = typer.Option(60, help="Requests per minute per token."),
     budget: float | None = typer.Option(None, help="Cost budget per request, in USD."),
     fallback: list[str] = typer.Option(None, help="STAGE=MODEL[,MODEL]: fall back to these models (repeatable)."),
+    redis: str | None = typer.Option(None, help="Redis URL: share rate limits and circuit breakers among "
+                                                "server processes."),
 ) -> None:
     """Serve an exported program over HTTP: POST /v1/run, GET /healthz, OpenAPI at /openapi.json."""
     import os
@@ -478,7 +480,8 @@ def serve(
     import uvicorn
 
     from stagewise.optimize.export import ExportError
-    from stagewise.runtime.resilience import Budget, Resilience, StagePolicy
+    from stagewise.runtime.checkpoint import StoreConnectionError
+    from stagewise.runtime.resilience import Breakers, Budget, Resilience, StagePolicy
     from stagewise.runtime.serve import create_app
 
     token = None if no_auth else os.environ.get(token_env)
@@ -487,10 +490,12 @@ def serve(
         raise typer.Exit(2)
     policies = {stage: StagePolicy("fallback", tuple(m.strip() for m in models.split(",")))
                 for stage, models in _pairs(fallback, "--fallback", "STAGE=MODEL[,MODEL]").items()}
-    resilience = Resilience(policies=policies, budget=Budget(per_request_usd=budget) if budget else None)
     try:
-        app_ = create_app(directory, token=token, max_body=max_body, requests_per_minute=rate, resilience=resilience)
-    except ExportError as exc:
+        resilience = Resilience(policies=policies, budget=Budget(per_request_usd=budget) if budget else None,
+                                breakers=Breakers(redis_url=redis))
+        app_ = create_app(directory, token=token, max_body=max_body, requests_per_minute=rate, resilience=resilience,
+                          redis_url=redis)
+    except (ExportError, StoreConnectionError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
     console.print(f"serving {directory} at http://{host}:{port} (POST /v1/run, GET /healthz, /docs)"

@@ -460,3 +460,27 @@ def test_breaker_state_is_shared_through_redis():
     assert two.state(endpoint) == pybreaker.STATE_OPEN  # another process's breaker sees it open
     with pytest.raises(pybreaker.CircuitBreakerError):
         two(endpoint).call(lambda: "not called")
+
+
+def test_server_processes_share_the_per_token_rate_limit_through_redis(tmp_path, arc):
+    from fastapi.testclient import TestClient
+
+    from stagewise.optimize.export import export
+    from stagewise.runtime.checkpoint import StoreConnectionError
+    from stagewise.runtime.serve import create_app
+
+    redis_url = os.environ.get("STAGEWISE_TEST_REDIS_URL")
+    if not redis_url:
+        pytest.skip("no redis server: run the tests with `make test`, which starts one on loopback")
+    program = build_answer()
+    program.set_models({"answer": get_lm("recorded/mixtral-8x7b-chat", replay_table=arc)})
+    export(program, tmp_path / "best", factory="tests.test_resilience:build_answer", factory_path=str(ROOT))
+    token = f"token-{time.time_ns()}"  # a fresh token: a fresh window in the shared limiter
+    apps = [TestClient(create_app(tmp_path / "best", token=token, requests_per_minute=3, redis_url=redis_url))
+            for _ in range(2)]
+    auth = {"Authorization": f"Bearer {token}"}
+    codes = [apps[i % 2].post("/v1/run", json={}, headers=auth).status_code for i in range(4)]
+    assert codes == [422, 422, 422, 429]  # 3 per minute across both servers (422: an empty body)
+    with pytest.raises(StoreConnectionError) as caught:
+        Breakers(redis_url="redis://:hunter22@127.0.0.1:1/0")
+    assert "hunter22" not in str(caught.value) and "redis://:***@127.0.0.1:1/0" in str(caught.value)

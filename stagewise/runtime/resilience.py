@@ -124,7 +124,14 @@ class Breakers:
         if redis_url:
             import redis
 
-            self._redis = redis.Redis.from_url(redis_url)  # pybreaker needs bytes (no decode_responses)
+            from stagewise.runtime.checkpoint import StoreConnectionError
+
+            self._redis = redis.Redis.from_url(redis_url, socket_connect_timeout=5)  # bytes: pybreaker decodes
+            try:
+                self._redis.ping()
+            except redis.RedisError as exc:
+                raise StoreConnectionError(f"cannot connect to the circuit breakers' Redis {redact(redis_url)}: "
+                                           f"{exc}") from None
         self._breakers: dict[str, pybreaker.CircuitBreaker] = {}
         self._lock = threading.Lock()
 

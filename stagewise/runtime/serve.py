@@ -68,7 +68,8 @@ def input_fields(program, manifest: dict) -> list[str]:
 
 def create_app(directory: str | Path, *, token: str | None, max_body: int = 64 * 1024,
                requests_per_minute: int = 60, resilience: Resilience | None = None,
-               monitor: CostMonitor | None = None) -> FastAPI:
+               monitor: CostMonitor | None = None, redis_url: str | None = None) -> FastAPI:
+    """The app; ``redis_url`` shares the per-token rate limit among every server process using it."""
     from stagewise.optimize.export import load, read_manifest
 
     directory = Path(directory)
@@ -80,7 +81,7 @@ def create_app(directory: str | Path, *, token: str | None, max_body: int = 64 *
     resilience = resilience or Resilience()
     monitor = monitor or CostMonitor(manifest.get("factory", "program"))
     cache = StageCache()
-    limiter = RateLimiter({"*": Limit(requests=requests_per_minute)}, policy="shed")
+    limiter = RateLimiter({"*": Limit(requests=requests_per_minute)}, policy="shed", redis_url=redis_url)
     adapter = dspy.JSONAdapter()
 
     app = FastAPI(title="stagewise program", version=manifest.get("format", "1"),
@@ -105,7 +106,7 @@ def create_app(directory: str | Path, *, token: str | None, max_body: int = 64 *
             request._body = body  # Starlette's cache of the body, for the endpoint to read
             who = hashlib.sha256((request.headers.get("authorization") or request.client.host or "").encode())
             try:
-                limiter.acquire(who.hexdigest()[:16])
+                limiter.acquire(f"serve:{who.hexdigest()[:16]}")
             except RateLimited:
                 return _error(429, "rate_limited", f"over {requests_per_minute} requests per minute")
         return await call_next(request)
