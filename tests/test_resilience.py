@@ -484,3 +484,15 @@ def test_server_processes_share_the_per_token_rate_limit_through_redis(tmp_path,
     with pytest.raises(StoreConnectionError) as caught:
         Breakers(redis_url="redis://:hunter22@127.0.0.1:1/0")
     assert "hunter22" not in str(caught.value) and "redis://:***@127.0.0.1:1/0" in str(caught.value)
+
+
+def test_a_fallback_answer_is_not_cached_as_the_primary_models():
+    primary = Scripted("primary", "from primary", [ConnectionError("down")])
+    backup = Scripted("backup", "from backup")
+    resilience = Resilience(policies={"s": quick("fallback", ["backup"], retries=0)}, breakers=Breakers(fail_max=5))
+    resilience._lms["backup"] = backup
+    stage, cache = Stage("s", "question -> answer", lm=primary), StageCache()
+    with dspy.context(adapter=dspy.JSONAdapter()), guarding(resilience), observing(cache):
+        assert stage(question="same").answer == "from backup"
+        assert stage(question="same").answer == "from primary"  # not the fallback's answer from the cache
+        assert stage(question="same").answer == "from primary" and cache.hits == 1

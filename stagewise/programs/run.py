@@ -89,6 +89,7 @@ class StageEvent:
     outputs: dict | None = None
     added: list[Section] = field(default_factory=list)
     log: StageRun | None = None
+    cache_key: str | None = None  # set by a stage cache that missed, to store the result under
 
 
 class Observer:

@@ -61,8 +61,12 @@ class StageCache(Observer):
     def stage(self, event: StageEvent):
         yield
         key = getattr(event, "cache_key", None)
-        if key is None or event.run.degraded and event.stage.name in event.run.degraded:
+        if key is None or event.stage.name in event.run.degraded:
             return
+        lm = event.stage.lm
+        own = getattr(getattr(lm, "spec", None), "name", None) or getattr(lm, "model", None)
+        if event.log is not None and event.log.model != own:
+            return  # answered by a fallback model: not a result of the model the key names
         with self._lock:
             self._entries[key] = (dict(event.outputs or {}), list(event.added))
             while len(self._entries) > self.max_entries:
