@@ -26,7 +26,6 @@ import difflib
 import importlib.util
 import json
 import os
-import tomllib
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -34,6 +33,8 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from stagewise.tomlfiles import read_toml
 
 NOTIONAL_INPUT_PER_B = 0.05
 NOTIONAL_OUTPUT_PER_B = 0.20
@@ -171,12 +172,7 @@ def litellm_cost_map() -> dict[str, dict]:
 
 
 def _entries_from_toml(path: Path | resources.abc.Traversable, label: str) -> dict[str, dict]:
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CatalogError(f"catalog file {label!s} does not exist") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise CatalogError(f"catalog file {label!s} is not valid TOML: {exc}") from None
+    data = read_toml(path, f"catalog file {label!s}", CatalogError)
     unknown = set(data) - {"models"}
     if unknown:
         raise CatalogError(f"catalog file {label!s}: unknown top-level key(s) {sorted(unknown)}; expected [models.<name>]")

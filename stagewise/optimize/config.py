@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib
 import sys
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import dspy
 from stagewise.metrics.report import EndToEnd, StageMetric
 from stagewise.optimize.space import RouterChoices, StageChoices
 from stagewise.optimize.study import StudySettings
+from stagewise.tomlfiles import read_toml
 
 
 class ConfigError(ValueError):
@@ -80,12 +80,7 @@ def _need(table: dict, key: str, where: str, file: Path):
 
 def load_config(path: str | Path, *, study: str | None = None, trials: int | None = None) -> StudyConfig:
     file = Path(path).resolve()
-    try:
-        raw = tomllib.loads(file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"config {str(path)!r} does not exist") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config {str(path)!r} is not valid TOML: {exc}") from None
+    raw = read_toml(file, f"config {str(path)!r}", ConfigError)
     for where in ("program", "data", "metrics", "search"):
         if not isinstance(raw.get(where), dict):
             raise ConfigError(f"config {str(file)!r}: missing table [{where}]")

@@ -17,7 +17,6 @@ section the stage received.
 from __future__ import annotations
 
 import json
-import tomllib
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import replace
@@ -35,6 +34,7 @@ from stagewise.models.tokens import count_tokens
 from stagewise.models.usage import stage_scope
 from stagewise.programs.run import (Run, StageEvent, StageRun, current_guard, current_run, observers, open_run,
                                     stage_key)
+from stagewise.tomlfiles import read_toml
 
 
 class StageConfigError(ValueError):
@@ -57,12 +57,7 @@ def as_text(value: Any) -> str:
 
 
 def _toml_table(path: Path, table: str) -> dict[str, Any]:
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise StageConfigError(f"config file {str(path)!r} does not exist") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise StageConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
+    data = read_toml(path, f"config file {str(path)!r}", StageConfigError)
     if not isinstance(data.get(table), dict):
         raise StageConfigError(f"config file {str(path)!r} has no [{table}] table")
     return data[table]
