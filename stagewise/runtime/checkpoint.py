@@ -25,7 +25,8 @@ from abc import ABC, abstractmethod
 from datetime import datetime, timezone
 from pathlib import Path
 
-from stagewise.redaction import redact, scrub
+from stagewise.redaction import redact
+from stagewise.runtime.connections import StoreConnectionError, connect_postgres
 
 CHECKPOINT_VERSION = 1
 DEFAULT_URL = "sqlite:///stagewise-runs.db"
@@ -44,10 +45,6 @@ class UnknownRunError(CheckpointError):
 
 class CorruptCheckpointError(CheckpointError):
     pass
-
-
-class StoreConnectionError(ConnectionError):
-    """A store URL that cannot be opened; the message shows the URL without its password."""
 
 
 def now() -> str:
@@ -175,17 +172,9 @@ class PostgresCheckpoints(CheckpointStore):
     """A PostgreSQL table; many processes may write runs at once."""
 
     def __init__(self, url: str):
-        import psycopg
-
         self.url = url
-        try:
-            self._db = psycopg.connect(url, autocommit=True, connect_timeout=5)
-            with self._db.transaction():  # processes opening the store at once must not race on CREATE TABLE
-                self._db.execute("SELECT pg_advisory_xact_lock(hashtext('stagewise_checkpoints'))")
-                self._db.execute(_SCHEMA.replace("seq INTEGER", "seq BIGINT"))
-        except psycopg.Error as exc:
-            raise StoreConnectionError(f"cannot connect to the checkpoint store {redact(url)}: "
-                                       f"{scrub(str(exc).strip(), url)}") from None
+        self._db = connect_postgres(url, "the checkpoint store", "stagewise_checkpoints",
+                                    [_SCHEMA.replace("seq INTEGER", "seq BIGINT")])
         self._lock = threading.Lock()
 
     def _append(self, run_id, status, updated, text):

@@ -39,6 +39,7 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_expo
 from stagewise.context.record import Section
 from stagewise.programs.run import CallGuard, Run, StageRun
 from stagewise.redaction import redact
+from stagewise.runtime.connections import connect_redis
 
 log = logging.getLogger(__name__)
 
@@ -122,16 +123,7 @@ class Breakers:
         self.fail_max, self.reset_s, self.redis_url = fail_max, reset_s, redis_url
         self._redis = None
         if redis_url:
-            import redis
-
-            from stagewise.runtime.checkpoint import StoreConnectionError
-
-            self._redis = redis.Redis.from_url(redis_url, socket_connect_timeout=5)  # bytes: pybreaker decodes
-            try:
-                self._redis.ping()
-            except redis.RedisError as exc:
-                raise StoreConnectionError(f"cannot connect to the circuit breakers' Redis {redact(redis_url)}: "
-                                           f"{exc}") from None
+            self._redis = connect_redis(redis_url, "the circuit breakers' Redis")
         self._breakers: dict[str, pybreaker.CircuitBreaker] = {}
         self._lock = threading.Lock()
 
@@ -203,16 +195,7 @@ class RateLimiter:
         self.window_s, self.lease_s, self.redis_url = window_s, lease_s, redis_url
         self._script = self._release = None
         if redis_url:
-            import redis
-
-            from stagewise.runtime.checkpoint import StoreConnectionError
-
-            try:
-                client = redis.Redis.from_url(redis_url, socket_connect_timeout=5)
-                client.ping()
-            except redis.RedisError as exc:
-                raise StoreConnectionError(f"cannot connect to the rate limiter's Redis {redact(redis_url)}: "
-                                           f"{exc}") from None
+            client = connect_redis(redis_url, "the rate limiter's Redis")
             self._script = client.register_script(_SLIDING_WINDOW)
             self._release = client.register_script(_RELEASE)
         self._local: dict[str, list[list]] = collections.defaultdict(list)  # [score, tokens, member]

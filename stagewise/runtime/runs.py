@@ -54,7 +54,8 @@ def typed_outputs(stage, outputs: dict) -> dict:
     return typed
 
 
-def stage_models(program) -> dict[str, str | None]:
+def model_names(program) -> dict[str, str | None]:
+    """Each stage's catalog model name (None for a model outside the catalog)."""
     models = {}
     for name, stage in program.stages().items():
         spec = getattr(stage.lm, "spec", None)  # only catalog models can be set again by name
@@ -90,7 +91,7 @@ class Checkpointer(Observer):
             return
         run.run_id = self.run_id
         self.record = {"run_id": self.run_id, "status": "running", "program": self.origin,
-                       "models": stage_models(self.program) if self.program is not None else {},
+                       "models": model_names(self.program) if self.program is not None else {},
                        "inputs": {k: jsonable(v) for k, v in inputs.items()},
                        "context": [section_record(s) for s in run.context.sections.values()],  # the inputs
                        "steps": [], "position": 0,

@@ -34,6 +34,7 @@ from stagewise.programs.run import guarding, observing
 from stagewise.runtime.costs import CostMonitor
 from stagewise.runtime.resilience import (BudgetExceeded, Limit, RateLimited, RateLimiter, Resilience, StageFailed,
                                           tenant_scope)
+from stagewise.runtime.runs import jsonable
 from stagewise.runtime.stage_cache import StageCache
 
 log = logging.getLogger(__name__)
@@ -147,7 +148,7 @@ def create_app(directory: str | Path, *, token: str | None, max_body: int = 64 *
                 resilience.budget.charge(tenant, ledger.total_cost)
         trace = prediction.trace
         return {
-            "outputs": {key: _plain(prediction[key]) for key in prediction.keys()},
+            "outputs": {key: jsonable(prediction[key]) for key in prediction.keys()},
             "stages": [{"stage": s.stage, "model": s.model, "input_tokens": s.input_tokens,
                         "output_tokens": s.output_tokens, "cost_usd": s.cost_usd, "latency_s": s.latency_s,
                         "notes": list(s.notes)} for s in trace.stages],
@@ -171,8 +172,3 @@ def create_app(directory: str | Path, *, token: str | None, max_body: int = 64 *
 
     return app
 
-
-def _plain(value: Any) -> Any:
-    from stagewise.runtime.runs import jsonable
-
-    return jsonable(value)

@@ -24,8 +24,8 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from stagewise.programs.run import Observer, StageEvent, current_run
-from stagewise.redaction import redact, scrub
-from stagewise.runtime.checkpoint import StoreConnectionError
+from stagewise.redaction import redact
+from stagewise.runtime.connections import StoreConnectionError, connect_postgres, connect_redis
 
 DEFAULT_URL = "sqlite:///stagewise-context.db"
 DEFAULT_TTL = 86_400
@@ -100,18 +100,9 @@ class SQLiteContextStore(ContextStore):
 
 class PostgresContextStore(ContextStore):
     def __init__(self, url: str):
-        import psycopg
-
         self.url = url
-        try:
-            self._db = psycopg.connect(url, autocommit=True, connect_timeout=5)
-            with self._db.transaction():  # processes opening the store at once must not race on CREATE TABLE
-                self._db.execute("SELECT pg_advisory_xact_lock(hashtext('stagewise_context'))")
-                self._db.execute(_SCHEMA.format(serial="BIGSERIAL"))
-                self._db.execute(_INDEX)
-        except psycopg.Error as exc:
-            raise StoreConnectionError(f"cannot connect to the context store {redact(url)}: "
-                                       f"{scrub(str(exc).strip(), url)}") from None
+        self._db = connect_postgres(url, "the context store", "stagewise_context",
+                                    [_SCHEMA.format(serial="BIGSERIAL"), _INDEX])
         self._lock = threading.Lock()
 
     def append(self, run, stage, kind, key, value):
@@ -134,18 +125,10 @@ class RedisContextStore(ContextStore):
     """One Redis list per run (RPUSH is atomic); the run's list expires ``ttl`` seconds after its last write."""
 
     def __init__(self, url: str):
-        import redis
-
         self.url = url
         query = parse_qs(urlsplit(url).query)
         self.ttl = int(query.get("ttl", [DEFAULT_TTL])[0])
-        clean = url.split("?", 1)[0]
-        try:
-            self._db = redis.Redis.from_url(clean, socket_connect_timeout=5)
-            self._db.ping()
-        except redis.RedisError as exc:
-            raise StoreConnectionError(f"cannot connect to the context store {redact(url)}: "
-                                       f"{scrub(str(exc), url)}") from None
+        self._db = connect_redis(url.split("?", 1)[0], "the context store", shown=url)
 
     def _key(self, run: str) -> str:
         return f"stagewise:context:{run}"

@@ -16,7 +16,7 @@ exporter; ``"mlflow"`` sends the spans to the MLflow tracking URI's traces, besi
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
@@ -108,7 +108,7 @@ class Tracer(Observer):
             span.set_attribute("stagewise.stage", event.stage.name)
             span.set_attribute("stagewise.stage.key", event.key)
             span.set_attribute("stagewise.context.ref", f"{run.run_id or run.request_id}/{event.stage.name}")
-            capture = capturing_content() if self.capture_content else _nothing()
+            capture = capturing_content() if self.capture_content else nullcontext()
             with capture, track_usage(_CallSpans(self.tracer, span, self.capture_content)):
                 yield
             if event.log is not None:
@@ -116,11 +116,6 @@ class Tracer(Observer):
                 span.set_attribute("stagewise.context.produced", list(event.log.produced))
                 span.set_attribute("stagewise.context.tokens_saved", event.log.tokens_saved)
             span.set_status(Status(StatusCode.OK))
-
-
-@contextmanager
-def _nothing():
-    yield
 
 
 class MlflowSpanExporter:

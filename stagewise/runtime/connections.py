@@ -1,0 +1,40 @@
+"""Connections of the runtime's stores to PostgreSQL and Redis, with errors that name the URL
+without its password."""
+
+from __future__ import annotations
+
+from stagewise.redaction import redact, scrub
+
+
+class StoreConnectionError(ConnectionError):
+    """A store URL that cannot be opened; the message shows the URL without its password."""
+
+
+def connect_postgres(url: str, what: str, table: str, ddl: list[str]):
+    """An autocommit connection, with ``table`` created by ``ddl`` (under an advisory lock: processes
+    opening the store at once must not race on CREATE TABLE)."""
+    import psycopg
+
+    try:
+        db = psycopg.connect(url, autocommit=True, connect_timeout=5)
+        with db.transaction():
+            db.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (table,))
+            for statement in ddl:
+                db.execute(statement)
+    except psycopg.Error as exc:
+        raise StoreConnectionError(f"cannot connect to {what} {redact(url)}: {scrub(str(exc).strip(), url)}") from None
+    return db
+
+
+def connect_redis(url: str, what: str, *, shown: str | None = None):
+    """A Redis client that answered a ping (bytes responses, as pybreaker needs); ``shown``: the URL
+    the user gave, when ``url`` is a cleaned-up form of it."""
+    import redis
+
+    shown = shown or url
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=5)
+        client.ping()
+    except redis.RedisError as exc:
+        raise StoreConnectionError(f"cannot connect to {what} {redact(shown)}: {scrub(str(exc), shown)}") from None
+    return client
