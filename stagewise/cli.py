@@ -416,16 +416,9 @@ def _progress(console_: Console):
 
 def _save_router(spec: str, train, report, path: Path) -> None:
     from stagewise.routing.persist import save_router
-    from stagewise.routing.routers import CascadeScorer, WinRouter, make_router
+    from stagewise.routing.routers import make_router
 
-    router = make_router(spec)
-    if isinstance(router, WinRouter):
-        router.fit_outcomes(train, report.metrics["weak"], report.metrics["strong"])
-    elif isinstance(router, CascadeScorer):
-        router.fit_outcomes(train, report.metrics["weak"])
-    else:
-        router.fit_outcomes(train)
-    save_router(router, path)
+    save_router(make_router(spec).fit_outcomes(train, report.metrics.get("weak"), report.metrics.get("strong")), path)
 
 
 def _routing_table(report) -> Table:

@@ -285,15 +285,13 @@ def route_eval(router, train: Outcomes, test: Outcomes | None = None, *, cv: int
         fitted = clone(estimator)
         part = train.subset(fit_rows)
         target = evaluated if eval_rows is None else evaluated.subset(eval_rows)
+        fitted.fit_outcomes(part, weak, strong)
         if isinstance(fitted, WinRouter):
-            fitted.fit_outcomes(part, weak, strong)
             values = fitted.strong_probability(target.prompts)
         elif isinstance(fitted, CascadeScorer):
-            fitted.fit_outcomes(part, weak)
             j = target.column(weak)
             values = 1.0 - fitted.predict_proba([(p, r[j]) for p, r in zip(target.prompts, target.responses)])[:, 1]
         else:
-            fitted.fit_outcomes(part)
             quality = fitted.predict_quality(target.prompts)
             values = quality[:, target.column(strong)] - quality[:, target.column(weak)] if two_models else quality
         if predictions is None:

@@ -113,7 +113,8 @@ class QualityRouter(_OutcomeRouter):
         self.expected_cost_ = costs.mean(axis=0) if costs.ndim == 2 else costs
         return self
 
-    def fit_outcomes(self, outcomes: Outcomes) -> QualityRouter:
+    def fit_outcomes(self, outcomes: Outcomes, weak: str | None = None, strong: str | None = None) -> QualityRouter:
+        """Trained on every model of ``outcomes`` (``weak``/``strong``, which two-model routers take, are unused)."""
         return self.fit(outcomes.prompts, outcomes.scores, models=outcomes.models, costs=outcomes.costs)
 
     def predict_quality(self, X) -> np.ndarray:
@@ -200,9 +201,9 @@ class CascadeScorer(ClassifierMixin, _TextEstimator):
         self.classes_ = self.model_.classes_
         return self
 
-    def fit_outcomes(self, outcomes: Outcomes, model: str | None = None) -> CascadeScorer:
-        """Trained on ``model``'s recorded responses (default: the cheapest model)."""
-        model = model or outcomes.by_cost()[0]
+    def fit_outcomes(self, outcomes: Outcomes, weak: str | None = None, strong: str | None = None) -> CascadeScorer:
+        """Trained on the ``weak`` model's recorded responses (default: the cheapest; ``strong`` is unused)."""
+        model = weak or outcomes.by_cost()[0]
         if outcomes.responses is None:
             raise ValueError(f"{outcomes.source!r} records no responses: a cascade scorer reads the cheap model's response")
         j = outcomes.column(model)
