@@ -33,7 +33,7 @@ from stagewise.routing import evaluation as ev
 from stagewise.routing.evaluation import plot_report
 
 ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT.parent / "shared" / "data"
+DATA = ROOT / "data"
 GSM8K_ROUTERS = [
     ("win:features=word", "TF-IDF LR pre-router ~0.57"),
     ("win", "RouteLLM best published 0.622"),

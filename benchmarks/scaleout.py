@@ -68,7 +68,7 @@ def measure(workers: int, scratch: Path) -> tuple[float, int, float]:
     config = folder / "study.toml"
     config.write_text((ARC / "study.toml").read_text()
                       .replace("trials = 16", f'trials = {GRID}\nsampler = "grid"')
-                      .replace('outcomes = "../../../shared/data', f'outcomes = "{ROOT.parent}/shared/data')
+                      .replace('outcomes = "../../data', f'outcomes = "{ROOT}/data')
                       .replace("arc_challenge_test.csv", "arc_challenge_train.csv"))
     (folder / "arc_pipeline.py").write_text((ARC / "arc_pipeline.py").read_text())
     url = storage_url(scratch, f"w{workers}")

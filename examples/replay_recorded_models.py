@@ -4,7 +4,7 @@ Runs a one-stage DSPy program (``prompt -> answer``) on several RouterBench mode
 ARC-Challenge test prompts, without any API key, and prints each model's recorded accuracy
 and cost per 1,000 requests, from stagewise's usage records.
 
-    python examples/replay_recorded_models.py [--table ../shared/data/routerbench/arc_challenge_test.csv] [--limit 100]
+    python examples/replay_recorded_models.py [--table data/routerbench/arc_challenge_test.csv] [--limit 100]
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from rich.table import Table
 from stagewise.models import default_catalog, get_lm, request_scope, stage_scope, track_usage
 from stagewise.models.replay import OutcomeTable
 
-DEFAULT_TABLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "routerbench" / "arc_challenge_test.csv"
+DEFAULT_TABLE = Path(__file__).resolve().parents[1] / "data" / "routerbench" / "arc_challenge_test.csv"
 MODELS = ["recorded/gpt-4-1106-preview", "recorded/gpt-3.5-turbo-1106", "recorded/claude-instant-v1",
           "recorded/mixtral-8x7b-chat", "recorded/mistral-7b-chat"]
 

@@ -6,9 +6,9 @@ import pytest
 import stagewise  # noqa: F401  (offline price map before DSPy loads)
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED_DATA = Path(os.environ.get("STAGEWISE_SHARED_DATA", ROOT.parent / "shared" / "data"))
-ROUTERBENCH_TEST = SHARED_DATA / "routerbench" / "arc_challenge_test.csv"
-ROUTELLM = SHARED_DATA / "routellm" / "gsm8k_responses.csv"
+DATA = ROOT / "data"
+ROUTERBENCH_TEST = DATA / "routerbench" / "arc_challenge_test.csv"
+ROUTELLM = DATA / "routellm" / "gsm8k_responses.csv"
 
 
 @pytest.fixture(autouse=True)

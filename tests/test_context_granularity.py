@@ -19,7 +19,7 @@ from stagewise.context.granularity import (
     truncate,
 )
 from stagewise.context.record import Context, MissingSectionError, Section
-from tests.conftest import SHARED_DATA
+from tests.conftest import DATA
 
 
 def words(text: str) -> int:
@@ -62,9 +62,7 @@ def assert_sentence_subsequence(original: str, compressed: str) -> None:
 
 
 def banking77_rows(n: int) -> str:
-    path = SHARED_DATA / "banking77" / "train.csv"
-    if not path.exists():
-        pytest.skip(f"{path} not available")
+    path = DATA / "banking77" / "train.csv"
     with path.open(newline="") as f:
         rows = [row["text"].strip() for _, row in zip(range(n), csv.DictReader(f))]
     return "\n".join(rows)

@@ -16,9 +16,9 @@ from stagewise.data import (
     split_fingerprint,
 )
 
-from .conftest import SHARED_DATA
+from .conftest import DATA
 
-BANKING77 = SHARED_DATA / "banking77" / "train.csv"
+BANKING77 = DATA / "banking77" / "train.csv"
 TEXT_TO_LABEL = FieldMap(inputs={"text": "text"}, labels={"label": "category"})
 
 

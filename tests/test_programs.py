@@ -33,7 +33,7 @@ from stagewise.programs import (
 )
 from stagewise.signatures import Plan, QueryAnalysis, Review, SpecialistAnswer, Synthesize
 
-from .conftest import ROUTELLM, SHARED_DATA
+from .conftest import ROUTELLM, DATA
 
 
 @pytest.fixture(autouse=True)
@@ -50,7 +50,7 @@ def small():
 @pytest.fixture(scope="module")
 def banking_index():
     """One document per Banking77 intent: the first 40 customer queries of that intent."""
-    frame = pd.read_csv(SHARED_DATA / "banking77" / "train.csv")
+    frame = pd.read_csv(DATA / "banking77" / "train.csv")
     groups = frame.groupby("category")["text"].apply(lambda texts: " ".join(texts.head(40)))
     return DocumentIndex(list(groups.values), ids=list(groups.index))
 

@@ -22,10 +22,10 @@ from stagewise.routing import (CascadeScorer, LabelRouter, QualityRouter, Router
 from stagewise.routing import evaluation as ev
 from stagewise.routing.features import SentenceEmbeddings, TextFeatures, _vectors, answer_checks, arithmetic
 from stagewise.routing.outcomes import Outcomes
-from tests.conftest import ROUTELLM, SHARED_DATA
+from tests.conftest import ROUTELLM, DATA
 
-ARC_TRAIN = SHARED_DATA / "routerbench" / "arc_challenge_train.csv"
-ARC_TEST = SHARED_DATA / "routerbench" / "arc_challenge_test.csv"
+ARC_TRAIN = DATA / "routerbench" / "arc_challenge_train.csv"
+ARC_TEST = DATA / "routerbench" / "arc_challenge_test.csv"
 WEAK, STRONG = "mistralai/Mixtral-8x7B-Instruct-v0.1", "gpt-4-1106-preview"
 
 

@@ -83,7 +83,7 @@ def mlflow_server(tmp_path):
 
 def _grid_config(tmp_path) -> Path:
     text = (ARC / "study.toml").read_text().replace("trials = 16", 'trials = 14\nsampler = "grid"')
-    text = text.replace('outcomes = "../../../shared/data', f'outcomes = "{ROOT.parent}/shared/data')
+    text = text.replace('outcomes = "../../data', f'outcomes = "{ROOT}/data')
     config = tmp_path / "study.toml"
     config.write_text(text)
     (tmp_path / "arc_pipeline.py").write_text((ARC / "arc_pipeline.py").read_text())
