@@ -377,6 +377,58 @@ def served(tmp_path_factory, arc):
     process.wait(timeout=30)
 
 
+def _serve(folder, *options, token="test-token-123"):
+    """``stagewise serve`` in a subprocess on a free loopback port: (process, base URL, log file)."""
+    port = _free_port()
+    env = {**os.environ, "STAGEWISE_SERVE_TOKEN": token, "PYTHONPATH": str(ROOT)}
+    log = folder / f"serve-{port}.log"
+    process = subprocess.Popen([str(os.path.join(os.path.dirname(sys.executable), "stagewise")), "serve",
+                                str(folder / "best"), "--port", str(port), *options],
+                               env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            httpx.get(f"{base}/healthz", timeout=1)
+            return process, base, log
+        except httpx.HTTPError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise AssertionError(f"stagewise serve did not start:\n{log.read_text()}") from None
+            time.sleep(0.3)
+
+
+def test_serve_with_a_fallback_model_answers_from_the_primary_and_the_fallback(tmp_path, arc):
+    """README: ``stagewise serve runs/banking/best --fallback cards=gemma3-270m``. Building the local
+    fallback model used to raise ``StagewiseLM() got multiple values for keyword argument 'num_retries'``
+    on every request (500); here a real serve process with a local fallback answers 200."""
+    from stagewise.optimize.export import export
+
+    program = build_answer()
+    program.set_models({"answer": get_lm("recorded/mixtral-8x7b-chat", replay_table=arc)})
+    export(program, tmp_path / "best", factory="tests.test_resilience:build_answer", factory_path=str(ROOT))
+    process, base, log = _serve(tmp_path, "--fallback", "answer=smollm2-135m")
+    auth = {"Authorization": "Bearer test-token-123"}
+    try:
+        recorded = httpx.post(f"{base}/v1/run", json={"prompt": arc.prompts[3]}, headers=auth, timeout=60)
+        assert recorded.status_code == 200, recorded.text + log.read_text()
+        body = recorded.json()
+        assert body["outputs"]["answer"] == arc.outcome(arc.prompts[3], "mistralai/mixtral-8x7b-chat").response
+        assert [s["model"] for s in body["stages"]] == ["recorded/mixtral-8x7b-chat"]
+        # A prompt the recorded model never saw fails on it: the local fallback model answers.
+        fallen = httpx.post(f"{base}/v1/run", json={"prompt": "Say hello to the customer."}, headers=auth,
+                            timeout=120)
+        assert fallen.status_code == 200, fallen.text + log.read_text()
+        body = fallen.json()
+        [stage] = body["stages"]
+        assert stage["model"] == "smollm2-135m" and stage["output_tokens"] > 0 and stage["cost_usd"] > 0
+        assert isinstance(body["outputs"]["answer"], str) and body["outputs"]["answer"].strip()
+        assert body["degraded"] == []
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
 def test_the_api_runs_the_program_and_reports_per_stage_cost(served, arc):
     auth = {"Authorization": "Bearer test-token-123"}
     health = httpx.get(f"{served}/healthz").json()

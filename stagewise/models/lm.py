@@ -163,6 +163,10 @@ def get_lm(
     # Small local models loop until the limit more often than they finish: keep theirs short.
     max_tokens = max_tokens or min(spec.max_output, 512 if spec.engine == "llama_cpp" else 1024)
     options: dict[str, Any] = dict(temperature=temperature, max_tokens=max_tokens, cache=cache, **kwargs)
+    if spec.engine in ("llama_cpp", "replay"):
+        # A local or recorded call has no transient failure to retry, unless the caller asks
+        # (the resilience layer passes num_retries=0 itself: its policies do the retrying).
+        options.setdefault("num_retries", 0)
     if spec.engine == "llama_cpp":
         from stagewise.models.local import LlamaCppEngine
         from stagewise.models.weights import weights_path
@@ -172,7 +176,7 @@ def get_lm(
         engine = LlamaCppEngine(spec.model, n_ctx=n_ctx, max_tokens=max_tokens)
         # The cache key holds the model string, not the engine: one string per catalog model.
         return StagewiseLM(f"local/{spec.name}", spec=spec, engine=engine, async_engine=ThreadedAsyncEngine(engine),
-                           num_retries=0, **options)
+                           **options)
     if spec.engine == "replay":
         from stagewise.models.replay import ReplayEngine
 
@@ -180,7 +184,7 @@ def get_lm(
             raise ValueError(f"model {spec.name!r} replays recorded outcomes: pass replay_table=OutcomeTable.load(...)")
         engine = ReplayEngine(replay_table, spec)
         return StagewiseLM(f"replay/{spec.name}@{replay_table.fingerprint[:12]}", spec=spec, engine=engine,
-                           async_engine=ThreadedAsyncEngine(engine), num_retries=0, **options)
+                           async_engine=ThreadedAsyncEngine(engine), **options)
     if spec.api_base:
         options.setdefault("api_base", spec.api_base)
         # DSPy's native OpenAI route sends max_completion_tokens, which OpenAI-compatible servers
