@@ -459,9 +459,11 @@ def test_the_api_answers_bad_input_with_json_errors_and_keeps_serving(served, ar
     for response, status, code in cases:
         assert response.status_code == status, response.text
         assert response.json()["error"]["code"] == code
+    # The recorded model cannot answer a prompt it never saw: the model failed (503), not stagewise (500).
     unknown = httpx.post(f"{served}/v1/run", json={"prompt": "not a recorded prompt"}, headers=auth, timeout=30)
-    assert unknown.status_code in (500, 503) and unknown.json()["error"]["code"] in ("internal_error",
-                                                                                      "upstream_failed")
+    assert unknown.status_code == 503, unknown.text
+    assert unknown.json()["error"] == {"code": "upstream_failed",
+                                       "message": "stage 'answer' failed on every model it may use"}
     ok = httpx.post(f"{served}/v1/run", json={"prompt": arc.prompts[1]}, headers=auth, timeout=30)
     assert ok.status_code == 200  # still serving after every error
     codes = [httpx.post(f"{served}/v1/run", json={"prompt": arc.prompts[2]}, headers=auth, timeout=30).status_code
@@ -470,28 +472,51 @@ def test_the_api_answers_bad_input_with_json_errors_and_keeps_serving(served, ar
         "code"] == "rate_limited"
 
 
-def test_a_tenants_daily_budget_stops_its_requests_before_the_call(arc):
+def test_a_tenants_daily_budget_stops_its_requests_before_the_call(arc, tmp_path):
+    """Behind the API a tenant is its bearer token; what its requests cost is charged by the server."""
+    import hashlib
+
+    from fastapi.testclient import TestClient
+
+    from stagewise.optimize.export import export
     from stagewise.runtime.resilience import tenant_scope
+    from stagewise.runtime.serve import create_app
 
     stage = Stage("answer", "prompt -> answer", lm=get_lm("recorded/gpt-4-1106-preview", replay_table=arc))
-    with dspy.context(adapter=dspy.JSONAdapter()), track_usage() as one:
-        stage(prompt=arc.prompts[0])
-    with dspy.context(adapter=dspy.JSONAdapter()), guarding(Resilience(budget=Budget(per_request_usd=0.0))):
-        with pytest.raises(BudgetExceeded) as probe:  # the call's worst case: up to max_tokens of output
-            stage(prompt=arc.prompts[0])
-    worst = probe.value.estimate_usd
-    assert worst >= one.total_cost > 0
-    budget = Budget(per_tenant_day_usd=worst + one.total_cost / 2)  # room for one request, not two
-    resilience = Resilience(budget=budget)
-    with dspy.context(adapter=dspy.JSONAdapter()), guarding(resilience):
-        with tenant_scope("acme"), track_usage() as first:
-            stage(prompt=arc.prompts[0])
-        budget.charge("acme", first.total_cost)
-        with tenant_scope("acme"), pytest.raises(BudgetExceeded, match="tenant 'acme' daily budget"):
-            stage(prompt=arc.prompts[0])
-        with tenant_scope("other"):
-            stage(prompt=arc.prompts[0])  # another tenant is not affected
-    assert budget.tenant_spent("acme") == pytest.approx(first.total_cost)
+
+    def worst_case(prompt):  # the call's worst case, checked before it: up to max_tokens of output
+        with dspy.context(adapter=dspy.JSONAdapter()), guarding(Resilience(budget=Budget(per_request_usd=0.0))):
+            with pytest.raises(BudgetExceeded) as probe:
+                stage(prompt=prompt)
+        return probe.value.estimate_usd
+
+    worst = {prompt: worst_case(prompt) for prompt in arc.prompts[:4]}
+    cheapest, other_prompt = sorted(worst, key=worst.get)[:2]  # another prompt costs at least as much
+    recorded = arc.outcome(cheapest, "gpt-4-1106-preview").cost_usd  # what the call costs, from the table
+    assert worst[cheapest] >= recorded > 0
+    budget = Budget(per_tenant_day_usd=worst[cheapest] + recorded / 2)  # room for one request, not two
+    program = build_answer()
+    program.set_models({"answer": get_lm("recorded/gpt-4-1106-preview", replay_table=arc)})
+    export(program, tmp_path / "best", factory="tests.test_resilience:build_answer", factory_path=str(ROOT))
+    client = TestClient(create_app(tmp_path / "best", token="acme-token", resilience=Resilience(budget=budget)))
+    acme = hashlib.sha256(b"Bearer acme-token").hexdigest()[:12]  # the tenant: the credential, hashed
+    auth = {"Authorization": "Bearer acme-token"}
+    first = client.post("/v1/run", json={"prompt": cheapest}, headers=auth)
+    assert first.status_code == 200, first.text
+    assert first.json()["cost_usd"] == pytest.approx(recorded)
+    assert budget.tenant_spent(acme) == pytest.approx(recorded)  # charged by the server, at the recorded cost
+    second = client.post("/v1/run", json={"prompt": other_prompt}, headers=auth)
+    assert second.status_code == 402, second.text
+    error = second.json()["error"]
+    assert error["code"] == "budget_exceeded" and f"tenant {acme!r} daily budget" in error["message"]
+    assert error["partial"] == {}  # stopped before its only call
+    assert budget.tenant_spent(acme) == pytest.approx(recorded)  # the stopped request spent nothing
+    with dspy.context(adapter=dspy.JSONAdapter()), guarding(Resilience(budget=budget)):
+        with tenant_scope(acme), pytest.raises(BudgetExceeded, match="daily budget"):
+            stage(prompt=other_prompt)
+        with tenant_scope("other"), track_usage() as other:
+            stage(prompt=other_prompt)  # another tenant is not affected
+    assert other.total_cost == pytest.approx(arc.outcome(other_prompt, "gpt-4-1106-preview").cost_usd)
 
 
 def test_breaker_state_is_shared_through_redis():
