@@ -429,6 +429,57 @@ def test_serve_with_a_fallback_model_answers_from_the_primary_and_the_fallback(t
         process.wait(timeout=30)
 
 
+def build_drafted():
+    """Served under a budget: a cheap recorded model drafts, an expensive one answers (RouterBench ARC)."""
+    return Chain("drafted", [Stage("draft", "prompt -> draft"), Stage("answer", "prompt -> answer")])
+
+
+def test_serve_budget_answers_402_with_the_partial_results(tmp_path, arc):
+    """``stagewise serve --budget USD``: a request whose next call could take it over the budget is stopped
+    before that call, answered 402 ``budget_exceeded`` with what the earlier stages produced."""
+    from stagewise.optimize.export import export
+
+    cheap, expensive = "recorded/mistral-7b-chat", "recorded/gpt-4-1106-preview"
+
+    def worst_case(model, prompt):  # what the budget assumes a call may cost (up to max_tokens of output)
+        stage = Stage("answer" if model == expensive else "draft",
+                      "prompt -> answer" if model == expensive else "prompt -> draft",
+                      lm=get_lm(model, replay_table=arc))
+        with dspy.context(adapter=dspy.JSONAdapter()), guarding(Resilience(budget=Budget(per_request_usd=0.0))):
+            with pytest.raises(BudgetExceeded) as probe:
+                stage(prompt=prompt)
+        return probe.value.estimate_usd
+
+    def recorded(model, prompt):  # what the call costs, from the table (the catalog names its column)
+        return arc.outcome(prompt, ModelCatalog.load()[model].model).cost_usd
+
+    prompts = arc.prompts[:6]
+    # The draft is spent, then the answer's worst case must fit: what each request needs.
+    needs = {p: recorded(cheap, p) + worst_case(expensive, p) for p in prompts}
+    fits, stopped = min(needs, key=needs.get), max(needs, key=needs.get)
+    budget = (needs[fits] + needs[stopped]) / 2
+    assert worst_case(cheap, stopped) < budget  # the stopped request's draft runs: there are partial results
+    program = build_drafted()
+    program.set_models({"draft": get_lm(cheap, replay_table=arc), "answer": get_lm(expensive, replay_table=arc)})
+    export(program, tmp_path / "best", factory="tests.test_resilience:build_drafted", factory_path=str(ROOT))
+    process, base, log = _serve(tmp_path, "--budget", repr(budget))
+    auth = {"Authorization": "Bearer test-token-123"}
+    try:
+        ok = httpx.post(f"{base}/v1/run", json={"prompt": fits}, headers=auth, timeout=60)
+        refused = httpx.post(f"{base}/v1/run", json={"prompt": stopped}, headers=auth, timeout=60)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    assert ok.status_code == 200, ok.text + log.read_text()
+    assert ok.json()["cost_usd"] == pytest.approx(recorded(cheap, fits) + recorded(expensive, fits))
+    assert ok.json()["outputs"]["answer"] == arc.outcome(fits, "gpt-4-1106-preview").response
+    assert refused.status_code == 402, refused.text + log.read_text()
+    error = refused.json()["error"]
+    assert error["code"] == "budget_exceeded"
+    assert error["message"].startswith(f"stopped before stage 'answer': request budget ${budget:.6f}")
+    assert error["partial"] == {"draft.draft": arc.outcome(stopped, "mistralai/mistral-7b-chat").response}
+
+
 def test_the_api_runs_the_program_and_reports_per_stage_cost(served, arc):
     auth = {"Authorization": "Bearer test-token-123"}
     health = httpx.get(f"{served}/healthz").json()
