@@ -23,6 +23,7 @@ from stagewise.programs import (
     DisagreementReport,
     DocumentIndex,
     FanOut,
+    LLMAggregate,
     Hierarchy,
     MajorityVote,
     MergeProfile,
@@ -33,8 +34,10 @@ from stagewise.programs import (
     Stage,
     StageConfigError,
     UnknownRouteError,
+    WeightedVote,
 )
-from stagewise.signatures import Plan, QueryAnalysis, Review, SpecialistAnswer, Synthesize
+from stagewise.models.usage import track_usage
+from stagewise.signatures import Aggregate, Plan, QueryAnalysis, Review, SpecialistAnswer, Synthesize
 
 from .conftest import ROUTELLM, DATA
 
@@ -75,6 +78,14 @@ class Topic(dspy.Signature):
 
     ticket: str = dspy.InputField()
     topic: Literal["card", "transfer", "account", "other"] = dspy.OutputField()
+
+
+class SureSentiment(dspy.Signature):
+    """Is the customer happy, neutral or unhappy, and how sure are you (0 to 1)?"""
+
+    ticket: str = dspy.InputField()
+    sentiment: Literal["happy", "neutral", "unhappy"] = dspy.OutputField()
+    confidence: float = dspy.OutputField()
 
 
 class Priority(dspy.Signature):
@@ -192,6 +203,71 @@ def test_fanout_votes_across_models_and_reports_disagreement():
     majority = FanOut("vote2", {n: Stage(f"{n}2", Sentiment) for n in ("a", "b")}, MajorityVote("sentiment"))
     majority.set_models({"a2": "smollm2-135m", "b2": "smollm2-135m"})
     assert majority(ticket=TICKET).agreement == 1.0
+
+
+def _scripted(fields):
+    return dspy.utils.DummyLM([fields] * 4, adapter=dspy.JSONAdapter())
+
+
+def test_weighted_vote_lets_confidence_outweigh_the_head_count():
+    """Orchestration, with scripted branches: one sure branch outweighs two unsure ones."""
+    answers = {"a": ("happy", 0.9), "b": ("unhappy", 0.5), "c": ("unhappy", 0.3)}
+
+    def fanout(aggregator, scripted=answers):
+        branches = {name: Stage(name, SureSentiment, lm=_scripted({"sentiment": value, "confidence": weight}))
+                    for name, (value, weight) in scripted.items()}
+        return FanOut("vote", branches, aggregator)
+
+    weighted = fanout(WeightedVote("sentiment"))(ticket=TICKET)
+    assert weighted.sentiment == "happy" and weighted.weights == pytest.approx({"happy": 0.9, "unhappy": 0.8})
+    assert fanout(MajorityVote("sentiment"))(ticket=TICKET).sentiment == "unhappy"  # by head count
+    tie = fanout(WeightedVote("sentiment"), {"a": ("neutral", 0.4), "b": ("happy", 0.4)})(ticket=TICKET)
+    assert tie.sentiment == "neutral"  # equal weights: the earlier branch
+    with pytest.raises(StageConfigError, match="produce no field 'mood'"):
+        fanout(WeightedVote("mood"))(ticket=TICKET)
+
+
+def test_weighted_vote_over_two_local_models():
+    branches = {"smollm": Stage("smollm", SureSentiment), "gemma": Stage("gemma", SureSentiment)}
+    vote = FanOut("vote", branches, WeightedVote("sentiment"))
+    vote.set_models({"smollm": get_lm("smollm2-135m", cache=False, max_tokens=128),
+                     "gemma": get_lm("gemma3-270m", cache=False, max_tokens=128)})
+    prediction = vote(ticket=TICKET)
+    expected: dict[str, float] = {}
+    for branch in branches:  # recomputed from what each branch answered
+        value = prediction.context[f"{branch}.sentiment"].content
+        expected[value] = expected.get(value, 0.0) + float(prediction.context[f"{branch}.confidence"].content)
+    assert prediction.weights == pytest.approx(expected)
+    best = max(expected.values())
+    assert prediction.sentiment == next(v for v in expected if expected[v] == best)  # ties: the earlier branch
+    assert {s.stage for s in prediction.trace.stages} == {"smollm", "gemma", "vote"}
+
+
+def test_llm_aggregate_reads_every_candidate_and_writes_the_answer(routellm):
+    """Two recorded models answer (GPT-4 says $18, Mixtral $20); SmolLM2 reads both and writes the answer."""
+    prompt = routellm.prompts[168]
+    fanout = FanOut("both", {
+        "gpt4": Stage("gpt4", "prompt -> answer", lm=get_lm("recorded/gpt-4-1106-preview", replay_table=routellm)),
+        "mixtral": Stage("mixtral", "prompt -> answer",
+                         lm=get_lm("recorded/mixtral-8x7b-instruct", replay_table=routellm)),
+    }, LLMAggregate(Stage("aggregate", Aggregate, inputs={"query": "input.prompt"})))
+    assert set(fanout.stages()) == {"gpt4", "mixtral", "aggregate"}
+    fanout.set_models({"aggregate": get_lm("smollm2-135m", cache=False, max_tokens=48)})  # the aggregator's stage is a stage of the program like any other
+    with track_usage() as ledger:
+        prediction = fanout(prompt=prompt)
+    recorded = [routellm.outcome(prompt, column).response
+                for column in ("gpt-4-1106-preview", "mistralai/Mixtral-8x7B-Instruct-v0.1")]
+    candidates = prediction.context["both.candidates"]
+    assert recorded[0] in candidates.content and recorded[1] in candidates.content
+    assert candidates.content.index(recorded[0]) < candidates.content.index(recorded[1])  # in branch order
+    assert candidates.lineage == ("gpt4.answer", "mixtral.answer")
+    aggregate = prediction.trace["aggregate"]
+    assert aggregate.model == "smollm2-135m" and aggregate.calls == 1
+    assert set(aggregate.received) == {"input.prompt", "both.candidates"}
+    assert prediction.answer == prediction.context["aggregate.answer"].content  # the aggregator's answer
+    assert prediction.context["both.answer"].content == prediction.answer
+    assert sorted(r.model for r in ledger.records) == ["recorded/gpt-4-1106-preview",
+                                                       "recorded/mixtral-8x7b-instruct", "smollm2-135m"]
 
 
 def test_llm_router_sends_the_query_to_a_route(small):
