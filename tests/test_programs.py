@@ -386,6 +386,47 @@ def test_trained_router_over_recorded_models(routellm):
     assert routes == expected_routes
 
 
+def test_use_classifier_swaps_the_llm_decision_for_a_trained_one_and_back(routellm, small):
+    class Decide(dspy.Signature):
+        """Does this math word problem need a strong model?"""
+
+        prompt: str = dspy.InputField()
+        routes: str = dspy.InputField()
+        route: Literal["strong", "weak"] = dspy.OutputField()
+
+    strong_col, weak_col = "gpt-4-1106-preview", "mistralai/Mixtral-8x7B-Instruct-v0.1"
+    labels = ["strong" if routellm.scores.at[i, strong_col] > routellm.scores.at[i, weak_col] else "weak"
+              for i in range(300)]
+    classifier = make_pipeline(TfidfVectorizer(), LogisticRegression(max_iter=200, class_weight="balanced"))
+    classifier.fit(routellm.prompts[:300], labels)
+    router = Router("pick", Stage("decide", Decide), {
+        "strong": Stage("strong", "prompt -> answer", lm=get_lm("recorded/gpt-4-1106-preview", replay_table=routellm)),
+        "weak": Stage("weak", "prompt -> answer", lm=get_lm("recorded/mixtral-8x7b-instruct", replay_table=routellm)),
+    }, query="input.prompt")
+    router.set_models({"decide": small})
+    prompt = routellm.prompts[302]
+    assert router.use_classifier(classifier) is router and router.stand_in == "decide"
+    with track_usage() as ledger:
+        trained = router(prompt=prompt)
+    [route] = classifier.predict([prompt])
+    assert trained.route == route and trained.confidence == pytest.approx(classifier.predict_proba([prompt]).max())
+    assert trained.context["decide.route"].content == route  # under the stage's name: its metrics score it
+    decision = trained.trace["decide"]
+    assert decision.model is None and decision.cost_usd == 0 and "instead of the LLM stage" in decision.notes[0]
+    assert [r.model for r in ledger.records] == [trained.trace[route].model]  # no LLM call for the decision
+
+    assert router.use_classifier(None).stand_in is None  # the LLM stage decides again
+    with track_usage() as ledger:
+        llm = router(prompt=prompt)
+    assert llm.trace["decide"].model == "smollm2-135m" and llm.trace["decide"].calls == 1
+    assert llm.route == llm.context["decide.route"].content and llm.route in ("strong", "weak")
+    assert [r.model for r in ledger.records] == ["smollm2-135m", llm.trace[llm.route].model]
+    with pytest.raises(StageConfigError, match="needs predict"):
+        router.use_classifier(object())
+    with pytest.raises(StageConfigError, match="no decision stage to return to"):
+        Router("fixed", classifier, dict(router.routes), query="input.prompt").use_classifier(None)
+
+
 def test_cascade_over_recorded_models_with_a_trained_scorer(routellm):
     weak_col = "mistralai/Mixtral-8x7B-Instruct-v0.1"
     train = range(400)
