@@ -23,6 +23,7 @@ from stagewise.metrics import (
     numeric_match,
     token_f1,
 )
+from stagewise.metrics.report import PASS
 from stagewise.models.lm import get_lm
 from stagewise.models.replay import OutcomeTable
 from stagewise.programs import Router, Stage
@@ -159,16 +160,44 @@ def test_stage_level_report_on_the_local_model_shows_where_quality_is_lost():
     with dspy.context(adapter=dspy.JSONAdapter()):
         report = evaluate(chain, examples, stage_metrics=[StageMetric("classify", "intent", "intent", "label_accuracy")],
                           end_to_end=EndToEnd("reply", "reply", "token_f1"), progress=False)
-    summary = report.summary()
-    assert set(summary["stages"]) == {"classify.intent"} and 0 <= summary["stages"]["classify.intent"] <= 1
-    assert "classify.intent" in summary["macro_f1"]
-    assert 0 <= summary["end_to_end"] <= 1 and summary["cost_per_request_usd"] > 0
-    losses = summary["loss_by_stage"]
-    assert not losses or abs(sum(losses.values()) - 1.0) < 1e-9 or sum(losses.values()) == 0
-    assert report.rows["input_tokens"].min() > 0
+    summary, rows = report.summary(), report.rows
+    # Recomputed by hand from what each request produced.
+    intents = [r["classify.intent:predicted"] for _, r in rows.iterrows()]
+    replies = [r["end_to_end:predicted"] for _, r in rows.iterrows()]
+    stage_scores = [float(str(p).strip().lower() == e.intent) for p, e in zip(intents, examples)]
+    end_scores = [token_f1(str(p), e.reply) for p, e in zip(replies, examples)]
+    assert rows["classify.intent"].tolist() == stage_scores and rows["end_to_end"].tolist() == pytest.approx(end_scores)
+    assert summary["stages"] == {"classify.intent": pytest.approx(sum(stage_scores) / 3)}
+    assert summary["end_to_end"] == pytest.approx(sum(end_scores) / 3)
+    assert summary["macro_f1"] == {"classify.intent": pytest.approx(macro_f1([str(p) for p in intents],
+                                                                             [e.intent for e in examples]))}
+    # Each end-to-end failure is blamed on its first failing stage, else on no stage.
+    failed = [(s, e) for s, e in zip(stage_scores, end_scores) if e < PASS]
+    blamed = {"classify.intent": sum(1 for s, _ in failed if s < PASS)}
+    blamed["(no stage failed)"] = len(failed) - blamed["classify.intent"]
+    assert summary["loss_by_stage"] == {k: pytest.approx(v / len(failed) if failed else 0.0) for k, v in blamed.items()}
+    assert summary["cost_per_request_usd"] == pytest.approx(rows["cost_usd"].mean()) and rows["cost_usd"].min() > 0
+    assert rows["input_tokens"].min() > 0
 
 
 def test_llm_judge_scores_with_a_real_local_model():
-    judge = LLMJudge(get_lm("smollm2-135m", cache=False, max_tokens=96))
-    score = judge("Paris", "Paris", question="What is the capital of France?")
-    assert 0.0 <= score <= 1.0
+    """The judge's score is the number the model wrote (clipped), from a prompt with all three texts,
+    accounted under stage ``judge``. SmolLM2 is too small to judge well: its verdict is not checked."""
+    import json
+
+    from stagewise.models.usage import track_usage
+
+    lm = get_lm("smollm2-135m", cache=False, max_tokens=96)
+    with track_usage() as ledger:
+        score = LLMJudge(lm)("Paris, France", "Paris", question="What is the capital of France?")
+    [call] = lm.history
+    prompt = call["messages"][-1]["content"]
+    assert "What is the capital of France?" in prompt and "Paris, France" in prompt
+    assert score == min(1.0, max(0.0, float(json.loads(call["outputs"][0])["score"])))
+    assert [(r.stage, r.model) for r in ledger.records] == [("judge", "smollm2-135m")]
+
+
+@pytest.mark.parametrize("written, expected", [(0.75, 0.75), (1.7, 1.0), (-0.3, 0.0)])
+def test_llm_judge_clips_the_models_score(written, expected):
+    scripted = dspy.utils.DummyLM([{"score": written}], adapter=dspy.JSONAdapter())
+    assert LLMJudge(scripted)("Berlin", "Paris", question="What is the capital of France?") == expected
