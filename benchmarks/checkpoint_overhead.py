@@ -29,6 +29,8 @@ from stagewise.programs.run import observing
 from stagewise.runtime.checkpoint import open_checkpoints
 from stagewise.runtime.runs import Checkpointer
 
+from results import Results
+
 MESSAGES = [
     "My card has not arrived after two weeks.",
     "Why was I charged a fee for my top-up?",
@@ -84,6 +86,11 @@ def main() -> None:
                   f"{statistics.median(checkpointed) / statistics.median(plain):.3f}")
     console.print(table)
     console.print(f"checkpointing per stage = {per_stage_write / per_call:.2%} of the stage's model call (goal <= 5%)")
+    results = Results("checkpoint_overhead", rounds=args.rounds, store=store.url.split("://")[0])
+    results.figure("model call per stage s", per_call)
+    results.figure("checkpoint writes per stage s", per_stage_write)
+    results.figure("checkpoint / model call", per_stage_write / per_call, goal=("<=", 0.05))
+    results.finish()
 
 
 if __name__ == "__main__":

@@ -29,6 +29,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from results import Results
+
 from llama_cpp import Llama
 
 from stagewise.models.constrained import OPTIMISTIC_CHARS_PER_TOKEN, bound_schema
@@ -115,10 +117,14 @@ def main() -> None:
         table.add_row(case, path, f"{sum(samples):.2f}", f"{statistics.median(samples):.3f}",
                       str(tokens[(case, path)]), f"{tokens[(case, path)] / sum(samples):.1f}")
     console.print(table)
+    results = Results("engine_overhead", model=args.model, rounds=args.rounds, max_tokens=args.max_tokens)
     for case in cases:
         ratio = sum(times[(case, "stagewise")]) / sum(times[(case, "direct")])
         console.print(f"{case}: stagewise / direct time ratio = {ratio:.3f} (goal <= 1.05)")
+        results.figure(f"{case}: stagewise / direct time", ratio, goal=("<=", 1.05))
     console.print(f"outputs that differ between the paths: {mismatches} of {total}")
+    results.figure("outputs that differ between the paths", mismatches, goal=("<=", 0))
+    results.finish()
 
 
 if __name__ == "__main__":

@@ -39,6 +39,8 @@ from stagewise.models.catalog import ModelSpec
 from stagewise.models.lm import get_lm
 from stagewise.programs import FanOut, MergeProfile, Stage
 
+from results import Results
+
 LATENCY = {"fast": 0.30, "medium": 0.45, "slow": 0.60}
 
 
@@ -144,6 +146,10 @@ def main() -> None:
     console.print(f"fan-out wall / slowest branch = {statistics.median(together) / slowest:.3f} (goal <= 1.2; "
                   f"one after another would be {serial / slowest:.2f})")
     console.print(f"per-stage overhead / model call time = {100 * statistics.median(overhead):.2f}% (goal <= 2%)")
+    results = Results("fanout", rounds=args.rounds, branches=len(branches))
+    results.figure("fan-out wall / slowest branch", statistics.median(together) / slowest, goal=("<=", 1.2))
+    results.figure("per-stage overhead / model call", statistics.median(overhead), goal=("<=", 0.02))
+    results.finish()
 
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from results import Results
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -47,6 +49,11 @@ def main() -> None:
         print(f"  {times[label]:.1f} s", flush=True)
     first, rerun = times.values()
     print(f"rerun / first run = {rerun / first:.3f} (goal <= 0.20); scratch folder {scratch}")
+    results = Results("optimize_rerun", trials=args.trials, limit=args.limit)
+    results.figure("first run s", first)
+    results.figure("rerun s", rerun)
+    results.figure("rerun / first run", rerun / first, goal=("<=", 0.20))
+    results.finish()
 
 
 if __name__ == "__main__":

@@ -27,6 +27,8 @@ import optuna
 from rich.console import Console
 from rich.table import Table
 
+from results import Results
+
 ROOT = Path(__file__).resolve().parent.parent
 ARC = ROOT / "examples" / "arc_routing"
 STAGEWISE = str(Path(sys.executable).with_name("stagewise"))
@@ -109,8 +111,13 @@ def main() -> None:
     for workers, (rate, active, span) in results.items():
         table.add_row(str(workers), f"{rate:.1f}", f"{rate / base:.2f}", str(active), f"{span:.1f}")
     console.print(table)
+    figures = Results("scaleout", workers=args.workers, storage=storage, grid=GRID, cores=os.cpu_count())
+    for workers, (rate, _, _) in results.items():
+        figures.figure(f"{workers} worker(s): trials/min", rate)
     if 2 in results and 1 in results:
         console.print(f"2 workers / 1 worker = {results[2][0] / results[1][0]:.2f} (goal >= 1.6 on 2 cores)")
+        figures.figure("2 workers / 1 worker", results[2][0] / results[1][0], goal=(">=", 1.6))
+    figures.finish()
 
 
 if __name__ == "__main__":

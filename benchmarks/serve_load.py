@@ -27,6 +27,8 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
+from results import Results
+
 ROOT = Path(__file__).resolve().parent.parent
 MESSAGES = ["My card has not arrived.", "Why was I charged twice?", "How do I change my PIN?",
             "Is my top-up still pending?", "Can I get a refund for this payment?"]
@@ -114,8 +116,14 @@ def main() -> None:
         table.add_row(str(r["clients"]), f"{r['ok']} / {r['failed']}", f"{r['throughput']:.2f}", f"{r['p50']:.2f}",
                       f"{r['p99']:.2f}", f"{r['overhead']:.1%}")
     Console().print(table)
-    print(f"serving overhead over the model time (1 client): {results[0]['overhead']:.1%}; with "
+    print(f"serving overhead over the model time (1 client): {results[0]['overhead']:.1%} (goal <= 5%); with "
           f"{args.clients} clients the requests queue for the one local model")
+    figures = Results("serve_load", clients=args.clients, seconds=args.seconds)
+    figures.figure("requests failed", sum(r["failed"] for r in results), goal=("<=", 0))
+    figures.figure("(latency - model time) / model time, 1 client", results[0]["overhead"], goal=("<=", 0.05))
+    figures.figure(f"requests/s with {args.clients} clients / 1 client",
+                   results[1]["throughput"] / results[0]["throughput"])
+    figures.finish()
 
 
 if __name__ == "__main__":

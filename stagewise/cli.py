@@ -1,7 +1,14 @@
-"""The ``stagewise`` command."""
+"""The ``stagewise`` command.
+
+Every command is a thin call into the public Python API. Any :class:`~stagewise.errors.StagewiseError`
+(a user's mistake: a bad config key, a missing file, an unknown model...) is caught in one place,
+:class:`_Commands`, and printed as one line naming what is at fault, with exit code 2;
+``stagewise --debug COMMAND ...`` (or ``STAGEWISE_DEBUG=1``) shows the traceback instead.
+"""
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from pathlib import Path
@@ -9,14 +16,38 @@ from typing import Literal
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 import stagewise  # noqa: F401  (sets the offline price-map default before DSPy loads)
-from stagewise.models.catalog import CatalogError, ModelCatalog, UnknownModelError
+from stagewise.errors import StagewiseError
+from stagewise.models.catalog import ModelCatalog
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Compile and optimize multi-model LLM pipelines.")
 # Tables are wider than 80 columns: never squeeze them when output goes to a pipe or a file.
 console = Console(width=max(shutil.get_terminal_size((160, 24)).columns, 120), soft_wrap=True)
+errors = Console(stderr=True, width=console.width, soft_wrap=True, highlight=False)
+
+
+class _Commands(typer.core.TyperGroup):
+    """The command group: turns a StagewiseError into one line on stderr and exit code 2."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except StagewiseError as exc:
+            if ctx.params.get("debug") or os.environ.get("STAGEWISE_DEBUG", "") not in ("", "0"):
+                raise
+            errors.print(f"[red]error:[/red] {escape(str(exc))}")
+            raise typer.Exit(2) from None
+
+
+app = typer.Typer(cls=_Commands, add_completion=False, no_args_is_help=True,
+                  help="Compile and optimize multi-model LLM pipelines.")
+
+
+@app.callback()
+def _options(debug: bool = typer.Option(False, "--debug", help="Show the full traceback of an error.")) -> None:
+    """Compile and optimize multi-model LLM pipelines."""
 
 DEMO_MESSAGES = [
     "My card payment was declined twice at the supermarket today, please help!",
@@ -26,11 +57,7 @@ DEMO_MESSAGES = [
 
 
 def _catalog(path: Path | None) -> ModelCatalog:
-    try:
-        return ModelCatalog.load(path)
-    except CatalogError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
+    return ModelCatalog.load(path)
 
 
 @app.command("models")
@@ -77,12 +104,8 @@ def demo(
         Stage("triage", Triage),
         Stage("reply", Reply, inputs={"category": "triage.category"}),
     ])
-    try:
-        # No response cache: the demo always shows the models at work, never answers from a previous run.
-        pipeline.set_models({"triage": get_lm(triage_model, cache=False), "reply": get_lm(reply_model, cache=False)})
-    except (UnknownModelError, ImportError, ValueError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
+    # No response cache: the demo always shows the models at work, never answers from a previous run.
+    pipeline.set_models({"triage": get_lm(triage_model, cache=False), "reply": get_lm(reply_model, cache=False)})
 
     console.print(f"[bold]stagewise demo[/bold]: a two-stage chain, triage on [cyan]{triage_model}[/cyan], "
                   f"reply on [cyan]{reply_model}[/cyan], in-process through llama.cpp, typed outputs "
@@ -112,30 +135,22 @@ def demo(
 
 
 def _study(config: Path, *, study: str | None, trials: int | None, storage: str | None, out: Path, create: bool):
-    """The config, splits, tracker and Study of ``optimize`` and ``worker``; exits 2 on bad input."""
-    from stagewise.data import split
-    from stagewise.optimize.config import ConfigError, load_config
-    from stagewise.optimize.space import SearchSpaceError
+    """The config, splits, tracker and Study of ``optimize`` and ``worker``."""
+    from stagewise.optimize.config import load_config
     from stagewise.optimize.study import Study
     from stagewise.optimize.tracking import Tracker
 
-    try:
-        cfg = load_config(config, study=study, trials=trials)
-        if storage:
-            cfg.settings.storage = storage
-        if not create and trials is None:
-            cfg.settings.trials = None  # a worker takes the study's own budget
-        splits = split(cfg.examples, train=cfg.split.get("train", 0.5), dev=cfg.split.get("dev", 0.25),
-                       test=cfg.split.get("test", 0.25), seed=int(cfg.split.get("seed", 0)),
-                       stratify_by=cfg.split.get("stratify_by"))
-        tracker = Tracker(cfg.experiment or cfg.settings.name)
-        runner = Study(cfg.build, splits, cfg.space, cfg.end_to_end, stage_metrics=cfg.stage_metrics,
-                       settings=cfg.settings, out_dir=out, data_fingerprint=cfg.data_fingerprint, tracker=tracker,
-                       lm_options=cfg.lm_options, thresholds=cfg.thresholds, routers=cfg.routers)
-        runner.open(create=create)  # storage, study name and config checked before any model is called
-    except (ConfigError, SearchSpaceError, ValueError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
+    cfg = load_config(config, study=study, trials=trials)
+    if storage:
+        cfg.settings.storage = storage
+    if not create and trials is None:
+        cfg.settings.trials = None  # a worker takes the study's own budget
+    splits = cfg.splits()
+    tracker = Tracker(cfg.experiment or cfg.settings.name)
+    runner = Study(cfg.build, splits, cfg.space, cfg.end_to_end, stage_metrics=cfg.stage_metrics,
+                   settings=cfg.settings, out_dir=out, data_fingerprint=cfg.data_fingerprint, tracker=tracker,
+                   lm_options=cfg.lm_options, thresholds=cfg.thresholds, routers=cfg.routers)
+    runner.open(create=create)  # storage, study name and config checked before any model is called
     return cfg, splits, tracker, runner
 
 
@@ -258,34 +273,29 @@ def evaluate_command(
 
     import dspy
 
-    from stagewise.data import FieldMap, load_dataset_file, split
+    from stagewise.data import FieldMap, load_dataset_file
+    from stagewise.errors import ConfigError
     from stagewise.metrics import EndToEnd, StageMetric, evaluate
-    from stagewise.optimize.config import ConfigError, load_config
-    from stagewise.optimize.export import ExportError, load, read_manifest
+    from stagewise.optimize.config import load_config
+    from stagewise.optimize.export import load, read_manifest
 
-    try:
-        program = load(directory)
-        if data.suffix == ".toml":
-            cfg = load_config(data)
-            examples = split(cfg.examples, train=cfg.split.get("train", 0.5), dev=cfg.split.get("dev", 0.25),
-                             test=cfg.split.get("test", 0.25), seed=int(cfg.split.get("seed", 0)),
-                             stratify_by=cfg.split.get("stratify_by")).test
-            fingerprint, stage_metrics, end_to_end = cfg.data_fingerprint, cfg.stage_metrics, cfg.end_to_end
-        else:
-            settings = read_manifest(directory).get("evaluation")
-            if not settings:
-                raise ConfigError(f"{directory / 'manifest.json'} has no 'evaluation' settings (column maps and "
-                                  "named metrics): pass the study config as --data instead")
-            loaded = load_dataset_file(data, FieldMap(settings["inputs"], settings["labels"]))
-            examples, fingerprint = loaded.examples, loaded.fingerprint
-            end_to_end = EndToEnd(**settings["end_to_end"])
-            stage_metrics = [StageMetric(**m) for m in settings["stages"]]
-        with dspy.context(adapter=dspy.JSONAdapter()):
-            report = evaluate(program, examples, stage_metrics=stage_metrics, end_to_end=end_to_end,
-                              progress=not json_output)
-    except (ConfigError, ExportError, ValueError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
+    program = load(directory)
+    if data.suffix == ".toml":
+        cfg = load_config(data)
+        examples = cfg.splits().test
+        fingerprint, stage_metrics, end_to_end = cfg.data_fingerprint, cfg.stage_metrics, cfg.end_to_end
+    else:
+        settings = read_manifest(directory).get("evaluation")
+        if not settings:
+            raise ConfigError(f"{directory / 'manifest.json'} has no 'evaluation' settings (column maps and "
+                              "named metrics): pass the study config as --data instead")
+        loaded = load_dataset_file(data, FieldMap(settings["inputs"], settings["labels"]))
+        examples, fingerprint = loaded.examples, loaded.fingerprint
+        end_to_end = EndToEnd(**settings["end_to_end"])
+        stage_metrics = [StageMetric(**m) for m in settings["stages"]]
+    with dspy.context(adapter=dspy.JSONAdapter()):
+        report = evaluate(program, examples, stage_metrics=stage_metrics, end_to_end=end_to_end,
+                          progress=not json_output)
     if json_output:
         typer.echo(json.dumps({"program": str(directory), "data_fingerprint": fingerprint,
                                "examples": len(examples), **report.summary()}, indent=2, default=str))
@@ -301,6 +311,7 @@ def compare(
     """Compare the trials of one or more MLflow experiments (tracking URI as for optimize)."""
     import mlflow
 
+    from stagewise.errors import ConfigError
     from stagewise.optimize.tracking import tracking_uri
 
     mlflow.set_tracking_uri(tracking_uri())
@@ -308,9 +319,8 @@ def compare(
     missing = [n for n in names if mlflow.get_experiment_by_name(n) is None]
     if missing:
         known = [e.name for e in mlflow.search_experiments()]
-        console.print(f"[red]error:[/red] no experiment named {', '.join(map(repr, missing))} at {tracking_uri()} "
-                      f"(experiments: {', '.join(known) or 'none'})")
-        raise typer.Exit(2)
+        raise ConfigError(f"no experiment named {', '.join(map(repr, missing))} at {tracking_uri()} "
+                          f"(experiments: {', '.join(known) or 'none'})")
     runs = mlflow.search_runs(experiment_names=names, filter_string="tags.stagewise_role = 'trial'")
     if runs.empty:
         console.print(f"no trial runs in {', '.join(names)}")
@@ -366,7 +376,7 @@ def route_eval_command(
 
     from stagewise.models.replay import OutcomeTableError
     from stagewise.routing.evaluation import RoutingEvalError, plot_report, route_eval
-    from stagewise.routing.features import EmbeddingsUnavailable, FeatureSpecError
+    from stagewise.routing.features import EmbeddingsUnavailableError, FeatureSpecError
     from stagewise.routing.outcomes import load_outcomes
     from stagewise.routing.routers import RouterSpecError
 
@@ -387,7 +397,7 @@ def route_eval_command(
         if save is not None:
             _save_router(spec, train, report, save)
             status.print(f"saved the router trained on all of {outcomes} to {save}")
-    except (OutcomeTableError, RoutingEvalError, RouterSpecError, FeatureSpecError, EmbeddingsUnavailable,
+    except (OutcomeTableError, RoutingEvalError, RouterSpecError, FeatureSpecError, EmbeddingsUnavailableError,
             ValueError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
@@ -468,42 +478,36 @@ def serve(
                                                 "server processes."),
 ) -> None:
     """Serve an exported program over HTTP: POST /v1/run, GET /healthz, OpenAPI at /openapi.json."""
-    import os
 
     import uvicorn
 
-    from stagewise.optimize.export import ExportError
-    from stagewise.runtime.checkpoint import StoreConnectionError
+    from stagewise.errors import ConfigError
     from stagewise.runtime.resilience import Breakers, Budget, Resilience, StagePolicy
     from stagewise.runtime.serve import create_app
 
     token = None if no_auth else os.environ.get(token_env)
     if not no_auth and not token:
-        console.print(f"[red]error:[/red] set the bearer token in ${token_env}, or pass --no-auth for local use")
-        raise typer.Exit(2)
+        raise ConfigError(f"set the bearer token in ${token_env}, or pass --no-auth for local use")
     policies = {stage: StagePolicy("fallback", tuple(m.strip() for m in models.split(",")))
                 for stage, models in _pairs(fallback, "--fallback", "STAGE=MODEL[,MODEL]").items()}
-    try:
-        resilience = Resilience(policies=policies, budget=Budget(per_request_usd=budget) if budget else None,
-                                breakers=Breakers(redis_url=redis))
-        app_ = create_app(directory, token=token, max_body=max_body, requests_per_minute=rate, resilience=resilience,
-                          redis_url=redis)
-    except (ExportError, StoreConnectionError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
+    resilience = Resilience(policies=policies, budget=Budget(per_request_usd=budget) if budget else None,
+                            breakers=Breakers(redis_url=redis))
+    app_ = create_app(directory, token=token, max_body=max_body, requests_per_minute=rate, resilience=resilience,
+                      redis_url=redis)
     console.print(f"serving {directory} at http://{host}:{port} (POST /v1/run, GET /healthz, /docs)"
                   + ("" if token else " without authentication"))
     uvicorn.run(app_, host=host, port=port, log_level="warning")
 
 
 def _pairs(items: list[str] | None, option: str, form: str, *, empty: bool = False) -> dict[str, str]:
-    """``NAME=VALUE`` options as a dict (``empty``: VALUE may be empty); exits 2 naming the item at fault."""
+    """``NAME=VALUE`` options as a dict (``empty``: VALUE may be empty); a ConfigError names the item at fault."""
+    from stagewise.errors import ConfigError
+
     parsed = {}
     for item in items or []:
         key, equals, value = item.partition("=")
         if not equals or not key or not (value or empty):
-            console.print(f"[red]error:[/red] {option} {item!r}: expected {form}")
-            raise typer.Exit(2)
+            raise ConfigError(f"{option} {item!r}: expected {form}")
         parsed[key] = value
     return parsed
 
@@ -512,15 +516,10 @@ RUNS_STORE_HELP = "Checkpoint store URL (default: $STAGEWISE_RUNS or sqlite:///s
 
 
 def _runs_store(url: str | None):
-    import os
 
-    from stagewise.runtime.checkpoint import StoreConnectionError, open_checkpoints
+    from stagewise.runtime.checkpoint import open_checkpoints
 
-    try:
-        return open_checkpoints(url or os.environ.get("STAGEWISE_RUNS"))
-    except StoreConnectionError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
+    return open_checkpoints(url or os.environ.get("STAGEWISE_RUNS"))
 
 
 @app.command("diff")
@@ -530,14 +529,9 @@ def diff_command(
     store: str | None = typer.Option(None, help=RUNS_STORE_HELP),
 ) -> None:
     """Per stage of a run: the context it received, transformed (tokens saved) and added (tokens cost)."""
-    from stagewise.runtime.checkpoint import CheckpointError
     from stagewise.runtime.diff import diff_html, diff_text
 
-    try:
-        record = _runs_store(store).load(run_id)
-    except CheckpointError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
+    record = _runs_store(store).load(run_id)
     print(diff_text(record))
     if html is not None:
         html.write_text(diff_html(record), encoding="utf-8")
@@ -556,19 +550,12 @@ def replay_command(
     """Re-run a stored run from a stage with changed context or models; show how the outputs changed."""
     import dspy
 
-    from stagewise.optimize.export import ExportError
-    from stagewise.programs.stage import StageConfigError
-    from stagewise.runtime.checkpoint import CheckpointError
-    from stagewise.runtime.runs import ReplayError, output_changes, replay
+    from stagewise.runtime.runs import output_changes, replay
 
     overrides, models = _pairs(set_, "--set", "NAME=VALUE", empty=True), _pairs(model, "--model", "STAGE=MODEL")
-    try:
-        with dspy.context(adapter=dspy.JSONAdapter()):
-            original, prediction, replayed = replay(run_id, stage, store=_runs_store(store), overrides=overrides,
-                                                    models=models)
-    except (CheckpointError, ReplayError, ExportError, StageConfigError, UnknownModelError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
+    with dspy.context(adapter=dspy.JSONAdapter()):
+        original, prediction, replayed = replay(run_id, stage, store=_runs_store(store), overrides=overrides,
+                                                models=models)
     changes = output_changes(original, replayed)
     table = Table(title=f"run {run_id} replayed from stage {stage!r} as {prediction.run_id}")
     for column in ("stage", "field", "original", "replayed"):

@@ -4,7 +4,7 @@ import dspy
 import pytest
 
 from stagewise.models.lm import get_lm
-from stagewise.models.replay import OutcomeTable, OutcomeTableError, ReplayEngine, ReplayError
+from stagewise.models.replay import OutcomeTable, OutcomeTableError, NotRecordedError, ReplayEngine
 from stagewise.models.tokens import count_tokens
 from stagewise.models.usage import track_usage
 
@@ -77,7 +77,7 @@ def test_unknown_prompt_is_an_error_not_an_invented_answer(routerbench):
     lm = get_lm("recorded/gpt-4-1106-preview", replay_table=routerbench)
     with pytest.raises(dspy.utils.exceptions.LMInvalidRequestError, match="prompt not in outcome table"):
         lm("What is the capital of France?")
-    with pytest.raises(ReplayError, match="prompt not in outcome table"):
+    with pytest.raises(NotRecordedError, match="prompt not in outcome table"):
         routerbench.outcome("nope", "gpt-4-1106-preview")
 
 
@@ -85,7 +85,7 @@ def test_empty_cell_is_an_error(routerbench):
     # RouterBench leaves some scores empty while the response is there: no recorded correctness.
     row = next(i for i in range(len(routerbench)) if routerbench.scores.isna().iloc[i]["claude-v1"])
     prompt = routerbench.prompts[row]
-    with pytest.raises(ReplayError, match=r"empty cell for model 'claude-v1' \(no recorded score\)"):
+    with pytest.raises(NotRecordedError, match=r"empty cell for model 'claude-v1' \(no recorded score\)"):
         routerbench.outcome(prompt, "claude-v1")
     lm = get_lm("recorded/claude-v1", replay_table=routerbench)
     with pytest.raises(dspy.utils.exceptions.LMInvalidRequestError, match="empty cell"):
@@ -93,11 +93,11 @@ def test_empty_cell_is_an_error(routerbench):
 
 
 def test_model_not_in_table_is_an_error(routellm):
-    with pytest.raises(ReplayError, match="not in outcome table"):
+    with pytest.raises(NotRecordedError, match="not in outcome table"):
         get_lm("recorded/claude-v1", replay_table=routellm)
     from stagewise.models.catalog import default_catalog
 
-    with pytest.raises(ReplayError):
+    with pytest.raises(NotRecordedError):
         ReplayEngine(routellm, default_catalog()["recorded/claude-v2"])
 
 
@@ -115,7 +115,7 @@ def test_loading_reports_skipped_rows(tmp_path):
     assert [(s.row, s.reason.split(" ")[0]) for s in loaded.skipped] == [(2, "empty"), (3, "duplicate")]
     report = loaded.report()
     assert "skipped row 2: empty prompt" in report and "1 empty cells" in report
-    with pytest.raises(ReplayError, match="empty cell"):
+    with pytest.raises(NotRecordedError, match="empty cell"):
         loaded.outcome("q2", "b")
     assert loaded.outcome("  q2 ", "a").correct == 1.0  # whitespace does not matter
 
@@ -135,7 +135,7 @@ def test_bad_tables_are_clear_errors(tmp_path):
     scores_only.write_text("prompt,score\nq,1\n")
     table = OutcomeTable.load(scores_only)
     assert table.format == "plain" and table.models == ["score"]
-    with pytest.raises(ReplayError, match="empty cell for model 'score' \\(no recorded response\\)"):
+    with pytest.raises(NotRecordedError, match="empty cell for model 'score' \\(no recorded response\\)"):
         table.outcome("q", "score")
     bad_score = tmp_path / "bad_score.csv"
     bad_score.write_text("prompt,a,a_response\nq,maybe,r\n")

@@ -29,7 +29,7 @@ from stagewise.runtime.resilience import (Breakers, Budget, BudgetExceeded, Limi
                                           Resilience, StageFailed, StagePolicy, is_retryable)
 from stagewise.runtime.stage_cache import StageCache
 
-from .conftest import ROOT, ROUTERBENCH_TEST
+from .conftest import ROOT, ROUTERBENCH_TEST, require_service
 
 
 def _free_port() -> int:
@@ -235,9 +235,7 @@ with dspy.context(adapter=dspy.JSONAdapter()), guarding(Resilience(limiter=limit
 
 
 def test_two_processes_sharing_a_redis_limiter_never_exceed_it_together(tmp_path):
-    redis_url = os.environ.get("STAGEWISE_TEST_REDIS_URL")
-    if not redis_url:
-        pytest.skip("no redis server: run the tests with `make test`, which starts one on loopback")
+    redis_url = require_service("redis")
     import redis
 
     redis.Redis.from_url(redis_url).delete("stagewise:ratelimit:counting")
@@ -571,9 +569,7 @@ def test_a_tenants_daily_budget_stops_its_requests_before_the_call(arc, tmp_path
 
 
 def test_breaker_state_is_shared_through_redis():
-    redis_url = os.environ.get("STAGEWISE_TEST_REDIS_URL")
-    if not redis_url:
-        pytest.skip("no redis server: run the tests with `make test`, which starts one on loopback")
+    redis_url = require_service("redis")
     endpoint = f"http://shared-endpoint-{time.time_ns()}/v1"
     one, two = Breakers(fail_max=2, reset_s=30, redis_url=redis_url), Breakers(fail_max=2, reset_s=30,
                                                                                redis_url=redis_url)
@@ -597,9 +593,7 @@ def test_server_processes_share_the_per_token_rate_limit_through_redis(tmp_path,
     from stagewise.runtime.checkpoint import StoreConnectionError
     from stagewise.runtime.serve import create_app
 
-    redis_url = os.environ.get("STAGEWISE_TEST_REDIS_URL")
-    if not redis_url:
-        pytest.skip("no redis server: run the tests with `make test`, which starts one on loopback")
+    redis_url = require_service("redis")
     program = build_answer()
     program.set_models({"answer": get_lm("recorded/mixtral-8x7b-chat", replay_table=arc)})
     export(program, tmp_path / "best", factory="tests.test_resilience:build_answer", factory_path=str(ROOT))

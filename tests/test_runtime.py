@@ -17,7 +17,7 @@ from stagewise.programs import Chain, Stage
 from stagewise.runtime import checkpoint as cp
 from stagewise.runtime.runs import resume, run
 
-from .conftest import ROOT
+from .conftest import ROOT, require_service
 
 
 def build_chain():
@@ -176,10 +176,7 @@ def test_a_killed_run_resumes_from_its_checkpoint_with_no_repeated_calls(tmp_pat
 # --- the shared context store ---------------------------------------------------------------
 
 def _server(name: str) -> str:
-    url = os.environ.get(f"STAGEWISE_TEST_{name}_URL")
-    if not url:
-        pytest.skip(f"no {name.lower()} server: run the tests with `make test`, which starts one on loopback")
-    return url
+    return require_service(name.lower())
 
 
 def _store_url(kind: str, tmp_path) -> str:
@@ -364,9 +361,7 @@ def test_context_diff_text_and_html_page_in_headless_chromium(tmp_path):
     assert "+ added        triage.topic" in result.stdout
     assert "~ transformed  input.notes -> answer~budget.input.notes" in result.stdout
     assert "- removed      input.notes" in result.stdout
-    chromium = os.environ.get("STAGEWISE_TEST_CHROMIUM")
-    if not chromium:
-        pytest.skip("no Chromium: run the tests with `make test`, which installs it")
+    chromium = require_service("chromium")
     dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                           "--disable-component-update", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
                           "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120).stdout

@@ -26,17 +26,14 @@ import pytest
 from stagewise.optimize import pareto
 from stagewise.optimize.storage import StorageError, open_storage
 
-from .conftest import ROOT
+from .conftest import ROOT, require_service
 
 ARC = ROOT / "examples" / "arc_routing"
 STAGEWISE = str(Path(sys.executable).with_name("stagewise"))
 
 
 def _postgres() -> str:
-    url = os.environ.get("STAGEWISE_TEST_POSTGRES_URL")
-    if not url:
-        pytest.skip("no postgres server: run the tests with `make test`, which starts one on loopback")
-    return url
+    return require_service("postgres")
 
 
 def _database(url: str, prefix: str) -> str:

@@ -6,13 +6,13 @@
 - ``budget``: per-stage token budgets, fitting sections into them, re-splitting a total.
 """
 
-from stagewise.context.budget import BudgetError, FitResult, fit, reallocate, stage_budget
+from stagewise.context.budget import FitResult, TokenBudgetError, fit, reallocate, stage_budget
 from stagewise.context.format import parse, render
 from stagewise.context.granularity import compress_extractive, compress_with_model, expand, filter_sections, merge
 from stagewise.context.record import Context, MissingSectionError, Section
 
 __all__ = [
-    "BudgetError", "Context", "FitResult", "MissingSectionError", "Section", "compress_extractive",
+    "Context", "FitResult", "MissingSectionError", "Section", "TokenBudgetError", "compress_extractive",
     "compress_with_model", "expand", "filter_sections", "fit", "merge", "parse", "reallocate", "render",
     "stage_budget",
 ]

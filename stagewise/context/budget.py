@@ -5,11 +5,12 @@ prompt (instructions, demos, field names, and each format's few tokens of framin
 section) is the caller's ``fixed_tokens``; the model's reply is ``max_output``. Nothing
 is ever cut silently: every compression or truncation :func:`fit` does is a note on
 the section and in :attr:`FitResult.notes`, and what cannot be made to fit is a
-:class:`BudgetError` naming the stage.
+a :class:`TokenBudgetError` naming the stage.
 """
 
 from __future__ import annotations
 
+from stagewise.errors import BudgetError, ConfigError
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -18,7 +19,7 @@ from stagewise.context.granularity import Count, compress_extractive, truncate
 from stagewise.context.record import Section
 
 
-class BudgetError(ValueError):
+class TokenBudgetError(BudgetError, ValueError):
     """A stage's context cannot be made to fit its token budget."""
 
     def __init__(self, stage: str, budget: int, problem: str):
@@ -44,21 +45,21 @@ def stage_budget(stage: str, *, configured: int | None, context_window: int, max
     """Tokens available to ``stage``'s context sections.
 
     ``min(configured, context_window - max_output - fixed_tokens)``, where no configured
-    budget means the whole window. A result <= 0 is a BudgetError naming the stage.
+    budget means the whole window. A result <= 0 is a TokenBudgetError naming the stage.
     """
     if context_window <= 0:
-        raise ValueError(f"stage {stage!r}: context_window must be positive, got {context_window}")
+        raise ConfigError(f"stage {stage!r}: context_window must be positive, got {context_window}")
     for field_name, value in (("max_output", max_output), ("fixed_tokens", fixed_tokens)):
         if value < 0:
-            raise ValueError(f"stage {stage!r}: {field_name} must not be negative, got {value}")
+            raise ConfigError(f"stage {stage!r}: {field_name} must not be negative, got {value}")
     room = context_window - max_output - fixed_tokens
     budget = min(context_window if configured is None else configured, room)
     if room <= 0:
-        raise BudgetError(stage, budget, (
+        raise TokenBudgetError(stage, budget, (
             f"budget smaller than the fixed part of the prompt: context window {context_window} "
             f"- max output {max_output} - fixed prompt {fixed_tokens} leaves {room} tokens for context"))
     if budget <= 0:
-        raise BudgetError(stage, budget, f"the configured budget of {configured} tokens leaves no room for context")
+        raise TokenBudgetError(stage, budget, f"the configured budget of {configured} tokens leaves no room for context")
     return budget
 
 
@@ -74,13 +75,13 @@ def fit(sections: Sequence[Section], budget: int, count: Count, *, stage: str,
     miss their target), the largest remaining non-protected section is truncated at a
     word boundary, noted ``"truncated: a -> b tokens"``. A section is protected when its
     kind or its id is in ``protected``; protected sections are never changed, and if
-    they alone exceed the budget the result is a BudgetError naming the stage.
+    they alone exceed the budget the result is a TokenBudgetError naming the stage.
 
     The sections' order is kept. A section compressed and then truncated keeps the
     compressed name and its lineage to the input section, with both steps in its note.
     """
     if budget < 0:
-        raise BudgetError(stage, budget, "the budget is negative")
+        raise TokenBudgetError(stage, budget, "the budget is negative")
     compress = compress or (lambda section, max_tokens: compress_extractive(section, max_tokens, count))
     current = list(sections)
     tokens = [count(s.content) for s in current]
@@ -92,7 +93,7 @@ def fit(sections: Sequence[Section], budget: int, count: Count, *, stage: str,
     protected_total = sum(t for t, p in zip(tokens, is_protected) if p)
     if protected_total > budget:
         listed = ", ".join(f"{s.id} ({t} tokens)" for s, t, p in zip(current, tokens, is_protected) if p)
-        raise BudgetError(stage, budget, f"the protected sections alone need {protected_total} tokens: {listed}")
+        raise TokenBudgetError(stage, budget, f"the protected sections alone need {protected_total} tokens: {listed}")
     notes: list[str] = []
 
     # Compress largest first, each to the level at which the not-yet-compressed sections
@@ -117,7 +118,7 @@ def fit(sections: Sequence[Section], budget: int, count: Count, *, stage: str,
     while sum(tokens) > budget:
         candidates = [i for i in range(len(current)) if not is_protected[i] and i not in exhausted and tokens[i] > 0]
         if not candidates:
-            raise BudgetError(stage, budget, f"{sum(tokens)} tokens remain after compressing and truncating every "
+            raise TokenBudgetError(stage, budget, f"{sum(tokens)} tokens remain after compressing and truncating every "
                                              "non-protected section")
         largest = max(candidates, key=lambda i: tokens[i])
         target = max(0, tokens[largest] - (sum(tokens) - budget))
@@ -148,12 +149,12 @@ def reallocate(total: int, observed: dict[str, float], *, floor: int = 64) -> di
     or a usage is negative or not a number.
     """
     if floor < 0:
-        raise ValueError(f"floor must not be negative, got {floor}")
+        raise ConfigError(f"floor must not be negative, got {floor}")
     for stage, usage in observed.items():
         if not math.isfinite(usage) or usage < 0:
-            raise ValueError(f"stage {stage!r}: observed usage must be a finite number >= 0, got {usage}")
+            raise ConfigError(f"stage {stage!r}: observed usage must be a finite number >= 0, got {usage}")
     if total < floor * len(observed):
-        raise ValueError(f"a total of {total} tokens cannot give each of {len(observed)} stages "
+        raise ConfigError(f"a total of {total} tokens cannot give each of {len(observed)} stages "
                          f"the floor of {floor} (needs {floor * len(observed)})")
     if not observed:
         return {}

@@ -14,6 +14,7 @@ tracing a final output back to the inputs that produced it.
 
 from __future__ import annotations
 
+from stagewise.errors import ProgramError
 import fnmatch
 import threading
 from dataclasses import dataclass, field, replace
@@ -23,7 +24,7 @@ SectionKind = Literal["query", "retrieved", "stage_output", "summary", "instruct
 INPUT = "input"  # the source name of the request's own inputs
 
 
-class MissingSectionError(LookupError):
+class MissingSectionError(ProgramError, LookupError):
     """A stage asked for a section that no earlier stage produced."""
 
     def __init__(self, stage: str, wanted: str, available: list[str]):

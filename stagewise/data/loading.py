@@ -16,6 +16,8 @@ a JSON object in a column of strings). Bad rows are skipped and reported, or ref
 
 from __future__ import annotations
 
+from stagewise.errors import ConfigError
+from stagewise.errors import DataError
 import hashlib
 import json
 import logging
@@ -23,6 +25,7 @@ import math
 import re
 import tempfile
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Literal
@@ -44,10 +47,6 @@ _READER_VERSION = "stagewise.data.loading/1"
 _EXAMPLES_SHOWN = 5
 
 
-class DataError(ValueError):
-    """Data that cannot be used as asked; the message names the file, column, row or split at fault."""
-
-
 @dataclass(frozen=True)
 class FieldMap:
     """Program field -> dataset column, for the input fields and the label fields.
@@ -65,15 +64,15 @@ class FieldMap:
         object.__setattr__(self, "inputs", dict(self.inputs))
         object.__setattr__(self, "labels", dict(self.labels))
         if not self.inputs:
-            raise ValueError("a FieldMap needs at least one input field")
+            raise ConfigError("a FieldMap needs at least one input field")
         for kind, mapping in (("input", self.inputs), ("label", self.labels)):
             for name, column in mapping.items():
                 _check_field_name(name, kind)
                 if not isinstance(column, str) or not column:
-                    raise ValueError(f"{kind} field {name!r} maps to column {column!r}; a column name is a non-empty string")
+                    raise ConfigError(f"{kind} field {name!r} maps to column {column!r}; a column name is a non-empty string")
         both = sorted(set(self.inputs) & set(self.labels))
         if both:
-            raise ValueError(f"field(s) {both} are both inputs and labels; a field is one or the other")
+            raise ConfigError(f"field(s) {both} are both inputs and labels; a field is one or the other")
 
     @classmethod
     def identity(cls, inputs: Iterable[str], labels: Iterable[str] = ()) -> FieldMap:
@@ -95,11 +94,11 @@ class FieldMap:
 
 def _check_field_name(name: object, kind: str) -> None:
     if not isinstance(name, str) or not name.isidentifier():
-        raise ValueError(f"{kind} field name {name!r} is not a Python identifier (DSPy fields are)")
+        raise ConfigError(f"{kind} field name {name!r} is not a Python identifier (DSPy fields are)")
     # Example hides `dspy_*` keys and serves its own attributes (inputs, labels, keys, copy...)
     # before its fields, so such a name would be silently unreadable as `example.<name>`.
     if name.startswith(("_", "dspy_")) or name in dir(dspy.Example):
-        raise ValueError(f"{kind} field name {name!r} is reserved by dspy.Example; rename the field")
+        raise ConfigError(f"{kind} field name {name!r} is reserved by dspy.Example; rename the field")
 
 
 @dataclass(frozen=True)
@@ -159,7 +158,7 @@ def load_dataset_file(
     file, a mapped column the data lacks, refused bad rows, or no usable row at all.
     """
     if on_bad not in ("skip", "refuse"):
-        raise ValueError(f"on_bad={on_bad!r}; expected 'skip' or 'refuse'")
+        raise ConfigError(f"on_bad={on_bad!r}; expected 'skip' or 'refuse'")
     if not isinstance(fields, FieldMap):
         raise TypeError(f"fields must be a FieldMap, not {type(fields).__name__}")
     path = Path(source)
@@ -167,7 +166,7 @@ def load_dataset_file(
         raise DataError(f"data source {str(path)!r} is a directory; pass one data file")
     if path.is_file():
         if split is not None:
-            raise ValueError(f"split={split!r} applies to hub datasets; {str(path)!r} is a local file "
+            raise ConfigError(f"split={split!r} applies to hub datasets; {str(path)!r} is a local file "
                              "(one split): pass split=None and split the examples instead")
         columns, fingerprint_of_data = _read_local(path, fields)
         # A CSV reader turns only an empty cell into None (see _read_local).
@@ -214,7 +213,7 @@ def _read_local(path: Path, fields: FieldMap) -> tuple[dict[str, list[Any]], str
     try:
         # A private, throw-away cache: nothing accumulates in the user's cache, and a file
         # rewritten in place can never be served from a stale cached copy.
-        with tempfile.TemporaryDirectory(prefix="stagewise-data-") as cache:
+        with tempfile.TemporaryDirectory(prefix="stagewise-data-") as cache, _quiet_datasets():
             dataset = datasets.load_dataset(loader, data_files=str(path), split="train",
                                             cache_dir=cache, keep_in_memory=True, **options)
             columns = _mapped_columns(dataset, fields, repr(str(path)))
@@ -231,6 +230,20 @@ def _read_local(path: Path, fields: FieldMap) -> tuple[dict[str, list[Any]], str
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return columns, digest.hexdigest()
+
+
+@contextmanager
+def _quiet_datasets():
+    """No progress bar while reading one local file (it would flash "Generating train split" on stderr)."""
+    import datasets
+
+    was_disabled = datasets.is_progress_bar_enabled() is False
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not was_disabled:
+            datasets.enable_progress_bars()
 
 
 def _csv_header(path: Path) -> list[str]:

@@ -9,6 +9,7 @@ example is an error, never a silently empty list.
 
 from __future__ import annotations
 
+from stagewise.errors import ConfigError
 import hashlib
 import json
 import math
@@ -107,10 +108,10 @@ def _check_fractions(fractions: dict[str, float]) -> None:
     shown = ", ".join(f"{name}={value!r}" for name, value in fractions.items())
     for name, value in fractions.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-            raise ValueError(f"split fraction {name}={value!r} must be a number in [0, 1] ({shown})")
+            raise ConfigError(f"split fraction {name}={value!r} must be a number in [0, 1] ({shown})")
     total = math.fsum(fractions.values())
     if abs(total - 1) > 1e-9:
-        raise ValueError(f"split fractions {shown} sum to {total!r}, not 1")
+        raise ConfigError(f"split fractions {shown} sum to {total!r}, not 1")
 
 
 def _allocate(n: int, fractions: dict[str, float]) -> dict[str, int]:

@@ -12,6 +12,7 @@ evaluated is lost.
 
 from __future__ import annotations
 
+from stagewise.errors import ConfigError
 import statistics
 import time
 from collections.abc import Callable
@@ -25,7 +26,7 @@ from stagewise.metrics.scoring import Metric, macro_f1, metric_by_name
 PASS = 0.5  # a score at or above this counts as a success when attributing failures
 
 
-class EvaluationError(ValueError):
+class EvaluationError(ConfigError):
     """The evaluation is set up wrongly (unknown stage, field or label, no examples)."""
 
 

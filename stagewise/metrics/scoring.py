@@ -7,6 +7,7 @@ in [0, 1]. :func:`metric_by_name` resolves the names a config uses. Label metric
 
 from __future__ import annotations
 
+from stagewise.errors import ConfigError, DataError
 from collections.abc import Callable
 
 import dspy
@@ -25,7 +26,7 @@ def label_accuracy(predicted: str, gold: str) -> float:
 def macro_f1(predicted: list[str], gold: list[str]) -> float:
     """Macro-averaged F1 over the gold labels (scikit-learn), on normalized labels."""
     if len(predicted) != len(gold):
-        raise ValueError(f"macro_f1: {len(predicted)} predictions for {len(gold)} gold labels")
+        raise DataError(f"macro_f1: {len(predicted)} predictions for {len(gold)} gold labels")
     if not gold:
         return float("nan")
     return float(f1_score([normalize(g) for g in gold], [normalize(p) for p in predicted],
@@ -45,7 +46,7 @@ def metric_by_name(name: str) -> Metric:
     try:
         return METRICS[name]
     except KeyError:
-        raise ValueError(f"unknown metric {name!r}; metrics: {', '.join(METRICS)}, recorded_correctness, "
+        raise ConfigError(f"unknown metric {name!r}; metrics: {', '.join(METRICS)}, recorded_correctness, "
                          "llm_judge") from None
 
 
@@ -96,7 +97,7 @@ class RecordedCorrectness:
     def score_example(self, example, prediction) -> float:
         answered = [s for s in prediction.trace.stages if s.calls and s.model]
         if not answered:
-            raise ValueError("recorded_correctness: no stage of this request called a model")
+            raise ConfigError("recorded_correctness: no stage of this request called a model")
         return self(example[self.prompt], answered[-1].model)
 
     def __call__(self, prompt: str, model: str) -> float:
@@ -104,6 +105,6 @@ class RecordedCorrectness:
 
         spec = default_catalog().resolve(model)
         if spec.engine != "replay":
-            raise ValueError(f"recorded_correctness: model {model!r} is not a replayed model; "
+            raise ConfigError(f"recorded_correctness: model {model!r} is not a replayed model; "
                              "use a metric that compares with a gold label")
         return self.table.outcome(prompt, spec.model).correct

@@ -6,6 +6,7 @@ SQuAD's evaluation script: lower case, no punctuation, no articles (a, an, the),
 
 from __future__ import annotations
 
+from stagewise.errors import DataError
 import re
 import string
 from collections import Counter
@@ -55,5 +56,5 @@ def numeric_match(predicted: str, gold: str, *, tolerance: float = 1e-6) -> floa
     """1.0 when the last number in ``predicted`` equals the last number in ``gold``."""
     want, got = last_number(gold), last_number(predicted)
     if want is None:
-        raise ValueError(f"numeric_match: the gold answer {str(gold)[:60]!r} contains no number")
+        raise DataError(f"numeric_match: the gold answer {str(gold)[:60]!r} contains no number")
     return float(got is not None and abs(got - want) <= tolerance * max(1.0, abs(want)))

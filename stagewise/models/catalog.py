@@ -22,6 +22,7 @@ Prices, in US dollars per million tokens, come from one of four sources, recorde
 
 from __future__ import annotations
 
+from stagewise.errors import ModelError
 import difflib
 import importlib.util
 import json
@@ -57,11 +58,11 @@ PROVIDER_KEY_ENV = {
 }
 
 
-class CatalogError(ValueError):
+class CatalogError(ModelError, ValueError):
     """A catalog file or entry is malformed; the message names the file, entry and field."""
 
 
-class UnknownModelError(KeyError):
+class UnknownModelError(ModelError, KeyError):
     """A model name is not in the catalog; the message lists the close matches."""
 
     def __init__(self, name: str, known: list[str], detail: str = ""):

@@ -13,6 +13,7 @@ Use :func:`get_lm` to build one by catalog name::
 
 from __future__ import annotations
 
+from stagewise.errors import ConfigError, ModelError
 import os
 import time
 from typing import Any
@@ -33,7 +34,7 @@ from stagewise.models.usage import (UsageLedger, UsageRecord, capture_enabled, c
 STAGEWISE_DATA = "stagewise"  # key of our entry in Response.provider_data
 
 
-class MissingAPIKeyError(RuntimeError):
+class MissingAPIKeyError(ModelError, RuntimeError):
     """A hosted model's API key variable is not set."""
 
 
@@ -181,7 +182,7 @@ def get_lm(
         from stagewise.models.replay import ReplayEngine
 
         if replay_table is None:
-            raise ValueError(f"model {spec.name!r} replays recorded outcomes: pass replay_table=OutcomeTable.load(...)")
+            raise ConfigError(f"model {spec.name!r} replays recorded outcomes: pass replay_table=OutcomeTable.load(...)")
         engine = ReplayEngine(replay_table, spec)
         return StagewiseLM(f"replay/{spec.name}@{replay_table.fingerprint[:12]}", spec=spec, engine=engine,
                            async_engine=ThreadedAsyncEngine(engine), **options)

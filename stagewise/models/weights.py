@@ -12,6 +12,7 @@ A catalog entry may also name a ``.gguf`` file path directly.
 
 from __future__ import annotations
 
+from stagewise.errors import ConfigError, ModelError
 import importlib
 import importlib.util
 import os
@@ -21,7 +22,7 @@ from functools import cache
 from pathlib import Path
 
 
-class MissingWeightsError(ImportError):
+class MissingWeightsError(ModelError, ImportError):
     """The package that ships a model's weights is not installed; the message says which."""
 
 
@@ -56,11 +57,11 @@ def weights_path(weights_id: str) -> Path:
     if weights_id.endswith(".gguf"):
         path = Path(weights_id).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(f"local model weights file {str(path)!r} does not exist")
+            raise ModelError(f"local model weights file {str(path)!r} does not exist")
         return path
     packaged = PACKAGED.get(weights_id)
     if packaged is None:
-        raise ValueError(
+        raise ConfigError(
             f"unknown local weights {weights_id!r}: use one of {sorted(PACKAGED)} or a path to a .gguf file"
         )
     spec = importlib.util.find_spec(packaged.module)

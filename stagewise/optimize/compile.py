@@ -17,6 +17,7 @@ instructions. It needs a reflection model (``Reflection``) and a budget of metri
 
 from __future__ import annotations
 
+from stagewise.errors import ConfigError, SearchSpaceError
 import hashlib
 import json
 import threading
@@ -82,7 +83,7 @@ class CompileCache:
 def _optimizer(name: str, demos: int, metric: Callable, reflection: Reflection | None = None):
     if name == "gepa":
         if reflection is None:
-            raise ValueError("the gepa optimizer needs a reflection model ([search] reflection_model)")
+            raise ConfigError("the gepa optimizer needs a reflection model ([search] reflection_model)")
 
         def feedback_metric(gold, pred, trace=None, pred_name=None, pred_trace=None):
             score, text = reflection.feedback(gold, pred)
@@ -103,7 +104,7 @@ def _optimizer(name: str, demos: int, metric: Callable, reflection: Reflection |
     if name == "mipro":
         return dspy.MIPROv2(metric=metric, auto="light", max_bootstrapped_demos=demos, max_labeled_demos=demos,
                             num_threads=1)
-    raise ValueError(f"unknown optimizer {name!r}")
+    raise SearchSpaceError(f"unknown optimizer {name!r}")
 
 
 def compile_stages(program, choice: TrialChoice, trainset: list, metric: Callable, cache: CompileCache,

@@ -8,6 +8,7 @@ of an outcome table (``outcomes``) when the stages replay recorded models.
 
 from __future__ import annotations
 
+from stagewise.errors import ConfigError
 import importlib
 import sys
 from dataclasses import dataclass
@@ -20,10 +21,6 @@ from stagewise.metrics.report import EndToEnd, StageMetric
 from stagewise.optimize.space import RouterChoices, StageChoices
 from stagewise.optimize.study import StudySettings
 from stagewise.tomlfiles import read_toml
-
-
-class ConfigError(ValueError):
-    """The config file is malformed; the message names the file and the key."""
 
 
 @dataclass
@@ -58,8 +55,32 @@ class StudyConfig:
                 "stages": [{"stage": m.stage, "output": m.output, "label": m.label, "metric": m.metric}
                            for m in self.stage_metrics]}
 
+    def splits(self):
+        """The seeded train/dev/test split of the examples, as ``[split]`` says."""
+        from stagewise.data import split
+
+        try:
+            seed = int(self.split.get("seed", 0))
+        except (TypeError, ValueError):
+            raise ConfigError(f"config {str(self.path)!r}: [split] seed must be an integer, "
+                              f"got {self.split.get('seed')!r}") from None
+        return split(self.examples, train=self.split.get("train", 0.5), dev=self.split.get("dev", 0.25),
+                     test=self.split.get("test", 0.25), seed=seed, stratify_by=self.split.get("stratify_by"))
+
     def build(self):
-        return import_factory(self.factory)(**self.factory_kwargs)
+        """A fresh program from the factory; a ConfigError when the factory returns something else."""
+        from stagewise.programs import Pipeline
+
+        program = import_factory(self.factory)(**self.factory_kwargs)
+        if not isinstance(program, Pipeline):
+            shown = repr(program)
+            shown = shown if len(shown) <= 60 else shown[:57] + "..."
+            raise ConfigError(
+                f"config {str(self.path)!r}: [program] factory {self.factory!r} returned "
+                f"{type(program).__module__}.{type(program).__qualname__} ({shown}), not a program: expected a "
+                "stagewise program (Stage, Chain, Retrieve, FanOut, Router, Cascade or Hierarchy, or a "
+                "Pipeline subclass)")
+        return program
 
 
 def import_factory(path: str):

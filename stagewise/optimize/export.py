@@ -16,6 +16,7 @@ predictor state and sets each stage's model.
 
 from __future__ import annotations
 
+from stagewise.errors import ExportError
 import importlib
 import json
 import platform
@@ -29,10 +30,6 @@ from stagewise.optimize.space import router_modules
 
 MANIFEST_FORMAT = "stagewise-program/1"
 PACKAGES = ("stagewise", "dspy", "litellm", "llama-cpp-python", "optuna", "mlflow", "scikit-learn", "skops")
-
-
-class ExportError(ValueError):
-    """A program directory cannot be written or read; the message names the file and the field."""
 
 
 def _versions() -> dict[str, str]:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from stagewise.errors import ConfigError
 from pathlib import Path
 
 import pandas as pd
 
 
-class SelectionError(ValueError):
+class SelectionError(ConfigError):
     """No configuration satisfies the constraint."""
 
 

@@ -3,16 +3,13 @@ per cascade, acceptance thresholds; per router, an LLM decision stage or a train
 
 from __future__ import annotations
 
+from stagewise.errors import SearchSpaceError
 from dataclasses import dataclass, field
 
 from stagewise.models.catalog import ModelCatalog, UnknownModelError, default_catalog
 
 OPTIMIZERS = ("none", "labeled_fewshot", "bootstrap_fewshot", "bootstrap_random_search", "mipro", "gepa")
 DEMO_OPTIMIZERS = ("labeled_fewshot", "bootstrap_fewshot", "bootstrap_random_search", "mipro")  # gepa: instructions
-
-
-class SearchSpaceError(ValueError):
-    """A search space names an unknown stage, model or optimizer."""
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ marked failed after ``GRACE_PERIOD`` seconds without one, and run again by the n
 
 from __future__ import annotations
 
+from stagewise.errors import StoreError
 import optuna
 import warnings
 
@@ -27,7 +28,7 @@ HEARTBEAT_INTERVAL = 2
 GRACE_PERIOD = 10
 
 
-class StorageError(ValueError):
+class StorageError(StoreError, ValueError):
     """A study storage that cannot be opened, or a study that is not in it."""
 
 

@@ -10,6 +10,7 @@ the same study name continues it. Every trial is an MLflow run nested under the 
 
 from __future__ import annotations
 
+from stagewise.errors import BudgetError
 import hashlib
 import json
 import os
@@ -58,7 +59,7 @@ def _named(metric) -> str:
     return metric if isinstance(metric, str) else type(metric).__name__
 
 
-class OverBudget(Exception):
+class TrialBudgetSpent(BudgetError):
     """A trial asked for after the study's budget was spent (by concurrent workers)."""
 
 
@@ -325,7 +326,7 @@ class Study:
                        and t.state != optuna.trial.TrialState.FAIL]
             if len(earlier) >= budget:
                 study.stop()  # this worker is done: the budget is taken (some trials may still be running)
-                raise OverBudget(f"trial {trial.number}: the study's {budget} trials are already taken")
+                raise TrialBudgetSpent(f"trial {trial.number}: the study's {budget} trials are already taken")
             return self.objective(study, trial)
 
         stop = optuna.study.MaxTrialsCallback(budget, states=(optuna.trial.TrialState.COMPLETE,
@@ -342,7 +343,7 @@ class Study:
                     task = bar.add_task("trials", total=budget, completed=self.counted(study))
                     callbacks.append(lambda s, t: bar.update(task, completed=min(budget, self.counted(s))))
                 try:
-                    study.optimize(objective, n_trials=own_trials, callbacks=callbacks, catch=(OverBudget,))
+                    study.optimize(objective, n_trials=own_trials, callbacks=callbacks, catch=(TrialBudgetSpent,))
                 finally:
                     if bar:
                         bar.stop()
@@ -367,7 +368,7 @@ class Study:
             waiting = study.get_trials(deepcopy=False, states=waiting_states)
             if not waiting:
                 return
-            study.optimize(objective, n_trials=len(waiting), catch=(OverBudget,))
+            study.optimize(objective, n_trials=len(waiting), catch=(TrialBudgetSpent,))
 
     def results(self, study: optuna.Study) -> StudyResult:
         rows = []

@@ -20,17 +20,16 @@ def tracking_uri() -> str:
 
 
 class Tracker:
-    """Logs a study to MLflow. ``Tracker(None)`` (no experiment) logs nothing."""
+    """Logs a study to MLflow. ``Tracker(None)`` (no experiment) logs nothing.
+
+    Nothing touches MLflow until the study starts: a config that fails validation leaves no
+    experiment (and no database file) behind.
+    """
 
     def __init__(self, experiment: str | None, uri: str | None = None):
         self.experiment = experiment
         self.uri = uri or tracking_uri()
         self.parent_id: str | None = None
-        if experiment is not None:
-            import mlflow
-
-            mlflow.set_tracking_uri(self.uri)
-            mlflow.set_experiment(experiment)
 
     @contextmanager
     def study(self, name: str, params: dict[str, Any]) -> Iterator[None]:
@@ -38,6 +37,9 @@ class Tracker:
             yield
             return
         import mlflow
+
+        mlflow.set_tracking_uri(self.uri)
+        mlflow.set_experiment(self.experiment)
 
         existing = mlflow.search_runs(filter_string=f"tags.stagewise_study = '{name}' and tags.stagewise_role = 'study'",
                                       output_format="list")

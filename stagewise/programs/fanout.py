@@ -15,6 +15,7 @@ back, and an aggregator turns the branch outputs into the fan-out's outputs:
 
 from __future__ import annotations
 
+from stagewise.errors import ProgramError
 import contextvars
 import hashlib
 from collections import Counter, defaultdict
@@ -27,7 +28,7 @@ from stagewise.programs.run import Run, StageRun, use_run
 from stagewise.programs.stage import Pipeline, Stage, StageConfigError, as_text, default_count
 
 
-class BaselineMismatchError(RuntimeError):
+class BaselineMismatchError(ProgramError, RuntimeError):
     """A branch saw a different baseline context than its siblings."""
 
 

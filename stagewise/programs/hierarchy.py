@@ -10,6 +10,7 @@ is either an error (:class:`PlanError`) or sent back to the planner with the rea
 
 from __future__ import annotations
 
+from stagewise.errors import ProgramError
 import json
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, get_args
@@ -21,7 +22,7 @@ from stagewise.programs.run import Run, StageRun, use_run
 from stagewise.programs.stage import Pipeline, Stage, StageConfigError, as_text, default_count
 
 
-class PlanError(ValueError):
+class PlanError(ProgramError, ValueError):
     """The planner's plan is invalid and the policy says not to re-plan (or re-planning failed)."""
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from stagewise.errors import ConfigError
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,7 +19,7 @@ class DocumentIndex:
 
     def __init__(self, documents: Sequence[str], *, ids: Sequence[str] | None = None):
         if not documents:
-            raise ValueError("a document index needs at least one document")
+            raise ConfigError("a document index needs at least one document")
         self.documents = list(documents)
         self.ids = list(ids) if ids is not None else [str(i) for i in range(len(self.documents))]
         self.vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, stop_words="english")

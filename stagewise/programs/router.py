@@ -14,6 +14,7 @@ study uses this to search "LLM router or trained classifier" as one choice.
 
 from __future__ import annotations
 
+from stagewise.errors import ProgramError
 from typing import Any
 
 from stagewise.context.record import Section
@@ -21,7 +22,7 @@ from stagewise.programs.run import Run, StageRun
 from stagewise.programs.stage import Pipeline, Stage, StageConfigError, default_count
 
 
-class UnknownRouteError(LookupError):
+class UnknownRouteError(ProgramError, LookupError):
     """The routing decision named a route that does not exist."""
 
     def __str__(self) -> str:

@@ -16,6 +16,7 @@ section the stage received.
 
 from __future__ import annotations
 
+from stagewise.errors import ConfigError
 import json
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -37,7 +38,7 @@ from stagewise.programs.run import (Run, StageEvent, StageRun, current_guard, cu
 from stagewise.tomlfiles import read_toml
 
 
-class StageConfigError(ValueError):
+class StageConfigError(ConfigError):
     """A program is assembled wrongly (duplicate stage names, unknown stage in a model map)."""
 
 

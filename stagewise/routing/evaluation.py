@@ -19,6 +19,7 @@ Both: the cost saving at >= 95% of the best single model's quality, against that
 
 from __future__ import annotations
 
+from stagewise.errors import DataError
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,7 +30,7 @@ RANDOM_SEEDS = 10
 TARGET = 0.95
 
 
-class RoutingEvalError(ValueError):
+class RoutingEvalError(DataError):
     """The outcomes cannot support the requested evaluation (the message says why)."""
 
 

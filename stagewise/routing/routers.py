@@ -17,6 +17,7 @@ builds one from a spec string; ``suggest_router`` draws one from an Optuna trial
 
 from __future__ import annotations
 
+from stagewise.errors import ConfigError, DataError
 import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, ClassifierMixin
@@ -26,7 +27,7 @@ from stagewise.routing.features import TextFeatures, parse_features
 from stagewise.routing.outcomes import Outcomes
 
 
-class RouterSpecError(ValueError):
+class RouterSpecError(ConfigError):
     """A router spec string names an unknown kind or option, or a bad value."""
 
 
@@ -58,7 +59,7 @@ class LabelRouter(ClassifierMixin, _TextEstimator):
     def fit(self, X, y):
         labels = np.asarray([str(v) for v in y])
         if len(set(labels)) < 2:
-            raise ValueError(f"a label router needs at least two route labels in its training data, got {sorted(set(labels))}")
+            raise DataError(f"a label router needs at least two route labels in its training data, got {sorted(set(labels))}")
         self.model_ = _classifier(self.C, balanced=True, binary=len(set(labels)) == 2).fit(
             self._fit_features(list(X)), labels)
         self.classes_ = self.model_.classes_
@@ -154,7 +155,7 @@ class WinRouter(_OutcomeRouter):
         """``y``: (n, 2) scores, the weak (cheaper) model first."""
         self.models_ = _models(y, models)
         if len(self.models_) != 2:
-            raise ValueError(f"a win router routes between two models, got {len(self.models_)}: {self.models_}")
+            raise DataError(f"a win router routes between two models, got {len(self.models_)}: {self.models_}")
         scores = _matrix(y, self.models_)
         wins = (scores[:, 1] > scores[:, 0]).astype(int)
         features = self._fit_features(list(X))
@@ -196,7 +197,7 @@ class CascadeScorer(ClassifierMixin, _TextEstimator):
     def fit(self, X, y):
         correct = (np.asarray(y, dtype=float) >= 0.5).astype(int)
         if len(set(correct)) < 2:
-            raise ValueError("a cascade scorer needs both correct and wrong responses in its training data")
+            raise DataError("a cascade scorer needs both correct and wrong responses in its training data")
         self.model_ = _classifier(self.C).fit(self._fit_features(_pairs(X)), correct)
         self.classes_ = self.model_.classes_
         return self
@@ -205,7 +206,7 @@ class CascadeScorer(ClassifierMixin, _TextEstimator):
         """Trained on the ``weak`` model's recorded responses (default: the cheapest; ``strong`` is unused)."""
         model = weak or outcomes.by_cost()[0]
         if outcomes.responses is None:
-            raise ValueError(f"{outcomes.source!r} records no responses: a cascade scorer reads the cheap model's response")
+            raise DataError(f"{outcomes.source!r} records no responses: a cascade scorer reads the cheap model's response")
         j = outcomes.column(model)
         pairs = [(p, r[j]) for p, r in zip(outcomes.prompts, outcomes.responses)]
         return self.fit(pairs, outcomes.scores[:, j])
@@ -236,16 +237,16 @@ def _matrix(y, models: list[str]) -> np.ndarray:
     scores = (y[models] if isinstance(y, pd.DataFrame) and set(models) <= set(y.columns) else np.asarray(y))
     scores = np.asarray(scores, dtype=float)
     if scores.ndim != 2 or scores.shape[1] != len(models):
-        raise ValueError(f"scores must be (queries, {len(models)} models), got shape {scores.shape}")
+        raise DataError(f"scores must be (queries, {len(models)} models), got shape {scores.shape}")
     if np.isnan(scores).any():
-        raise ValueError("scores have missing values: drop those rows first")
+        raise DataError("scores have missing values: drop those rows first")
     return scores
 
 
 def _pair(outcomes: Outcomes, weak: str | None, strong: str | None) -> tuple[str, str]:
     if weak is None and strong is None:
         if len(outcomes.models) != 2:
-            raise ValueError(f"{outcomes.source!r} has {len(outcomes.models)} models: name the weak and the strong one")
+            raise DataError(f"{outcomes.source!r} has {len(outcomes.models)} models: name the weak and the strong one")
         weak, strong = outcomes.by_cost()
     weak = weak or next(m for m in outcomes.by_cost() if m != strong)
     strong = strong or next(m for m in reversed(outcomes.by_cost()) if m != weak)

@@ -4,12 +4,12 @@ context diffs and replay."""
 from stagewise.runtime.checkpoint import (CheckpointError, CorruptCheckpointError, StoreConnectionError,
                                           UnknownRunError, open_checkpoints)
 from stagewise.runtime.diff import diff_html, diff_text
-from stagewise.runtime.runs import ReplayError, replay, resume, run
+from stagewise.runtime.runs import RunReplayError, replay, resume, run
 from stagewise.runtime.store import ContextRecorder, open_context_store, shared
 from stagewise.runtime.tracing import Tracer, tracer_provider
 
 __all__ = [
-    "CheckpointError", "ContextRecorder", "CorruptCheckpointError", "ReplayError", "StoreConnectionError", "Tracer",
+    "CheckpointError", "ContextRecorder", "CorruptCheckpointError", "RunReplayError", "StoreConnectionError", "Tracer",
     "UnknownRunError", "diff_html", "diff_text", "open_checkpoints", "open_context_store", "replay", "resume", "run",
     "shared", "tracer_provider",
 ]

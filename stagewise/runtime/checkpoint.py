@@ -18,6 +18,7 @@ appends a row, so a run's history is kept; ``load`` returns its latest record.
 
 from __future__ import annotations
 
+from stagewise.errors import StoreError
 import json
 import sqlite3
 import threading
@@ -32,7 +33,7 @@ CHECKPOINT_VERSION = 1
 DEFAULT_URL = "sqlite:///stagewise-runs.db"
 
 
-class CheckpointError(LookupError):
+class CheckpointError(StoreError, LookupError):
     """A checkpoint that cannot be found or read; the message names the run and the store."""
 
     def __str__(self) -> str:

@@ -3,10 +3,11 @@ without its password."""
 
 from __future__ import annotations
 
+from stagewise.errors import StoreError
 from stagewise.redaction import redact, scrub
 
 
-class StoreConnectionError(ConnectionError):
+class StoreConnectionError(StoreError, ConnectionError):
     """A store URL that cannot be opened; the message shows the URL without its password."""
 
 

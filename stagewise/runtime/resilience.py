@@ -21,6 +21,7 @@ would exceed its cost budget (or its tenant's daily budget), keeping the partial
 
 from __future__ import annotations
 
+from stagewise.errors import BudgetError, ConfigError, ModelError
 import collections
 import contextvars
 import datetime as dt
@@ -50,7 +51,7 @@ RETRYABLE_NAMES = ("timeout", "connection", "transport", "ratelimit", "serviceun
                    "badgateway", "servererror")
 
 
-class StageFailed(RuntimeError):
+class StageFailed(ModelError, RuntimeError):
     """Every model a stage may use failed; ``errors`` says how, per model."""
 
     def __init__(self, stage: str, errors: list[str]):
@@ -58,11 +59,11 @@ class StageFailed(RuntimeError):
         self.stage, self.errors = stage, errors
 
 
-class RateLimited(RuntimeError):
+class RateLimited(BudgetError, RuntimeError):
     """A call shed by the rate limiter (policy ``shed``, or waited longer than ``max_wait_s``)."""
 
 
-class BudgetExceeded(RuntimeError):
+class BudgetExceeded(BudgetError, RuntimeError):
     """The next call would take the request (or its tenant's day) over its cost budget."""
 
     def __init__(self, message: str, partial: dict[str, str], estimate_usd: float = 0.0):
@@ -99,7 +100,7 @@ class StagePolicy:
 
     def __post_init__(self):
         if self.mode not in ("retry", "fallback", "skip", "fail"):
-            raise ValueError(f"stage policy mode {self.mode!r}: use retry, fallback, skip or fail")
+            raise ConfigError(f"stage policy mode {self.mode!r}: use retry, fallback, skip or fail")
 
 
 def endpoint_of(lm) -> str:
@@ -190,7 +191,7 @@ class RateLimiter:
     def __init__(self, limits: dict[str, Limit], *, window_s: float = 60.0, policy: str = "queue",
                  max_wait_s: float = 60.0, redis_url: str | None = None, lease_s: float = 300.0):
         if policy not in ("queue", "shed"):
-            raise ValueError(f"rate limiter policy {policy!r}: use queue or shed")
+            raise ConfigError(f"rate limiter policy {policy!r}: use queue or shed")
         self.limits, self.policy, self.max_wait_s = limits, policy, max_wait_s
         self.window_s, self.lease_s, self.redis_url = window_s, lease_s, redis_url
         self._script = self._release = None

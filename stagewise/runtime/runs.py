@@ -9,6 +9,7 @@ A stage execution is recognized by its key, ``stage#n`` (its n-th execution in t
 
 from __future__ import annotations
 
+from stagewise.errors import ConfigError
 import threading
 import time
 import uuid
@@ -211,7 +212,9 @@ def resume(run_id: str, *, store: str | CheckpointStore | None = None, program=N
     return prediction
 
 
-class ReplayError(LookupError):
+class RunReplayError(ConfigError, LookupError):
+    """A replay of a stored run names a stage or a value the run does not have."""
+
     def __str__(self) -> str:
         return self.args[0]
 
@@ -236,7 +239,7 @@ def _replay(store: CheckpointStore, run_id: str, stage: str, overrides, models, 
     names = list(dict.fromkeys(step["stage"] for step in original["steps"]))
     position = next((i for i, step in enumerate(original["steps"]) if stage in (step["stage"], step["key"])), None)
     if position is None:
-        raise ReplayError(f"run {run_id!r} has no stage {stage!r} (its stages: {', '.join(names) or 'none'})")
+        raise RunReplayError(f"run {run_id!r} has no stage {stage!r} (its stages: {', '.join(names) or 'none'})")
     earlier = copy.deepcopy(original["steps"][:position])
     inputs = dict(original["inputs"])
     for target, value in (overrides or {}).items():
@@ -252,7 +255,7 @@ def _replay(store: CheckpointStore, run_id: str, stage: str, overrides, models, 
                         step["outputs"][section["name"]] = value
         if not found:
             available = list(inputs) + [f"{s['source']}.{s['name']}" for step in earlier for s in step["sections"]]
-            raise ReplayError(f"--set {target}: neither an input of run {run_id!r} nor a section produced before "
+            raise RunReplayError(f"--set {target}: neither an input of run {run_id!r} nor a section produced before "
                               f"stage {stage!r} (available: {', '.join(available)})")
     if program is None:
         program = rebuild(original, models)

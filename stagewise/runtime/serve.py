@@ -15,6 +15,7 @@ default) unless the app is made with ``token=None`` for local use (``--no-auth``
 
 
 
+from stagewise.errors import StagewiseError
 import hashlib
 import hmac
 import logging
@@ -40,7 +41,9 @@ from stagewise.runtime.stage_cache import StageCache
 log = logging.getLogger(__name__)
 
 
-class ApiError(Exception):
+class ApiError(StagewiseError):
+    """An HTTP error answer: status, stable code and message (JSON), raised inside a request."""
+
     def __init__(self, status: int, code: str, message: str, **extra: Any):
         super().__init__(message)
         self.status, self.code, self.message, self.extra = status, code, message, extra

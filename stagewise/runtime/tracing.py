@@ -15,6 +15,7 @@ exporter; ``"mlflow"`` sends the spans to the MLflow tracking URI's traces, besi
 
 from __future__ import annotations
 
+from stagewise.errors import ConfigError
 import json
 from contextlib import contextmanager, nullcontext
 
@@ -46,7 +47,7 @@ def tracer_provider(exporter: str = "console", *, endpoint: str | None = None) -
     elif exporter == "mlflow":
         sink = MlflowSpanExporter()
     else:
-        raise ValueError(f"unknown trace exporter {exporter!r} (console, otlp, memory, mlflow)")
+        raise ConfigError(f"unknown trace exporter {exporter!r} (console, otlp, memory, mlflow)")
     provider.add_span_processor(SimpleSpanProcessor(sink))
     return provider, sink
 
