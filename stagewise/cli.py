@@ -62,15 +62,16 @@ def _catalog(path: Path | None) -> ModelCatalog:
 
 @app.command("models")
 def list_models(catalog: Path | None = typer.Option(None, help="A user catalog file (TOML) to add.")) -> None:
-    """List the model catalog: engine, price per million tokens, context, format."""
+    """List the model catalog: engine, price per million tokens, context, format, tokenizer, latency."""
     table = Table(title="stagewise model catalog")
-    for column in ("name", "provider", "engine", "$/M in", "$/M out", "price", "context", "max out", "format", "latency"):
+    for column in ("name", "provider", "engine", "$/M in", "$/M out", "price", "context", "max out", "format",
+                   "tokenizer", "latency"):
         table.add_column(column, justify="right" if column.startswith("$") or column in ("context", "max out") else "left")
     for spec in _catalog(catalog):
         price = (lambda p: "-" if p is None else f"{p:.4g}")
         table.add_row(spec.name, spec.provider, spec.engine, price(spec.input_price), price(spec.output_price),
                       spec.price_source, f"{spec.context_window:,}", f"{spec.max_output:,}", spec.context_format,
-                      spec.latency_class)
+                      spec.tokenizer, spec.latency_class)
     console.print(table)
 
 
