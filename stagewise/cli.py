@@ -311,6 +311,7 @@ def compare(
 ) -> None:
     """Compare the trials of one or more MLflow experiments (tracking URI as for optimize)."""
     import mlflow
+    import pandas as pd
 
     from stagewise.errors import ConfigError
     from stagewise.optimize.tracking import tracking_uri
@@ -328,7 +329,9 @@ def compare(
         raise typer.Exit(1)
     experiments = {e.experiment_id: e.name for e in mlflow.search_experiments()}
     runs["experiment"] = runs["experiment_id"].map(experiments)
-    params = sorted(c for c in runs.columns if c.startswith("params.") and c.endswith(".model"))
+    # The choices optimize's front shows: each router's decision, then each stage's model.
+    params = sorted(c for c in runs.columns if c.startswith("params.") and c.endswith(".decision")) + \
+        sorted(c for c in runs.columns if c.startswith("params.") and c.endswith(".model"))
     table = Table(title=f"{len(runs)} trials from {', '.join(names)}")
     for column in ("experiment", "trial", "state", "quality", "$ per 1k", *[c.removeprefix("params.") for c in params]):
         table.add_column(column)
@@ -337,8 +340,8 @@ def compare(
         quality, cost = row.get("metrics.quality"), row.get("metrics.cost_per_1k_requests")
         table.add_row(str(row["experiment"]), str(row.get("tags.stagewise_trial", "")),
                       str(row.get("tags.stagewise_state", "")),
-                      "-" if quality != quality else f"{quality:.3f}", "-" if cost != cost else f"{cost:.4f}",
-                      *[str(row.get(c, "")) for c in params])
+                      "-" if pd.isna(quality) else f"{quality:.3f}", "-" if pd.isna(cost) else f"{cost:.4f}",
+                      *["-" if pd.isna(row.get(c)) else str(row[c]) for c in params])  # a stood-in stage has no model
     console.print(table)
     if plot is not None:
         import matplotlib
