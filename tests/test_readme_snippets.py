@@ -63,3 +63,77 @@ def test_the_chain_snippet_answers_on_the_local_models(dspy_warnings, dspy_setti
     lineage = {section.id for section in trace.lineage("review.verdict")}
     assert {"input.query", "retrieve.passage_1", "generate.answer"} <= lineage
     assert "trace of request" in capsys.readouterr().out
+
+
+def _exported_banking_program(directory):
+    """What `make demo` leaves in runs/banking/best: the banking example exported (here unoptimized, on SmolLM2)."""
+    import sys
+
+    from stagewise.optimize.export import export
+
+    folder = ROOT / "examples" / "banking"
+    sys.path.insert(0, str(folder))
+    try:
+        from banking_pipeline import build
+    finally:
+        sys.path.remove(str(folder))
+    program = build().set_models({"route": "smollm2-135m", "cards": "smollm2-135m", "payments": "smollm2-135m"})
+    return export(program, directory, factory="banking_pipeline:build", factory_path=str(folder))
+
+
+@pytest.mark.local_model
+def test_the_runtime_snippet_checkpoints_resumes_diffs_traces_and_records_to_redis(tmp_path, monkeypatch,
+                                                                                   dspy_settings, capsys):
+    import shlex
+
+    from typer.testing import CliRunner
+
+    from stagewise.cli import app
+    from stagewise.runtime import open_checkpoints, open_context_store
+
+    from .conftest import require_service
+
+    redis = require_service("redis")
+    monkeypatch.setenv("REDIS_URL", redis)
+    monkeypatch.delenv("STAGEWISE_RUNS", raising=False)
+    best = _exported_banking_program(tmp_path / "runs" / "banking" / "best")
+    monkeypatch.chdir(tmp_path)
+
+    namespace = {}
+    exec(readme_block("resume(prediction.run_id"), namespace)
+    printed = capsys.readouterr().out
+    run_id = namespace["prediction"].run_id
+    record = open_checkpoints("sqlite:///runs.db").load(run_id)
+    assert record["status"] == "completed" and record["program"] == {"export": str(best.resolve())}
+    stages = [step["stage"] for step in record["steps"]]
+    assert stages[0] == "route" and stages[1:] in (["cards"], ["payments"])
+
+    # The command the snippet prints finds the run, in the store the snippet wrote.
+    [command] = [line for line in printed.splitlines() if line.startswith("stagewise diff ")]
+    diffed = CliRunner().invoke(app, shlex.split(command)[1:])
+    assert diffed.exit_code == 0, diffed.output
+    assert "route" in diffed.output and stages[1] in diffed.output
+    assert not (tmp_path / "stagewise-runs.db").exists()
+
+    # The traced call: a span per model call on the console, and every section it added in Redis.
+    assert '"name": "chat smollm2-135m"' in printed
+    request = namespace["reply"].trace.request_id
+    entries = open_context_store(redis).entries(request)
+    assert {entry["stage"] for entry in entries} >= {"route"} and len(entries) >= 2
+
+
+def test_diff_of_an_unknown_run_in_a_store_that_does_not_exist_is_one_line_and_creates_nothing(tmp_path,
+                                                                                              monkeypatch):
+    from typer.testing import CliRunner
+
+    from stagewise.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("STAGEWISE_RUNS", raising=False)
+    for arguments in (["diff", "0123abcd"], ["diff", "0123abcd", "--store", "sqlite:///runs.db"],
+                      ["replay", "0123abcd", "--stage", "route"]):
+        result = CliRunner().invoke(app, arguments)
+        assert result.exit_code == 2, result.output
+        [line] = result.output.strip().splitlines()
+        assert line.startswith("error: no run '0123abcd': the checkpoint store sqlite:///") and "does not exist" in line
+    assert list(tmp_path.iterdir()) == []

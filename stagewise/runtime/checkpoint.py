@@ -124,49 +124,82 @@ _SCHEMA = ("CREATE TABLE IF NOT EXISTS stagewise_checkpoints (run_id TEXT NOT NU
 
 
 class SQLiteCheckpoints(CheckpointStore):
-    """A SQLite file (WAL mode: readers never block the writing run)."""
+    """A SQLite file (WAL mode: readers never block the writing run).
+
+    The file is created by the first checkpoint written to it: looking a run up in a store that
+    does not exist is an :class:`UnknownRunError` that says so, and leaves no empty file behind.
+    """
 
     def __init__(self, url: str):
         self.url = url
         path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else url.removeprefix("sqlite://")
         self.path = Path(path or "stagewise-runs.db")
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute(_SCHEMA)
-        except (sqlite3.Error, OSError) as exc:
-            raise StoreConnectionError(f"cannot open the checkpoint store {url}: {exc}") from None
+        self._db: sqlite3.Connection | None = None
         self._lock = threading.Lock()
+        if self.path.exists():
+            self._connect()
+        else:  # fail now, not at the first checkpoint, when the file could never be created
+            folder = next(parent for parent in self.path.absolute().parents if parent.exists())
+            if not folder.is_dir():
+                raise StoreConnectionError(f"cannot open the checkpoint store {url}: {folder} is not a directory")
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._db is None:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                db = sqlite3.connect(self.path, check_same_thread=False, timeout=30, isolation_level=None)
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")
+                db.execute(_SCHEMA)
+            except (sqlite3.Error, OSError) as exc:
+                raise StoreConnectionError(f"cannot open the checkpoint store {self.url}: {exc}") from None
+            self._db = db
+        return self._db
+
+    def _reader(self) -> sqlite3.Connection | None:
+        """The connection, or None while the file does not exist (another process may create it)."""
+        return self._db if self._db is not None or not self.path.exists() else self._connect()
+
+    def load(self, run_id: str) -> dict:
+        with self._lock:
+            missing = self._reader() is None
+        if missing:
+            raise UnknownRunError(f"no run {run_id!r}: the checkpoint store {redact(self.url)} does not exist "
+                                  f"(no file {str(self.path.absolute())!r})")
+        return super().load(run_id)
 
     def _append(self, run_id, status, updated, text):
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+            db = self._connect()
+            db.execute("BEGIN IMMEDIATE")
             try:
-                self._db.execute(
+                db.execute(
                     "INSERT INTO stagewise_checkpoints VALUES (?, (SELECT COALESCE(MAX(seq), -1) + 1 FROM "
                     "stagewise_checkpoints WHERE run_id = ?), ?, ?, ?)", (run_id, run_id, status, updated, text))
-                self._db.execute("COMMIT")
+                db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                db.execute("ROLLBACK")
                 raise
 
     def _latest(self, run_id):
         with self._lock:
-            row = self._db.execute("SELECT record FROM stagewise_checkpoints WHERE run_id = ? ORDER BY seq DESC "
-                                   "LIMIT 1", (run_id,)).fetchone()
+            db = self._reader()
+            row = None if db is None else db.execute(
+                "SELECT record FROM stagewise_checkpoints WHERE run_id = ? ORDER BY seq DESC LIMIT 1",
+                (run_id,)).fetchone()
         return row[0] if row else None
 
     def _summaries(self, limit):
         with self._lock:
-            return self._db.execute(
+            db = self._reader()
+            return [] if db is None else db.execute(
                 "SELECT c.run_id, c.status, c.updated FROM stagewise_checkpoints c JOIN (SELECT run_id, MAX(seq) AS "
                 "seq FROM stagewise_checkpoints GROUP BY run_id) m ON c.run_id = m.run_id AND c.seq = m.seq "
                 "ORDER BY c.updated DESC LIMIT ?", (limit,)).fetchall()
 
     def close(self):
-        self._db.close()
+        if self._db is not None:
+            self._db.close()
 
 
 class PostgresCheckpoints(CheckpointStore):
