@@ -266,7 +266,8 @@ def evaluate_command(
     directory: Path = typer.Argument(..., help="An exported program (with manifest.json)."),
     data: Path = typer.Option(..., "--data", help="A study config (TOML: its test split and metrics), or a data "
                                                  "file (CSV, JSONL, Parquet) evaluated whole with the manifest's "
-                                                 "column maps and metrics."),
+                                                 "column maps and metrics: the file needs the input columns and "
+                                                 "every label column the metrics score against."),
     json_output: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Stage-level and end-to-end report of an exported program."""

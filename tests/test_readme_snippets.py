@@ -137,3 +137,23 @@ def test_diff_of_an_unknown_run_in_a_store_that_does_not_exist_is_one_line_and_c
         [line] = result.output.strip().splitlines()
         assert line.startswith("error: no run '0123abcd': the checkpoint store sqlite:///") and "does not exist" in line
     assert list(tmp_path.iterdir()) == []
+
+
+def test_see_above_and_see_below_point_where_they_say():
+    """A `see "Section" above` names a heading in that direction; a bare `see below` refers to the
+    backticked names just before it, which must be described in that direction."""
+    text = README.read_text(encoding="utf-8")
+    checked = 0
+    for match in re.finditer(r'see (?:"([^"]+)" )?(above|below)', text):
+        heading, direction = match.groups()
+        before, after = text[:match.start()], text[match.end():]
+        where = before if direction == "above" else after
+        if heading:
+            assert re.search(rf"^#+ .*{re.escape(heading)}", where, re.M), match.group(0)
+        else:
+            clause = before[max(before.rfind(". "), before.rfind("("), before.rfind("\n\n")) + 1:]
+            names = re.findall(r"`([^`]+)`", clause)
+            assert names, f"{match.group(0)!r} after {clause!r}: say what it refers to"
+            assert [name for name in names if name not in where] == [], f"{clause} {match.group(0)}"
+        checked += 1
+    assert checked

@@ -284,7 +284,8 @@ def _mapped_columns(dataset, fields: FieldMap, where: str) -> dict[str, list[Any
     available = list(dataset.column_names)
     for name, column in fields.fields().items():
         if column not in available:
-            raise DataError(f"column {column!r} (mapped to field {name!r}) is not in {where}; "
+            kind = "input" if name in fields.inputs else "label"
+            raise DataError(f"{kind} column {column!r} (mapped to field {name!r}) is not in {where}; "
                             f"its columns are {available}")
     return dataset.select_columns(fields.columns()).to_dict()
 
