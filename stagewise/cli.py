@@ -143,9 +143,7 @@ def _study(config: Path, *, study: str | None, trials: int | None, storage: str 
 
     cfg = load_config(config, study=study, trials=trials)
     if storage:
-        cfg.settings.storage = storage
-    if not create and trials is None:
-        cfg.settings.trials = None  # a worker takes the study's own budget
+        cfg.settings.storage = storage  # a worker's config keeps its [search] trials: checked against the study's
     splits = cfg.splits()
     tracker = Tracker(cfg.experiment or cfg.settings.name)
     runner = Study(cfg.build, splits, cfg.space, cfg.end_to_end, stage_metrics=cfg.stage_metrics,
@@ -160,7 +158,8 @@ def worker(
     config: Path = typer.Argument(..., help="The study's config (TOML): the same as the study's."),
     storage: str = typer.Option(..., help="The study's Optuna storage URL (postgresql://..., journal:///...)."),
     study: str = typer.Option(..., help="The name of the study to join."),
-    trials: int | None = typer.Option(None, help="At most this many trials from this worker."),
+    trials: int | None = typer.Option(None, help="At most this many trials from this worker (the study's budget "
+                                                 "stays the config's [search] trials)."),
     out: Path = typer.Option(Path("runs/latest"), help="Output directory; share it for the compiled-stage cache."),
 ) -> None:
     """Join a running study: run its trials until its budget is spent (start as many workers as wanted)."""

@@ -137,3 +137,60 @@ def test_unknown_model_string_says_how_to_add_it(catalog):
         catalog.resolve("openai/gpt-4o-mimi")
     message = str(info.value)
     assert "explicit price" in message and "gpt-4o-mini" in message
+
+
+USER_CATALOG = """
+[models.my-smollm]
+provider = "local"
+engine = "llama_cpp"
+model = "smollm2-135m-instruct"
+parameters_b = 0.135
+input_price = 1.0
+output_price = 2.0
+context_window = 2048
+max_output = 64
+context_format = "plain"
+tokenizer = "llama.cpp"
+
+[models.gpt-4o-mini]
+provider = "openai"
+engine = "litellm"
+model = "openai/gpt-4o-mini"
+context_format = "xml"
+tokenizer = "o200k_base"
+"""
+
+
+def test_the_stagewise_catalog_variable_names_a_user_catalog(tmp_path, monkeypatch):
+    """README: set STAGEWISE_CATALOG=models.toml and every part of stagewise sees its entries."""
+    import dspy
+
+    from stagewise.models.lm import get_lm
+    from stagewise.models.usage import track_usage
+
+    user = tmp_path / "models.toml"
+    user.write_text(USER_CATALOG)
+    monkeypatch.setenv("STAGEWISE_CATALOG", str(user))
+    catalog = ModelCatalog.load()
+    assert catalog["my-smollm"].price_source == "explicit" and catalog["gpt-4o-mini"].context_format == "xml"
+    assert "smollm2-135m" in catalog  # added to the built-in catalog, not instead of it
+    # A model by the user's name, on the real local engine, priced at the user's prices.
+    lm = get_lm("my-smollm", cache=False, max_tokens=16)
+    with track_usage() as ledger:
+        lm("Say hello.")
+    [record] = ledger.records
+    assert record.model == "my-smollm" and record.engine == "llama_cpp" and record.output_tokens > 0
+    assert record.cost_usd == pytest.approx((record.input_tokens * 1.0 + record.output_tokens * 2.0) / 1e6)
+    assert lm.spec.context_window == 2048 and isinstance(lm, dspy.LM)
+    # The command reads it too: `stagewise models` lists the user's entry, at its explicit price.
+    from typer.testing import CliRunner
+
+    from stagewise.cli import app
+
+    listed = CliRunner().invoke(app, ["models"])
+    assert listed.exit_code == 0, listed.output
+    [row] = [line for line in listed.output.splitlines() if "my-smollm" in line]
+    assert "explicit" in row and "llama_cpp" in row
+    monkeypatch.setenv("STAGEWISE_CATALOG", str(tmp_path / "missing.toml"))
+    with pytest.raises(CatalogError, match="missing.toml"):
+        ModelCatalog.load()

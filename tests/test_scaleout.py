@@ -165,7 +165,7 @@ def test_scaleout_bad_inputs(tmp_path):
     env = _env(tmp_path, f"sqlite:///{tmp_path}/mlflow.db")
     missing = subprocess.run([STAGEWISE, "worker", str(config), "--storage", storage, "--study", "nope"],
                              env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert missing.returncode == 2 and "no study named 'nope'" in missing.stdout and "studies: none" in missing.stdout
+    assert missing.returncode == 2 and "no study named 'nope'" in missing.stderr and "studies: none" in missing.stderr
 
     created = subprocess.run([STAGEWISE, "optimize", str(config), "--storage", storage, "--study", "first",
                               "--trials", "1", "--out", str(tmp_path / "o")], env=env, cwd=tmp_path,
@@ -175,7 +175,7 @@ def test_scaleout_bad_inputs(tmp_path):
     other.write_text(config.read_text().replace("seed = 0", "seed = 1", 1))
     differing = subprocess.run([STAGEWISE, "worker", str(other), "--storage", storage, "--study", "first"],
                                env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert differing.returncode == 2 and "differs from the study's in splits" in differing.stdout
+    assert differing.returncode == 2 and "split.seed (the study's 0, this config's 1)" in differing.stderr
 
     bad = storage.replace("stagewise:stagewise@", "stagewise:wrong-secret@").rsplit(":", 1)[0] + ":1/optuna"
     with pytest.raises(StorageError) as caught:
@@ -184,4 +184,4 @@ def test_scaleout_bad_inputs(tmp_path):
     unreachable = subprocess.run([STAGEWISE, "worker", str(config), "--storage", bad, "--study", "first"],
                                  env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert unreachable.returncode == 2 and "wrong-secret" not in unreachable.stdout + unreachable.stderr
-    assert "cannot open the study storage" in unreachable.stdout
+    assert "cannot open the study storage" in unreachable.stderr

@@ -14,7 +14,7 @@ import hashlib
 import json
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import dspy
@@ -26,11 +26,16 @@ SPLIT_NAMES = ("train", "dev", "test")
 
 @dataclass(frozen=True)
 class Splits:
-    """Three disjoint lists of the same ``dspy.Example`` objects that were split (not copies)."""
+    """Three disjoint lists of the same ``dspy.Example`` objects that were split (not copies).
+
+    ``settings``: how :func:`split` made them (``train``, ``dev``, ``test``, ``seed``,
+    ``stratify_by``), so a study can name the setting in which two splits differ.
+    """
 
     train: list[dspy.Example]
     dev: list[dspy.Example]
     test: list[dspy.Example]
+    settings: dict[str, Any] | None = field(default=None, compare=False)
 
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.train), "dev": len(self.dev), "test": len(self.test)}
@@ -66,11 +71,12 @@ def split(
         if fractions[name] > 0 and targets[name] == 0:
             raise DataError(_empty_message(name, fractions, targets, len(pool)))
 
+    settings = {**fractions, "seed": seed, "stratify_by": stratify_by}
     rng = random.Random(seed)
     if stratify_by is None:
         rng.shuffle(pool)
         cut_train, cut_dev = targets["train"], targets["train"] + targets["dev"]
-        return Splits(pool[:cut_train], pool[cut_train:cut_dev], pool[cut_dev:])
+        return Splits(pool[:cut_train], pool[cut_train:cut_dev], pool[cut_dev:], settings)
 
     groups = _groups(pool, stratify_by)
     counts = _allocate_stratified({label: len(rows) for label, rows in groups.items()}, fractions, targets)
@@ -83,7 +89,7 @@ def split(
             start += counts[label][name]
     for name in SPLIT_NAMES:
         rng.shuffle(parts[name])  # otherwise each split would be ordered label by label
-    return Splits(parts["train"], parts["dev"], parts["test"])
+    return Splits(parts["train"], parts["dev"], parts["test"], settings)
 
 
 def split_fingerprint(splits: Splits) -> str:

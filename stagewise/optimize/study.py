@@ -11,7 +11,6 @@ the same study name continues it. Every trial is an MLflow run nested under the 
 from __future__ import annotations
 
 from stagewise.errors import BudgetError
-import hashlib
 import json
 import os
 import socket
@@ -24,6 +23,7 @@ from typing import Any
 import optuna
 import pandas as pd
 
+from stagewise.data.splits import split_fingerprint
 from stagewise.metrics.report import (
     PASS,
     EndToEnd,
@@ -61,6 +61,10 @@ def _named(metric) -> str:
 
 class TrialBudgetSpent(BudgetError):
     """A trial asked for after the study's budget was spent (by concurrent workers)."""
+
+
+SIGNATURE_ATTR = "stagewise_config"  # the study's config, key by key (Study.signature)
+LEGACY_SIGNATURE_ATTR = "stagewise_signature"  # before: by group (space, splits, ...), not comparable key by key
 
 
 @dataclass
@@ -233,18 +237,49 @@ class Study:
         return self.settings.storage or f"sqlite:///{(self.out_dir / 'optuna.db').resolve()}"
 
     def signature(self) -> dict[str, str]:
-        """What a worker must share with the study it joins (compared key by key)."""
-        return {"space": json.dumps({s: vars(c) for s, c in sorted(self.space.items())}, default=list, sort_keys=True),
-                "thresholds": json.dumps(self.thresholds, sort_keys=True),
-                "routers": json.dumps({r: vars(c) for r, c in sorted(self.routers.items())}, default=list),
-                "data_fingerprint": self.data_fingerprint,
-                "splits": hashlib.sha256(json.dumps([[dict(e) for e in part] for part in (
-                    self.splits.train, self.splits.dev, self.splits.test)], default=str, sort_keys=True).encode()
-                ).hexdigest()[:16],
-                "end_to_end": repr((self.end_to_end.output, self.end_to_end.label, _named(self.end_to_end.metric))),
-                "stage_metrics": repr([(m.stage, m.output, m.label, _named(m.metric)) for m in self.stage_metrics]),
-                "latency_objective": str(self.settings.latency), "seed": str(self.settings.seed),
-                "sampler": self.settings.sampler}
+        """What a worker must share with the study it joins, key by key: each key is the study
+        config's (``search.prune_on``, ``search.stages.route.models``, ``split.seed`` ...), each
+        value JSON. Not in it: the trial budget (kept apart, since a rerun of ``optimize`` may
+        raise it), the storage, and the selection of the final program (``min_quality``,
+        ``max_cost_per_1k``), which changes no trial."""
+        keys: dict[str, Any] = {}
+        for stage, choices in sorted(self.space.items()):
+            keys.update({f"search.stages.{stage}.{name}": value for name, value in vars(choices).items()})
+        keys.update({f"search.thresholds.{cascade}": values for cascade, values in sorted(self.thresholds.items())})
+        for router, choices in sorted(self.routers.items()):
+            keys.update({f"search.routers.{router}.{name}": value for name, value in vars(choices).items()})
+        settings = self.settings
+        keys.update({"search.seed": settings.seed, "search.sampler": settings.sampler,
+                     "search.prune_on": settings.prune_on, "search.prune_margin": settings.prune_margin,
+                     "search.latency_objective": settings.latency, "search.reflection_model": settings.reflection_model,
+                     "search.gepa_metric_calls": settings.gepa_metric_calls})
+        for model, options in sorted(self.lm_options.items()):
+            keys.update({f"models.{model}.{name}": value for name, value in sorted(options.items())
+                         if value is None or isinstance(value, (str, int, float, bool, list, tuple))})
+        keys["metrics.end_to_end"] = [self.end_to_end.output, self.end_to_end.label, _named(self.end_to_end.metric)]
+        keys["metrics.stages"] = [[m.stage, m.output, m.label, _named(m.metric)] for m in self.stage_metrics]
+        keys["data"] = f"fingerprint {self.data_fingerprint[:16]}"
+        keys.update({f"split.{name}": value for name, value in (self.splits.settings or {}).items()})
+        sizes = "/".join(str(len(part)) for part in (self.splits.train, self.splits.dev, self.splits.test))
+        keys["split.examples"] = f"{sizes} (train/dev/test), fingerprint {split_fingerprint(self.splits)[:16]}"
+        return {key: json.dumps(value, default=list, sort_keys=True) for key, value in keys.items()}
+
+    def differences(self, study: optuna.Study, *, create: bool) -> list[str]:
+        """Each key in which this config differs from ``study``'s, with both values.
+
+        ``split.examples`` is left out when a split setting or the data already explains it; the
+        trial budget counts for a worker only (``optimize`` may raise it; a worker's ``--trials``
+        caps its own trials and is not the config's)."""
+        mine, theirs = self.signature(), study.user_attrs.get(SIGNATURE_ATTR, {})
+        keys = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+        if "split.examples" in keys and any(k == "data" or k.startswith("split.") for k in keys if k != "split.examples"):
+            keys.remove("split.examples")
+        shown = {k: (theirs.get(k, "(none)"), mine.get(k, "(none)")) for k in keys}
+        budget = study.user_attrs.get("stagewise_trials")
+        if not create and self.settings.trials is not None and budget is not None and budget != self.settings.trials:
+            shown["search.trials"] = (budget, self.settings.trials)
+        return [f"{key} (the study's {study_value}, this config's {value})"
+                for key, (study_value, value) in sorted(shown.items())]
 
     def grid(self) -> dict[str, list]:
         """Every choice of the space, as Optuna parameter names (the grid sampler's search space)."""
@@ -281,15 +316,18 @@ class Study:
         directions = ["maximize", "minimize"] + (["minimize"] if self.settings.latency else [])
         study = optuna.create_study(study_name=self.settings.name, storage=storage, load_if_exists=True,
                                     directions=directions, sampler=sampler)
-        mine = self.signature()
-        theirs = study.user_attrs.get("stagewise_signature")
-        if theirs is None:
-            study.set_user_attr("stagewise_signature", mine)
-        else:
-            differing = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
-            if differing:
-                raise StorageError(f"study {self.settings.name!r}: this config differs from the study's in "
-                                   f"{', '.join(differing)}; a worker must run the study's own config")
+        if SIGNATURE_ATTR not in study.user_attrs:
+            if not create and LEGACY_SIGNATURE_ATTR in study.user_attrs:
+                raise StorageError(f"study {self.settings.name!r} was started by an older stagewise, which recorded "
+                                   "its config by group: run stagewise optimize on it once (with its own config) to "
+                                   "record it key by key, then start the workers")
+            study.set_user_attr(SIGNATURE_ATTR, self.signature())
+        differing = self.differences(study, create=create)
+        if differing:
+            remedy = ("a worker must run the study's own config (its --trials caps only its own trials)" if not create
+                      else "continue it with its own config, or start another study (--study NAME)")
+            raise StorageError(f"study {self.settings.name!r}: this config differs from the study's in "
+                               f"{'; '.join(differing)}; {remedy}")
         if create and self.settings.trials is not None:  # a rerun of optimize may raise the budget
             study.set_user_attr("stagewise_trials", self.settings.trials)
         return study
