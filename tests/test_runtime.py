@@ -7,6 +7,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from typing import Literal
 
 import dspy
 import pytest
@@ -396,6 +397,61 @@ def test_replay_from_a_stage_with_a_changed_section_and_model(tmp_path):
     assert bad.exit_code == 2 and "no run 'missing'" in bad.stdout
     bad = runner.invoke(app, ["replay", "orig", "--stage", "answer", "--set", "nothing=1", "--store", url])
     assert bad.exit_code == 2 and "neither an input" in bad.stdout
+
+
+class TicketTopic(dspy.Signature):
+    """What is the support ticket about?"""
+
+    ticket: str = dspy.InputField()
+    topic: Literal["card", "transfer", "account"] = dspy.OutputField()
+
+
+class TicketUrgency(dspy.Signature):
+    """Must the ticket be handled today?"""
+
+    ticket: str = dspy.InputField()
+    topic: str = dspy.InputField()
+    urgent: bool = dspy.OutputField()
+
+
+def local_desk():
+    """Two stages on SmolLM2, by catalog name (a replay can put a stage on another model)."""
+    chain = Chain("desk", [Stage("triage", TicketTopic), Stage("urgency", TicketUrgency)])
+    return chain.set_models({"triage": "smollm2-135m", "urgency": "smollm2-135m"})
+
+
+def test_replay_with_a_stage_on_another_local_model(tmp_path):
+    """`stagewise replay RUN --stage urgency --model urgency=gemma3-270m`: the triage stage's stored output is
+    reused (no call), the urgency stage runs for real on Gemma 3, and the new run records it."""
+    from typer.testing import CliRunner
+
+    from stagewise.cli import app
+
+    url = f"sqlite:///{tmp_path}/runs.db"
+    with dspy.context(adapter=dspy.JSONAdapter()):
+        run(local_desk(), {"ticket": "My card was stolen an hour ago and someone is spending my money!"},
+            store=url, run_id="desk", origin={"factory": "tests.test_runtime:local_desk"})
+    with track_usage() as ledger:
+        result = CliRunner().invoke(app, ["replay", "desk", "--stage", "urgency", "--model", "urgency=gemma3-270m",
+                                          "--store", url])
+    assert result.exit_code == 0, result.output
+    assert [(r.model, r.stage) for r in ledger.records] == [("gemma3-270m", "urgency")]  # triage: no call
+    original, replayed = cp.open_checkpoints(url).load("desk"), cp.open_checkpoints(url).load("desk-replay-1")
+    assert replayed["status"] == "completed"
+    assert [(s["stage"], s["model"]) for s in replayed["steps"]] == [("triage", "smollm2-135m"),
+                                                                     ("urgency", "gemma3-270m")]
+    assert replayed["steps"][0]["outputs"] == original["steps"][0]["outputs"]  # restored as stored
+    assert [(s["stage"], s["model"]) for s in original["steps"]] == [("triage", "smollm2-135m"),
+                                                                     ("urgency", "smollm2-135m")]
+    before, after = original["steps"][1]["outputs"]["urgent"], replayed["steps"][1]["outputs"]["urgent"]
+    assert isinstance(after, bool)
+    if before == after:
+        assert "no output changed" in result.stdout
+    else:
+        assert "urgency#0" in result.stdout and str(after) in result.stdout
+    unknown = CliRunner().invoke(app, ["replay", "desk", "--stage", "urgency", "--model", "urgency=gemma3",
+                                       "--store", url])
+    assert unknown.exit_code == 2 and "Did you mean" in unknown.output and "gemma3-270m" in unknown.output
 
 
 REPLAY_CALLS: list[str] = []
