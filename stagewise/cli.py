@@ -28,8 +28,39 @@ console = Console(width=max(shutil.get_terminal_size((160, 24)).columns, 120), s
 errors = Console(stderr=True, width=console.width, soft_wrap=True, highlight=False)
 
 
+def _help_conventions(params: list) -> list:
+    """Typer 0.29 shows every option's type, flags too (``--json <bool>``), and a required argument
+    as ``{config}``: flags get no type (an empty metavar), arguments their name in capitals."""
+    for param in params:
+        if isinstance(param, typer.core.TyperOption) and param.is_flag and param.metavar is None:
+            param.metavar = ""
+        elif isinstance(param, typer.core.TyperArgument) and param.metavar is None:
+            param.metavar = param.name.upper()
+    return params
+
+
+class _Command(typer.core.TyperCommand):
+    """A command whose help shows flags as flags and ``CONFIG`` (``[CONFIG]`` when optional) in its usage line."""
+
+    def get_params(self, ctx):
+        return _help_conventions(super().get_params(ctx))
+
+    def collect_usage_pieces(self, ctx) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if isinstance(param, typer.core.TyperArgument):
+                name = param.display_name_raw + ("..." if param.nargs != 1 else "")
+                pieces.append(name if param.required else f"[{name}]")
+            else:
+                pieces.extend(param.get_usage_pieces(ctx))
+        return pieces
+
+
 class _Commands(typer.core.TyperGroup):
     """The command group: turns a StagewiseError into one line on stderr and exit code 2."""
+
+    def get_params(self, ctx):
+        return _help_conventions(super().get_params(ctx))
 
     def invoke(self, ctx):
         try:
@@ -41,8 +72,19 @@ class _Commands(typer.core.TyperGroup):
             raise typer.Exit(2) from None
 
 
-app = typer.Typer(cls=_Commands, add_completion=False, no_args_is_help=True,
-                  help="Compile and optimize multi-model LLM pipelines.")
+class _App(typer.Typer):
+    """Every command of the app is a :class:`_Command`."""
+
+    def command(self, *args, cls=None, **kwargs):
+        return super().command(*args, cls=cls or _Command, **kwargs)
+
+
+app = _App(cls=_Commands, add_completion=False, no_args_is_help=True,
+           help="Compile and optimize multi-model LLM pipelines.")
+
+# Shared by `optimize` and `worker`: the URLs a study's storage may have.
+STORAGE_HELP = ("The study's Optuna storage URL: sqlite:///path, postgresql://user:password@host/db, "
+                "journal:///path or redis://host:port/db")
 
 
 @app.callback()
@@ -61,7 +103,8 @@ def _catalog(path: Path | None) -> ModelCatalog:
 
 
 @app.command("models")
-def list_models(catalog: Path | None = typer.Option(None, help="A user catalog file (TOML) to add.")) -> None:
+def list_models(catalog: Path | None = typer.Option(None, help="A user catalog file (TOML) to add "
+                                                               "(default: $STAGEWISE_CATALOG).")) -> None:
     """List the model catalog: engine, price per million tokens, context, format, tokenizer, latency."""
     table = Table(title="stagewise model catalog")
     for column in ("name", "provider", "engine", "$/M in", "$/M out", "price", "context", "max out", "format",
@@ -156,13 +199,18 @@ def _study(config: Path, *, study: str | None, trials: int | None, storage: str 
 @app.command()
 def worker(
     config: Path = typer.Argument(..., help="The study's config (TOML): the same as the study's."),
-    storage: str = typer.Option(..., help="The study's Optuna storage URL (postgresql://..., journal:///...)."),
+    storage: str = typer.Option(..., help=f"{STORAGE_HELP}."),
     study: str = typer.Option(..., help="The name of the study to join."),
     trials: int | None = typer.Option(None, help="At most this many trials from this worker (the study's budget "
-                                                 "stays the config's [search] trials)."),
+                                                 "stays the trials its config sets)."),
     out: Path = typer.Option(Path("runs/latest"), help="Output directory; share it for the compiled-stage cache."),
 ) -> None:
-    """Join a running study: run its trials until its budget is spent (start as many workers as wanted)."""
+    """Join a running study: run its trials until its budget is spent (start as many workers as wanted).
+
+    Trials are logged to MLflow at $MLFLOW_TRACKING_URI (a tracking server shared by every machine), else to
+    sqlite:///mlflow.db in the working directory. Models are catalog names: give every machine the same
+    $STAGEWISE_CATALOG file, if the study uses one.
+    """
     import dspy
 
     cfg, splits, _, runner = _study(config, study=study, trials=None, storage=storage, out=out, create=False)
@@ -184,11 +232,14 @@ def optimize(
     trials: int | None = typer.Option(None, help="Total trials of the study (a rerun continues it)."),
     out: Path = typer.Option(Path("runs/latest"), help="Output directory."),
     study: str | None = typer.Option(None, help="Study name (default: from the config)."),
-    storage: str | None = typer.Option(None, help="Optuna storage URL shared with workers: sqlite:///..., "
-                                                  "postgresql://..., journal:///path or redis://... "
-                                                  "(default: OUT/optuna.db)."),
+    storage: str | None = typer.Option(None, help=f"{STORAGE_HELP}, shared with workers (default: OUT/optuna.db)."),
 ) -> None:
-    """Search per-stage models, optimizers and demos; write the Pareto front and the best program."""
+    """Search per-stage models, optimizers and demos; write the Pareto front and the best program.
+
+    Trials are logged to MLflow at $MLFLOW_TRACKING_URI (a tracking server, for workers on other machines),
+    else to sqlite:///mlflow.db in the working directory. Models are catalog names: the built-in catalog,
+    plus the entries of the $STAGEWISE_CATALOG file.
+    """
     from stagewise.optimize import pareto
     from stagewise.optimize.export import export
 
@@ -309,7 +360,10 @@ def compare(
     experiment: list[str] = typer.Option(None, "--experiment", help="Experiment name (repeatable; default: all)."),
     plot: Path | None = typer.Option(None, help="Save a quality-versus-cost plot of the trials here."),
 ) -> None:
-    """Compare the trials of one or more MLflow experiments (tracking URI as for optimize)."""
+    """Compare the trials of one or more MLflow experiments.
+
+    Reads MLflow at $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working directory (as optimize logs).
+    """
     import mlflow
     import pandas as pd
 
