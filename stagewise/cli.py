@@ -420,8 +420,9 @@ def route_eval_command(
     outcomes: Path = typer.Option(..., help="Recorded outcomes to train on (RouterBench, RouteLLM or plain CSV)."),
     test: Path | None = typer.Option(None, help="Recorded outcomes to evaluate on (the same models)."),
     cv: int | None = typer.Option(None, help="Cross-validate with K folds instead of a test file."),
-    router: str = typer.Option("auto", help="Router spec, e.g. quality, win, cascade:features=word+checks,C=2 "
-                                            "(auto: win for two models, quality for more)."),
+    router: str = typer.Option("auto", help="Router spec, e.g. quality, win, zero, cascade:features=word+checks,C=2 "
+                                            "(auto: chosen by cross-validation inside the training rows among the "
+                                            "specs the table supports, the zero router included)."),
     weak: str | None = typer.Option(None, help="Two-model routers: the weak model (default: the cheapest)."),
     strong: str | None = typer.Option(None, help="Two-model routers: the strong model (default: the costliest)."),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
@@ -444,16 +445,27 @@ def route_eval_command(
     try:
         train = load_outcomes(outcomes)
         evaluation = None if test is None else load_outcomes(test)
-        spec = router if router != "auto" else ("win" if len(train.models) == 2 else "quality")
+        spec = router
         status = Console(stderr=True)
         for table in filter(None, (train, evaluation)):
             status.print(table.report())
         with _progress(status) as bar:
-            task = bar.add_task("folds" if cv else "training", total=cv or 1)
-            report = route_eval(spec, train, evaluation, cv=cv, seed=seed, weak=weak, strong=strong,
-                                progress=lambda done, total: bar.update(task, completed=done, total=total))
+            task = bar.add_task(("folds" if cv else "training") + (", each choosing its router" if spec == "auto" else ""),
+                                total=cv or 1)
+
+            def advance(done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total)
+
+            if spec == "auto":  # nested: the spec is chosen by cross-validation inside each training part
+                from stagewise.routing.selection import nested_route_eval
+
+                report = nested_route_eval(train, evaluation, cv=cv, seed=seed, weak=weak, strong=strong,
+                                           progress=advance)
+            else:
+                report = route_eval(spec, train, evaluation, cv=cv, seed=seed, weak=weak, strong=strong,
+                                    progress=advance)
         if save is not None:
-            _save_router(spec, train, report, save)
+            _save_router(spec, train, report, save, seed=seed)
             status.print(f"saved the router trained on all of {outcomes} to {save}")
     except (OutcomeTableError, RoutingEvalError, RouterSpecError, FeatureSpecError, EmbeddingsUnavailableError,
             ValueError) as exc:
@@ -463,6 +475,11 @@ def route_eval_command(
         print(json.dumps(report.to_json(), indent=2))
         return
     console.print(_routing_table(report))
+    if "selection" in report.metrics:  # the default router: which spec cross-validation on the training rows chose
+        from stagewise.routing.selection import describe_selection
+
+        for line in describe_selection(report.metrics["selection"]):
+            console.print(line)
     saving = report.metrics["cost_saving_at_95"]
     best = report.metrics["best_single_model"]
     if saving is None:
@@ -482,11 +499,19 @@ def _progress(console_: Console):
                     console=console_, transient=True)
 
 
-def _save_router(spec: str, train, report, path: Path) -> None:
+def _save_router(spec: str, train, report, path: Path, seed: int = 0) -> None:
     from stagewise.routing.persist import save_router
     from stagewise.routing.routers import make_router
+    from stagewise.routing.selection import default_router
 
-    save_router(make_router(spec).fit_outcomes(train, report.metrics.get("weak"), report.metrics.get("strong")), path)
+    weak, strong = report.metrics.get("weak"), report.metrics.get("strong")
+    if spec == "auto":  # against a test table the choice was made on all of train; under CV it is made again
+        selection = report.metrics["selection"]
+        chosen = selection["chosen"] if selection["outer"] == "test table" else None
+        router, _ = default_router(train, weak=weak, strong=strong, chosen=chosen, seed=seed)
+    else:
+        router = make_router(spec).fit_outcomes(train, weak, strong)
+    save_router(router, path)
 
 
 def _routing_table(report) -> Table:

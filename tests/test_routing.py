@@ -16,13 +16,27 @@ from stagewise.cli import app
 from stagewise.models.lm import get_lm
 from stagewise.models.replay import OutcomeTable, OutcomeTableError
 from stagewise.programs import Cascade, Router, Stage
-from stagewise.routing import (CascadeScorer, LabelRouter, QualityRouter, RouterFileError, RouterSpecError,
-                               RoutingEvalError, WinRouter, load_outcomes, load_router, make_router, route_eval,
-                               save_router, suggest_router)
+from stagewise.routing import (
+    CascadeScorer,
+    LabelRouter,
+    QualityRouter,
+    RouterFileError,
+    RouterSpecError,
+    RoutingEvalError,
+    WinRouter,
+    load_outcomes,
+    load_router,
+    make_router,
+    route_eval,
+    save_router,
+    suggest_router,
+)
 from stagewise.routing import evaluation as ev
+from stagewise.routing import selection as sel
 from stagewise.routing.features import SentenceEmbeddings, TextFeatures, _vectors, answer_checks, arithmetic
 from stagewise.routing.outcomes import Outcomes
-from tests.conftest import ROUTELLM, DATA
+from stagewise.routing.routers import ZeroRouter
+from tests.conftest import DATA, ROUTELLM
 
 ARC_TRAIN = DATA / "routerbench" / "arc_challenge_train.csv"
 ARC_TEST = DATA / "routerbench" / "arc_challenge_test.csv"
@@ -112,6 +126,25 @@ def test_oracle_takes_the_cheapest_best_model_and_cost_saving():
     assert ev.cost_saving(curve, 0.8, 4.0) is None
 
 
+def test_a_cascade_always_pays_the_cheap_call_a_pre_router_replaces_it():
+    # 4 queries; weak costs 1, strong 10; the strong model is right on queries 0 and 1 only.
+    scores = np.array([[0, 1], [0, 1], [1, 1], [0, 0]], dtype=float)
+    costs = np.array([[1.0, 10.0]] * 4)
+    need = np.array([4.0, 3.0, 2.0, 1.0])  # sends query 0 first, then 1, 2, 3
+    pre = ev.share_curve(need, scores, costs)
+    cascade = ev.share_curve(need, scores, costs, cascade=True)
+    assert pre.cost.tolist() == [1.0, 3.25, 5.5, 7.75, 10.0]  # each strong call replaces a weak one
+    assert cascade.cost.tolist() == [1.0, 3.5, 6.0, 8.5, 11.0]  # each is added to the weak call
+    assert pre.quality.tolist() == cascade.quality.tolist() == [0.25, 0.5, 0.75, 0.75, 0.75]
+    # One flag per query: only the rows a cascade routed pay both calls.
+    mixed = ev.share_curve(need, scores, costs, cascade=np.array([True, False, True, False]))
+    assert mixed.cost.tolist() == [1.0, 3.5, 5.75, 8.25, 10.5]
+    report = ev.two_model_report("c", table(scores, costs), need, weak="m0", strong="m1", cascade=True)
+    assert report.metrics["kind"] == "cascade" and report.curve.cost.tolist() == cascade.cost.tolist()
+    # At >= 95% of the strong model's quality (0.7125) the cascade needs 2 escalations: 1 + 2 * 10 / 4.
+    assert report.metrics["cost_saving_at_95"] == {"cost": 6.0, "quality": 0.75, "saving": 0.4}
+
+
 def test_same_quality_models_give_a_clear_error():
     with pytest.raises(RoutingEvalError, match="same quality"):
         ev.two_model_report("r", table([[1, 1], [0, 0]]), np.array([0.1, 0.2]), weak="m0", strong="m1")
@@ -143,7 +176,8 @@ def test_plain_table_with_and_without_costs(tmp_path):
     with pytest.raises(OutcomeTableError, match="'small' has calls with no recorded cost and no catalog price"):
         load_outcomes(path)
     path.write_text("prompt,small,big,small_cost,big|total_cost,topic\n"
-                    "what is 2+2,1,1,0.001,0.01,math\nname a prime,,1,0.001,0.02,math\nsay hi,true,false,0.001,0.01,chat\n")
+                    "what is 2+2,1,1,0.001,0.01,math\nname a prime,,1,0.001,0.02,math\n"
+                    "say hi,true,false,0.001,0.01,chat\n")
     outcomes = load_outcomes(path)
     assert outcomes.models == ["small", "big"] and len(outcomes) == 2 and outcomes.skipped == 1
     assert outcomes.scores.tolist() == [[1, 1], [1, 0]] and outcomes.responses is None
@@ -193,6 +227,33 @@ def test_text_features_read_pairs_query_and_response():
     assert matrix.shape[1] == len(words) + 8
 
 
+def test_fit_transform_is_fit_then_transform_bit_for_bit(gsm8k):
+    # Routers fit their features with fit_transform (each training text read once, not twice):
+    # it must give exactly the matrix fit().transform() gives, so route-eval's results do not move.
+    pairs = [(p, r[0]) for p, r in zip(gsm8k.prompts[:300], gsm8k.responses[:300])]
+    for X, features in ((gsm8k.prompts[:300], "word+char"), (pairs, "word+char+checks"), (pairs, "checks")):
+        once = TextFeatures(features).fit_transform(X)
+        twice = TextFeatures(features).fit(X).transform(X)
+        assert once.has_sorted_indices and twice.has_sorted_indices
+        assert np.array_equal(once.indptr, twice.indptr) and np.array_equal(once.indices, twice.indices)
+        assert np.array_equal(once.data, twice.data), features  # not approximately: the same bits
+
+
+def test_win_router_predictions_are_those_of_fitting_features_twice(gsm8k, monkeypatch):
+    from stagewise.routing import routers
+
+    part, held_out = gsm8k.subset(range(500)), gsm8k.prompts[500:700]
+    fast = WinRouter().fit_outcomes(part).strong_probability(held_out)
+
+    def fit_then_transform(self, X):  # how features were fitted before: fit, then transform again
+        self.features_ = TextFeatures(self.features).fit(X)
+        return self.features_.transform(X)
+
+    monkeypatch.setattr(routers._TextEstimator, "_fit_features", fit_then_transform)
+    slow = WinRouter().fit_outcomes(part).strong_probability(held_out)
+    assert np.array_equal(fast, slow)
+
+
 def test_sentence_embeddings_real_model_each_text_once():
     texts = ["I lost my card yesterday", "my card was stolen", "what is the exchange rate for euros"]
     encoder = SentenceEmbeddings().fit(texts)
@@ -215,9 +276,12 @@ def test_routers_follow_scikit_learn_conventions(gsm8k):
     probabilities = router.predict_proba(gsm8k.prompts[400:420])
     assert probabilities.shape == (20, 2) and np.allclose(probabilities.sum(axis=1), 1)
     routes = router.predict(gsm8k.prompts[400:420])
-    assert set(routes) <= {WEAK, STRONG}
-    assert list(routes == STRONG) == list(probabilities[:, 1] >= 0.3)
-    assert 0.0 <= router.score(gsm8k.prompts[400:500], gsm8k.scores[400:500]) <= 1.0
+    assert list(routes) == [STRONG if p >= 0.3 else WEAK for p in probabilities[:, 1]]
+    assert {WEAK, STRONG} == set(router.predict(gsm8k.prompts[400:1319]))  # the threshold sends some each way
+    # score: the mean realized quality of the routes taken, computed here from the table itself.
+    taken = router.predict(gsm8k.prompts[400:500])
+    realized = [gsm8k.scores[400 + i, gsm8k.column(m)] for i, m in enumerate(taken)]
+    assert router.score(gsm8k.prompts[400:500], gsm8k.scores[400:500]) == pytest.approx(np.mean(realized), abs=1e-12)
 
     labels = LabelRouter(features="char").fit(["lost card", "card stolen", "rate for euro", "dollar rate"],
                                               ["cards", "cards", "payments", "payments"])
@@ -259,8 +323,120 @@ def test_router_specs_and_optuna_search_space(gsm8k):
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=0))
     study.optimize(lambda trial: route_eval(suggest_router(trial, "cascade"), part, cv=2).metrics["apgr"],
                    n_trials=3)
-    assert {"router.features", "router.C", "router.checks"} <= set(study.best_params)
-    assert 0.0 < study.best_value < 1.5
+    best = study.best_params
+    assert set(best) == {"router.features", "router.C", "router.checks"}
+    assert best["router.features"] in ("word", "char", "word+char") and 0.05 <= best["router.C"] <= 50.0
+    # The best value is the APGR of the router those parameters build, cross-validated again here.
+    rebuilt = CascadeScorer(features=best["router.features"] + ("+checks" if best["router.checks"] else ""),
+                            C=best["router.C"])
+    assert study.best_value == pytest.approx(route_eval(rebuilt, part, cv=2).metrics["apgr"], abs=1e-12)
+    assert study.best_value == max(trial.value for trial in study.trials)
+    assert study.best_value > route_eval("zero", part, cv=2).metrics["apgr"] == pytest.approx(0.5)
+
+
+# --- the zero router and choosing the default router ---------------------------------------
+
+def signal_table(n: int = 90, responses: bool = False) -> Outcomes:
+    """The strong model wins exactly on the prompts that say "hard"; both are right on the others."""
+    hard = np.arange(n) % 3 == 0
+    scores = np.column_stack([~hard, np.ones(n, bool)]).astype(float)
+    prompts = [f"{'hard' if h else 'easy'} question number {i}" for i, h in enumerate(hard)]
+    answers = [["I am not sure, maybe 7" if h else "#### 4", "#### 4"] for h in hard] if responses else None
+    return Outcomes("signal", prompts, ["m0", "m1"], scores, np.tile([1.0, 10.0], (n, 1)), answers)
+
+
+def test_zero_router_is_the_best_fixed_mix(arc):
+    train, test = arc
+    zero = ZeroRouter().fit_outcomes(train)
+    means = train.scores.mean(axis=0)
+    best = train.models[int(np.argmax(means))]
+    assert list(zero.predict(test.prompts[:3])) == [best] * 3
+    assert np.array_equal(zero.predict_quality(test.prompts[:2]), np.tile(means, (2, 1)))
+    cheapest = train.models[int(np.argmin(train.costs.mean(axis=0)))]
+    assert zero.set_params(cost_weight=1e9).predict(["any"])[0] == cheapest
+    report = route_eval("zero", train, test)
+    assert report.metrics["aiq"] == pytest.approx(report.metrics["zero_router_aiq"], abs=1e-12)
+    two = route_eval("zero", table([[0, 1], [1, 1], [0, 0], [0, 1]]), cv=2)
+    assert two.metrics["apgr"] == pytest.approx(0.5) and two.metrics["cpt50"] == pytest.approx(0.5)
+
+
+def test_candidate_specs_follow_what_the_table_records(gsm8k, arc):
+    assert sel.candidate_specs(gsm8k) == ["zero", *sel.PRE_ROUTERS, *sel.CASCADES]
+    assert sel.candidate_specs(signal_table()) == ["zero", *sel.PRE_ROUTERS]  # no responses: no cascades
+    assert sel.candidate_specs(arc[0]) == ["zero", *sel.MANY_MODEL_ROUTERS]
+    assert sel.candidate_specs(arc[0], weak="mistralai/mixtral-8x7b-chat", strong="gpt-4-1106-preview") == \
+        ["zero", *sel.PRE_ROUTERS, *sel.CASCADES]
+
+
+def test_select_router_takes_the_best_inner_score_and_zero_on_a_tie():
+    outcomes = signal_table()
+    selection = sel.select_router(outcomes, ["zero", "win:features=word"], folds=3)
+    expected = {spec: route_eval(spec, outcomes, cv=3).metrics["aiq"] for spec in ("zero", "win:features=word")}
+    assert selection.scores == pytest.approx(expected, abs=1e-12)
+    assert selection.chosen == "win:features=word" and expected["win:features=word"] > expected["zero"]
+    # Every query gains the same from the strong model: no ranking beats the fixed mix, the tie goes to it.
+    flat = table([[0, 1]] * 30)
+    tie = sel.select_router(flat, ["zero", "win:features=word", "quality:features=word"], folds=3)
+    assert all(score == pytest.approx(tie.scores["zero"], abs=1e-12) for score in tie.scores.values())
+    assert tie.chosen == "zero" and tie.zero_router
+    with pytest.raises(RoutingEvalError, match="selection metric"):
+        sel.select_router(flat, ["zero"], metric="accuracy")
+
+
+def test_nested_cv_chooses_inside_each_training_part_and_falls_back_to_zero():
+    # Cascades cannot be trained where the weak model is always wrong: left out, the reason kept.
+    flat = table([[0, 1]] * 30)
+    flat = Outcomes("flat", [f"q{i}" for i in range(30)], ["m0", "m1"], flat.scores, flat.costs,
+                    [["7", "4"]] * 30)
+    report = sel.nested_route_eval(flat, cv=3)
+    selection = report.metrics["selection"]
+    assert selection["zero_router"] and selection["chosen"] == "zero" and len(selection["folds"]) == 3
+    assert "cascade" in selection["folds"][0]["errors"] and selection["folds"][0]["inner_cv"]["cascade"] is None
+    assert report.metrics["aiq"] == pytest.approx(report.metrics["zero_router_aiq"], abs=1e-12)
+    assert report.metrics["apgr"] == pytest.approx(0.5)
+
+    outcomes = signal_table(responses=True)
+    report = sel.nested_route_eval(outcomes, cv=3, candidates=["zero", "win:features=word", "cascade:features=word"])
+    folds = report.metrics["selection"]["folds"]
+    assert [f["n_train"] for f in folds] == [60, 60, 60] and [f["n_test"] for f in folds] == [30, 30, 30]
+    # Each fold's inner scores come from its own training rows only.
+    from sklearn.model_selection import KFold
+    fit_rows, _ = next(iter(KFold(3, shuffle=True, random_state=0).split(np.arange(90))))
+    part = outcomes.subset(fit_rows)
+    assert folds[0]["inner_cv"]["win:features=word"] == pytest.approx(
+        route_eval("win:features=word", part, cv=3).metrics["aiq"], abs=1e-12)
+    assert all(f["chosen"] != "zero" for f in folds)
+    assert report.metrics["aiq"] > report.metrics["zero_router_aiq"]
+    # "hard" names every win: as good as the oracle (1 - 1/3 / 2, a third of the queries are wins).
+    assert report.metrics["apgr"] == pytest.approx(report.metrics["oracle"]["apgr"], abs=0.01)
+
+
+def test_nested_against_a_test_table_is_the_chosen_spec_trained_on_all_of_train(gsm8k):
+    train, test = gsm8k.subset(range(0, 900)), gsm8k.subset(range(900, 1319))
+    candidates = ["zero", "win:features=word", "cascade:features=checks"]
+    report = sel.nested_route_eval(train, test, candidates=candidates)
+    [fold] = report.metrics["selection"]["folds"]
+    assert fold["chosen"] == sel.select_router(train, candidates).chosen == report.metrics["selection"]["chosen"]
+    direct = route_eval(fold["chosen"], train, test).metrics
+    for key in ("apgr", "cpt50", "cpt80", "aiq", "cost_saving_at_95", "kind"):
+        assert report.metrics[key] == pytest.approx(direct[key], abs=1e-12), key
+
+
+def test_outer_fold_curves_average_by_size():
+    # Two folds of 2 and 1 queries: at share 1/3 the first is a third of its way, the second at 1/3 of its only step.
+    a = ev.Curve(np.array([1.0, 2.0, 3.0]), np.array([0.0, 1.0, 1.0]), np.array([0.0, 0.5, 1.0]))
+    b = ev.Curve(np.array([1.0, 4.0]), np.array([0.0, 0.0]), np.array([0.0, 1.0]))
+    combined = sel.combine_curves([a, b], [2, 1], by_share=True)
+    assert combined.share.tolist() == pytest.approx([0, 1 / 3, 2 / 3, 1])
+    assert combined.quality.tolist() == pytest.approx([0, 2 / 3 * (2 / 3), 2 / 3 * 1, 2 / 3 * 1])
+    assert combined.cost.tolist() == pytest.approx([1, 2 / 3 * (5 / 3) + 1 / 3 * 2, 2 / 3 * (7 / 3) + 1 / 3 * 3,
+                                                    2 / 3 * 3 + 1 / 3 * 4])
+    # Many models, by cost budget: each fold at its hull's point for the budget, clipped to its range.
+    x = ev.Curve(np.array([1.0, 3.0]), np.array([0.5, 0.9]))
+    y = ev.Curve(np.array([2.0, 4.0]), np.array([0.6, 0.8]))
+    by_cost = sel.combine_curves([x, y], [1, 1], by_share=False)
+    assert by_cost.cost.tolist() == pytest.approx([1.5, 2.0, 3.0, 3.5])
+    assert by_cost.quality.tolist() == pytest.approx([0.55, 0.65, 0.8, 0.85])
 
 
 # --- safe files -----------------------------------------------------------------------------
@@ -302,8 +478,9 @@ def test_quality_router_routes_a_router_program_over_recorded_models(arc):
              "mistralai/mixtral-8x7b-chat": "recorded/mixtral-8x7b-chat"}
     routes = {column: Stage(column.split("/")[-1], "prompt -> answer", lm=get_lm(entry, replay_table=table_))
               for column, entry in names.items()}
-    restricted = QualityRouter(features="word", cost_weight=200.0).fit(train.prompts, train.scores[:, [train.column(c) for c in names]],
-                                                      models=list(names), costs=train.costs[:, [train.column(c) for c in names]])
+    columns = [train.column(c) for c in names]
+    restricted = QualityRouter(features="word", cost_weight=200.0).fit(
+        train.prompts, train.scores[:, columns], models=list(names), costs=train.costs[:, columns])
     router = Router("pick", restricted, routes, query="input.prompt")
     taken = []
     for prompt in test.prompts[:12]:
@@ -311,7 +488,7 @@ def test_quality_router_routes_a_router_program_over_recorded_models(arc):
         assert prediction.answer == table_.outcome(prompt, prediction.route).response
         assert prediction.trace[routes[prediction.route].name].cost_usd > 0
         taken.append(prediction.route)
-    assert set(taken) <= set(names)
+    assert taken == list(restricted.predict(test.prompts[:12]))  # the route taken is the router's choice
 
 
 def test_cascade_scorer_drives_a_cascade_program_over_recorded_models(gsm8k):
@@ -335,13 +512,18 @@ def test_cascade_scorer_drives_a_cascade_program_over_recorded_models(gsm8k):
 # --- command line ---------------------------------------------------------------------------
 
 def test_route_eval_json_many_models(arc, tmp_path):
+    train, test = arc
     result = CliRunner().invoke(app, ["route-eval", "--outcomes", str(ARC_TRAIN), "--test", str(ARC_TEST), "--json",
-                                      "--save", str(tmp_path / "router.skops")])
+                                      "--router", "quality", "--save", str(tmp_path / "router.skops")])
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout[result.stdout.index("{"):])
-    assert {"aiq", "zero_router_aiq", "random", "oracle", "cost_saving_at_95", "n_test"} <= set(payload)
-    assert payload["n_test"] == len(arc[1]) and payload["aiq"] > payload["zero_router_aiq"]
-    assert isinstance(load_router(tmp_path / "router.skops"), QualityRouter)
+    assert payload["n_test"] == len(test) and payload["aiq"] > payload["zero_router_aiq"]
+    saved = load_router(tmp_path / "router.skops")
+    assert isinstance(saved, QualityRouter)
+    # Against a test table the router is trained on all of --outcomes: the saved one is the one evaluated.
+    again = ev.many_model_report("saved", test, saved.predict_quality(test.prompts), train.costs.mean(axis=0))
+    for key in ("aiq", "zero_router_aiq", "cost_saving_at_95", "oracle", "random"):
+        assert payload[key] == pytest.approx(again.metrics[key], abs=1e-12), key
 
 
 def test_route_eval_two_models_table_and_plot(tmp_path):
@@ -354,7 +536,39 @@ def test_route_eval_two_models_table_and_plot(tmp_path):
     result = CliRunner().invoke(app, ["route-eval", "--outcomes", str(ROUTELLM), "--cv", "2", "--json",
                                       "--router", "win:features=word"])
     payload = json.loads(result.stdout[result.stdout.index("{"):])
-    assert {"apgr", "cpt50", "cpt80", "random", "oracle", "cost_saving_at_95", "n_test"} <= set(payload)
+    expected = route_eval("win:features=word", load_outcomes(ROUTELLM), cv=2).metrics
+    for key in ("apgr", "cpt50", "cpt80", "random", "oracle", "cost_saving_at_95"):
+        assert payload[key] == pytest.approx(expected[key], abs=1e-12), key
+    assert payload["n_test"] == 1319 and payload["kind"] == "router" and "selection" not in payload
+
+
+def test_route_eval_default_router_is_chosen_inside_the_training_rows(tmp_path):
+    path = tmp_path / "flat.csv"  # the strong model gains the same on every query: nothing to learn
+    path.write_text("prompt,small,big,small|total_cost,big|total_cost\n"
+                    + "".join(f"question {i},0,1,0.001,0.01\n" for i in range(24)))
+    result = CliRunner().invoke(app, ["route-eval", "--outcomes", str(path), "--cv", "3",
+                                      "--plot", str(tmp_path / "flat.png")])
+    assert result.exit_code == 0, result.output
+    assert "auto: zero" in result.stdout and "the default is the zero router" in result.stdout
+    result = CliRunner().invoke(app, ["route-eval", "--outcomes", str(path), "--cv", "3", "--json",
+                                      "--save", str(tmp_path / "zero.skops")])
+    payload = json.loads(result.stdout[result.stdout.index("{"):])
+    assert payload["selection"]["chosen"] == "zero" and payload["selection"]["zero_router"]
+    assert payload["selection"]["candidates"] == ["zero", *sel.PRE_ROUTERS]
+    assert set(payload["selection"]["folds"][0]["inner_cv"]) == {"zero", *sel.PRE_ROUTERS}
+    assert payload["aiq"] == pytest.approx(payload["zero_router_aiq"], abs=1e-12)
+    assert isinstance(load_router(tmp_path / "zero.skops"), ZeroRouter)
+
+
+def test_route_eval_default_router_at_least_the_zero_router_on_arc(arc, tmp_path):
+    result = CliRunner().invoke(app, ["route-eval", "--outcomes", str(ARC_TRAIN), "--test", str(ARC_TEST), "--json"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout[result.stdout.index("{"):])
+    selection = payload["selection"]
+    assert selection["outer"] == "test table" and selection["candidates"] == ["zero", *sel.MANY_MODEL_ROUTERS]
+    [fold] = selection["folds"]
+    assert fold["n_train"] == len(arc[0]) and fold["chosen"] == max(fold["inner_cv"], key=fold["inner_cv"].get)
+    assert payload["aiq"] >= payload["zero_router_aiq"]
 
 
 def test_route_eval_bad_input_exits_with_a_message(tmp_path):

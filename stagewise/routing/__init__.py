@@ -5,10 +5,12 @@ from stagewise.routing.features import AnswerChecks, TextFeatures
 from stagewise.routing.outcomes import Outcomes, load_outcomes, outcomes_from_table
 from stagewise.routing.persist import RouterFileError, load_router, save_router
 from stagewise.routing.routers import (CascadeScorer, LabelRouter, QualityRouter, RouterSpecError, WinRouter,
-                                       make_router, suggest_router)
+                                       ZeroRouter, make_router, suggest_router)
+from stagewise.routing.selection import Selection, candidate_specs, nested_route_eval, select_router
 
 __all__ = [
     "AnswerChecks", "CascadeScorer", "LabelRouter", "Outcomes", "QualityRouter", "RouterFileError",
-    "RouterSpecError", "RoutingEvalError", "RoutingReport", "TextFeatures", "WinRouter", "load_outcomes",
-    "load_router", "make_router", "outcomes_from_table", "route_eval", "save_router", "suggest_router",
+    "RouterSpecError", "RoutingEvalError", "RoutingReport", "Selection", "TextFeatures", "WinRouter", "ZeroRouter",
+    "candidate_specs", "load_outcomes", "load_router", "make_router", "nested_route_eval", "outcomes_from_table",
+    "route_eval", "save_router", "select_router", "suggest_router",
 ]

@@ -43,16 +43,19 @@ class Curve:
     share: np.ndarray | None = None  # two models: the share of queries sent to the strong model
 
 
-def share_curve(strong_score: np.ndarray, scores: np.ndarray, costs: np.ndarray, *, cascade: bool = False) -> Curve:
+def share_curve(strong_score: np.ndarray, scores: np.ndarray, costs: np.ndarray, *,
+                cascade: bool | np.ndarray = False) -> Curve:
     """Send the k queries with the highest ``strong_score`` to the strong model, k = 0..n.
 
-    ``scores``/``costs`` are (n, 2): weak, then strong. In a cascade the weak model has
-    already answered every query, so an escalation adds the strong call to the weak one.
+    ``scores``/``costs`` are (n, 2): weak, then strong. A pre-router calls one model per query:
+    sending a query to the strong model replaces the weak call. In a cascade the weak model has
+    already answered every query, so an escalation adds the strong call to the weak one: the
+    cascade always pays the cheap call. ``cascade`` is one flag, or one per query.
     """
     n = len(strong_score)
     order = np.argsort(-np.asarray(strong_score, dtype=float), kind="stable")
     gain = (scores[:, 1] - scores[:, 0])[order]
-    extra = (costs[:, 1] if cascade else costs[:, 1] - costs[:, 0])[order]
+    extra = np.where(cascade, costs[:, 1], costs[:, 1] - costs[:, 0])[order]
     quality = scores[:, 0].mean() + np.concatenate([[0.0], np.cumsum(gain)]) / n
     cost = costs[:, 0].mean() + np.concatenate([[0.0], np.cumsum(extra)]) / n
     return Curve(cost, quality, np.arange(n + 1) / n)
@@ -161,6 +164,22 @@ def _best_single(singles: dict[str, dict]) -> tuple[str, dict]:
     return max(singles.items(), key=lambda item: (item[1]["quality"], -item[1]["cost"]))
 
 
+def zero_curve(outcomes: Outcomes, weak: str | None = None, strong: str | None = None) -> Curve:
+    """The zero router (RouterBench): a fixed mix of single models that reads no query.
+
+    Between ``weak`` and ``strong``, sending a share c of the queries to the strong model at
+    random gets, in expectation, the line between the two models (APGR 0.5). Without them, the
+    upper convex hull of every single model's (mean cost, mean quality) on ``outcomes``.
+    """
+    singles = single_models(outcomes)
+    if weak is not None and strong is not None:
+        low, high = singles[weak], singles[strong]
+        return Curve(np.array([low["cost"], high["cost"]]), np.array([low["quality"], high["quality"]]),
+                     np.array([0.0, 1.0]))
+    return Curve(*hull(np.array([s["cost"] for s in singles.values()]),
+                       np.array([s["quality"] for s in singles.values()])))
+
+
 def oracle_choice(outcomes: Outcomes) -> np.ndarray:
     """Per prompt, the cheapest model among those with the best score."""
     best = outcomes.scores.max(axis=1, keepdims=True)
@@ -183,13 +202,19 @@ def _common(outcomes: Outcomes, curve: Curve) -> dict:
     }
 
 
-def two_model_report(router: str, outcomes: Outcomes, strong_score: np.ndarray, *, weak: str, strong: str,
-                     cascade: bool = False) -> RoutingReport:
-    """APGR, CPT(20/50/80%) and the quality-versus-strong-share curve, with random and oracle baselines."""
+def two_model_report(router: str, outcomes: Outcomes, strong_score: np.ndarray | None, *, weak: str, strong: str,
+                     cascade: bool | np.ndarray = False, curve: Curve | None = None) -> RoutingReport:
+    """APGR, CPT(20/50/80%) and the quality-versus-strong-share curve, with random and oracle baselines.
+
+    The router's curve comes from ``strong_score`` (a ranking of the queries), or is given as
+    ``curve`` (a zero router's, or the outer folds' curves of a nested cross-validation);
+    ``cascade`` (one flag, or one per query) says which queries a cascade routed.
+    """
     columns = [outcomes.column(weak), outcomes.column(strong)]
     scores, costs = outcomes.scores[:, columns], outcomes.costs[:, columns]
     q_weak, q_strong = float(scores[:, 0].mean()), float(scores[:, 1].mean())
-    curve = share_curve(strong_score, scores, costs, cascade=cascade)
+    if curve is None:
+        curve = share_curve(strong_score, scores, costs, cascade=cascade)
 
     def figures(c: Curve) -> dict:
         return {"apgr": apgr(c, q_weak, q_strong),
@@ -200,11 +225,11 @@ def two_model_report(router: str, outcomes: Outcomes, strong_score: np.ndarray, 
     random_figures = [figures(c) for c in randoms]
     oracle_curve = share_curve(scores[:, 1] - scores[:, 0], scores, costs, cascade=cascade)
     common = _common(outcomes, curve)
-    singles = [common["single_models"][weak], common["single_models"][strong]]
-    low, high = singles[0]["cost"], singles[1]["cost"]
-    zero = Curve(np.array([low, high]), np.array([q_weak, q_strong]), np.array([0.0, 1.0]))
+    low, high = common["single_models"][weak]["cost"], common["single_models"][strong]["cost"]
+    zero = zero_curve(outcomes, weak, strong)
+    kind = "cascade" if np.all(cascade) else "router" if not np.any(cascade) else "mixed"
     metrics = {
-        "kind": "cascade" if cascade else "router", "weak": weak, "strong": strong,
+        "kind": kind, "weak": weak, "strong": strong,
         **figures(curve),
         # The two single models' hull: routing a share c at random gets it in expectation (APGR 0.5).
         "aiq": aiq(curve.cost, curve.quality, low, high) if high > low else None,
@@ -219,15 +244,20 @@ def two_model_report(router: str, outcomes: Outcomes, strong_score: np.ndarray, 
                          {"random": _mean_curve(randoms), "zero router": zero, "oracle": oracle_curve})
 
 
-def many_model_report(router: str, outcomes: Outcomes, predicted: np.ndarray,
-                      expected_cost: np.ndarray) -> RoutingReport:
-    """AIQ and the quality-versus-cost curve, beside the zero router, random routing and the oracle."""
-    curve = lambda_curve(predicted, expected_cost, outcomes.scores, outcomes.costs)
+def many_model_report(router: str, outcomes: Outcomes, predicted: np.ndarray | None, expected_cost: np.ndarray,
+                      curve: Curve | None = None) -> RoutingReport:
+    """AIQ and the quality-versus-cost curve, beside the zero router, random routing and the oracle.
+
+    The router's curve comes from its ``predicted`` quality (n, m) and the ``expected_cost`` of each
+    model (a lambda sweep), or is given as ``curve``.
+    """
+    if curve is None:
+        curve = lambda_curve(predicted, expected_cost, outcomes.scores, outcomes.costs)
     singles = single_models(outcomes)
     single_cost = np.array([s["cost"] for s in singles.values()])
     single_quality = np.array([s["quality"] for s in singles.values()])
     low, high = float(single_cost.min()), float(single_cost.max())
-    randoms = [lambda_curve(np.random.default_rng(seed).random(predicted.shape), expected_cost,
+    randoms = [lambda_curve(np.random.default_rng(seed).random(outcomes.scores.shape), expected_cost,
                             outcomes.scores, outcomes.costs) for seed in range(RANDOM_SEEDS)]
     metrics = {
         "kind": "router",
@@ -236,7 +266,7 @@ def many_model_report(router: str, outcomes: Outcomes, predicted: np.ndarray,
         "random": {"aiq": float(np.mean([aiq(c.cost, c.quality, low, high) for c in randoms]))},
         **_common(outcomes, curve),
     }
-    zero = Curve(*hull(single_cost, single_quality))
+    zero = zero_curve(outcomes)
     return RoutingReport(router, outcomes, curve, metrics, {"zero router": zero, "random": randoms[0]})
 
 
@@ -258,16 +288,19 @@ def route_eval(router, train: Outcomes, test: Outcomes | None = None, *, cv: int
     or K-fold cross-validate it on ``train`` (out-of-fold predictions pooled over every row).
 
     A :class:`WinRouter` or :class:`CascadeScorer` routes between two models (the cheapest and the
-    most expensive unless ``weak``/``strong`` name them); a :class:`QualityRouter` between all.
+    most expensive unless ``weak``/``strong`` name them); a :class:`QualityRouter` between all; a
+    :class:`ZeroRouter` learns nothing: its curve is the single models' hull on the evaluated rows.
+    To choose among several specs without looking at the rows they are scored on, see
+    :func:`stagewise.routing.selection.nested_route_eval`.
     """
     from sklearn.base import clone
     from sklearn.model_selection import KFold
 
-    from stagewise.routing.routers import CascadeScorer, QualityRouter, WinRouter, _pair, make_router
+    from stagewise.routing.routers import CascadeScorer, QualityRouter, WinRouter, ZeroRouter, _pair, make_router
 
     estimator = make_router(router) if isinstance(router, str) else router
     name = router if isinstance(router, str) else type(router).__name__
-    if not isinstance(estimator, (QualityRouter, WinRouter, CascadeScorer)):
+    if not isinstance(estimator, (QualityRouter, WinRouter, CascadeScorer, ZeroRouter)):
         raise RoutingEvalError(f"router {name!r}: route-eval trains quality, win or cascade routers on outcome tables")
     if (test is None) == (cv is None):
         raise RoutingEvalError("give either a test table or a number of cross-validation folds")
@@ -279,6 +312,13 @@ def route_eval(router, train: Outcomes, test: Outcomes | None = None, *, cv: int
     if cv is not None and not 2 <= cv <= len(train):
         raise RoutingEvalError(f"--cv {cv}: needs 2 <= K <= {len(train)} (the rows of {train.source!r})")
     evaluated = test if test is not None else train
+    if isinstance(estimator, ZeroRouter):  # nothing to train: the same curve on every split
+        if progress is not None:
+            progress(cv or 1, cv or 1)
+        if two_models:
+            return two_model_report(name, evaluated, None, weak=weak, strong=strong,
+                                    curve=zero_curve(evaluated, weak, strong))
+        return many_model_report(name, evaluated, None, train.costs.mean(axis=0), curve=zero_curve(evaluated))
     splits = [(np.arange(len(train)), None)] if test is not None else \
         list(KFold(cv, shuffle=True, random_state=seed).split(np.arange(len(train))))
     predictions: np.ndarray | None = None
@@ -287,14 +327,7 @@ def route_eval(router, train: Outcomes, test: Outcomes | None = None, *, cv: int
         part = train.subset(fit_rows)
         target = evaluated if eval_rows is None else evaluated.subset(eval_rows)
         fitted.fit_outcomes(part, weak, strong)
-        if isinstance(fitted, WinRouter):
-            values = fitted.strong_probability(target.prompts)
-        elif isinstance(fitted, CascadeScorer):
-            j = target.column(weak)
-            values = 1.0 - fitted.predict_proba([(p, r[j]) for p, r in zip(target.prompts, target.responses)])[:, 1]
-        else:
-            quality = fitted.predict_quality(target.prompts)
-            values = quality[:, target.column(strong)] - quality[:, target.column(weak)] if two_models else quality
+        values = route_values(fitted, target, weak, strong, two_models=two_models)
         if predictions is None:
             predictions = np.zeros((len(evaluated),) + values.shape[1:])
         predictions[slice(None) if eval_rows is None else eval_rows] = values
@@ -304,6 +337,25 @@ def route_eval(router, train: Outcomes, test: Outcomes | None = None, *, cv: int
         return two_model_report(name, evaluated, predictions, weak=weak, strong=strong,
                                 cascade=isinstance(estimator, CascadeScorer))
     return many_model_report(name, evaluated, predictions, train.costs.mean(axis=0))
+
+
+def route_values(fitted, target: Outcomes, weak: str | None, strong: str | None, *, two_models: bool) -> np.ndarray:
+    """What a fitted router says about each query of ``target``.
+
+    Two models: how much the query needs the strong model (the highest go to it first): a win
+    router's probability that the strong model wins, a cascade scorer's probability that the
+    weak model's recorded response is wrong, a quality router's predicted quality gap. More
+    models: each model's predicted quality, (n, m).
+    """
+    from stagewise.routing.routers import CascadeScorer, WinRouter
+
+    if isinstance(fitted, WinRouter):
+        return fitted.strong_probability(target.prompts)
+    if isinstance(fitted, CascadeScorer):
+        j = target.column(weak)
+        return 1.0 - fitted.predict_proba([(p, r[j]) for p, r in zip(target.prompts, target.responses)])[:, 1]
+    quality = fitted.predict_quality(target.prompts)
+    return quality[:, target.column(strong)] - quality[:, target.column(weak)] if two_models else quality
 
 
 def plot_report(report: RoutingReport, path) -> None:

@@ -8,6 +8,8 @@
   the weak one is wrong); routes to it above ``threshold`` (RouteLLM).
 - :class:`CascadeScorer`: (query, cheap model's response) -> probability the response is
   correct; a cascade escalates below its threshold (FrugalGPT).
+- :class:`ZeroRouter`: no learning, the best fixed mix of single models (RouterBench's zero
+  router); what a learned router has to beat.
 
 All follow scikit-learn's conventions (``fit``/``predict``/``predict_proba``/``score``,
 ``get_params``), and plug into :class:`~stagewise.programs.router.Router` (as ``decide``) and
@@ -45,8 +47,8 @@ class _TextEstimator(BaseEstimator):
         return self.features_.transform(X)
 
     def _fit_features(self, X):
-        self.features_ = TextFeatures(self.features).fit(X)
-        return self.features_.transform(X)
+        self.features_ = TextFeatures(self.features)
+        return self.features_.fit_transform(X)  # reads X once; the matrix of fit(X).transform(X)
 
 
 class LabelRouter(ClassifierMixin, _TextEstimator):
@@ -185,6 +187,49 @@ class WinRouter(_OutcomeRouter):
         return np.asarray(self.models_, dtype=object)
 
 
+class ZeroRouter(_OutcomeRouter):
+    """No learning: a fixed mix of single models that reads no query (RouterBench's zero router).
+
+    Fitted on an outcome table it keeps each model's mean quality and cost; ``predict`` sends
+    every query to the model maximizing mean quality - ``cost_weight`` * mean cost. Evaluated
+    (``route_eval("zero", ...)``), its curve is the hull of the single models on the evaluated
+    rows: a share of queries sent to one model at random and the rest to another gets, in
+    expectation, the points between the two. The default router falls back to it when no
+    learned router beats it in cross-validation.
+    """
+
+    def __init__(self, cost_weight: float = 0.0):
+        self.cost_weight = cost_weight
+
+    def fit(self, X, y, *, models: list[str] | None = None, costs=None):
+        """``y``: (n, m) scores; ``costs``: (n, m) or (m,) USD per call. The queries ``X`` are not read."""
+        self.models_ = _models(y, models)
+        self.quality_ = _matrix(y, self.models_).mean(axis=0)
+        costs = np.zeros(len(self.models_)) if costs is None else np.asarray(costs, dtype=float)
+        self.expected_cost_ = costs.mean(axis=0) if costs.ndim == 2 else costs
+        return self
+
+    def fit_outcomes(self, outcomes: Outcomes, weak: str | None = None, strong: str | None = None) -> ZeroRouter:
+        """Every model of ``outcomes``, or only ``weak`` and ``strong`` when both are named."""
+        models = outcomes.models if weak is None or strong is None else [weak, strong]
+        columns = [outcomes.column(m) for m in models]
+        return self.fit(outcomes.prompts, outcomes.scores[:, columns], models=models, costs=outcomes.costs[:, columns])
+
+    def predict_quality(self, X) -> np.ndarray:
+        return np.tile(self.quality_, (len(list(X)), 1))
+
+    def predict_proba(self, X):
+        return self.predict_quality(X)
+
+    def predict(self, X):
+        choice = int(np.argmax(self.quality_ - self.cost_weight * self.expected_cost_))
+        return np.full(len(list(X)), self.models_[choice], dtype=object)
+
+    @property
+    def classes_(self):
+        return np.asarray(self.models_, dtype=object)
+
+
 class CascadeScorer(ClassifierMixin, _TextEstimator):
     """(query, response) pairs -> P(the response is correct)."""
 
@@ -255,7 +300,7 @@ def _pair(outcomes: Outcomes, weak: str | None, strong: str | None) -> tuple[str
 
 # --- specs and search spaces --------------------------------------------------------------
 
-KINDS = {"label": LabelRouter, "quality": QualityRouter, "win": WinRouter, "cascade": CascadeScorer}
+KINDS = {"label": LabelRouter, "quality": QualityRouter, "win": WinRouter, "cascade": CascadeScorer, "zero": ZeroRouter}
 FEATURE_CHOICES = ("word", "char", "word+char", "embed", "word+char+embed")
 
 
