@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from stagewise.models.constrained import (
     DEFAULT_MAX_ITEMS,
@@ -90,3 +90,61 @@ def test_grammars_compile_once_per_schema_and_budget():
     assert grammar_for(schema, 256) is grammar_for(schema, 256)
     assert grammar_for(schema, 256) is not grammar_for(schema, 512)
     assert grammar_for(None, 256) is not None
+
+
+# --- the lazy grammar filter: the same tokens as llama.cpp's full grammar check ---------------
+
+class Word(BaseModel):
+    word: str = Field(max_length=12)
+
+
+LAZY_CASES = [
+    # Prose prompts under a JSON grammar: the likeliest first tokens are prose, which the grammar
+    # rejects, so the filter's fallback (the whole vocabulary checked) is exercised too.
+    ("smollm2-135m-instruct", "My card was stolen, what now? Answer as JSON.", Item, 64),
+    ("gemma-3-270m", "Write a haiku about the sea.", Word, 32),  # 262k tokens: where the filter saves most
+]
+
+
+@pytest.mark.parametrize("weights, prompt, schema, max_tokens", LAZY_CASES,
+                         ids=["smollm2", "gemma3"])
+def test_the_lazy_grammar_filter_decodes_the_same_tokens_as_the_full_check(weights, prompt, schema, max_tokens,
+                                                                          monkeypatch):
+    import functools
+
+    from llama_cpp import Llama
+
+    from stagewise.models import constrained
+    from stagewise.models.local import shared_model
+    from stagewise.models.weights import weights_path
+
+    model = shared_model(weights_path(weights), 2048, 2)
+    grammar = grammar_for(schema.model_json_schema(), max_tokens, 3)
+    seen = {"kept": 0, "fallback": 0}
+    apply = constrained.LazyGrammarFilter._apply
+
+    def counting(self, candidates):  # was the likeliest token accepted (kept alone) or not (all checked)?
+        before = candidates.contents.size
+        apply(self, candidates)
+        if before > 1:
+            seen["kept" if candidates.contents.size == 1 else "fallback"] += 1
+
+    monkeypatch.setattr(constrained.LazyGrammarFilter, "_apply", counting)
+
+    def decode():
+        with model.lock:
+            model.llama.reset()
+            completion = model.llama.create_chat_completion(
+                messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens, temperature=0.0, seed=0,
+                grammar=grammar, logprobs=False)
+        return completion["choices"][0]["message"]["content"], completion["usage"]["completion_tokens"]
+
+    lazy = decode()
+    assert seen["kept"] > 0 and seen["fallback"] > 0, seen  # both paths of the filter ran
+    with monkeypatch.context() as full:  # llama.cpp's own greedy chain: the grammar checks every token
+        full.setattr(model.llama, "_init_sampler", functools.partial(Llama._init_sampler, model.llama))
+        calls = dict(seen)
+        checked = decode()
+        assert seen == calls  # the filter was not in this chain
+    assert lazy == checked
+    assert set(json.loads(lazy[0], strict=False)) == set(schema.model_fields)  # JSON of the schema's shape
