@@ -1,19 +1,89 @@
 """stagewise: compile and optimize multi-model LLM pipelines.
 
+The public API (each name is also documented where it lives)::
+
+    opt = stagewise.JointOptimizer(metric=..., models={"*": [...]}, ...)   # the search
+    best = opt.compile(program, trainset=train, valset=dev)                # any dspy.Module
+    stagewise.evaluate(best, testset, metric=..., stage_metrics=...)      # the stage-level report
+    stagewise.export(best, "out/best")                                     # JSON, no pickle
+    program = stagewise.load("out/best")                                   # ready to serve
+
+Errors derive from :class:`stagewise.StagewiseError` (see :mod:`stagewise.errors`).
+
 Importing stagewise makes DSPy and litellm read litellm's bundled model price map instead
 of downloading it at start-up (they retry for seconds on a machine without network).
-Set ``LITELLM_LOCAL_MODEL_COST_MAP=False`` before importing to let them fetch it.
+Set ``LITELLM_LOCAL_MODEL_COST_MAP=False`` before importing to let them fetch it. The rest
+of the API is imported when first used, so ``import stagewise`` stays fast.
 """
 
 import os
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
+from stagewise.errors import (  # noqa: E402  (after the price-map default, which must come first)
+    BudgetError,
+    ConfigError,
+    DataError,
+    ExportError,
+    ModelError,
+    ProgramError,
+    SearchSpaceError,
+    StagewiseError,
+    StoreError,
+)
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "BudgetError", "ConfigError", "DataError", "ExportError", "JointOptimizer", "ModelError", "ProgramError",
+    "SearchSpaceError", "StagewiseError", "StoreError", "evaluate", "export", "load",
+]
+
+_LAZY = {"JointOptimizer": ("stagewise.optimize.joint", "JointOptimizer")}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        module, attribute = _LAZY[name]
+        return getattr(importlib.import_module(module), attribute)
+    raise AttributeError(f"module 'stagewise' has no attribute {name!r}")
 
 
 def load(directory, **kwargs):
-    """Rebuild an exported program (``stagewise optimize`` writes ``OUT/best``) with each stage's model."""
+    """Rebuild an exported program (``stagewise optimize`` writes ``OUT/best``) with each stage's model.
+
+    Keyword arguments go to :func:`stagewise.optimize.export.load` (``catalog=``).
+    """
     from stagewise.optimize.export import load as load_program
 
     return load_program(directory, **kwargs)
+
+
+def export(program, directory, **kwargs):
+    """Write ``program`` to ``directory`` for serving: ``program.json``, ``manifest.json``, its code.
+
+    Keyword arguments go to :func:`stagewise.optimize.export.export` (``factory=``,
+    ``factory_kwargs=``, ``metrics=``...). Returns the directory.
+    """
+    from stagewise.optimize.export import export as export_program
+
+    return export_program(program, directory, **kwargs)
+
+
+def evaluate(program, examples, *, metric=None, stage_metrics=None, progress: bool = True):
+    """The stage-level and end-to-end report of ``program`` on labeled ``examples``.
+
+    ``metric`` is a DSPy metric ``metric(example, prediction, trace=None)`` (or an
+    :class:`~stagewise.metrics.EndToEnd`); ``stage_metrics`` as for :class:`JointOptimizer`.
+    Returns an :class:`~stagewise.metrics.EvaluationReport` (``.table()``, ``.summary()``).
+    """
+    import dspy
+
+    from stagewise.metrics.report import as_end_to_end, as_stage_metrics
+    from stagewise.metrics.report import evaluate as run_evaluation
+
+    with dspy.context(adapter=dspy.settings.adapter or dspy.JSONAdapter()):
+        return run_evaluation(program, list(examples), stage_metrics=as_stage_metrics(stage_metrics),
+                              end_to_end=as_end_to_end(metric) if metric is not None else None, progress=progress)

@@ -51,11 +51,12 @@ class StageMetric:
 class EndToEnd:
     """Score the program's final output field ``output`` against the examples' ``label``.
 
-    A metric with ``score_example(example, prediction)`` (such as ``RecordedCorrectness``)
-    scores the whole request instead and needs no label.
+    A metric with ``score_example(example, prediction)`` (such as ``RecordedCorrectness``, or a
+    DSPy metric wrapped in :class:`ProgramMetric`) scores the whole request instead and needs no
+    label (nor an output field).
     """
 
-    output: str
+    output: str | None
     label: str | None = None
     metric: str | Metric = "normalized_match"
 
@@ -68,6 +69,54 @@ class EndToEnd:
 
     def scorer(self) -> Metric:
         return metric_by_name(self.metric) if isinstance(self.metric, str) else self.metric
+
+
+class ProgramMetric:
+    """A DSPy metric, ``metric(example, prediction, trace=None) -> float | bool``, as an end-to-end scorer."""
+
+    def __init__(self, metric: Callable):
+        if not callable(metric):
+            raise ConfigError(f"metric: expected a DSPy metric metric(example, prediction, trace=None), "
+                              f"got {type(metric).__name__}")
+        self.metric = metric
+        self.name = getattr(metric, "__qualname__", type(metric).__name__)
+
+    def score_example(self, example, prediction) -> float:
+        return float(self.metric(example, prediction))
+
+    def __repr__(self) -> str:
+        return f"ProgramMetric({self.name})"
+
+
+def as_end_to_end(metric: Callable | EndToEnd) -> EndToEnd:
+    """An :class:`EndToEnd` from a DSPy metric (or the EndToEnd itself)."""
+    return metric if isinstance(metric, EndToEnd) else EndToEnd(None, None, ProgramMetric(metric))
+
+
+def as_stage_metrics(spec: Any) -> list[StageMetric]:
+    """Stage metrics from ``{stage: field}``, ``{stage: {"output", "label", "metric"}}`` or a list of StageMetric.
+
+    A field name alone means the stage's output field and the examples' label of that name,
+    compared by ``normalized_match``.
+    """
+    if spec is None:
+        return []
+    if isinstance(spec, (list, tuple)):
+        if not all(isinstance(m, StageMetric) for m in spec):
+            raise ConfigError("stage_metrics: a list must hold StageMetric objects")
+        return list(spec)
+    metrics = []
+    for stage, value in dict(spec).items():
+        if isinstance(value, StageMetric):
+            metrics.append(value)
+        elif isinstance(value, str):
+            metrics.append(StageMetric(stage, value, value))
+        elif isinstance(value, dict) and {"output", "label"} <= set(value) <= {"output", "label", "metric"}:
+            metrics.append(StageMetric(stage, value["output"], value["label"], value.get("metric", "normalized_match")))
+        else:
+            raise ConfigError(f"stage_metrics[{stage!r}]: expected a field name, a StageMetric or a dict with "
+                              f"'output' and 'label' (and 'metric'), got {value!r}")
+    return metrics
 
 
 @dataclass
@@ -144,7 +193,9 @@ def check_metrics(program, examples: list, stage_metrics: list[StageMetric], end
     """Every metric names a real stage, one of its output fields and a label the examples have."""
     if not examples:
         raise EvaluationError("no examples to evaluate (the split is empty)")
-    stages = program.stages()
+    from stagewise.programs.predictors import stages_of
+
+    stages = stages_of(program)
     keys = set(examples[0].keys())
     for metric in stage_metrics:
         if metric.stage not in stages:
@@ -159,6 +210,8 @@ def check_metrics(program, examples: list, stage_metrics: list[StageMetric], end
                                   f"(fields: {sorted(keys)})")
         metric.scorer()
     if end_to_end is not None and not hasattr(end_to_end.scorer(), "score_example"):
+        if end_to_end.output is None:
+            raise EvaluationError("end-to-end metric: name the program's output field it scores")
         if end_to_end.label not in keys:
             raise EvaluationError(f"end-to-end metric: the examples have no label field {end_to_end.label!r} "
                                   f"(fields: {sorted(keys)})")
@@ -166,8 +219,14 @@ def check_metrics(program, examples: list, stage_metrics: list[StageMetric], end
 def evaluate(program, examples: list, *, stage_metrics: list[StageMetric] = (), end_to_end: EndToEnd | None = None,
              progress: bool = True, on_result: Callable[[int, dict], None] | None = None) -> EvaluationReport:
     """Run ``program`` on every example and score it per stage and end to end."""
+    import dspy
+
+    from stagewise.models.usage import track_usage
+    from stagewise.programs.predictors import stage_outputs, stages_of
+
     stage_metrics = list(stage_metrics)
     check_metrics(program, examples, stage_metrics, end_to_end)
+    stages = stages_of(program)
     rows: list[dict[str, Any]] = []
     iterator = range(len(examples))
     bar = None
@@ -182,22 +241,28 @@ def evaluate(program, examples: list, *, stage_metrics: list[StageMetric] = (), 
             example = examples[index]
             row: dict[str, Any] = {"example": index, "error": None}
             start = time.perf_counter()
-            try:
-                prediction = program(**example.inputs())
-            except Exception as exc:  # kept in the report, with zero scores
-                prediction = None
-                row["error"] = f"{type(exc).__name__}: {exc}"[:500]
+            with track_usage() as ledger, dspy.context(trace=[]):
+                try:
+                    prediction = program(**example.inputs())
+                except Exception as exc:  # kept in the report, with zero scores
+                    prediction = None
+                    row["error"] = f"{type(exc).__name__}: {exc}"[:500]
+                answered = stage_outputs(dspy.settings.trace, stages)
             row["latency_s"] = time.perf_counter() - start
-            trace = getattr(prediction, "trace", None)
-            row["cost_usd"] = trace.total_cost if trace else 0.0
-            row["input_tokens"] = sum(s.input_tokens for s in trace.stages) if trace else 0
-            row["output_tokens"] = sum(s.output_tokens for s in trace.stages) if trace else 0
+            trace = getattr(prediction, "trace", None)  # a stagewise program's own trace, else the ledger
+            records = ledger.records
+            row["cost_usd"] = trace.total_cost if trace else sum(r.cost_usd or 0.0 for r in records)
+            row["input_tokens"] = sum(s.input_tokens for s in trace.stages) if trace else sum(
+                r.input_tokens for r in records)
+            row["output_tokens"] = sum(s.output_tokens for s in trace.stages) if trace else sum(
+                r.output_tokens for r in records)
             for metric in stage_metrics:
-                section = prediction.context.sections.get(metric.name) if prediction is not None else None
-                row[f"{metric.name}:predicted"] = section.content if section else None
-                row[metric.name] = metric.scorer()(section.content, example[metric.label]) if section else 0.0
+                predicted = _stage_output(prediction, answered, metric)
+                row[f"{metric.name}:predicted"] = predicted
+                row[metric.name] = metric.scorer()(predicted, example[metric.label]) if predicted is not None else 0.0
             if end_to_end is not None:
-                row["end_to_end:predicted"] = prediction.get(end_to_end.output) if prediction is not None else None
+                row["end_to_end:predicted"] = (prediction.get(end_to_end.output) if prediction is not None
+                                               and end_to_end.output else None)
                 row["end_to_end"] = end_to_end.score(example, prediction) if prediction is not None else 0.0
             rows.append(row)
             if on_result is not None:
@@ -214,3 +279,18 @@ def evaluate(program, examples: list, *, stage_metrics: list[StageMetric] = (), 
             predicted = [str(p) if p is not None else "" for p in frame[f"{metric.name}:predicted"]]
             f1[metric.name] = macro_f1(predicted, [str(e[metric.label]) for e in examples])
     return EvaluationReport(frame, stage_metrics, end_to_end, f1)
+
+
+def _stage_output(prediction, answered: dict, metric: StageMetric) -> str | None:
+    """A stage's output as text: a stagewise stage's context section, or a plain predictor's answer."""
+    context = getattr(prediction, "context", None)
+    section = context.sections.get(metric.name) if context is not None else None
+    if section is not None:
+        return section.content
+    if metric.stage in answered:
+        value = answered[metric.stage].get(metric.output)
+        if value is not None:
+            from stagewise.programs.stage import as_text
+
+            return as_text(value)
+    return None

@@ -139,8 +139,22 @@ def request_scope(request_id: str) -> Iterator[None]:
         _request.reset(token)
 
 
+STAGE_MARK = "_stagewise_stage"  # set on a plain DSPy predictor: the stage its calls are accounted under
+
+
 def current_stage() -> str | None:
-    return _stage.get()
+    """The stage a model call made now belongs to: the innermost stagewise stage running, else the
+    innermost marked plain predictor among DSPy's calling modules (see ``stages_of``), else None."""
+    name = _stage.get()
+    if name is not None:
+        return name
+    import dspy
+
+    for module in reversed(dspy.settings.caller_modules or []):
+        name = getattr(module, STAGE_MARK, None)
+        if name is not None:
+            return name
+    return None
 
 
 def current_request() -> str | None:

@@ -30,6 +30,7 @@ import dspy
 
 from stagewise.optimize.export import state_without_models
 from stagewise.optimize.space import DEMO_OPTIMIZERS, TrialChoice
+from stagewise.programs.predictors import stages_of
 
 MODEL_FREE = {"none", "labeled_fewshot"}  # optimizers whose result does not depend on any model
 
@@ -60,6 +61,8 @@ class CompileCache:
                    "models": {} if optimizer in MODEL_FREE else dict(sorted(choice.models.items()))}
         if optimizer == "gepa" and reflection is not None:
             content["reflection"] = [reflection.model, reflection.max_metric_calls]
+        if optimizer == "mipro" and reflection is not None:  # the model that wrote its instructions
+            content["reflection"] = [reflection.model]
         if choice.routers and optimizer not in MODEL_FREE:  # the teacher's routing decides its traces too
             content["routers"] = {name: choice.routers[name] for name in sorted(choice.routers)}
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:24]
@@ -80,7 +83,35 @@ class CompileCache:
         partial.replace(path)  # atomic: a concurrent reader never sees half a file
 
 
-def _optimizer(name: str, demos: int, metric: Callable, reflection: Reflection | None = None):
+_keeping_models: dict[type, type] = {}
+
+
+def _keep_models_on_reset(program):
+    """Make ``program``'s predictors keep their model when an optimizer resets them.
+
+    DSPy's optimizers reset the student (``reset_copy``: demos, traces and the predictor's
+    ``lm``) before filling in demos, and some then evaluate candidate programs with it
+    (``bootstrap_random_search`` scores every candidate, ``mipro`` its trials). Each stage
+    carries its own model on its predictors, so a reset student has none ("No LM is loaded").
+    Only this copy changes: its predictors get a subclass whose ``reset`` keeps the model.
+    """
+    for predictor in program.predictors():
+        cls = type(predictor)
+        if cls in _keeping_models.values():
+            continue
+        if cls not in _keeping_models:
+            def reset(self, _base=cls):
+                lm = self.lm
+                _base.reset(self)
+                self.lm = lm
+
+            _keeping_models[cls] = type(cls.__name__, (cls,), {"reset": reset, "__module__": cls.__module__,
+                                                               "__qualname__": cls.__qualname__})
+        predictor.__class__ = _keeping_models[cls]
+    return program
+
+
+def _optimizer(name: str, demos: int, metric: Callable, reflection: Reflection | None = None, task_lm=None):
     if name == "gepa":
         if reflection is None:
             raise ConfigError("the gepa optimizer needs a reflection model ([search] reflection_model)")
@@ -102,8 +133,11 @@ def _optimizer(name: str, demos: int, metric: Callable, reflection: Reflection |
                                                      max_labeled_demos=demos, num_candidate_programs=2,
                                                      num_threads=1)
     if name == "mipro":
-        return dspy.MIPROv2(metric=metric, auto="light", max_bootstrapped_demos=demos, max_labeled_demos=demos,
-                            num_threads=1)
+        # MIPRO writes candidate instructions with a prompt model: the study's reflection model when it
+        # names one, else the stage's own model. Each stage calls its own model; the task model is the default.
+        prompt_model = reflection.lm if reflection is not None else task_lm
+        return dspy.MIPROv2(metric=metric, prompt_model=prompt_model, task_model=task_lm, auto="light",
+                            max_bootstrapped_demos=demos, max_labeled_demos=demos, num_threads=1)
     raise SearchSpaceError(f"unknown optimizer {name!r}")
 
 
@@ -128,15 +162,21 @@ def compile_stages(program, choice: TrialChoice, trainset: list, metric: Callabl
                 # BootstrapFewShot would give an uncompiled teacher labeled demos through reset_copy(),
                 # which drops every stage's model; marked compiled, the teacher keeps them.
                 teacher._compiled = True
-                compiler = _optimizer(optimizer, demos, metric, reflection)
+                compiler = _optimizer(optimizer, demos, metric, reflection, stages_of(program)[stage].lm)
                 kwargs = {"teacher": teacher} if optimizer.startswith("bootstrap") else {}
-                compiled_by[(optimizer, demos)] = compiler.compile(program.deepcopy(), trainset=trainset, **kwargs)
-            state = state_without_models(compiled_by[(optimizer, demos)].stages()[stage].step)
+                student = _keep_models_on_reset(program.deepcopy())
+                compiled = compiler.compile(student, trainset=trainset, **kwargs)
+                # Random search and MIPRO hang every candidate program they scored on the result:
+                # those are not stages of the program (and would repeat its stage names).
+                for attribute in ("candidate_programs", "mb_candidate_programs", "trial_logs"):
+                    compiled.__dict__.pop(attribute, None)
+                compiled_by[(optimizer, demos)] = compiled
+            state = state_without_models(stages_of(compiled_by[(optimizer, demos)])[stage].step)
             cache.put(key, state)
             outcome[stage] = "compiled"
         else:
             outcome[stage] = "cached"
-        target = program.stages()[stage]
+        target = stages_of(program)[stage]
         model = target.lm
         target.step.load_state(state)
         target.lm = model  # the learned state carries no model: keep the stage's own

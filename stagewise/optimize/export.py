@@ -8,25 +8,34 @@ A program is exported as a directory:
 - ``manifest.json``: how to rebuild the program (the factory ``module:function`` and its
   arguments), each stage's model with its engine and prices (and, for replayed models, the
   outcome table), metrics, the dataset fingerprint and package versions. No secrets: a
-  hosted model is named with the environment variable of its key, never the key.
+  hosted model is named with the environment variable of its key, never the key;
+- ``code/``: the factory's source (its module, or its top-level package), like MLflow's code
+  paths, unless it comes from an installed package; ``tables/``: the outcome tables replayed
+  models read. Every path in the manifest is relative to the directory, so the directory can
+  be copied to another folder or machine and loaded there.
 
-:func:`load` imports the factory named in the manifest, builds the program, restores the
-predictor state and sets each stage's model.
+:func:`load` imports the factory named in the manifest (from ``code/`` when the export has it),
+builds the program, restores the predictor state and sets each stage's model.
 """
 
 from __future__ import annotations
 
 from stagewise.errors import ExportError
 import importlib
+import importlib.util
 import json
 import platform
+import shutil
 import sys
+import sysconfig
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from stagewise.optimize.space import router_modules
+from stagewise.programs.predictors import set_models, stages_of
 
 MANIFEST_FORMAT = "stagewise-program/1"
 PACKAGES = ("stagewise", "dspy", "litellm", "llama-cpp-python", "optuna", "mlflow", "scikit-learn", "skops")
@@ -47,7 +56,7 @@ def stage_models(program) -> dict[str, dict[str, Any]]:
     stage a trained classifier stands in for names the router whose classifier it is."""
     described = {}
     stood_in = {router.stand_in: name for name, router in router_modules(program).items() if router.stand_in}
-    for name, stage in program.stages().items():
+    for name, stage in stages_of(program).items():
         if name in stood_in:
             described[name] = {"decided_by": f"the trained classifier of router {stood_in[name]!r}"}
             continue
@@ -60,7 +69,7 @@ def stage_models(program) -> dict[str, dict[str, Any]]:
                  "price_source": spec.price_source, "max_tokens": (lm.kwargs or {}).get("max_tokens")}
         table = getattr(getattr(lm, "engine", None), "table", None)
         if table is not None:
-            entry["replay_table"] = str(Path(table.source).resolve())
+            entry["replay_table"] = str(Path(table.source).resolve())  # made relative by export()
             entry["replay_table_fingerprint"] = table.fingerprint
         if spec.api_key_env:
             entry["api_key_env"] = spec.api_key_env
@@ -79,16 +88,26 @@ def state_without_models(module) -> dict:
     return state
 
 
-def export(program, directory: str | Path, *, factory: str, factory_kwargs: dict | None = None,
-           factory_path: str | None = None, metrics: dict | None = None, data_fingerprint: str | None = None,
-           extra: dict | None = None) -> Path:
-    """Write ``program.json`` and ``manifest.json`` into ``directory``; returns the directory.
+CODE_LIMIT_BYTES = 20_000_000  # a factory's package larger than this belongs in an installed package
 
-    ``factory_path`` is a folder to import the factory's module from (a config's folder).
+
+def export(program, directory: str | Path, *, factory: str | Callable | None = None,
+           factory_kwargs: dict | None = None, factory_path: str | None = None, metrics: dict | None = None,
+           data_fingerprint: str | None = None, extra: dict | None = None) -> Path:
+    """Write the program's directory (``program.json``, ``manifest.json``, ``code/``, ``tables/``).
+
+    ``factory`` rebuilds the program's structure at load time: ``"module:function"``, a
+    function, or ``None`` for the program's own class (constructed with ``factory_kwargs``).
+    ``factory_path`` is a folder to import the factory's module from (a study config's folder).
+    A program chosen by :class:`~stagewise.optimize.joint.JointOptimizer` carries its study,
+    trial, metrics and data fingerprint, which the manifest records unless given here.
+    Returns the directory.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    import_factory(factory, factory_path)  # fail now, not at load time, if the factory cannot be imported
+    factory = _factory_name(program, factory)
+    module = import_factory(factory, factory_path).__module__  # fail now, not at load time
+    provenance = getattr(program, "stagewise_provenance", None) or {}
     state = state_without_models(program)
     (directory / "program.json").write_text(json.dumps(state, indent=2, default=str), encoding="utf-8")
     classifiers = {}
@@ -99,34 +118,97 @@ def export(program, directory: str | Path, *, factory: str, factory_kwargs: dict
             path = save_router(router.classifier, directory / "routers" / f"{name}.skops")
             classifiers[name] = {"file": str(path.relative_to(directory)), "kind": type(router.classifier).__name__,
                                  "params": router.classifier.get_params()}
+    stages = stage_models(program)
+    for entry in stages.values():
+        if entry.get("replay_table"):
+            entry["replay_table"] = _copy_into(Path(entry["replay_table"]), directory / "tables", directory)
     manifest = {
         "format": MANIFEST_FORMAT,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "factory": factory,
         "factory_kwargs": factory_kwargs or {},
-        "factory_path": str(Path(factory_path).resolve()) if factory_path else None,
-        "stages": stage_models(program),
+        "code": _copy_code(module, directory),
+        "stages": stages,
         "routers": classifiers,
-        "metrics": metrics or {},
-        "data_fingerprint": data_fingerprint,
+        "metrics": metrics if metrics is not None else provenance.get("metrics", {}),
+        "data_fingerprint": data_fingerprint or provenance.get("data_fingerprint"),
         "versions": _versions(),
+        **({k: provenance[k] for k in ("study", "trial") if k in provenance}),
         **(extra or {}),
     }
     (directory / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str), encoding="utf-8")
     return directory
 
 
-def import_factory(path: str, folder: str | None = None):
-    """The callable named ``module:function`` (importing from ``folder`` too, when given)."""
-    if folder and folder not in sys.path:
-        sys.path.insert(0, folder)
+def _factory_name(program, factory: str | Callable | None) -> str:
+    if isinstance(factory, str):
+        return factory
+    target = factory if factory is not None else type(program)
+    module, name = getattr(target, "__module__", None), getattr(target, "__qualname__", "")
+    if not module or module == "__main__" or "<locals>" in name:
+        raise ExportError(f"cannot export a program whose factory {name or target!r} is defined in "
+                          f"{'a function' if '<locals>' in name else 'the main script or a notebook'}: "
+                          "define it in a module and pass factory='module:function' (or the function)")
+    return f"{module}:{name}"
+
+
+def _copy_code(module_name: str, directory: Path) -> str | None:
+    """Copy the factory's module (or its top-level package) into ``directory/code``; None when it is
+    installed (site-packages) and so importable wherever stagewise is."""
+    top = module_name.partition(".")[0]
+    spec = importlib.util.find_spec(top)
+    origin = Path(spec.origin) if spec is not None and spec.origin else None
+    if origin is None or top == "stagewise" or _installed(origin):
+        return None
+    source = origin.parent if origin.name == "__init__.py" else origin
+    files = [source] if source.is_file() else [f for f in source.rglob("*.py") if "__pycache__" not in f.parts]
+    size = sum(f.stat().st_size for f in files)
+    if size > CODE_LIMIT_BYTES:
+        raise ExportError(f"the factory's package {top!r} ({source}) holds {size:,} bytes of Python: install it as "
+                          "a package instead of copying it into the export")
+    code = directory / "code"
+    if code.exists():
+        shutil.rmtree(code)
+    for file in files:
+        target = code / (file.name if source.is_file() else Path(source.name) / file.relative_to(source))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(file, target)
+    return "code"
+
+
+def _installed(path: Path) -> bool:
+    roots = {sysconfig.get_paths()[key] for key in ("purelib", "platlib")}
+    return any(path.resolve().is_relative_to(Path(root).resolve()) for root in roots)
+
+
+def _copy_into(source: Path, folder: Path, directory: Path) -> str:
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / source.name
+    if source.resolve() != target.resolve():
+        shutil.copyfile(source, target)
+    return str(target.relative_to(directory))
+
+
+def import_factory(path: str, folder: str | Path | None = None):
+    """The callable named ``module:function``; with ``folder``, importable from there too (for this
+    import only: the folder does not stay on ``sys.path``)."""
     module_name, _, attribute = path.partition(":")
     if not module_name or not attribute:
         raise ExportError(f"factory {path!r} must be 'module:function'")
+    folder = str(folder) if folder else None
+    added = folder is not None and folder not in sys.path
+    if added:
+        sys.path.insert(0, folder)
     try:
-        return getattr(importlib.import_module(module_name), attribute)
+        target = importlib.import_module(module_name)
+        for part in attribute.split("."):
+            target = getattr(target, part)
+        return target
     except (ImportError, AttributeError) as exc:
         raise ExportError(f"factory {path!r} cannot be imported: {exc}") from None
+    finally:
+        if added:
+            sys.path.remove(folder)
 
 
 def read_manifest(directory: str | Path) -> dict[str, Any]:
@@ -152,7 +234,8 @@ def load(directory: str | Path, *, catalog=None):
 
     directory = Path(directory)
     manifest = read_manifest(directory)
-    program = import_factory(manifest["factory"], manifest.get("factory_path"))(**manifest.get("factory_kwargs", {}))
+    code = directory / manifest["code"] if manifest.get("code") else manifest.get("factory_path")
+    program = import_factory(manifest["factory"], code)(**manifest.get("factory_kwargs", {}))
     program_path = directory / "program.json"
     try:
         state = json.loads(program_path.read_text(encoding="utf-8"))
@@ -178,12 +261,12 @@ def load(directory: str | Path, *, catalog=None):
         if entry.get("max_tokens"):
             options["max_tokens"] = entry["max_tokens"]
         if entry.get("replay_table"):
-            source = entry["replay_table"]
+            source = str(directory / entry["replay_table"])  # relative to the directory (absolute in old exports)
             tables.setdefault(source, OutcomeTable.load(source))
             if tables[source].fingerprint != entry.get("replay_table_fingerprint", tables[source].fingerprint):
                 raise ExportError(f"stage {stage!r}: outcome table {source!r} changed since the program was exported")
             options["replay_table"] = tables[source]
         models[stage] = get_lm(entry["model"], **options)
-    program.set_models(models)
+    set_models(program, models)
     program.stagewise_origin = {"export": str(directory.resolve())}  # checkpointed runs can rebuild it
     return program

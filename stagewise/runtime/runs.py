@@ -21,6 +21,7 @@ import pydantic
 
 from stagewise.context.record import Section
 from stagewise.programs.run import Observer, Run, StageEvent, StageRun, observing
+from stagewise.programs.predictors import set_models, stages_of
 from stagewise.runtime.checkpoint import CheckpointError, CheckpointStore, open_checkpoints
 
 
@@ -58,7 +59,7 @@ def typed_outputs(stage, outputs: dict) -> dict:
 def model_names(program) -> dict[str, str | None]:
     """Each stage's catalog model name (None for a model outside the catalog)."""
     models = {}
-    for name, stage in program.stages().items():
+    for name, stage in stages_of(program).items():
         spec = getattr(stage.lm, "spec", None)  # only catalog models can be set again by name
         models[name] = spec.name if spec is not None else None
     return models
@@ -193,9 +194,9 @@ def rebuild(record: dict, models: dict[str, str] | None = None):
         program = import_factory(origin["factory"], origin.get("factory_path"))(**origin.get("kwargs", {}))
         wanted = {stage: model for stage, model in record.get("models", {}).items() if model}
         if wanted:
-            program.set_models(wanted)
+            set_models(program, wanted)
     if models:
-        program.set_models(models)
+        set_models(program, models)
     return program
 
 
@@ -260,7 +261,7 @@ def _replay(store: CheckpointStore, run_id: str, stage: str, overrides, models, 
     if program is None:
         program = rebuild(original, models)
     elif models:
-        program.set_models(models)
+        set_models(program, models)
     number = 1
     while store._latest(f"{run_id}-replay-{number}") is not None:
         number += 1

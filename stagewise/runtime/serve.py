@@ -19,6 +19,7 @@ from stagewise.errors import StagewiseError
 import hashlib
 import hmac
 import logging
+import inspect
 import time
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from pydantic import ConfigDict, create_model
 from starlette.concurrency import run_in_threadpool
 
 from stagewise.models.usage import track_usage
+from stagewise.programs.predictors import stages_of
 from stagewise.programs.run import guarding, observing
 from stagewise.runtime.costs import CostMonitor
 from stagewise.runtime.resilience import (BudgetExceeded, Limit, RateLimited, RateLimiter, Resilience, StageFailed,
@@ -58,6 +60,11 @@ def input_fields(program, manifest: dict) -> list[str]:
     evaluation = manifest.get("evaluation") or {}
     if evaluation.get("inputs"):
         return list(evaluation["inputs"])
+    from stagewise.programs import Pipeline
+
+    if not isinstance(program, Pipeline):  # a plain DSPy module: the named parameters of its forward
+        parameters = inspect.signature(program.forward).parameters.values()
+        return [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     fields = []
     for stage in program.stages().values():
         for field, patterns in stage.inputs.items():
@@ -68,6 +75,25 @@ def input_fields(program, manifest: dict) -> list[str]:
                         name in other.signature.output_fields for other in program.stages().values()):
                     fields.append(name)
     return fields
+
+
+def _stages_used(prediction, ledger) -> list[dict]:
+    """Per stage: model, tokens, cost, latency (and notes); from a stagewise program's trace, else from
+    the usage records of the request (a plain DSPy program: its predictors' calls, by stage name)."""
+    trace = getattr(prediction, "trace", None)
+    if trace is not None:
+        return [{"stage": s.stage, "model": s.model, "input_tokens": s.input_tokens, "output_tokens": s.output_tokens,
+                 "cost_usd": s.cost_usd, "latency_s": s.latency_s, "notes": list(s.notes)} for s in trace.stages]
+    used: dict[str, dict] = {}
+    for r in ledger.records:
+        entry = used.setdefault(r.stage or "(no stage)", {"stage": r.stage or "(no stage)", "model": r.model,
+                                                          "input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0,
+                                                          "latency_s": 0.0, "notes": []})
+        entry["input_tokens"] += r.input_tokens
+        entry["output_tokens"] += r.output_tokens
+        entry["cost_usd"] += r.cost_usd or 0.0
+        entry["latency_s"] += r.latency_s
+    return list(used.values())
 
 
 def create_app(directory: str | Path, *, token: str | None, max_body: int = 64 * 1024,
@@ -89,7 +115,7 @@ def create_app(directory: str | Path, *, token: str | None, max_body: int = 64 *
     adapter = dspy.JSONAdapter()
 
     app = FastAPI(title="stagewise program", version=manifest.get("format", "1"),
-                  description=f"The exported program {manifest.get('factory')} ({', '.join(program.stages())})")
+                  description=f"The exported program {manifest.get('factory')} ({', '.join(stages_of(program))})")
     app.state.program, app.state.monitor, app.state.cache = program, monitor, cache
 
     @app.middleware("http")
@@ -149,16 +175,14 @@ def create_app(directory: str | Path, *, token: str | None, max_body: int = 64 *
         finally:
             if resilience.budget is not None:  # whatever happened, what was spent counts against the tenant
                 resilience.budget.charge(tenant, ledger.total_cost)
-        trace = prediction.trace
+        stages = _stages_used(prediction, ledger)
         return {
             "outputs": {key: jsonable(prediction[key]) for key in prediction.keys()},
-            "stages": [{"stage": s.stage, "model": s.model, "input_tokens": s.input_tokens,
-                        "output_tokens": s.output_tokens, "cost_usd": s.cost_usd, "latency_s": s.latency_s,
-                        "notes": list(s.notes)} for s in trace.stages],
-            "cost_usd": trace.total_cost,
-            "model_time_s": sum(s.latency_s for s in trace.stages),
+            "stages": stages,
+            "cost_usd": sum(s["cost_usd"] for s in stages),
+            "model_time_s": sum(s["latency_s"] for s in stages),
             "latency_s": time.perf_counter() - started,
-            "degraded": prediction.degraded,
+            "degraded": list(getattr(prediction, "degraded", [])),
         }
 
     @app.post("/v1/run", responses={400: {}, 401: {}, 402: {}, 413: {}, 422: {}, 429: {}, 503: {}})
@@ -170,7 +194,7 @@ def create_app(directory: str | Path, *, token: str | None, max_body: int = 64 *
 
     @app.get("/healthz")
     async def healthz() -> dict:
-        return {"status": "ok", "program": manifest.get("factory"), "stages": list(program.stages()),
+        return {"status": "ok", "program": manifest.get("factory"), "stages": list(stages_of(program)),
                 "inputs": fields}
 
     return app
