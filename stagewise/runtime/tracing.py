@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from stagewise.errors import ConfigError
 import json
+import sys
 from contextlib import contextmanager, nullcontext
 
 from opentelemetry import trace
@@ -37,7 +38,7 @@ def tracer_provider(exporter: str = "console", *, endpoint: str | None = None) -
     ``memory`` (tests) or ``mlflow`` (the tracking URI's traces). Returns (provider, exporter)."""
     provider = TracerProvider(resource=Resource.create({"service.name": "stagewise"}))
     if exporter == "console":
-        sink = ConsoleSpanExporter()
+        sink = ConsoleSpanExporter(out=sys.stdout)  # its default is the stdout of when OpenTelemetry was imported
     elif exporter == "memory":
         sink = InMemorySpanExporter()
     elif exporter == "otlp":
