@@ -274,7 +274,8 @@ class Study:
         caps its own trials and is not the config's)."""
         mine, theirs = self.signature(), study.user_attrs.get(SIGNATURE_ATTR, {})
         keys = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
-        if "split.examples" in keys and any(k == "data" or k.startswith("split.") for k in keys if k != "split.examples"):
+        explained = [k for k in keys if k == "data" or (k.startswith("split.") and k != "split.examples")]
+        if "split.examples" in keys and explained:
             keys.remove("split.examples")
         shown = {k: (theirs.get(k, "(none)"), mine.get(k, "(none)")) for k in keys}
         budget = study.user_attrs.get("stagewise_trials")
