@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -299,6 +300,108 @@ def test_bootstrap_demos_come_from_traces_that_pass_the_metric(table, tmp_path):
     for demo in demos:  # a bootstrapped demo is a trace the recorded model got right
         assert table.outcome(demo["prompt"], "mistralai/mistral-7b-chat").correct == 1.0
     assert program.stages()["answer"].lm.model.startswith("replay/recorded/mistral-7b-chat")
+
+
+def _recorded_quality(table, examples, model):
+    """Mean recorded correctness of a replayed model on examples (an empty cell is an error: 0)."""
+    from stagewise.models.catalog import default_catalog
+
+    column = default_catalog()[model].model
+    scores = [table.scores.at[table.find(e.prompt), column] for e in examples]
+    return sum(0.0 if pd.isna(score) else float(score) for score in scores) / len(examples)
+
+
+def test_bootstrap_random_search_runs_in_a_study(table, tmp_path):
+    """It scores candidate programs itself: with each stage's model on its predictors, a reset candidate used
+    to have none ("No LM is loaded"), and the candidates it keeps on the result repeated the stage's name."""
+    examples = [dspy.Example(prompt=p).with_inputs("prompt") for p in table.prompts[:60]]
+    splits = split(examples, train=0.25, dev=0.5, test=0.25, seed=0)
+    model = "recorded/mistral-7b-chat"
+    study = Study(build, splits, {"answer": StageChoices((model,), ("bootstrap_random_search",), (2,))},
+                  EndToEnd("answer", metric=RecordedCorrectness(table)), settings=StudySettings(name="brs", trials=1),
+                  out_dir=tmp_path / "out", data_fingerprint=table.fingerprint,
+                  lm_options={"*": {"replay_table": table}})
+    with dspy.context(adapter=dspy.JSONAdapter()):
+        result = study.results(study.run(progress=False))
+    [trial] = result.trials.to_dict("records")
+    assert trial["answer.optimizer"] == "bootstrap_random_search" and trial["answer.demos"] == 2
+    # Demos do not change a recorded answer: the trial scores what the model recorded on the dev split.
+    assert trial["quality"] == pytest.approx(_recorded_quality(table, splits.dev, model))
+    assert study.cache.misses == 1 and len(list((tmp_path / "out" / "compiled").glob("*.json"))) == 1
+    answer = result.program.stages()["answer"]
+    assert answer.lm.model.startswith("replay/recorded/mistral-7b-chat")  # the stage kept its own model
+    train_prompts = {e.prompt for e in splits.train}
+    assert len(answer.step.demos) <= 2 and all(d["prompt"] in train_prompts for d in answer.step.demos)
+
+
+PROPOSAL = "Answer with the single letter of the correct choice."
+
+
+def test_mipro_runs_in_a_study_with_its_prompt_model_on_loopback(table, tmp_path):
+    """MIPRO writes instructions with the study's reflection model (here an OpenAI-compatible server on
+    loopback that proposes one fixed instruction) and scores them on the stage's own model (recorded)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from stagewise.models.catalog import ModelCatalog
+
+    requests = []
+
+    class Proposer(BaseHTTPRequestHandler):
+        def do_POST(self):  # answers every output field the request asks for with PROPOSAL
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            system = next(m["content"] for m in body["messages"] if m["role"] == "system")
+            fields = re.findall(r"`(\w+)`", system.split("Your output fields are:", 1)[1].split("All interactions")[0])
+            requests.append(fields)
+            content = json.dumps({field: PROPOSAL for field in fields})
+            reply = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": "proposer",
+                                "choices": [{"index": 0, "finish_reason": "stop",
+                                             "message": {"role": "assistant", "content": content}}],
+                                "usage": {"prompt_tokens": 100, "completion_tokens": 10, "total_tokens": 110}}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(reply)))
+            self.end_headers()
+            self.wfile.write(reply)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Proposer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    (tmp_path / "models.toml").write_text(f"""
+[models.proposer]
+provider = "loopback"
+engine = "litellm"
+model = "openai/proposer"
+api_base = "http://127.0.0.1:{server.server_address[1]}/v1"
+input_price = 0.0
+output_price = 0.0
+context_window = 100000
+max_output = 512
+tokenizer = "cl100k_base"
+""")
+    examples = [dspy.Example(prompt=p).with_inputs("prompt") for p in table.prompts[:60]]
+    splits = split(examples, train=0.25, dev=0.5, test=0.25, seed=0)
+    model = "recorded/mistral-7b-chat"
+    study = Study(build, splits, {"answer": StageChoices((model,), ("mipro",), (2,))},
+                  EndToEnd("answer", metric=RecordedCorrectness(table)),
+                  settings=StudySettings(name="mipro", trials=1, reflection_model="proposer"),
+                  out_dir=tmp_path / "out", data_fingerprint=table.fingerprint,
+                  lm_options={"*": {"replay_table": table}}, catalog=ModelCatalog.load(tmp_path / "models.toml"))
+    try:
+        with dspy.context(adapter=dspy.JSONAdapter()):
+            result = study.results(study.run(progress=False))
+    finally:
+        server.shutdown()
+    [trial] = result.trials.to_dict("records")
+    assert trial["answer.optimizer"] == "mipro"
+    assert trial["quality"] == pytest.approx(_recorded_quality(table, splits.dev, model))
+    assert ["proposed_instruction"] in requests  # the prompt model wrote the candidate instructions
+    answer = result.program.stages()["answer"]
+    assert answer.lm.model.startswith("replay/recorded/mistral-7b-chat")
+    # Every candidate scores the same on recorded answers: MIPRO keeps the original or takes the proposal.
+    assert answer.signature.instructions in (build().signature.instructions, PROPOSAL)
 
 
 def test_latency_can_be_a_third_objective(study_parts):
