@@ -30,6 +30,7 @@ import dspy
 
 from stagewise.optimize.export import state_without_models
 from stagewise.optimize.space import DEMO_OPTIMIZERS, TrialChoice
+from stagewise.programs.predictors import stages_of
 
 MODEL_FREE = {"none", "labeled_fewshot"}  # optimizers whose result does not depend on any model
 
@@ -161,7 +162,7 @@ def compile_stages(program, choice: TrialChoice, trainset: list, metric: Callabl
                 # BootstrapFewShot would give an uncompiled teacher labeled demos through reset_copy(),
                 # which drops every stage's model; marked compiled, the teacher keeps them.
                 teacher._compiled = True
-                compiler = _optimizer(optimizer, demos, metric, reflection, program.stages()[stage].lm)
+                compiler = _optimizer(optimizer, demos, metric, reflection, stages_of(program)[stage].lm)
                 kwargs = {"teacher": teacher} if optimizer.startswith("bootstrap") else {}
                 student = _keep_models_on_reset(program.deepcopy())
                 compiled = compiler.compile(student, trainset=trainset, **kwargs)
@@ -170,12 +171,12 @@ def compile_stages(program, choice: TrialChoice, trainset: list, metric: Callabl
                 for attribute in ("candidate_programs", "mb_candidate_programs", "trial_logs"):
                     compiled.__dict__.pop(attribute, None)
                 compiled_by[(optimizer, demos)] = compiled
-            state = state_without_models(compiled_by[(optimizer, demos)].stages()[stage].step)
+            state = state_without_models(stages_of(compiled_by[(optimizer, demos)])[stage].step)
             cache.put(key, state)
             outcome[stage] = "compiled"
         else:
             outcome[stage] = "cached"
-        target = program.stages()[stage]
+        target = stages_of(program)[stage]
         model = target.lm
         target.step.load_state(state)
         target.lm = model  # the learned state carries no model: keep the stage's own

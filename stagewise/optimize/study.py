@@ -51,12 +51,13 @@ from stagewise.optimize.space import (
     validate_thresholds,
 )
 from stagewise.optimize.tracking import Tracker
+from stagewise.programs.predictors import set_models, stages_of
 from stagewise.redaction import redact
 
 
 def _named(metric) -> str:
     """A metric's name, the same in every process (a metric object's repr carries its address)."""
-    return metric if isinstance(metric, str) else type(metric).__name__
+    return metric if isinstance(metric, str) else getattr(metric, "name", None) or type(metric).__name__
 
 
 class TrialBudgetSpent(BudgetError):
@@ -115,7 +116,7 @@ class Study:
         self._lms: dict[str, Any] = {}
         self._classifiers: dict[tuple, Any] = {}
         probe = build()
-        validate(space, list(probe.stages()), catalog)
+        validate(space, list(stages_of(probe)), catalog)
         gepa = [stage for stage, choices in space.items() if "gepa" in choices.optimizers]
         if gepa and not settings.reflection_model:
             raise SearchSpaceError(f"search space: stage(s) {gepa} may use the gepa optimizer, which needs a "
@@ -160,7 +161,7 @@ class Study:
         for name, settings in choice.routers.items():
             if settings["decision"] == "trained":
                 found[name].use_classifier(self.classifier(found[name], settings))
-        program.set_models({stage: self.lm(model) for stage, model in choice.models.items()})
+        set_models(program, {stage: self.lm(model) for stage, model in choice.models.items()})
         for name, cascade in cascades(program).items():
             if name in choice.thresholds:
                 cascade.threshold = choice.thresholds[name]
@@ -273,7 +274,8 @@ class Study:
         caps its own trials and is not the config's)."""
         mine, theirs = self.signature(), study.user_attrs.get(SIGNATURE_ATTR, {})
         keys = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
-        if "split.examples" in keys and any(k == "data" or k.startswith("split.") for k in keys if k != "split.examples"):
+        explained = [k for k in keys if k == "data" or (k.startswith("split.") and k != "split.examples")]
+        if "split.examples" in keys and explained:
             keys.remove("split.examples")
         shown = {k: (theirs.get(k, "(none)"), mine.get(k, "(none)")) for k in keys}
         budget = study.user_attrs.get("stagewise_trials")
@@ -409,6 +411,19 @@ class Study:
                 return
             study.optimize(objective, n_trials=len(waiting), catch=(TrialBudgetSpent,))
 
+    def choice_of(self, row: pd.Series) -> TrialChoice:
+        """The configuration of one row of the trials table (or the front)."""
+        active = [s for s in self.space if pd.notna(row.get(f"{s}.model"))]  # a stood-in stage has none
+        return TrialChoice(
+            models={s: row[f"{s}.model"] for s in active},
+            optimizers={s: row.get(f"{s}.optimizer", "none") for s in active},
+            demos={s: int(row[f"{s}.demos"]) if f"{s}.demos" in row and pd.notna(row[f"{s}.demos"]) else 0
+                   for s in active},
+            thresholds={c: float(row[f"{c}.threshold"]) for c in self.thresholds},
+            routers={r: {key: row[f"{r}.{key}"] for key in ("decision", "features", "C")
+                         if pd.notna(row.get(f"{r}.{key}"))} for r in self.routers},
+        )
+
     def results(self, study: optuna.Study) -> StudyResult:
         rows = []
         for trial in study.trials:
@@ -428,17 +443,7 @@ class Study:
         best_front = pareto.front(trials)
         chosen = pareto.select(best_front, min_quality=self.settings.min_quality,
                                max_cost_per_1k=self.settings.max_cost_per_1k)
-        active = [s for s in self.space if pd.notna(chosen.get(f"{s}.model"))]  # a stood-in stage has none
-        choice = TrialChoice(
-            models={s: chosen[f"{s}.model"] for s in active},
-            optimizers={s: chosen.get(f"{s}.optimizer", "none") for s in active},
-            demos={s: int(chosen[f"{s}.demos"]) if f"{s}.demos" in chosen and pd.notna(chosen[f"{s}.demos"]) else 0
-                   for s in active},
-            thresholds={c: float(chosen[f"{c}.threshold"]) for c in self.thresholds},
-            routers={r: {key: chosen[f"{r}.{key}"] for key in ("decision", "features", "C")
-                         if pd.notna(chosen.get(f"{r}.{key}"))} for r in self.routers},
-        )
-        program = self.program_for(choice)
+        program = self.program_for(self.choice_of(chosen))
         dev = self._evaluate(program, self.splits.dev)
         test = self._evaluate(program, self.splits.test) if self.splits.test else None
         csv_path, png_path = pareto.write(trials, self.out_dir, chosen=int(chosen["trial"]))
