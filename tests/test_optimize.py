@@ -183,17 +183,20 @@ def test_optimize_command_on_the_replay_example(tmp_path, monkeypatch):
     assert "Pareto front" in result.output and "chosen: trial" in result.output
     assert "cheapest at >= 95% of the best quality" in result.output
     # The chosen program is an MLflow model logged from code (no pickle) that serves predictions.
-    import re
-
     import mlflow
 
     uri = re.search(r"MLflow model: (models:/\S+)", result.output).group(1)
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     served = mlflow.pyfunc.load_model(uri)
+    from stagewise.models.catalog import default_catalog
     from stagewise.models.replay import OutcomeTable
 
-    prompts = OutcomeTable.load(ROUTERBENCH_TEST).prompts[:2]
-    assert len(served.predict(pd.DataFrame({"prompt": prompts}))["answer"]) == 2
+    arc = OutcomeTable.load(ROUTERBENCH_TEST)
+    chosen = json.loads((tmp_path / "run" / "best" / "manifest.json").read_text())["stages"]["answer"]["model"]
+    prompts = arc.prompts[:3]
+    predicted = served.predict(pd.DataFrame({"prompt": prompts}))["answer"]
+    # The served model answers as the chosen program does: the chosen model's recorded responses.
+    assert list(predicted) == [arc.outcome(p, default_catalog()[chosen].model).response for p in prompts]
     for name in ("pareto.csv", "pareto.png", "best/program.json", "best/manifest.json"):
         assert (tmp_path / "run" / name).exists(), name
     assert (tmp_path / "mlflow.db").exists()
@@ -404,6 +407,70 @@ tokenizer = "cl100k_base"
     assert answer.signature.instructions in (build().signature.instructions, PROPOSAL)
 
 
+class Area(dspy.Signature):
+    """Which team handles this message?"""
+
+    message: str = dspy.InputField()
+    area: Literal["cards", "payments"] = dspy.OutputField()
+
+
+KEYWORD_INSTRUCTION = "Route by keyword: a message that mentions a card goes to cards, any other to payments."
+
+
+class Obedient(dspy.utils.DummyLM):
+    """A scripted task model that routes well only when its instruction tells it how (says "by keyword")."""
+
+    def __init__(self):
+        super().__init__([{"area": "payments"}], adapter=dspy.JSONAdapter())
+
+    def forward(self, prompt=None, messages=None, **kwargs):
+        told = "by keyword" in messages[0]["content"]
+        message = messages[-1]["content"].split("[[ ## message ## ]]")[-1].split("\n\n")[0]
+        area = "cards" if told and "card" in message else "payments"
+        self.answers = iter([{"area": area}])
+        return super().forward(prompt=prompt, messages=messages, **kwargs)
+
+
+def test_gepa_puts_the_reflection_models_instruction_on_the_stage(tmp_path):
+    """Orchestration, with scripted models: GEPA reads stagewise's feedback, takes the instruction the
+    reflection model proposes because it scores better, and the stage keeps it (and its own model)."""
+    from stagewise.optimize.compile import CompileCache, Reflection, compile_stages
+    from stagewise.optimize.space import TrialChoice
+
+    messages = ["My card has not arrived", "I lost my card", "Where is my new card?",
+                "The exchange rate was wrong", "My top-up failed", "Why was I charged a fee for a transfer?"]
+    trainset = [dspy.Example(message=m, area="cards" if "card" in m else "payments").with_inputs("message")
+                for m in messages]
+    reflector = dspy.utils.DummyLM([{"new_instruction": KEYWORD_INSTRUCTION}] * 20, adapter=dspy.JSONAdapter())
+
+    def feedback(example, prediction):
+        return float(prediction.area == example.area), f"expected {example.area!r}, answered {prediction.area!r}"
+
+    def compiled_program():
+        task = Obedient()
+        program = Stage("route", Area, lm=task)
+        choice = TrialChoice({"route": "scripted"}, {"route": "gepa"}, {"route": 0})
+        with dspy.context(adapter=dspy.JSONAdapter()):
+            outcome = compile_stages(program, choice, trainset, lambda ex, pred, trace=None: pred.area == ex.area,
+                                     CompileCache(tmp_path / "compiled"), "data-v1",
+                                     Reflection(reflector, "scripted-reflector", feedback, max_metric_calls=40))
+        return program, task, outcome
+
+    program, task, outcome = compiled_program()
+    assert outcome == {"route": "compiled"}
+    assert Area.instructions != KEYWORD_INSTRUCTION
+    assert program.signature.instructions == KEYWORD_INSTRUCTION  # the instruction changed to the proposal
+    assert program.lm is task  # GEPA's compile kept the stage's own model
+    asked = " ".join(str(m.get("content")) for entry in reflector.history for m in entry["messages"])
+    assert "expected 'cards', answered 'payments'" in asked  # the reflection model read stagewise's feedback
+    with dspy.context(adapter=dspy.JSONAdapter()):
+        assert all(program(message=e.message).area == e.area for e in trainset)
+    again, _, outcome = compiled_program()  # the same compile: from the cache, no reflection
+    calls = len(reflector.history)
+    assert outcome == {"route": "cached"} and again.signature.instructions == KEYWORD_INSTRUCTION
+    assert len(reflector.history) == calls
+
+
 def test_latency_can_be_a_third_objective(study_parts):
     make, _ = study_parts
     study = make(3, name="three-objectives", latency=True)
@@ -609,10 +676,16 @@ def test_gepa_evolves_a_stage_instruction_with_a_reflection_model(tmp_path):
     with dspy.context(adapter=dspy.JSONAdapter()):
         result = study.results(study.run(progress=False))
     reflection = study.lm("gemma3-270m")
-    assert any("instruction" in str(entry.get("messages", "")).lower() for entry in reflection.history)
+    asked = [" ".join(str(m.get("content")) for m in entry["messages"]) for entry in reflection.history]
+    # Gemma read the program's answers with stagewise's feedback: the expected intent, in words.
+    assert asked and all("the expected 'intent' is" in prompt for prompt in asked)
     assert study.cache.misses >= 1 and len(list((tmp_path / "out" / "compiled").glob("*.json"))) >= 1
     route = result.program.stages()["route"]
     assert route.lm.model == "local/smollm2-135m"  # GEPA's compile kept the stage's own model
+    # GEPA keeps a proposal only if it scores better; Gemma 3 270M's proposals rarely do (that the
+    # instruction is replaced is checked with scripted models above): the stage ends with one of them.
+    proposed = {json.loads(entry["outputs"][0])["new_instruction"] for entry in reflection.history}
+    assert route.signature.instructions in proposed | {build_banking().stages()["route"].signature.instructions}
     assert result.trials.loc[0, "route.optimizer"] == "gepa"
     with pytest.raises(SearchSpaceError, match="needs a reflection model"):
         Study(build_banking, splits, space, EndToEnd("intent", "intent", "label_accuracy"),
