@@ -215,6 +215,71 @@ def test_optimize_command_on_the_replay_example(tmp_path, monkeypatch):
     assert unknown.exit_code == 2 and "no experiment named 'nope'" in unknown.output
 
 
+BASELINE_CONFIG = """
+[program]
+factory = "tests.test_optimize:build"
+
+[data]
+outcomes = "{outcomes}"
+
+[split]
+train = 0.2
+dev = 0.4
+test = 0.4
+seed = 0
+
+[metrics]
+end_to_end = {{ output = "answer", metric = "recorded_correctness" }}
+
+[search]
+study = "baseline-comparison"
+trials = 3
+
+[search.stages.answer]
+models = ["recorded/gpt-4-1106-preview", "recorded/claude-instant-v1"]
+
+[baseline]
+answer = "recorded/mistral-7b-chat"
+
+[tracking]
+experiment = "baseline-comparison"
+"""
+
+
+def test_optimize_compares_the_chosen_program_with_the_unoptimized_baseline(table, tmp_path, monkeypatch):
+    """What `make demo` ends with, on a small replay config: the baseline and the chosen program on the
+    held-out test split, each figure recomputed here from the recorded outcomes."""
+    from stagewise.models.catalog import default_catalog
+
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "study.toml"
+    config.write_text(BASELINE_CONFIG.format(outcomes=ROUTERBENCH_TEST.as_posix()))
+    result = CliRunner().invoke(app, ["optimize", str(config), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    assert "held-out test split: chosen program versus the unoptimized baseline" in result.output
+    rows = {label: (float(quality), float(cost)) for label, quality, cost in
+            re.findall(r"│\s*(baseline|optimized)\s*│\s*([\d.]+)\s*│\s*([\d.]+)\s*│", result.output)}
+    assert set(rows) == {"baseline", "optimized"}, result.output
+
+    examples = [dspy.Example(prompt=p).with_inputs("prompt") for p in table.prompts]
+    test = split(examples, train=0.2, dev=0.4, test=0.4, seed=0).test
+
+    def on_test(model):  # mean recorded correctness and cost per 1,000 requests; an empty cell scores 0, costs 0
+        column = default_catalog()[model].model
+        outcomes = [None if pd.isna(table.scores.at[table.find(e.prompt), column]) else table.outcome(e.prompt, column)
+                    for e in test]
+        quality = sum(o.correct for o in outcomes if o) / len(test)
+        return quality, 1000 * sum(o.cost_usd for o in outcomes if o) / len(test)
+
+    manifest = json.loads((tmp_path / "run" / "best" / "manifest.json").read_text())
+    baseline, optimized = on_test("recorded/mistral-7b-chat"), on_test(manifest["stages"]["answer"]["model"])
+    assert rows["baseline"] == (pytest.approx(baseline[0], abs=5e-4), pytest.approx(baseline[1], abs=5e-5))
+    assert rows["optimized"] == (pytest.approx(optimized[0], abs=5e-4), pytest.approx(optimized[1], abs=5e-5))
+    assert manifest["metrics"]["baseline_test"]["end_to_end"] == pytest.approx(baseline[0])
+    assert manifest["metrics"]["test"]["end_to_end"] == pytest.approx(optimized[0])
+    assert optimized[0] > baseline[0]  # either candidate answers ARC better than the Mistral 7B baseline
+
+
 def test_interrupted_study_resumes_from_its_storage(tmp_path):
     """A real process kill in the middle of a study, then a rerun with the same name finishes it."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
