@@ -16,20 +16,19 @@ import statistics
 import tempfile
 import time
 
-import stagewise  # noqa: F401  (offline price map before DSPy loads)
 import dspy
+from results import Results
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+import stagewise  # noqa: F401  (offline price map before DSPy loads)
 from stagewise.models.lm import get_lm
 from stagewise.models.usage import track_usage
 from stagewise.programs import Chain, Stage
 from stagewise.programs.run import observing
 from stagewise.runtime.checkpoint import open_checkpoints
 from stagewise.runtime.runs import Checkpointer
-
-from results import Results
 
 MESSAGES = [
     "My card has not arrived after two weeks.",

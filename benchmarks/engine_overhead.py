@@ -24,15 +24,13 @@ import argparse
 import statistics
 import time
 
-import stagewise  # noqa: F401  (offline price map before DSPy loads)
+from llama_cpp import Llama
+from results import Results
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from results import Results
-
-from llama_cpp import Llama
-
+import stagewise  # noqa: F401  (offline price map before DSPy loads)
 from stagewise.models.constrained import OPTIMISTIC_CHARS_PER_TOKEN, bound_schema
 from stagewise.models.lm import get_lm
 from stagewise.models.weights import weights_path

@@ -29,17 +29,16 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Literal
 
-import stagewise  # noqa: F401  (offline price map before DSPy loads)
 import dspy
+from results import Results
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+import stagewise  # noqa: F401  (offline price map before DSPy loads)
 from stagewise.models.catalog import ModelSpec
 from stagewise.models.lm import get_lm
 from stagewise.programs import FanOut, MergeProfile, Stage
-
-from results import Results
 
 LATENCY = {"fast": 0.30, "medium": 0.45, "slow": 0.60}
 

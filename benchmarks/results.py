@@ -53,7 +53,7 @@ class Results:
         RESULTS.mkdir(exist_ok=True)
         path = RESULTS / f"{self.name}.json"
         path.write_text(json.dumps({
-            "benchmark": self.name, "written": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "benchmark": self.name, "written": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             "machine": {"python": platform.python_version(), "platform": platform.platform()},
             "context": self.context, "goals_met": self.goals_met, "figures": self.figures,
         }, indent=2, default=str) + "\n")

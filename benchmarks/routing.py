@@ -42,7 +42,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import stagewise  # noqa: F401  (offline price map before DSPy loads)
 import dspy
 import numpy as np
 import pandas as pd
@@ -50,6 +49,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+import stagewise  # noqa: F401  (offline price map before DSPy loads)
 from stagewise.models.replay import prompt_key
 from stagewise.routing import LabelRouter, load_outcomes, nested_route_eval
 from stagewise.routing import evaluation as ev

@@ -19,15 +19,13 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
 import optuna
+from results import Results
 from rich.console import Console
 from rich.table import Table
-
-from results import Results
 
 ROOT = Path(__file__).resolve().parent.parent
 ARC = ROOT / "examples" / "arc_routing"

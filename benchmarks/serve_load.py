@@ -24,10 +24,9 @@ import time
 from pathlib import Path
 
 import httpx
+from results import Results
 from rich.console import Console
 from rich.table import Table
-
-from results import Results
 
 ROOT = Path(__file__).resolve().parent.parent
 MESSAGES = ["My card has not arrived.", "Why was I charged twice?", "How do I change my PIN?",

@@ -13,12 +13,12 @@ import argparse
 import shutil
 from pathlib import Path
 
-import stagewise  # noqa: F401  (offline price map before DSPy loads)
 import dspy
 from rich.console import Console
 from rich.progress import track
 from rich.table import Table
 
+import stagewise  # noqa: F401  (offline price map before DSPy loads)
 from stagewise.models import default_catalog, get_lm, request_scope, stage_scope, track_usage
 from stagewise.models.replay import OutcomeTable
 

@@ -8,7 +8,6 @@ import tiktoken.registry
 from dspy.lm15 import Message, Response, Usage
 
 from stagewise.models import tokens
-
 from stagewise.models.catalog import default_catalog
 from stagewise.models.lm import StagewiseLM
 from stagewise.models.tokens import OFFLINE_FALLBACK, count_chat_tokens, count_tokens, encoding_for

@@ -250,8 +250,7 @@ def test_engine_state_round_trips_through_dspy_save(tmp_path):
 
 
 def test_a_schema_llama_cpp_cannot_compile_is_a_clear_error_not_a_crash():
-    from dspy.lm15 import Config, Message, Request
-    from dspy.lm15 import InvalidRequestError
+    from dspy.lm15 import Config, InvalidRequestError, Message, Request
 
     engine = get_lm("smollm2-135m", cache=False).engine
     schema = {"type": "object", "properties": {"codes": {"type": "array", "items": {"type": "integer"},

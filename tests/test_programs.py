@@ -17,14 +17,15 @@ from stagewise.models.catalog import ModelCatalog
 from stagewise.models.lm import get_lm
 from stagewise.models.replay import OutcomeTable
 from stagewise.models.tokens import count_tokens
+from stagewise.models.usage import track_usage
 from stagewise.programs import (
     Cascade,
     Chain,
     DisagreementReport,
     DocumentIndex,
     FanOut,
-    LLMAggregate,
     Hierarchy,
+    LLMAggregate,
     MajorityVote,
     MergeProfile,
     PlanError,
@@ -36,10 +37,9 @@ from stagewise.programs import (
     UnknownRouteError,
     WeightedVote,
 )
-from stagewise.models.usage import track_usage
 from stagewise.signatures import Aggregate, Plan, QueryAnalysis, Review, SpecialistAnswer, Synthesize
 
-from .conftest import ROUTELLM, DATA
+from .conftest import DATA, ROUTELLM
 
 
 @pytest.fixture(autouse=True)

@@ -4,7 +4,7 @@ import dspy
 import pytest
 
 from stagewise.models.lm import get_lm
-from stagewise.models.replay import OutcomeTable, OutcomeTableError, NotRecordedError, ReplayEngine
+from stagewise.models.replay import NotRecordedError, OutcomeTable, OutcomeTableError, ReplayEngine
 from stagewise.models.tokens import count_tokens
 from stagewise.models.usage import track_usage
 

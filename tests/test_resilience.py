@@ -25,8 +25,18 @@ from stagewise.models.weights import weights_path
 from stagewise.programs import Chain, Stage
 from stagewise.programs.run import guarding, observing
 from stagewise.runtime.costs import CostMonitor
-from stagewise.runtime.resilience import (Breakers, Budget, BudgetExceeded, Limit, RateLimited, RateLimiter,
-                                          Resilience, StageFailed, StagePolicy, is_retryable)
+from stagewise.runtime.resilience import (
+    Breakers,
+    Budget,
+    BudgetExceeded,
+    Limit,
+    RateLimited,
+    RateLimiter,
+    Resilience,
+    StageFailed,
+    StagePolicy,
+    is_retryable,
+)
 from stagewise.runtime.stage_cache import StageCache
 
 from .conftest import ROOT, ROUTERBENCH_TEST, require_service

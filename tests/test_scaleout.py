@@ -23,7 +23,6 @@ import optuna
 import pandas as pd
 import pytest
 
-from stagewise.optimize import pareto
 from stagewise.optimize.storage import StorageError, open_storage
 
 from .conftest import ROOT, require_service

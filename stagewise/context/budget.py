@@ -10,13 +10,13 @@ a :class:`TokenBudgetError` naming the stage.
 
 from __future__ import annotations
 
-from stagewise.errors import BudgetError, ConfigError
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from stagewise.context.granularity import Count, compress_extractive, truncate
 from stagewise.context.record import Section
+from stagewise.errors import BudgetError, ConfigError
 
 
 class TokenBudgetError(BudgetError, ValueError):

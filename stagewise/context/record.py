@@ -14,11 +14,12 @@ tracing a final output back to the inputs that produced it.
 
 from __future__ import annotations
 
-from stagewise.errors import ProgramError
 import fnmatch
 import threading
 from dataclasses import dataclass, field, replace
 from typing import Literal
+
+from stagewise.errors import ProgramError
 
 SectionKind = Literal["query", "retrieved", "stage_output", "summary", "instruction"]
 INPUT = "input"  # the source name of the request's own inputs

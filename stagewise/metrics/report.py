@@ -12,7 +12,6 @@ evaluated is lost.
 
 from __future__ import annotations
 
-from stagewise.errors import ConfigError
 import statistics
 import time
 from collections.abc import Callable
@@ -21,6 +20,7 @@ from typing import Any
 
 import pandas as pd
 
+from stagewise.errors import ConfigError
 from stagewise.metrics.scoring import Metric, macro_f1, metric_by_name
 
 PASS = 0.5  # a score at or above this counts as a success when attributing failures

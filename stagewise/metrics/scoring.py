@@ -7,12 +7,12 @@ in [0, 1]. :func:`metric_by_name` resolves the names a config uses. Label metric
 
 from __future__ import annotations
 
-from stagewise.errors import ConfigError, DataError
 from collections.abc import Callable
 
 import dspy
 from sklearn.metrics import f1_score
 
+from stagewise.errors import ConfigError, DataError
 from stagewise.metrics.text import exact_match, normalize, normalized_match, numeric_match, token_f1
 
 Metric = Callable[[str, str], float]

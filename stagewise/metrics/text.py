@@ -6,10 +6,11 @@ SQuAD's evaluation script: lower case, no punctuation, no articles (a, an, the),
 
 from __future__ import annotations
 
-from stagewise.errors import DataError
 import re
 import string
 from collections import Counter
+
+from stagewise.errors import DataError
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
 _PUNCTUATION = str.maketrans("", "", string.punctuation)

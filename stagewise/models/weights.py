@@ -12,7 +12,6 @@ A catalog entry may also name a ``.gguf`` file path directly.
 
 from __future__ import annotations
 
-from stagewise.errors import ConfigError, ModelError
 import importlib
 import importlib.util
 import os
@@ -20,6 +19,8 @@ import threading
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+
+from stagewise.errors import ConfigError, ModelError
 
 
 class MissingWeightsError(ModelError, ImportError):

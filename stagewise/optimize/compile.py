@@ -17,7 +17,6 @@ instructions. It needs a reflection model (``Reflection``) and a budget of metri
 
 from __future__ import annotations
 
-from stagewise.errors import ConfigError, SearchSpaceError
 import hashlib
 import json
 import threading
@@ -28,6 +27,7 @@ from typing import Any
 
 import dspy
 
+from stagewise.errors import ConfigError, SearchSpaceError
 from stagewise.optimize.export import state_without_models
 from stagewise.optimize.space import DEMO_OPTIMIZERS, TrialChoice
 from stagewise.programs.predictors import stages_of

@@ -20,7 +20,6 @@ builds the program, restores the predictor state and sets each stage's model.
 
 from __future__ import annotations
 
-from stagewise.errors import ExportError
 import importlib
 import importlib.util
 import json
@@ -28,12 +27,13 @@ import platform
 import shutil
 import sys
 import sysconfig
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
+from stagewise.errors import ExportError
 from stagewise.optimize.space import router_modules
 from stagewise.programs.predictors import set_models, stages_of
 
@@ -124,7 +124,7 @@ def export(program, directory: str | Path, *, factory: str | Callable | None = N
             entry["replay_table"] = _copy_into(Path(entry["replay_table"]), directory / "tables", directory)
     manifest = {
         "format": MANIFEST_FORMAT,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "factory": factory,
         "factory_kwargs": factory_kwargs or {},
         "code": _copy_code(module, directory),

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from stagewise.errors import ConfigError
 from pathlib import Path
 
 import pandas as pd
+
+from stagewise.errors import ConfigError
 
 
 class SelectionError(ConfigError):

@@ -3,9 +3,9 @@ per cascade, acceptance thresholds; per router, an LLM decision stage or a train
 
 from __future__ import annotations
 
-from stagewise.errors import SearchSpaceError
 from dataclasses import dataclass, field
 
+from stagewise.errors import SearchSpaceError
 from stagewise.models.catalog import ModelCatalog, UnknownModelError, default_catalog
 
 OPTIMIZERS = ("none", "labeled_fewshot", "bootstrap_fewshot", "bootstrap_random_search", "mipro", "gepa")

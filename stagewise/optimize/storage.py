@@ -12,13 +12,13 @@ marked failed after ``GRACE_PERIOD`` seconds without one, and run again by the n
 
 from __future__ import annotations
 
-from stagewise.errors import StoreError
-import optuna
 import warnings
 
+import optuna
 from optuna.exceptions import ExperimentalWarning
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
+from stagewise.errors import StoreError
 from stagewise.redaction import redact, scrub
 
 # Heartbeats, stale-trial retries and fail_stale_trials are flagged "experimental" by Optuna 5.0 (pinned).

@@ -10,7 +10,6 @@ the same study name continues it. Every trial is an MLflow run nested under the 
 
 from __future__ import annotations
 
-from stagewise.errors import BudgetError
 import json
 import os
 import socket
@@ -24,6 +23,7 @@ import optuna
 import pandas as pd
 
 from stagewise.data.splits import split_fingerprint
+from stagewise.errors import BudgetError
 from stagewise.metrics.report import (
     PASS,
     EndToEnd,

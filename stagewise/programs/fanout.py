@@ -15,7 +15,6 @@ back, and an aggregator turns the branch outputs into the fan-out's outputs:
 
 from __future__ import annotations
 
-from stagewise.errors import ProgramError
 import contextvars
 import hashlib
 from collections import Counter, defaultdict
@@ -24,6 +23,7 @@ from typing import Any
 
 from stagewise.context.format import render
 from stagewise.context.record import Section
+from stagewise.errors import ProgramError
 from stagewise.programs.run import Run, StageRun, use_run
 from stagewise.programs.stage import Pipeline, Stage, StageConfigError, as_text, default_count
 

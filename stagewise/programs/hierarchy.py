@@ -10,7 +10,6 @@ is either an error (:class:`PlanError`) or sent back to the planner with the rea
 
 from __future__ import annotations
 
-from stagewise.errors import ProgramError
 import json
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, get_args
@@ -18,6 +17,7 @@ from typing import Annotated, Any, Literal, get_args
 from pydantic import BaseModel, Field, create_model
 
 from stagewise.context.record import INPUT, Context, Section
+from stagewise.errors import ProgramError
 from stagewise.programs.run import Run, StageRun, use_run
 from stagewise.programs.stage import Pipeline, Stage, StageConfigError, as_text, default_count
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from stagewise.errors import ConfigError
 from collections.abc import Sequence
 from typing import Any
 
@@ -10,6 +9,7 @@ import numpy as np
 from sklearn.feature_extraction.text import TfidfVectorizer
 
 from stagewise.context.record import Section
+from stagewise.errors import ConfigError
 from stagewise.programs.run import Run, StageRun
 from stagewise.programs.stage import Pipeline, StageConfigError, default_count
 

@@ -14,10 +14,10 @@ study uses this to search "LLM router or trained classifier" as one choice.
 
 from __future__ import annotations
 
-from stagewise.errors import ProgramError
 from typing import Any
 
 from stagewise.context.record import Section
+from stagewise.errors import ProgramError
 from stagewise.programs.run import Run, StageRun
 from stagewise.programs.stage import Pipeline, Stage, StageConfigError, default_count
 

@@ -16,7 +16,6 @@ section the stage received.
 
 from __future__ import annotations
 
-from stagewise.errors import ConfigError
 import json
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -31,10 +30,10 @@ from stagewise.context.budget import fit, reallocate, stage_budget
 from stagewise.context.format import render
 from stagewise.context.granularity import compress_extractive, compress_with_model
 from stagewise.context.record import Section, SectionKind
+from stagewise.errors import ConfigError
 from stagewise.models.tokens import count_tokens
 from stagewise.models.usage import stage_scope
-from stagewise.programs.run import (Run, StageEvent, StageRun, current_guard, current_run, observers, open_run,
-                                    stage_key)
+from stagewise.programs.run import Run, StageEvent, StageRun, current_guard, current_run, observers, open_run, stage_key
 from stagewise.tomlfiles import read_toml
 
 

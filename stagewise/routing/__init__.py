@@ -4,8 +4,16 @@ from stagewise.routing.evaluation import RoutingEvalError, RoutingReport, route_
 from stagewise.routing.features import AnswerChecks, TextFeatures
 from stagewise.routing.outcomes import Outcomes, load_outcomes, outcomes_from_table
 from stagewise.routing.persist import RouterFileError, load_router, save_router
-from stagewise.routing.routers import (CascadeScorer, LabelRouter, QualityRouter, RouterSpecError, WinRouter,
-                                       ZeroRouter, make_router, suggest_router)
+from stagewise.routing.routers import (
+                                       CascadeScorer,
+                                       LabelRouter,
+                                       QualityRouter,
+                                       RouterSpecError,
+                                       WinRouter,
+                                       ZeroRouter,
+                                       make_router,
+                                       suggest_router,
+)
 from stagewise.routing.selection import Selection, candidate_specs, nested_route_eval, select_router
 
 __all__ = [

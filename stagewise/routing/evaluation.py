@@ -19,11 +19,11 @@ Both: the cost saving at >= 95% of the best single model's quality, against that
 
 from __future__ import annotations
 
-from stagewise.errors import DataError
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from stagewise.errors import DataError
 from stagewise.routing.outcomes import Outcomes
 
 RANDOM_SEEDS = 10

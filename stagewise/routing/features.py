@@ -16,7 +16,6 @@ features read the query and the response together and the checks read the respon
 
 from __future__ import annotations
 
-from stagewise.errors import ConfigError, ModelError
 import ast
 import hashlib
 import operator
@@ -28,6 +27,8 @@ import numpy as np
 from scipy import sparse
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.feature_extraction.text import CountVectorizer, TfidfVectorizer
+
+from stagewise.errors import ConfigError, ModelError
 
 KINDS = ("word", "char", "embed", "checks")
 

@@ -7,10 +7,11 @@ routers and features. Loading an untrusted file therefore cannot run its code.
 
 from __future__ import annotations
 
-from stagewise.errors import ExportError
 from pathlib import Path
 
 from skops import io as skops_io
+
+from stagewise.errors import ExportError
 
 OWN_TYPES = "stagewise.routing."
 

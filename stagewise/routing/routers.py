@@ -19,12 +19,12 @@ builds one from a spec string; ``suggest_router`` draws one from an Optuna trial
 
 from __future__ import annotations
 
-from stagewise.errors import ConfigError, DataError
 import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import LogisticRegression, Ridge
 
+from stagewise.errors import ConfigError, DataError
 from stagewise.routing.features import TextFeatures, parse_features
 from stagewise.routing.outcomes import Outcomes
 

@@ -1,8 +1,13 @@
 """Execution-time concerns: checkpointed runs and resume, the shared context store, tracing,
 context diffs and replay."""
 
-from stagewise.runtime.checkpoint import (CheckpointError, CorruptCheckpointError, StoreConnectionError,
-                                          UnknownRunError, open_checkpoints)
+from stagewise.runtime.checkpoint import (
+                                          CheckpointError,
+                                          CorruptCheckpointError,
+                                          StoreConnectionError,
+                                          UnknownRunError,
+                                          open_checkpoints,
+)
 from stagewise.runtime.diff import diff_html, diff_text
 from stagewise.runtime.runs import RunReplayError, replay, resume, run
 from stagewise.runtime.store import ContextRecorder, open_context_store, shared

@@ -18,14 +18,14 @@ appends a row, so a run's history is kept; ``load`` returns its latest record.
 
 from __future__ import annotations
 
-from stagewise.errors import StoreError
 import json
 import sqlite3
 import threading
 from abc import ABC, abstractmethod
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
+from stagewise.errors import StoreError
 from stagewise.redaction import redact
 from stagewise.runtime.connections import StoreConnectionError, connect_postgres
 
@@ -49,7 +49,7 @@ class CorruptCheckpointError(CheckpointError):
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 class CheckpointStore(ABC):

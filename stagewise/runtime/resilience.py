@@ -21,7 +21,6 @@ would exceed its cost budget (or its tenant's daily budget), keeping the partial
 
 from __future__ import annotations
 
-from stagewise.errors import BudgetError, ConfigError, ModelError
 import collections
 import contextvars
 import datetime as dt
@@ -38,6 +37,7 @@ import pybreaker
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from stagewise.context.record import Section
+from stagewise.errors import BudgetError, ConfigError, ModelError
 from stagewise.programs.run import CallGuard, Run, StageRun
 from stagewise.redaction import redact
 from stagewise.runtime.connections import connect_redis

@@ -9,7 +9,6 @@ A stage execution is recognized by its key, ``stage#n`` (its n-th execution in t
 
 from __future__ import annotations
 
-from stagewise.errors import ConfigError
 import threading
 import time
 import uuid
@@ -20,8 +19,9 @@ from typing import Any
 import pydantic
 
 from stagewise.context.record import Section
-from stagewise.programs.run import Observer, Run, StageEvent, StageRun, observing
+from stagewise.errors import ConfigError
 from stagewise.programs.predictors import set_models, stages_of
+from stagewise.programs.run import Observer, Run, StageEvent, StageRun, observing
 from stagewise.runtime.checkpoint import CheckpointError, CheckpointStore, open_checkpoints
 
 

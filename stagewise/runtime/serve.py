@@ -15,11 +15,10 @@ default) unless the app is made with ``token=None`` for local use (``--no-auth``
 
 
 
-from stagewise.errors import StagewiseError
 import hashlib
 import hmac
-import logging
 import inspect
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -31,12 +30,20 @@ from fastapi.responses import JSONResponse
 from pydantic import ConfigDict, create_model
 from starlette.concurrency import run_in_threadpool
 
+from stagewise.errors import StagewiseError
 from stagewise.models.usage import track_usage
 from stagewise.programs.predictors import stages_of
 from stagewise.programs.run import guarding, observing
 from stagewise.runtime.costs import CostMonitor
-from stagewise.runtime.resilience import (BudgetExceeded, Limit, RateLimited, RateLimiter, Resilience, StageFailed,
-                                          tenant_scope)
+from stagewise.runtime.resilience import (
+    BudgetExceeded,
+    Limit,
+    RateLimited,
+    RateLimiter,
+    Resilience,
+    StageFailed,
+    tenant_scope,
+)
 from stagewise.runtime.runs import jsonable
 from stagewise.runtime.stage_cache import StageCache
 

@@ -15,7 +15,6 @@ exporter; ``"mlflow"`` sends the spans to the MLflow tracking URI's traces, besi
 
 from __future__ import annotations
 
-from stagewise.errors import ConfigError
 import json
 import sys
 from contextlib import contextmanager, nullcontext
@@ -27,6 +26,7 @@ from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProces
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Status, StatusCode
 
+from stagewise.errors import ConfigError
 from stagewise.models.usage import UsageLedger, UsageRecord, capturing_content, track_usage
 from stagewise.programs.run import Observer, Run, StageEvent
 
