@@ -109,9 +109,13 @@ def list_models(catalog: Path | None = typer.Option(None, help="A user catalog f
     table = Table(title="stagewise model catalog")
     for column in ("name", "provider", "engine", "$/M in", "$/M out", "price", "context", "max out", "format",
                    "tokenizer", "latency"):
-        table.add_column(column, justify="right" if column.startswith("$") or column in ("context", "max out") else "left")
+        justify = "right" if column.startswith("$") or column in ("context", "max out") else "left"
+        table.add_column(column, justify=justify)
+
+    def price(p: float | None) -> str:
+        return "-" if p is None else f"{p:.4g}"
+
     for spec in _catalog(catalog):
-        price = (lambda p: "-" if p is None else f"{p:.4g}")
         table.add_row(spec.name, spec.provider, spec.engine, price(spec.input_price), price(spec.output_price),
                       spec.price_source, f"{spec.context_window:,}", f"{spec.max_output:,}", spec.context_format,
                       spec.tokenizer, spec.latency_class)
@@ -178,22 +182,14 @@ def demo(
                   "stagewise's optimizer is for.")
 
 
-def _study(config: Path, *, study: str | None, trials: int | None, storage: str | None, out: Path, create: bool):
-    """The config, splits, tracker and Study of ``optimize`` and ``worker``."""
+def _optimizer(config: Path, *, study: str | None, trials: int | None, storage: str | None, out: Path):
+    """The config and the JointOptimizer it describes, for ``optimize`` and ``worker``."""
     from stagewise.optimize.config import load_config
-    from stagewise.optimize.study import Study
-    from stagewise.optimize.tracking import Tracker
 
     cfg = load_config(config, study=study, trials=trials)
     if storage:
         cfg.settings.storage = storage  # a worker's config keeps its [search] trials: checked against the study's
-    splits = cfg.splits()
-    tracker = Tracker(cfg.experiment or cfg.settings.name)
-    runner = Study(cfg.build, splits, cfg.space, cfg.end_to_end, stage_metrics=cfg.stage_metrics,
-                   settings=cfg.settings, out_dir=out, data_fingerprint=cfg.data_fingerprint, tracker=tracker,
-                   lm_options=cfg.lm_options, thresholds=cfg.thresholds, routers=cfg.routers)
-    runner.open(create=create)  # storage, study name and config checked before any model is called
-    return cfg, splits, tracker, runner
+    return cfg, cfg.optimizer(out)
 
 
 @app.command()
@@ -211,12 +207,12 @@ def worker(
     sqlite:///mlflow.db in the working directory. Models are catalog names: give every machine the same
     $STAGEWISE_CATALOG file, if the study uses one.
     """
-    import dspy
-
-    cfg, splits, _, runner = _study(config, study=study, trials=None, storage=storage, out=out, create=False)
+    cfg, optimizer = _optimizer(config, study=study, trials=None, storage=storage, out=out)
+    splits = cfg.splits()
     console.print(f"worker joining study {study!r} at {_redacted(storage)}")
-    with dspy.context(adapter=dspy.JSONAdapter()):
-        finished = runner.run(create=False, wait=False, own_trials=trials)
+    finished = optimizer.work(cfg.build(), trainset=splits.train, valset=splits.dev, testset=splits.test,
+                              trials=trials, split_settings=splits.settings)
+    runner = optimizer.runner_
     console.print(f"study {study!r}: {runner.counted(finished)} of {runner.budget(finished)} trials done")
 
 
@@ -240,18 +236,19 @@ def optimize(
     else to sqlite:///mlflow.db in the working directory. Models are catalog names: the built-in catalog,
     plus the entries of the $STAGEWISE_CATALOG file.
     """
+    import pandas as pd
+
     from stagewise.optimize import pareto
     from stagewise.optimize.export import export
 
-    import dspy
-    import pandas as pd
-
-    cfg, splits, tracker, runner = _study(config, study=study, trials=trials, storage=storage, out=out, create=True)
+    cfg, optimizer = _optimizer(config, study=study, trials=trials, storage=storage, out=out)
+    splits = cfg.splits()
     console.print(cfg.data_report)
     console.print(f"splits: {splits.sizes()}  study {cfg.settings.name!r}, {cfg.settings.trials} trials, "
                   f"output {out}")
-    with dspy.context(adapter=dspy.JSONAdapter()):
-        result = runner.results(runner.run())
+    best_program = optimizer.compile(cfg.build(), trainset=splits.train, valset=splits.dev, testset=splits.test,
+                                     split_settings=splits.settings)
+    result, baseline = optimizer.result_, optimizer.baseline_report_
     table = Table(title="Pareto front (dev)")
     choices = [f"{r}.decision" for r in cfg.routers or {}] + [f"{s}.model" for s in cfg.space]
     for column in ("trial", "quality", "$ per 1k requests", *choices):
@@ -267,26 +264,14 @@ def optimize(
                       f"${saving['cost_per_1k']:.4f} per 1,000 requests instead of ${saving['best_cost_per_1k']:.4f}: "
                       f"{saving['saving']:.0%} saved")
     chosen = result.chosen
-    baseline = None
-    if cfg.baseline and splits.test:
-        from stagewise.metrics import evaluate
-
-        program = cfg.build()
-        program.set_models({stage: runner.lm(model) for stage, model in cfg.baseline.items()})
-        console.print("baseline (unoptimized) on the test split:")
-        with dspy.context(adapter=dspy.JSONAdapter()):
-            baseline = evaluate(program, splits.test, stage_metrics=cfg.stage_metrics, end_to_end=cfg.end_to_end)
-        tracker.artifacts([], {"baseline.test_quality": baseline.quality,
-                               "baseline.cost_per_request": baseline.cost_per_request})
-    best = export(result.program, out / "best", factory=cfg.factory, factory_kwargs=cfg.factory_kwargs,
+    best = export(best_program, out / "best", factory=cfg.factory, factory_kwargs=cfg.factory_kwargs,
                   factory_path=str(cfg.path.parent),
                   metrics={"dev": result.dev.summary(), "test": result.test.summary() if result.test else None,
                            "baseline_test": baseline.summary() if baseline else None},
                   data_fingerprint=cfg.data_fingerprint,
-                  extra={"study": cfg.settings.name, "trial": int(chosen["trial"]), "config": str(cfg.path),
-                         "evaluation": cfg.evaluation()})
-    tracker.artifacts([best / "program.json", best / "manifest.json"])  # the exported program, JSON only
-    model_uri = tracker.log_program(best)
+                  extra={"config": cfg.path.name, "evaluation": cfg.evaluation()})
+    model_uri = optimizer.log_model(best)
+    tracker = optimizer.runner_.tracker
     console.print(f"chosen: trial {int(chosen['trial'])}, dev quality {result.dev.quality:.3f}, "
                   f"test quality {result.test.quality if result.test else float('nan'):.3f}, "
                   f"${1000 * result.dev.cost_per_request:.4f} per 1,000 requests")
@@ -450,8 +435,8 @@ def route_eval_command(
         for table in filter(None, (train, evaluation)):
             status.print(table.report())
         with _progress(status) as bar:
-            task = bar.add_task(("folds" if cv else "training") + (", each choosing its router" if spec == "auto" else ""),
-                                total=cv or 1)
+            description = ("folds" if cv else "training") + (", each choosing its router" if spec == "auto" else "")
+            task = bar.add_task(description, total=cv or 1)
 
             def advance(done: int, total: int) -> None:
                 bar.update(task, completed=done, total=total)
@@ -533,7 +518,8 @@ def _routing_table(report) -> Table:
         table.add_row("random (10 seeds)", "", "", fmt(metrics["random"]["apgr"]), end(metrics["random"]["cpt50"]),
                       end(metrics["random"]["cpt80"]))
         zero = metrics["zero_router"]
-        table.add_row("zero router (single-model hull)", "", "", fmt(zero["apgr"]), end(zero["cpt50"]), end(zero["cpt80"]))
+        table.add_row("zero router (single-model hull)", "", "", fmt(zero["apgr"]), end(zero["cpt50"]),
+                      end(zero["cpt80"]))
         table.add_row("oracle", fmt(metrics["oracle"]["quality"]), fmt(metrics["oracle"]["cost"] * 1000, ".4f"),
                       fmt(metrics["oracle"]["apgr"]), "", "")
     else:

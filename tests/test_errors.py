@@ -67,20 +67,20 @@ def test_a_factory_that_returns_42_is_one_line_and_exit_code_2(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("error: config ") and str(config) in lines[0]
-    assert "factory 'factory42:build' returned builtins.int (42), not a program: expected a stagewise program" \
-        in lines[0]
+    assert ("[program] factory 'factory42:build' returned builtins.int (42), not a program: expected a DSPy "
+            "program (a dspy.Module, whose predictors are its stages) or a stagewise program") in lines[0]
     assert "Traceback" not in result.stderr + result.stdout
 
 
-def test_a_plain_dspy_module_factory_says_what_was_expected(tmp_path):
+def test_a_config_naming_a_stage_the_plain_program_lacks_lists_its_stages(tmp_path):
     config = _config(tmp_path, "import dspy\n\n\nclass Classify(dspy.Module):\n"
                                "    def __init__(self):\n        super().__init__()\n"
-                               "        self.classify = dspy.Predict('message -> label')\n\n\n"
+                               "        self.label = dspy.ChainOfThought('message -> label')\n\n"
+                               "    def forward(self, message):\n        return self.label(message=message)\n\n\n"
                                "def build():\n    return Classify()\n")
     result = CliRunner().invoke(app, ["optimize", str(config), "--out", str(tmp_path / "out")])
-    assert result.exit_code == 2
-    assert "returned factory42.Classify" in result.output
-    assert "Stage, Chain, Retrieve, FanOut, Router, Cascade or Hierarchy" in result.output
+    assert result.exit_code == 2, result.output
+    assert "the program has no stage 'classify' (stages: label.predict)" in result.output
 
 
 def test_debug_shows_the_traceback(tmp_path):

@@ -8,8 +8,6 @@ of an outcome table (``outcomes``) when the stages replay recorded models.
 
 from __future__ import annotations
 
-from stagewise.errors import ConfigError
-import importlib
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +15,7 @@ from typing import Any
 
 import dspy
 
+from stagewise.errors import ConfigError
 from stagewise.metrics.report import EndToEnd, StageMetric
 from stagewise.optimize.space import RouterChoices, StageChoices
 from stagewise.optimize.study import StudySettings
@@ -69,18 +68,33 @@ class StudyConfig:
 
     def build(self):
         """A fresh program from the factory; a ConfigError when the factory returns something else."""
-        from stagewise.programs import Pipeline
-
         program = import_factory(self.factory)(**self.factory_kwargs)
-        if not isinstance(program, Pipeline):
+        if not isinstance(program, dspy.Module):
             shown = repr(program)
             shown = shown if len(shown) <= 60 else shown[:57] + "..."
             raise ConfigError(
                 f"config {str(self.path)!r}: [program] factory {self.factory!r} returned "
                 f"{type(program).__module__}.{type(program).__qualname__} ({shown}), not a program: expected a "
-                "stagewise program (Stage, Chain, Retrieve, FanOut, Router, Cascade or Hierarchy, or a "
-                "Pipeline subclass)")
+                "DSPy program (a dspy.Module, whose predictors are its stages) or a stagewise program (Stage, "
+                "Chain, Retrieve, FanOut, Router, Cascade or Hierarchy)")
         return program
+
+    def optimizer(self, out_dir: str | Path, *, progress: bool = True):
+        """The :class:`~stagewise.optimize.joint.JointOptimizer` this config describes, writing to ``out_dir``."""
+        from stagewise.optimize.joint import JointOptimizer
+
+        s = self.settings
+        return JointOptimizer(
+            metric=self.end_to_end, stage_metrics=self.stage_metrics,
+            models={stage: c.models for stage, c in self.space.items()},
+            optimizers={stage: c.optimizers for stage, c in self.space.items()},
+            demos={stage: c.demos for stage, c in self.space.items()},
+            trials=s.trials, tracking=self.experiment or s.name, study=s.name, storage=s.storage, out_dir=out_dir,
+            seed=s.seed, prune_on=s.prune_on, prune_margin=s.prune_margin, min_quality=s.min_quality,
+            max_cost_per_1k=s.max_cost_per_1k, latency=s.latency, sampler=s.sampler, thresholds=self.thresholds,
+            routers=self.routers, reflection_model=s.reflection_model, gepa_metric_calls=s.gepa_metric_calls,
+            baseline=self.baseline, lm_options=self.lm_options, fingerprint=self.data_fingerprint,
+            progress=progress)
 
 
 def import_factory(path: str):

@@ -33,7 +33,7 @@ import dspy
 import pandas as pd
 
 from stagewise.errors import ConfigError
-from stagewise.metrics.report import EndToEnd, EvaluationReport, StageMetric, as_end_to_end, as_stage_metrics
+from stagewise.metrics.report import EndToEnd, EvaluationReport, as_end_to_end, as_stage_metrics
 from stagewise.optimize.space import RouterChoices, StageChoices
 
 __all__ = ["JointOptimizer"]
@@ -106,11 +106,10 @@ class JointOptimizer:
         from stagewise.programs.predictors import named, stages_of
 
         stages = list(stages_of(program))
-        explicit = [name for name in self.models if name != "*"]
-        named(program, explicit, "models")
+        explicit = [name for name in self.models if name != "*"]  # unknown names: the study's validation says so
         for option, value in (("optimizers", self.optimizers), ("demos", self.demos)):
             if isinstance(value, Mapping):
-                named(program, [n for n in value if n != "*"], option)
+                named(program, [n for n in value if n not in ("*", *explicit)], option)
         searched = stages if "*" in self.models else explicit
         return {name: StageChoices(tuple(self._for(self.models, name)),
                                    tuple(self._for(self.optimizers, name, ("none",))),
@@ -175,7 +174,8 @@ class JointOptimizer:
                 held_out = runner.splits.test or runner.splits.dev
                 self.baseline_report_ = evaluate(base, held_out, stage_metrics=runner.stage_metrics,
                                                  end_to_end=runner.end_to_end, progress=False)
-                runner.tracker.artifacts([], {"baseline.quality": self.baseline_report_.quality,
+                split = "test" if runner.splits.test else "dev"
+                runner.tracker.artifacts([], {f"baseline.{split}_quality": self.baseline_report_.quality,
                                               "baseline.cost_per_request": self.baseline_report_.cost_per_request})
         self.runner_, self.result_, self._study = runner, result, study
         _remember(result.program, runner, result)
