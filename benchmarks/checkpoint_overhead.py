@@ -79,7 +79,8 @@ def main() -> None:
     for column in ("measure", "value"):
         table.add_column(column)
     table.add_row("model call per stage (mean)", f"{per_call * 1000:.1f} ms")
-    table.add_row("checkpoint writes per stage (mean, incl. the request's first and last)", f"{per_stage_write * 1000:.2f} ms")
+    table.add_row("checkpoint writes per stage (mean, incl. the request's first and last)",
+                  f"{per_stage_write * 1000:.2f} ms")
     table.add_row("checkpoint / model call", f"{per_stage_write / per_call:.2%}")
     table.add_row("request time with / without checkpoints (median)",
                   f"{statistics.median(checkpointed) / statistics.median(plain):.3f}")

@@ -67,7 +67,7 @@ def main() -> None:
             break
         except httpx.HTTPError:
             if server.poll() is not None:
-                raise SystemExit((folder / "serve.log").read_text()[-2000:])
+                raise SystemExit((folder / "serve.log").read_text()[-2000:]) from None
             time.sleep(0.3)
     def phase(clients: int, seconds: float) -> dict:
         latencies, model_times, failures = [], [], []

@@ -92,10 +92,14 @@ tokenizer = "o200k_base"
 @pytest.mark.parametrize(
     "entry, field",
     [
-        ('provider = "x"\nengine = "llama_cpp"\nmodel = "m"\ncontext_window = 1\nmax_output = 1\ntokenizer = "llama.cpp"\nparameters_b = 1\ncontext_format = "html"', "context_format"),
-        ('provider = "x"\nengine = "litellm"\nmodel = "openai/m"\ncontext_window = 1\nmax_output = 1\ntokenizer = "t"\nlitellm_key = "no-such-model"', "no-such-model"),
-        ('provider = "x"\nengine = "llama_cpp"\nmodel = "m"\ncontext_window = 1\nmax_output = 1\ntokenizer = "llama.cpp"', "parameters_b"),
-        ('provider = "x"\nengine = "llama_cpp"\nmodel = "m"\ncontext_window = "big"\nmax_output = 1\ntokenizer = "llama.cpp"\nparameters_b = 1', "context_window"),
+        ('provider = "x"\nengine = "llama_cpp"\nmodel = "m"\ncontext_window = 1\nmax_output = 1\n'
+         'tokenizer = "llama.cpp"\nparameters_b = 1\ncontext_format = "html"', "context_format"),
+        ('provider = "x"\nengine = "litellm"\nmodel = "openai/m"\ncontext_window = 1\nmax_output = 1\n'
+         'tokenizer = "t"\nlitellm_key = "no-such-model"', "no-such-model"),
+        ('provider = "x"\nengine = "llama_cpp"\nmodel = "m"\ncontext_window = 1\nmax_output = 1\n'
+         'tokenizer = "llama.cpp"', "parameters_b"),
+        ('provider = "x"\nengine = "llama_cpp"\nmodel = "m"\ncontext_window = "big"\nmax_output = 1\n'
+         'tokenizer = "llama.cpp"\nparameters_b = 1', "context_window"),
         ('provider = "x"\nengine = "litellm"\nmodel = "openai/gpt-4o"\ntokenizer = "t"\ncolour = "red"', "colour"),
         ('engine = "litellm"\nmodel = "openai/gpt-4o"\ntokenizer = "t"', "provider"),
     ],

@@ -109,7 +109,8 @@ def test_evaluation_setup_errors(routed):
     router, examples = routed
     with pytest.raises(EvaluationError, match="no stage 'planner'"):
         evaluate(router, examples, stage_metrics=[StageMetric("planner", "route", "route")], progress=False)
-    with pytest.raises(EvaluationError, match=r"stage 'strong' has no output field 'route' \(its outputs: \['answer'\]\)"):
+    with pytest.raises(EvaluationError,
+                       match=r"stage 'strong' has no output field 'route' \(its outputs: \['answer'\]\)"):
         evaluate(router, examples, stage_metrics=[StageMetric("strong", "route", "route")], progress=False)
     with pytest.raises(EvaluationError, match="no label field 'gold'"):
         evaluate(router, examples, stage_metrics=[StageMetric("strong", "answer", "gold")], progress=False)
@@ -158,7 +159,8 @@ def test_stage_level_report_on_the_local_model_shows_where_quality_is_lost():
                      reply="We use the daily rate.").with_inputs("message"),
     ]
     with dspy.context(adapter=dspy.JSONAdapter()):
-        report = evaluate(chain, examples, stage_metrics=[StageMetric("classify", "intent", "intent", "label_accuracy")],
+        report = evaluate(chain, examples,
+                          stage_metrics=[StageMetric("classify", "intent", "intent", "label_accuracy")],
                           end_to_end=EndToEnd("reply", "reply", "token_f1"), progress=False)
     summary, rows = report.summary(), report.rows
     # Recomputed by hand from what each request produced.

@@ -200,7 +200,8 @@ def test_optimize_command_on_the_replay_example(tmp_path, monkeypatch):
         assert (tmp_path / "run" / name).exists(), name
     assert (tmp_path / "mlflow.db").exists()
 
-    evaluated = CliRunner().invoke(app, ["evaluate", str(tmp_path / "run" / "best"), "--data", str(ARC_CONFIG), "--json"])
+    evaluated = CliRunner().invoke(app, ["evaluate", str(tmp_path / "run" / "best"), "--data", str(ARC_CONFIG),
+                                         "--json"])
     assert evaluated.exit_code == 0, evaluated.output
     report = json.loads(evaluated.output)
     manifest = json.loads((tmp_path / "run" / "best" / "manifest.json").read_text())
@@ -298,7 +299,8 @@ def test_interrupted_study_resumes_from_its_storage(tmp_path):
     process.send_signal(signal.SIGKILL)
     process.wait()
     before = optuna.load_study(study_name="killed", storage=storage).trials
-    finished_before = [t for t in before if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+    finished_before = [t for t in before
+                       if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
     assert len(finished_before) >= 3
     target = len(finished_before) + 2
     rerun = CliRunner().invoke(app, ["optimize", str(ARC_CONFIG), "--trials", str(target),
@@ -340,7 +342,8 @@ def test_banking_study_on_the_local_model_compiles_once_and_exports(tmp_path):
         again = make("second")
         again.results(again.run(progress=False))
         assert again.cache.hits >= 1 and again.cache.misses == 0  # reused, not recompiled
-        directory = export(result.program, tmp_path / "best", factory="banking_pipeline:build", factory_path=str(ROOT / "examples" / "banking"))
+        directory = export(result.program, tmp_path / "best", factory="banking_pipeline:build",
+                           factory_path=str(ROOT / "examples" / "banking"))
         reloaded = load(directory)
         assert reloaded.stages()["route"].step.demos == demos
         for example in splits.test[:3]:
@@ -359,7 +362,8 @@ def test_bootstrap_demos_come_from_traces_that_pass_the_metric(table, tmp_path):
     choice = TrialChoice({"answer": "recorded/mistral-7b-chat"}, {"answer": "bootstrap_fewshot"}, {"answer": 3})
     cache = CompileCache(tmp_path / "compiled")
     with dspy.context(adapter=dspy.JSONAdapter()):
-        outcome = compile_stages(program, choice, trainset, lambda ex, pred, trace=None: metric.score_example(ex, pred) >= 0.5,
+        outcome = compile_stages(program, choice, trainset,
+                                 lambda ex, pred, trace=None: metric.score_example(ex, pred) >= 0.5,
                                  cache, table.fingerprint)
     assert outcome == {"answer": "compiled"}
     demos = program.stages()["answer"].step.demos
@@ -541,7 +545,8 @@ def test_latency_can_be_a_third_objective(study_parts):
     with dspy.context(adapter=dspy.JSONAdapter()):
         ran = study.run(progress=False)
     assert len(ran.directions) == 3
-    assert all(len(t.values) == 3 and t.values[2] >= 0 for t in ran.trials if t.state == optuna.trial.TrialState.COMPLETE)
+    assert all(len(t.values) == 3 and t.values[2] >= 0
+               for t in ran.trials if t.state == optuna.trial.TrialState.COMPLETE)
     with dspy.context(adapter=dspy.JSONAdapter()):
         result = study.results(ran)
     assert "latency_s" in result.trials and result.trials["latency_s"].notna().all()
@@ -715,7 +720,8 @@ def test_router_choice_bad_inputs(tmp_path):
     config = (ROOT / "examples" / "banking" / "study.toml").read_text()
     bad = tmp_path / "study.toml"
     bad.write_text(config.replace("[search.routers.support]", "[search.routers.support]\ndepth = 3"))
-    (tmp_path / "banking77_subset.csv").write_bytes((ROOT / "examples" / "banking" / "banking77_subset.csv").read_bytes())
+    (tmp_path / "banking77_subset.csv").write_bytes(
+        (ROOT / "examples" / "banking" / "banking77_subset.csv").read_bytes())
     with pytest.raises(ConfigError, match=r"\[search.routers.support\] has unknown key\(s\) \['depth'\]"):
         load_config(bad)
 

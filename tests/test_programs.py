@@ -252,7 +252,8 @@ def test_llm_aggregate_reads_every_candidate_and_writes_the_answer(routellm):
                          lm=get_lm("recorded/mixtral-8x7b-instruct", replay_table=routellm)),
     }, LLMAggregate(Stage("aggregate", Aggregate, inputs={"query": "input.prompt"})))
     assert set(fanout.stages()) == {"gpt4", "mixtral", "aggregate"}
-    fanout.set_models({"aggregate": get_lm("smollm2-135m", cache=False, max_tokens=48)})  # the aggregator's stage is a stage of the program like any other
+    # the aggregator's stage is a stage of the program like any other
+    fanout.set_models({"aggregate": get_lm("smollm2-135m", cache=False, max_tokens=48)})
     with track_usage() as ledger:
         prediction = fanout(prompt=prompt)
     recorded = [routellm.outcome(prompt, column).response
@@ -297,7 +298,8 @@ def test_cascade_with_an_llm_verifier(small):
                       Stage("verify", Verify), threshold=0.5)
     cascade.set_models({"cheap": small, "strong": "gemma3-270m", "verify": small})
     prediction = cascade(query="What is 2 + 2?")
-    assert prediction.tier in ("cheap", "strong") and prediction.escalations == ("cheap", "strong").index(prediction.tier)
+    assert (prediction.tier in ("cheap", "strong")
+            and prediction.escalations == ("cheap", "strong").index(prediction.tier))
     assert isinstance(prediction.answer, str) and prediction.trace["verify"].calls >= 1
 
 
@@ -456,8 +458,11 @@ def test_cascade_over_recorded_models_with_a_trained_scorer(routellm):
 # --- nesting, configuration ---------------------------------------------------------------
 
 def test_programs_nest_a_route_can_be_a_chain_and_a_branch_a_cascade(routellm, tmp_path):
-    strong = lambda name: Stage(name, "prompt -> answer", lm=get_lm("recorded/gpt-4-1106-preview", replay_table=routellm))  # noqa: E731
-    weak = lambda name: Stage(name, "prompt -> answer", lm=get_lm("recorded/mixtral-8x7b-instruct", replay_table=routellm))  # noqa: E731
+    def strong(name):
+        return Stage(name, "prompt -> answer", lm=get_lm("recorded/gpt-4-1106-preview", replay_table=routellm))
+
+    def weak(name):
+        return Stage(name, "prompt -> answer", lm=get_lm("recorded/mixtral-8x7b-instruct", replay_table=routellm))
 
     class Always:
         def __init__(self, label):

@@ -295,7 +295,7 @@ def _start_llama(port: int, log):
             return process
         except OSError:
             if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("llama_cpp.server did not start")
+                raise RuntimeError("llama_cpp.server did not start") from None
             time.sleep(0.3)
 
 

@@ -56,8 +56,8 @@ def _refusal(result) -> str:
 
 def test_a_worker_whose_trials_and_prune_on_differ_is_refused_naming_both_keys_and_values(tmp_path, study):
     text, storage = study
-    line = _refusal(_worker(tmp_path, text.replace("trials = 2", "trials = 3").replace("prune_on = 40", "prune_on = 20"),
-                            storage))
+    changed = text.replace("trials = 2", "trials = 3").replace("prune_on = 40", "prune_on = 20")
+    line = _refusal(_worker(tmp_path, changed, storage))
     differing = line.split(" in ", 1)[1].split("; a worker", 1)[0]
     assert differing == ("search.prune_on (the study's 40, this config's 20); "
                          "search.trials (the study's 2, this config's 3)")

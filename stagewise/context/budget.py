@@ -59,7 +59,8 @@ def stage_budget(stage: str, *, configured: int | None, context_window: int, max
             f"budget smaller than the fixed part of the prompt: context window {context_window} "
             f"- max output {max_output} - fixed prompt {fixed_tokens} leaves {room} tokens for context"))
     if budget <= 0:
-        raise TokenBudgetError(stage, budget, f"the configured budget of {configured} tokens leaves no room for context")
+        raise TokenBudgetError(stage, budget,
+                               f"the configured budget of {configured} tokens leaves no room for context")
     return budget
 
 

@@ -176,7 +176,8 @@ def _entries_from_toml(path: Path | resources.abc.Traversable, label: str) -> di
     data = read_toml(path, f"catalog file {label!s}", CatalogError)
     unknown = set(data) - {"models"}
     if unknown:
-        raise CatalogError(f"catalog file {label!s}: unknown top-level key(s) {sorted(unknown)}; expected [models.<name>]")
+        raise CatalogError(f"catalog file {label!s}: unknown top-level key(s) {sorted(unknown)}; "
+                           "expected [models.<name>]")
     models = data.get("models", {})
     if not isinstance(models, dict):
         raise CatalogError(f"catalog file {label!s}: 'models' must be a table of [models.<name>] entries")
@@ -209,7 +210,8 @@ class ModelCatalog:
     def load(cls, user_file: str | Path | None = None) -> ModelCatalog:
         """Built-in catalog, extended by ``user_file`` (or the ``STAGEWISE_CATALOG`` file)."""
         builtin = resources.files("stagewise.models").joinpath("catalog.toml")
-        raw = {name: (entry, "stagewise/models/catalog.toml") for name, entry in _entries_from_toml(builtin, "stagewise/models/catalog.toml").items()}
+        builtin_label = "stagewise/models/catalog.toml"
+        raw = {name: (entry, builtin_label) for name, entry in _entries_from_toml(builtin, builtin_label).items()}
         user_file = user_file or os.environ.get(USER_CATALOG_ENV) or None
         if user_file is not None:
             path = Path(user_file)

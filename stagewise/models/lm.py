@@ -102,7 +102,8 @@ class StagewiseLM(dspy.LM):
     @staticmethod
     def _content(call, result) -> dict:
         prompt = call.messages if call.messages is not None else [{"role": "user", "content": str(call.prompt)}]
-        outputs = [o if isinstance(o, str) else (o.get("text") if isinstance(o, dict) else str(o)) for o in result.outputs]
+        outputs = [o if isinstance(o, str) else (o.get("text") if isinstance(o, dict) else str(o))
+                   for o in result.outputs]
         return {"messages": prompt, "outputs": outputs}
 
     def _tokens(self, call, result) -> tuple[int, int, str]:
@@ -116,7 +117,8 @@ class StagewiseLM(dspy.LM):
         sources = {r.provider_data.get(STAGEWISE_DATA, {}).get("token_source")
                    for r in result.responses if r.provider_data} - {None}
         if "prompt_tokens" in usage and "completion_tokens" in usage:
-            source = sources.pop() if len(sources) == 1 else ("llama.cpp" if self.spec.engine == "llama_cpp" else "provider")
+            source = (sources.pop() if len(sources) == 1
+                      else ("llama.cpp" if self.spec.engine == "llama_cpp" else "provider"))
             return int(usage["prompt_tokens"]), int(usage["completion_tokens"]), source
         # The provider reported no usage: count with the catalog's tokenizer.
         messages = call.legacy.get("messages") or [{"role": "user", "content": call.prompt or ""}]
@@ -181,7 +183,8 @@ def get_lm(
         from stagewise.models.replay import ReplayEngine
 
         if replay_table is None:
-            raise ConfigError(f"model {spec.name!r} replays recorded outcomes: pass replay_table=OutcomeTable.load(...)")
+            raise ConfigError(f"model {spec.name!r} replays recorded outcomes: "
+                              "pass replay_table=OutcomeTable.load(...)")
         engine = ReplayEngine(replay_table, spec)
         return StagewiseLM(f"replay/{spec.name}@{replay_table.fingerprint[:12]}", spec=spec, engine=engine,
                            async_engine=ThreadedAsyncEngine(engine), **options)

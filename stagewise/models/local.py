@@ -140,7 +140,8 @@ def chat_messages(request) -> list[dict[str, str]]:
     """The request as OpenAI-style chat messages (text only)."""
     messages = []
     if request.system is not None:
-        system = request.system if isinstance(request.system, str) else "".join(getattr(p, "text", "") for p in request.system)
+        system = (request.system if isinstance(request.system, str)
+                  else "".join(getattr(p, "text", "") for p in request.system))
         messages.append({"role": "system", "content": system})
     for message in request.messages:
         role = "system" if message.role == "developer" else message.role
@@ -161,7 +162,8 @@ class LlamaCppEngine:
     supports_response_schema = True
     supported_params = frozenset({"response_format", "temperature", "top_p", "max_tokens", "stop", "seed"})
 
-    def __init__(self, weights: str, *, n_ctx: int = DEFAULT_CONTEXT, n_threads: int | None = None, max_tokens: int = 512):
+    def __init__(self, weights: str, *, n_ctx: int = DEFAULT_CONTEXT, n_threads: int | None = None,
+                 max_tokens: int = 512):
         self.weights = weights
         self.n_ctx = n_ctx
         self.n_threads = n_threads or _default_threads()

@@ -84,7 +84,8 @@ def _turns(text: object) -> str:
 
 
 def _empty(value: object) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value)) or (isinstance(value, str) and not value.strip())
+    return (value is None or (isinstance(value, float) and math.isnan(value))
+            or (isinstance(value, str) and not value.strip()))
 
 
 @dataclass
@@ -116,7 +117,8 @@ class OutcomeTable:
         except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
             raise OutcomeTableError(f"outcome table {str(path)!r} is not a readable CSV: {exc}") from None
         if "prompt" not in frame.columns:
-            raise OutcomeTableError(f"outcome table {str(path)!r} has no 'prompt' column (columns: {list(frame.columns)[:8]})")
+            raise OutcomeTableError(f"outcome table {str(path)!r} has no 'prompt' column "
+                                    f"(columns: {list(frame.columns)[:8]})")
         format = format or detect_format(frame.columns, path)
         if format == "routerbench":
             models = [c.removesuffix("|model_response") for c in frame.columns if c.endswith("|model_response")]
@@ -134,7 +136,8 @@ class OutcomeTable:
                          for m in models}
         missing = [m for m in models if m not in frame.columns]
         if missing:
-            raise OutcomeTableError(f"outcome table {str(path)!r}: score column(s) {missing} missing for their responses")
+            raise OutcomeTableError(f"outcome table {str(path)!r}: score column(s) {missing} "
+                                    "missing for their responses")
 
         kept, prompts, skipped, seen = [], [], [], set()
         for position, raw in enumerate(frame["prompt"].tolist()):
@@ -157,7 +160,8 @@ class OutcomeTable:
         if cost_cols is not None:
             costs = pd.DataFrame({m: pd.to_numeric(rows[cost_cols[m]], errors="coerce") if cost_cols[m] in rows
                                   else pd.Series(float("nan"), index=rows.index) for m in models})
-        return cls(str(path), format, hashlib.sha256(data).hexdigest(), models, prompts, responses, scores, costs, skipped)
+        return cls(str(path), format, hashlib.sha256(data).hexdigest(), models, prompts, responses, scores, costs,
+                   skipped)
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -235,7 +239,8 @@ def _score(value: object, path: Path, model: str) -> float:
     try:
         return float(text)
     except ValueError:
-        raise OutcomeTableError(f"outcome table {str(path)!r}, column {model!r}: score {text!r} is not a number or True/False") from None
+        raise OutcomeTableError(f"outcome table {str(path)!r}, column {model!r}: "
+                                f"score {text!r} is not a number or True/False") from None
 
 
 def _snippet(text: str, width: int = 80) -> str:
@@ -251,8 +256,8 @@ class ReplayEngine:
 
     def __init__(self, table: OutcomeTable, spec: ModelSpec):
         if spec.model not in table.models:
-            raise NotRecordedError(f"model {spec.name!r} (column {spec.model!r}) is not in outcome table {table.source!r}; "
-                              f"its models are {table.models}")
+            raise NotRecordedError(f"model {spec.name!r} (column {spec.model!r}) is not in outcome table "
+                                   f"{table.source!r}; its models are {table.models}")
         self.table = table
         self.spec = spec
 

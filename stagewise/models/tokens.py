@@ -38,7 +38,8 @@ def encoding_for(name: str) -> tiktoken.Encoding:
         try:
             encoding = tiktoken.get_encoding(name)
         except ValueError:
-            raise ConfigError(f"tokenizer {name!r} is not a tiktoken encoding (known: {tiktoken.list_encoding_names()})") from None
+            raise ConfigError(f"tokenizer {name!r} is not a tiktoken encoding "
+                              f"(known: {tiktoken.list_encoding_names()})") from None
         except Exception as exc:  # network failure while downloading the encoding file
             log.info("tiktoken encoding %s unavailable (%s); using %s", name, type(exc).__name__, OFFLINE_FALLBACK)
             encoding = _encodings.get(OFFLINE_FALLBACK) or tiktoken.get_encoding(OFFLINE_FALLBACK)

@@ -81,7 +81,8 @@ class UsageLedger:
         return pd.DataFrame([{**asdict(r), "spent_usd": r.spent_usd} for r in self.records], columns=columns)
 
     def totals(self, by: str | list[str] | None = None) -> pd.DataFrame:
-        """Calls, tokens, latency, nominal cost and spending summed per ``by`` (``stage``, ``request_id``, ``model``)."""
+        """Calls, tokens, latency, nominal cost and spending summed per ``by``
+        (``stage``, ``request_id``, ``model``)."""
         frame = self.to_dataframe()
         frame["calls"] = 1
         frame["cache_hits"] = frame["cache_hit"].astype(int)

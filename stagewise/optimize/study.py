@@ -222,7 +222,8 @@ class Study:
             self.stage_metrics, self.end_to_end)
         summary = report.summary()
         trial.set_user_attr("stages", summary["stages"])
-        trial.set_user_attr("tokens_per_request", summary["input_tokens_per_request"] + summary["output_tokens_per_request"])
+        trial.set_user_attr("tokens_per_request",
+                            summary["input_tokens_per_request"] + summary["output_tokens_per_request"])
         trial.set_user_attr("latency_s", summary["latency_s_mean"])
         metrics = {"quality": report.quality, "cost_per_request": report.cost_per_request,
                    "cost_per_1k_requests": 1000 * report.cost_per_request,

@@ -41,8 +41,9 @@ class Tracker:
         mlflow.set_tracking_uri(self.uri)
         mlflow.set_experiment(self.experiment)
 
-        existing = mlflow.search_runs(filter_string=f"tags.stagewise_study = '{name}' and tags.stagewise_role = 'study'",
-                                      output_format="list")
+        existing = mlflow.search_runs(
+            filter_string=f"tags.stagewise_study = '{name}' and tags.stagewise_role = 'study'",
+            output_format="list")
         run_id = existing[0].info.run_id if existing else None  # a resumed study continues its parent run
         with mlflow.start_run(run_id=run_id, run_name=None if run_id else name) as run:
             self.parent_id = run.info.run_id

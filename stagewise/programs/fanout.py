@@ -119,8 +119,9 @@ class LLMAggregate(Aggregator):
         self.stage, self.field = stage, field
 
     def aggregate(self, outputs, run, fanout):
-        candidates = [Section(name=branch, kind="stage_output", source=fanout.name, content=as_text(out.get(self.field)),
-                              tokens=0) for branch, out in outputs.items()]
+        candidates = [Section(name=branch, kind="stage_output", source=fanout.name,
+                              content=as_text(out.get(self.field)), tokens=0)
+                      for branch, out in outputs.items()]
         text = render(candidates, "markdown")
         run.context.add(Section(name="candidates", kind="stage_output", source=fanout.name, content=text,
                                 tokens=default_count(text), lineage=fanout.branch_sections(run)))

@@ -45,7 +45,8 @@ class Hierarchy(Pipeline):
         self.name, self.planner, self.synthesizer = name, planner, synthesizer
         self.specialists = {n: s.program for n, s in specialists.items()}  # sub-modules, seen by set_models
         self.profiles = {n: (s.description, list(s.documents)) for n, s in specialists.items()}
-        self.max_subtasks, self.constraints, self.policy, self.max_replans = max_subtasks, constraints, policy, max_replans
+        self.max_subtasks, self.constraints = max_subtasks, constraints
+        self.policy, self.max_replans = policy, max_replans
         self._constrain_planner()
         self.stages()
 
@@ -59,7 +60,8 @@ class Hierarchy(Pipeline):
         """
         signature = self.planner.signature
         annotation = signature.output_fields.get("subtasks")
-        item = get_args(annotation.annotation)[0] if annotation is not None and get_args(annotation.annotation) else None
+        item = (get_args(annotation.annotation)[0]
+                if annotation is not None and get_args(annotation.annotation) else None)
         if not (isinstance(item, type) and issubclass(item, BaseModel) and "specialist" in item.model_fields):
             return
         names = tuple(self.specialists)
@@ -110,7 +112,7 @@ class Hierarchy(Pipeline):
                                     content=text, tokens=default_count(text)))
         with use_run(own):
             outputs = self.specialists[subtask.specialist].execute(own)
-        for section_id, section in own.context.sections.items():
+        for _section_id, section in own.context.sections.items():
             if section.source != INPUT:
                 run.context.add(section)  # the results join the request's record, for synthesis and lineage
         return outputs

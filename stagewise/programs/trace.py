@@ -42,7 +42,8 @@ class Trace:
         entries = []
         for stage_run in run.stages:
             # Calls made under the stage, and under its helpers (``<stage>:compress``).
-            own = [r for r in records if r.stage == stage_run.stage or (r.stage or "").startswith(f"{stage_run.stage}:")]
+            own = [r for r in records
+                   if r.stage == stage_run.stage or (r.stage or "").startswith(f"{stage_run.stage}:")]
             entries.append(StageTrace(
                 stage=stage_run.stage, model=stage_run.model, calls=len(own),
                 input_tokens=sum(r.input_tokens for r in own), output_tokens=sum(r.output_tokens for r in own),

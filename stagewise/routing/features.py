@@ -202,7 +202,8 @@ class SentenceEmbeddings(TransformerMixin, BaseEstimator):
 
 _NUMBER = r"-?\d[\d,]*(?:\.\d+)?"
 _CALCULATOR = re.compile(r"<<([^<>=]+)=([^<>]+)>>")
-_EQUATION = re.compile(rf"((?:{_NUMBER}|\()[\d\s.,+\-*/x×÷()]*[+\-*/x×÷][\d\s.,+\-*/x×÷()]*?)\s*=\s*\$?\s*({_NUMBER}(?:\s*/\s*{_NUMBER})?)")
+_EQUATION = re.compile(rf"((?:{_NUMBER}|\()[\d\s.,+\-*/x×÷()]*[+\-*/x×÷][\d\s.,+\-*/x×÷()]*?)"
+                       rf"\s*=\s*\$?\s*({_NUMBER}(?:\s*/\s*{_NUMBER})?)")
 _FINAL = re.compile(rf"####\s*\$?\s*({_NUMBER})|answer is:?\s*\$?\s*({_NUMBER})|\\boxed\{{\s*({_NUMBER})")
 _HEDGES = re.compile(r"\b(however|but|actually|wait|mistake|assum\w*|approximately|round\w*|cannot|can't)\b", re.I)
 _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}

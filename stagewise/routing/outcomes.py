@@ -58,7 +58,8 @@ class Outcomes:
             missing, extra = sorted(set(models) - set(self.models)), sorted(set(self.models) - set(models))
             raise OutcomeTableError(
                 f"{self.source!r} has different models than {what}: "
-                + "; ".join(p for p in (f"missing {missing}" if missing else "", f"extra {extra}" if extra else "") if p)
+                + "; ".join(p for p in (f"missing {missing}" if missing else "",
+                                        f"extra {extra}" if extra else "") if p)
             )
 
     def report(self) -> str:

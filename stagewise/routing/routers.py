@@ -61,7 +61,8 @@ class LabelRouter(ClassifierMixin, _TextEstimator):
     def fit(self, X, y):
         labels = np.asarray([str(v) for v in y])
         if len(set(labels)) < 2:
-            raise DataError(f"a label router needs at least two route labels in its training data, got {sorted(set(labels))}")
+            raise DataError("a label router needs at least two route labels in its training data, "
+                            f"got {sorted(set(labels))}")
         self.model_ = _classifier(self.C, balanced=True, binary=len(set(labels)) == 2).fit(
             self._fit_features(list(X)), labels)
         self.classes_ = self.model_.classes_
@@ -251,7 +252,8 @@ class CascadeScorer(ClassifierMixin, _TextEstimator):
         """Trained on the ``weak`` model's recorded responses (default: the cheapest; ``strong`` is unused)."""
         model = weak or outcomes.by_cost()[0]
         if outcomes.responses is None:
-            raise DataError(f"{outcomes.source!r} records no responses: a cascade scorer reads the cheap model's response")
+            raise DataError(f"{outcomes.source!r} records no responses: "
+                            "a cascade scorer reads the cheap model's response")
         j = outcomes.column(model)
         pairs = [(p, r[j]) for p, r in zip(outcomes.prompts, outcomes.responses)]
         return self.fit(pairs, outcomes.scores[:, j])
@@ -315,7 +317,8 @@ def make_router(spec: str):
     for option in filter(None, (o.strip() for o in options.split(","))):
         key, equals, value = option.partition("=")
         if not equals or key not in valid:
-            raise RouterSpecError(f"router spec {spec!r}: option {option!r} is not key=value with a key in {sorted(valid)}")
+            raise RouterSpecError(f"router spec {spec!r}: option {option!r} is not key=value "
+                                  f"with a key in {sorted(valid)}")
         if key == "features":
             parse_features(value)
             params[key] = value

@@ -92,7 +92,7 @@ class CheckpointStore(ABC):
         """The latest runs: id, status, last update."""
         return [{"run_id": r, "status": s, "updated": u} for r, s, u in self._summaries(limit)]
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - a deliberate no-op default, not abstract: overriding is optional
         """Release connections (stores that hold none do nothing)."""
 
 

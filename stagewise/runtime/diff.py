@@ -58,7 +58,8 @@ def run_diff(record: dict) -> list[StageDiff]:
                                          "after": section["tokens"], "note": section.get("note") or ""})
             else:
                 preview = " ".join(section["content"].split())
-                diff.added.append((section_id, section["tokens"], preview[:120] + ("..." if len(preview) > 120 else "")))
+                shown = preview[:120] + ("..." if len(preview) > 120 else "")
+                diff.added.append((section_id, section["tokens"], shown))
         diff.received = [(section_id, tokens.get(section_id, 0)) for section_id in step.get("received", [])]
         diffs.append(diff)
     return diffs
@@ -117,7 +118,8 @@ def diff_html(record: dict) -> str:
                          f"<td>{count}</td><td></td></tr>")
         for change in diff.transformed:
             saved = change["before"] - change["after"]
-            parts.append(f"<tr class='transformed'><td>transformed</td><td><code>{esc(change['original'])}</code> &rarr; "
+            parts.append("<tr class='transformed'><td>transformed</td>"
+                         f"<td><code>{esc(change['original'])}</code> &rarr; "
                          f"<code>{esc(change['copy'])}</code></td><td>{change['before']} &rarr; {change['after']} "
                          f"(saved {saved})</td><td>{esc(change['note'])}</td></tr>")
             parts.append(f"<tr class='removed'><td>removed</td><td><code>{esc(change['original'])}</code></td>"

@@ -149,7 +149,8 @@ class Breakers:
 _SLIDING_WINDOW = """
 local now = redis.call('TIME')
 local t = tonumber(now[1]) + tonumber(now[2]) / 1000000
-local window, max_requests, max_tokens, tokens = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local window, max_requests = tonumber(ARGV[1]), tonumber(ARGV[2])
+local max_tokens, tokens = tonumber(ARGV[3]), tonumber(ARGV[4])
 local lease = tonumber(ARGV[6])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', t - window)
 local entries = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')

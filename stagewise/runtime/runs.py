@@ -140,7 +140,8 @@ class Checkpointer(Observer):
             "key": event.key, "stage": event.stage.name, "model": log.model,
             "outputs": jsonable(event.outputs), "sections": [section_record(s) for s in event.added],
             "received": log.received, "notes": log.notes, "tokens_saved": log.tokens_saved,
-            "input_tokens": sum(r.input_tokens for r in records), "output_tokens": sum(r.output_tokens for r in records),
+            "input_tokens": sum(r.input_tokens for r in records),
+            "output_tokens": sum(r.output_tokens for r in records),
             "cost_usd": sum(r.cost_usd for r in records), "calls": len(records),
             "latency_s": time.perf_counter() - start,
         })

@@ -50,7 +50,7 @@ class ContextStore(ABC):
         found = self.values(run, stage, kind, key)
         return found[-1] if found else default
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - a deliberate no-op default, not abstract: overriding is optional
         """Release the connection."""
 
 
