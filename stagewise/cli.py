@@ -209,11 +209,11 @@ def worker(
     """
     cfg, optimizer = _optimizer(config, study=study, trials=None, storage=storage, out=out)
     splits = cfg.splits()
-    console.print(f"worker joining study {study!r} at {_redacted(storage)}")
     finished = optimizer.work(cfg.build(), trainset=splits.train, valset=splits.dev, testset=splits.test,
-                              trials=trials, split_settings=splits.settings)
+                              trials=trials, split_settings=splits.settings)  # refuses a differing config first
     runner = optimizer.runner_
-    console.print(f"study {study!r}: {runner.counted(finished)} of {runner.budget(finished)} trials done")
+    console.print(f"worker of study {study!r} at {_redacted(storage)}: {runner.counted(finished)} of "
+                  f"{runner.budget(finished)} trials done")
 
 
 def _redacted(url: str) -> str:

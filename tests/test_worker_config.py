@@ -83,7 +83,7 @@ def test_a_worker_with_the_studys_config_joins_and_its_trials_option_caps_only_i
     text, storage = study
     result = _worker(tmp_path, text, storage, "--trials", "1")
     assert result.exit_code == 0, result.output
-    assert "study 'shared': 1 of 2 trials done" in result.output
+    assert "worker of study 'shared' at " in result.output and ": 1 of 2 trials done" in result.output
     done = optuna.load_study(study_name="shared", storage=open_storage(storage)).get_trials(deepcopy=False)
     assert len(done) == 1
 
