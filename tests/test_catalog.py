@@ -165,7 +165,17 @@ tokenizer = "o200k_base"
 """
 
 
-def test_the_stagewise_catalog_variable_names_a_user_catalog(tmp_path, monkeypatch):
+@pytest.fixture()
+def process_catalog():
+    """The process reads its catalog once (default_catalog): read again, as in a process started anew."""
+    from stagewise.models.catalog import default_catalog
+
+    default_catalog.cache_clear()
+    yield
+    default_catalog.cache_clear()  # the next test reads the catalog without this test's variable
+
+
+def test_the_stagewise_catalog_variable_names_a_user_catalog(tmp_path, monkeypatch, process_catalog):
     """README: set STAGEWISE_CATALOG=models.toml and every part of stagewise sees its entries."""
     import dspy
 
