@@ -390,13 +390,13 @@ def test_replay_from_a_stage_with_a_changed_section_and_model(tmp_path):
     assert replayed["steps"][0]["outputs"] == {"topic": "refund"} and replayed["status"] == "completed"
     runner = CliRunner()
     bad = runner.invoke(app, ["replay", "orig", "--stage", "nope", "--store", url])
-    assert bad.exit_code == 2 and "has no stage 'nope' (its stages: triage, answer)" in bad.stdout
+    assert bad.exit_code == 2 and "has no stage 'nope' (its stages: triage, answer)" in bad.output
     bad = runner.invoke(app, ["replay", "missing", "--stage", "answer", "--store", url])
-    assert bad.exit_code == 2 and "no run 'missing'" in bad.stdout
+    assert bad.exit_code == 2 and "no run 'missing'" in bad.output
     bad = runner.invoke(app, ["diff", "missing", "--store", url])
-    assert bad.exit_code == 2 and "no run 'missing'" in bad.stdout
+    assert bad.exit_code == 2 and "no run 'missing'" in bad.output
     bad = runner.invoke(app, ["replay", "orig", "--stage", "answer", "--set", "nothing=1", "--store", url])
-    assert bad.exit_code == 2 and "neither an input" in bad.stdout
+    assert bad.exit_code == 2 and "neither an input" in bad.output
 
 
 class TicketTopic(dspy.Signature):
