@@ -183,6 +183,7 @@ def test_joint_optimizer_compiles_a_plain_program_with_a_front_a_study_and_neste
     front = optimizer.front
     assert {"trial", "quality", "cost_per_1k_requests", "latency_s", "area.model", "intent.model"} <= set(front)
     assert len(front) >= 1 and front["quality"].between(0, 1).all()
+    assert optimizer.study.metric_names == ["quality", "cost_per_request"]  # named in optuna-dashboard
     trials = optimizer.study.trials
     assert len(trials) == 3 and all(set(t.params) >= {"area.model", "intent.model"} for t in trials)
     complete = [t for t in trials if t.values is not None]

@@ -14,6 +14,7 @@ import json
 import os
 import socket
 import tempfile
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -320,6 +321,11 @@ class Study:
         directions = ["maximize", "minimize"] + (["minimize"] if self.settings.latency else [])
         study = optuna.create_study(study_name=self.settings.name, storage=storage, load_if_exists=True,
                                     directions=directions, sampler=sampler)
+        if create and not study.metric_names:  # optuna-dashboard shows the objectives by these names
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                names = ["quality", "cost_per_request"] + (["latency_s"] if self.settings.latency else [])
+                study.set_metric_names(names)
         if SIGNATURE_ATTR not in study.user_attrs:
             if not create and LEGACY_SIGNATURE_ATTR in study.user_attrs:
                 raise StorageError(f"study {self.settings.name!r} was started by an older stagewise, which recorded "
