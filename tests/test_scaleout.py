@@ -130,7 +130,8 @@ def test_two_workers_share_a_study_survive_a_killed_worker_and_log_once_to_mlflo
     assert len(set(models)) == 11 and len(done) <= 14  # the whole grid, within the budget
     killed = study.trials[killed_trial]
     assert killed.state == optuna.trial.TrialState.FAIL  # the dead worker's trial: failed, not counted ...
-    retried = [t for t in done if t.params == killed.params]
+    # The kill can land between two of the trial's suggestions: match the parameters it had drawn.
+    retried = [t for t in done if killed.params and all(t.params.get(k) == v for k, v in killed.params.items())]
     assert retried, "... and its configuration was run again by a live worker"
     workers_seen = {t.user_attrs.get("worker") for t in done}
     assert len(workers_seen) >= 2  # the leader and the surviving worker both ran trials
