@@ -465,6 +465,7 @@ def why_not(pipeline: BenchmarkPipeline, rows: dict, key: str) -> str:
 # --- the plot --------------------------------------------------------------------------------
 
 COLORS = {"a": "#7f7f7f", "b": "#e67e22", "c": "#2980b9", "d": "#c0392b"}
+STYLES = {"a": (":", "s"), "b": ("--", "^"), "c": ("-.", "D"), "d": ("-", "o")}  # (a) and (b) may coincide
 
 
 def plot(summaries: dict[str, dict], path: Path, titles: dict[str, str]) -> Path:
@@ -484,15 +485,17 @@ def plot(summaries: dict[str, dict], path: Path, titles: dict[str, str]) -> Path
                     best = quality
             xs = [c for c, _ in front] + [summary["ref_cost"]]
             ys = [q for _, q in front] + [front[-1][1]]
-            ax.step(xs, ys, where="post", color=COLORS[key], alpha=0.8,
+            line, marker = STYLES[key]
+            ax.step(xs, ys, where="post", color=COLORS[key], alpha=0.85, linestyle=line, linewidth=1.6,
                     label=f"{STRATEGIES[key]} (HV {row['hypervolume']:.3f})")
-            ax.scatter([c for c, _ in points], [q for _, q in points], color=COLORS[key], s=24, zorder=3)
+            ax.scatter([c for c, _ in points], [q for _, q in points], marker=marker, edgecolors=COLORS[key],
+                       s=30 if key != "a" else 60, facecolors="none" if key == "a" else COLORS[key], zorder=3)
         ax.set_xscale("log")
         ax.set_xlabel("test cost per 1,000 requests (USD, log)")
         ax.set_ylabel("test quality")
         ax.set_title(titles[name], fontsize=9)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="upper left")
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=120)
