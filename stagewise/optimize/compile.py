@@ -17,8 +17,12 @@ instructions. It needs a reflection model (``Reflection``) and a budget of metri
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
+import os
+import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,10 +31,12 @@ from typing import Any
 
 import dspy
 
-from stagewise.errors import ConfigError, SearchSpaceError
+from stagewise.errors import ConfigError, SearchSpaceError, StoreError
 from stagewise.optimize.export import state_without_models
 from stagewise.optimize.space import DEMO_OPTIMIZERS, TrialChoice
 from stagewise.programs.predictors import stages_of
+
+log = logging.getLogger(__name__)
 
 MODEL_FREE = {"none", "labeled_fewshot"}  # optimizers whose result does not depend on any model
 
@@ -46,15 +52,26 @@ class Reflection:
 
 
 class CompileCache:
-    """Learned stage states as JSON files, keyed by the content that produced them."""
+    """Learned stage states as JSON files, keyed by the content that produced them.
+
+    Safe to share among processes (workers sharing ``OUT/compiled``): an entry is written to a
+    temporary file of its own, flushed to disk and renamed over the entry in one step, so a
+    reader sees the whole of one writer's entry or none. An entry that cannot be read (cut
+    short by a crash, edited by hand) is logged and counted as a miss; the stage is compiled
+    again and the entry rewritten.
+    """
 
     def __init__(self, directory: str | Path):
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"compile cache {str(self.directory)!r} cannot be created: {exc}") from None
         self.hits = self.misses = 0
         self._lock = threading.Lock()
 
     def key(self, stage: str, choice: TrialChoice, data_fingerprint: str, reflection: Reflection | None = None) -> str:
+        """The entry's name: a hash of everything the learned state depends on."""
         optimizer = choice.optimizers.get(stage, "none")
         content = {"stage": stage, "optimizer": optimizer, "demos": choice.demos.get(stage, 0),
                    "data": data_fingerprint,
@@ -68,19 +85,57 @@ class CompileCache:
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:24]
 
     def get(self, key: str) -> dict | None:
+        """The stored state of ``key``, or None (a miss) when there is none or it cannot be read."""
         path = self.directory / f"{key}.json"
+        state = None
+        try:
+            state = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(state, dict):
+                raise ValueError(f"a JSON {type(state).__name__}, not an object")
+        except FileNotFoundError:
+            state = None
+        except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            log.warning("compile cache: entry %s cannot be read (%s: %s); compiling the stage again",
+                        path, type(exc).__name__, str(exc)[:200])
+            state = None
         with self._lock:
-            if path.exists():
+            if state is None:
+                self.misses += 1
+            else:
                 self.hits += 1
-                return json.loads(path.read_text(encoding="utf-8"))
-            self.misses += 1
-            return None
+        return state
 
     def put(self, key: str, state: dict) -> None:
+        """Store ``state`` as ``key``'s entry, replacing any entry in one step (see the class)."""
         path = self.directory / f"{key}.json"
-        partial = path.with_suffix(".partial")
-        partial.write_text(json.dumps(state, default=str), encoding="utf-8")
-        partial.replace(path)  # atomic: a concurrent reader never sees half a file
+        text = json.dumps(state, default=str)
+        handle, temporary = tempfile.mkstemp(prefix=f".{key}.", suffix=".partial", dir=self.directory)
+        try:
+            with os.fdopen(handle, "w", encoding="utf-8") as file:
+                if hasattr(os, "fchmod"):  # mkstemp's 0600 would hide the entry from other users' workers
+                    os.fchmod(file.fileno(), 0o644)
+                file.write(text)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, path)  # atomic: a concurrent reader never sees half a file
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise
+        _sync_directory(self.directory)
+
+
+def _sync_directory(directory: Path) -> None:
+    """Make a rename in ``directory`` durable (POSIX; a no-op where directories cannot be opened)."""
+    try:
+        descriptor = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        with contextlib.suppress(OSError):
+            os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 _keeping_models: dict[type, type] = {}

@@ -73,7 +73,12 @@ class BudgetExceeded(BudgetError, RuntimeError):
 
 
 def is_retryable(exc: BaseException) -> bool:
-    """Rate limits, timeouts, 5xx and lost connections; not bad requests or parse errors."""
+    """Rate limits, timeouts, 5xx and lost connections; not bad requests or parse errors.
+
+    A 4xx answer other than 408, 409, 425 and 429 is the endpoint's definite answer to this
+    request (a client error): not retryable, whatever the exception's class or cause is called.
+    The circuit breakers count only retryable errors as the endpoint's failures.
+    """
     for candidate in (exc, exc.__cause__, exc.__context__):
         if candidate is None:
             continue
@@ -83,6 +88,8 @@ def is_retryable(exc: BaseException) -> bool:
                   or getattr(getattr(candidate, "response", None), "status_code", None))
         if isinstance(status, int) and (status in RETRYABLE_STATUS or status >= 500):
             return True
+        if isinstance(status, int) and 400 <= status < 500:  # the endpoint answered: a client error
+            return False
         if isinstance(candidate, (TimeoutError, ConnectionError)):
             return True
         if any(name in type(candidate).__name__.lower() for name in RETRYABLE_NAMES):
@@ -117,30 +124,164 @@ def provider_of(lm) -> str:
 
 # --- circuit breakers ---------------------------------------------------------------------
 
-class Breakers:
-    """One pybreaker circuit breaker per endpoint; shared through Redis when ``redis_url`` is given."""
+class EndpointBreaker(pybreaker.CircuitBreaker):
+    """pybreaker's circuit breaker for one endpoint, with a half-open state that admits one probe.
 
-    def __init__(self, fail_max: int = 3, reset_s: float = 30.0, redis_url: str | None = None):
+    pybreaker's ``calling()`` releases its lock before the guarded block runs, so in the half-open
+    state every concurrent caller goes through, and it counts an excluded error as a success
+    (which closes a half-open circuit). Here, when the reset timeout has passed, exactly one call
+    (across processes, with Redis) becomes the probe; the others are refused with
+    :class:`pybreaker.CircuitBreakerError` until the probe ends. Only retryable errors
+    (:func:`is_retryable`: rate limits, timeouts, 5xx, lost connections) count as failures; any
+    other error (a 4xx client error, a parse error) neither opens nor closes the circuit, and
+    leaves the failure count as it was. A probe that fails so reopens the circuit; one that succeeds
+    closes it; one that ends in a client error leaves it half-open for the next call to probe.
+    """
+
+    def __init__(self, endpoint: str, *, fail_max: int, reset_s: float, probe_lease_s: float,
+                 redis=None, storage: pybreaker.CircuitBreakerStorage | None = None):
+        super().__init__(fail_max=fail_max, reset_timeout=reset_s, state_storage=storage,
+                         exclude=[lambda exc: not is_retryable(exc)], name=endpoint)
+        self.probe_lease_s = probe_lease_s
+        self._redis = redis
+        self._probe_key = f"stagewise:{endpoint}:probe"
+        self._probe_local: tuple[str, float] | None = None  # (token, lease end) without Redis
+
+    # The probe slot: one holder at a time, with a lease so a process that died mid-probe frees it.
+    def _take_probe(self) -> str | None:
+        token = uuid.uuid4().hex
+        if self._redis is not None:
+            taken = self._redis.set(self._probe_key, token, nx=True, px=max(1, int(self.probe_lease_s * 1000)))
+            return token if taken else None
+        now = time.monotonic()
+        if self._probe_local is not None and self._probe_local[1] > now:
+            return None
+        self._probe_local = (token, now + self.probe_lease_s)
+        return token
+
+    def _release_probe(self, token: str) -> None:
+        if self._redis is not None:
+            self._redis.eval(_RELEASE_PROBE, 1, self._probe_key, token)
+            return
+        with self._lock:
+            if self._probe_local is not None and self._probe_local[0] == token:
+                self._probe_local = None
+
+    def _admit(self) -> str | None:
+        """None for a call in the closed state, the probe token for the half-open probe; raises
+        :class:`pybreaker.CircuitBreakerError` for a call that may not reach the endpoint."""
+        with self._lock:
+            state = self.current_state
+            if state == pybreaker.STATE_CLOSED:
+                return None
+            if state == pybreaker.STATE_OPEN:
+                opened_at = self._state_storage.opened_at
+                if opened_at and dt.datetime.now(dt.UTC) < opened_at + dt.timedelta(seconds=self.reset_timeout):
+                    raise pybreaker.CircuitBreakerError(f"circuit open for {redact(self.name)}: not called until "
+                                                        f"{self.reset_timeout:g} s after it opened")
+            token = self._take_probe()
+            if token is None:
+                raise pybreaker.CircuitBreakerError(f"circuit half-open for {redact(self.name)}: a probe call "
+                                                    "is in flight")
+            state = self.current_state  # another process's probe may have ended while this one took the slot
+            if state == pybreaker.STATE_CLOSED:
+                self._release_probe(token)
+                return None
+            if state == pybreaker.STATE_OPEN:
+                opened_at = self._state_storage.opened_at
+                if opened_at and dt.datetime.now(dt.UTC) < opened_at + dt.timedelta(seconds=self.reset_timeout):
+                    self._release_probe(token)
+                    raise pybreaker.CircuitBreakerError(f"circuit open for {redact(self.name)}: the probe failed")
+                self.half_open()
+            return token
+
+    def _failed(self, exc: BaseException, probe: bool) -> None:
+        """Count a retryable failure; raises CircuitBreakerError (from ``exc``) when it opens the circuit."""
+        with self._lock:
+            self._inc_counter()
+            state = self.current_state
+            if state == pybreaker.STATE_OPEN and not probe:  # a call admitted before it opened: already open
+                return
+            if probe or state == pybreaker.STATE_HALF_OPEN or self.fail_counter >= self.fail_max:
+                self.open()
+                if self._throw_new_error_on_trip:
+                    raise pybreaker.CircuitBreakerError(
+                        f"circuit opened for {redact(self.name)} after {type(exc).__name__}") from exc
+
+    def _succeeded(self, probe: bool) -> None:
+        """Reset the failure count; the probe's success closes the circuit (a call admitted before the
+        circuit opened says nothing about the endpoint now)."""
+        with self._lock:
+            self._state_storage.reset_counter()
+            if probe:
+                self.close()
+
+    @contextmanager
+    def calling(self):
+        """Run the ``with`` block as one call to the endpoint, by the rules above."""
+        token = self._admit()
+        try:
+            yield
+        except BaseException as exc:
+            if is_retryable(exc):
+                self._failed(exc, probe=token is not None)
+            raise  # a client error: the circuit stays as it was
+        else:
+            self._succeeded(probe=token is not None)
+        finally:
+            if token is not None:
+                self._release_probe(token)
+
+    def call(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``func(*args, **kwargs)`` as one call to the endpoint (see :meth:`calling`)."""
+        with self.calling():
+            return func(*args, **kwargs)
+
+
+_RELEASE_PROBE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class Breakers:
+    """One :class:`EndpointBreaker` per endpoint; shared through Redis when ``redis_url`` is given.
+
+    ``fail_max`` retryable failures in a row open an endpoint's circuit for ``reset_s`` seconds;
+    then one probe call goes through (one in every process sharing the Redis). ``probe_lease_s``
+    bounds how long a probe may hold its slot: a process that dies mid-probe frees it then.
+    """
+
+    def __init__(self, fail_max: int = 3, reset_s: float = 30.0, redis_url: str | None = None,
+                 probe_lease_s: float = 120.0):
+        if fail_max < 1:
+            raise ConfigError(f"circuit breaker fail_max must be at least 1, got {fail_max!r}")
+        if reset_s < 0 or probe_lease_s <= 0:
+            raise ConfigError(f"circuit breaker reset_s must be >= 0 and probe_lease_s > 0, got {reset_s!r} "
+                              f"and {probe_lease_s!r}")
         self.fail_max, self.reset_s, self.redis_url = fail_max, reset_s, redis_url
+        self.probe_lease_s = probe_lease_s
         self._redis = None
         if redis_url:
             self._redis = connect_redis(redis_url, "the circuit breakers' Redis")
-        self._breakers: dict[str, pybreaker.CircuitBreaker] = {}
+        self._breakers: dict[str, EndpointBreaker] = {}
         self._lock = threading.Lock()
 
-    def __call__(self, endpoint: str) -> pybreaker.CircuitBreaker:
+    def __call__(self, endpoint: str) -> EndpointBreaker:
+        """The breaker of ``endpoint`` (created on first use)."""
         with self._lock:
             if endpoint not in self._breakers:
                 storage = None
                 if self._redis is not None:
                     storage = pybreaker.CircuitRedisStorage(pybreaker.STATE_CLOSED, self._redis,
                                                             namespace=f"stagewise:{endpoint}")
-                self._breakers[endpoint] = pybreaker.CircuitBreaker(
-                    fail_max=self.fail_max, reset_timeout=self.reset_s, state_storage=storage,
-                    exclude=[lambda exc: not is_retryable(exc)], name=endpoint)
+                self._breakers[endpoint] = EndpointBreaker(
+                    endpoint, fail_max=self.fail_max, reset_s=self.reset_s, probe_lease_s=self.probe_lease_s,
+                    redis=self._redis, storage=storage)
             return self._breakers[endpoint]
 
     def state(self, endpoint: str) -> str:
+        """``closed``, ``open`` or ``half-open``: the state the endpoint's circuit is stored in."""
         return self(endpoint).current_state
 
 
