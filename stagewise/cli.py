@@ -22,6 +22,7 @@ from rich.table import Table
 import stagewise  # noqa: F401  (sets the offline price-map default before DSPy loads)
 from stagewise.errors import StagewiseError
 from stagewise.models.catalog import ModelCatalog
+from stagewise.redaction import redact
 
 # Tables are wider than 80 columns: never squeeze them when output goes to a pipe or a file.
 console = Console(width=max(shutil.get_terminal_size((160, 24)).columns, 120), soft_wrap=True)
@@ -68,7 +69,7 @@ class _Commands(typer.core.TyperGroup):
         except StagewiseError as exc:
             if ctx.params.get("debug") or os.environ.get("STAGEWISE_DEBUG", "") not in ("", "0"):
                 raise
-            errors.print(f"[red]error:[/red] {escape(str(exc))}")
+            errors.print(f"[red]error:[/red] {escape(redact(str(exc)))}")
             raise typer.Exit(2) from None
 
 
@@ -454,7 +455,7 @@ def route_eval_command(
             status.print(f"saved the router trained on all of {outcomes} to {save}")
     except (OutcomeTableError, RoutingEvalError, RouterSpecError, FeatureSpecError, EmbeddingsUnavailableError,
             ValueError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"[red]error:[/red] {escape(redact(str(exc)))}")
         raise typer.Exit(2) from None
     if json_output:
         print(json.dumps(report.to_json(), indent=2))
@@ -551,9 +552,12 @@ def serve(
     import uvicorn
 
     from stagewise.errors import ConfigError
+    from stagewise.redaction import redacted_logger
     from stagewise.runtime.resilience import Breakers, Budget, Resilience, StagePolicy
     from stagewise.runtime.serve import create_app
 
+    for logger in ("stagewise.runtime.serve", "stagewise.runtime.resilience", "stagewise.runtime.costs"):
+        redacted_logger(logger)  # their lines quote endpoints and providers' error messages
     token = None if no_auth else os.environ.get(token_env)
     if not no_auth and not token:
         raise ConfigError(f"set the bearer token in ${token_env}, or pass --no-auth for local use")

@@ -22,6 +22,7 @@ import pandas as pd
 
 from stagewise.errors import ConfigError
 from stagewise.metrics.scoring import Metric, macro_f1, metric_by_name
+from stagewise.redaction import redact
 
 PASS = 0.5  # a score at or above this counts as a success when attributing failures
 
@@ -246,7 +247,7 @@ def evaluate(program, examples: list, *, stage_metrics: list[StageMetric] = (), 
                     prediction = program(**example.inputs())
                 except Exception as exc:  # kept in the report, with zero scores
                     prediction = None
-                    row["error"] = f"{type(exc).__name__}: {exc}"[:500]
+                    row["error"] = redact(f"{type(exc).__name__}: {exc}")[:500]
                 answered = stage_outputs(dspy.settings.trace, stages)
             row["latency_s"] = time.perf_counter() - start
             trace = getattr(prediction, "trace", None)  # a stagewise program's own trace, else the ledger

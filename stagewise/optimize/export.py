@@ -136,8 +136,42 @@ def export(program, directory: str | Path, *, factory: str | Callable | None = N
         **({k: provenance[k] for k in ("study", "trial") if k in provenance}),
         **(extra or {}),
     }
+    manifest = _relative_paths(manifest, directory)
     (directory / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str), encoding="utf-8")
     return directory
+
+
+def _local_path(value: str) -> bool:
+    """An absolute path on this machine (not a URL path such as ``/v1``): it, or its folder, exists."""
+    if "\n" in value or not value.strip():
+        return False
+    path = Path(value)
+    if not path.is_absolute():
+        return False
+    try:
+        return path.exists() or (len(path.parts) > 2 and path.parent.exists())
+    except OSError:
+        return False
+
+
+def _relative_paths(value: Any, directory: Path, key: str = "manifest") -> Any:
+    """``value`` (the manifest) with every absolute path inside ``directory`` made relative to it; an
+    absolute path elsewhere is an :class:`ExportError` naming its key (it would not exist where the
+    directory is copied, and it tells who exported the program where)."""
+    if isinstance(value, dict):
+        return {name: _relative_paths(item, directory, f"{key}.{name}") for name, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_relative_paths(item, directory, f"{key}[{i}]") for i, item in enumerate(value)]
+    if isinstance(value, Path):
+        value = str(value)
+    if isinstance(value, str) and _local_path(value):
+        path, root = Path(value).resolve(), directory.resolve()
+        if path.is_relative_to(root):
+            return path.relative_to(root).as_posix()
+        raise ExportError(f"{key} is the absolute path {value!r}: a manifest holds paths relative to the exported "
+                          "directory only; pass a relative path (resolved where the program is loaded) or put the "
+                          "file in the factory's package")
+    return value
 
 
 def _factory_name(program, factory: str | Callable | None) -> str:

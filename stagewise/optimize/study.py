@@ -61,6 +61,13 @@ def _named(metric) -> str:
     return metric if isinstance(metric, str) else getattr(metric, "name", None) or type(metric).__name__
 
 
+def _recorded(name: str, value):
+    """A model option as the study records it: a secret (a key, a password in an API base URL) as ``***``."""
+    if not isinstance(value, str):
+        return value
+    return redact(f"{name}={value}").split("=", 1)[1]
+
+
 class TrialBudgetSpent(BudgetError):
     """A trial asked for after the study's budget was spent (by concurrent workers)."""
 
@@ -258,7 +265,7 @@ class Study:
                      "search.latency_objective": settings.latency, "search.reflection_model": settings.reflection_model,
                      "search.gepa_metric_calls": settings.gepa_metric_calls})
         for model, options in sorted(self.lm_options.items()):
-            keys.update({f"models.{model}.{name}": value for name, value in sorted(options.items())
+            keys.update({f"models.{model}.{name}": _recorded(name, value) for name, value in sorted(options.items())
                          if value is None or isinstance(value, (str, int, float, bool, list, tuple))})
         keys["metrics.end_to_end"] = [self.end_to_end.output, self.end_to_end.label, _named(self.end_to_end.metric)]
         keys["metrics.stages"] = [[m.stage, m.output, m.label, _named(m.metric)] for m in self.stage_metrics]

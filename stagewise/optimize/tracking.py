@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from stagewise.redaction import redact
+
 
 def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
@@ -49,7 +51,7 @@ class Tracker:
             self.parent_id = run.info.run_id
             if run_id is None:
                 mlflow.set_tags({"stagewise_study": name, "stagewise_role": "study"})
-                mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+                mlflow.log_params({k: redact(str(v))[:500] for k, v in params.items()})
             yield
 
     def trial(self, number: int, params: dict[str, Any], metrics: dict[str, float], state: str,
@@ -60,7 +62,7 @@ class Tracker:
 
         with mlflow.start_run(run_name=f"trial-{number}", nested=True, parent_run_id=self.parent_id):
             mlflow.set_tags({"stagewise_role": "trial", "stagewise_trial": str(number), "stagewise_state": state})
-            mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+            mlflow.log_params({k: redact(str(v))[:500] for k, v in params.items()})
             mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None and v == v})
             for path in artifacts:
                 mlflow.log_artifact(str(path))

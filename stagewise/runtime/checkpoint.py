@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from stagewise.errors import StoreError
-from stagewise.redaction import redact
+from stagewise.redaction import redact, scrub
 from stagewise.runtime.connections import StoreConnectionError, connect_postgres
 
 CHECKPOINT_VERSION = 1
@@ -152,7 +152,8 @@ class SQLiteCheckpoints(CheckpointStore):
                 db.execute("PRAGMA synchronous=NORMAL")
                 db.execute(_SCHEMA)
             except (sqlite3.Error, OSError) as exc:
-                raise StoreConnectionError(f"cannot open the checkpoint store {self.url}: {exc}") from None
+                raise StoreConnectionError(f"cannot open the checkpoint store {redact(self.url)}: "
+                                           f"{scrub(str(exc), self.url)}") from None
             self._db = db
         return self._db
 

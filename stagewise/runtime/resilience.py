@@ -523,7 +523,7 @@ class Resilience(CallGuard):
                                 e, (pybreaker.CircuitBreakerError, RateLimited, BudgetExceeded))))
         outputs = retrying(once)
         if fallback:
-            log.warning("stage %r answered by fallback model %s", stage.name, endpoint_of(lm))
+            log.warning("stage %r answered by fallback model %s", stage.name, redact(endpoint_of(lm)))
         return outputs
 
     @staticmethod

@@ -22,6 +22,7 @@ from stagewise.context.record import Section
 from stagewise.errors import ConfigError
 from stagewise.programs.predictors import set_models, stages_of
 from stagewise.programs.run import Observer, Run, StageEvent, StageRun, observing
+from stagewise.redaction import redact
 from stagewise.runtime.checkpoint import CheckpointError, CheckpointStore, open_checkpoints
 
 
@@ -103,7 +104,8 @@ class Checkpointer(Observer):
             yield
         except BaseException as exc:
             self.record.update(status="failed", position=len(self.record["steps"]),
-                               error={"stage": self.failed_at, "type": type(exc).__name__, "message": str(exc)[:2000]})
+                               error={"stage": self.failed_at, "type": type(exc).__name__,
+                                      "message": redact(str(exc))[:2000]})
             self._save()
             raise
         self.record.update(status="completed", position=len(self.record["steps"]),

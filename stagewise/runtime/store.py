@@ -24,7 +24,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from stagewise.programs.run import Observer, StageEvent, current_run
-from stagewise.redaction import redact
+from stagewise.redaction import redact, scrub
 from stagewise.runtime.connections import StoreConnectionError, connect_postgres, connect_redis
 
 DEFAULT_URL = "sqlite:///stagewise-context.db"
@@ -79,7 +79,7 @@ class SQLiteContextStore(ContextStore):
             self._db.execute(_SCHEMA.format(serial="INTEGER"))
             self._db.execute(_INDEX)
         except (sqlite3.Error, OSError) as exc:
-            raise StoreConnectionError(f"cannot open the context store {url}: {exc}") from None
+            raise StoreConnectionError(f"cannot open the context store {redact(url)}: {scrub(str(exc), url)}") from None
         self._lock = threading.Lock()
 
     def append(self, run, stage, kind, key, value):
