@@ -57,7 +57,7 @@ def main() -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     server = subprocess.Popen([str(Path(sys.executable).with_name("stagewise")), "serve", str(folder / "best"),
-                               "--port", str(port), "--no-auth", "--rate", "100000"],
+                               "--port", str(port), "--no-auth", "--trust-code", "--rate", "100000"],
                               env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL,
                               stderr=open(folder / "serve.log", "w"))
     base = f"http://127.0.0.1:{port}"

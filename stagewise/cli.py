@@ -297,6 +297,11 @@ def optimize(
                       "--env-manager local)")
 
 
+TRUST_CODE_HELP = ("Import the program's factory from the directory's own code/ (or, for a run, the factory "
+                   "its record names). Without it only factories registered as 'stagewise.programs' entry "
+                   "points load: nothing a file names runs unless you say so.")
+
+
 @app.command("evaluate")
 def evaluate_command(
     directory: Path = typer.Argument(..., help="An exported program (with manifest.json)."),
@@ -305,6 +310,7 @@ def evaluate_command(
                                                  "column maps and metrics: the file needs the input columns and "
                                                  "every label column the metrics score against."),
     json_output: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    trust_code: bool = typer.Option(False, "--trust-code", help=TRUST_CODE_HELP),
 ) -> None:
     """Stage-level and end-to-end report of an exported program."""
     import json
@@ -317,7 +323,7 @@ def evaluate_command(
     from stagewise.optimize.config import load_config
     from stagewise.optimize.export import load, read_manifest
 
-    program = load(directory)
+    program = load(directory, trust_code=trust_code)
     if data.suffix == ".toml":
         cfg = load_config(data)
         examples = cfg.splits().test
@@ -546,6 +552,7 @@ def serve(
     fallback: list[str] = typer.Option(None, help="STAGE=MODEL[,MODEL]: fall back to these models (repeatable)."),
     redis: str | None = typer.Option(None, help="Redis URL: share rate limits and circuit breakers among "
                                                 "server processes."),
+    trust_code: bool = typer.Option(False, "--trust-code", help=TRUST_CODE_HELP),
 ) -> None:
     """Serve an exported program over HTTP: POST /v1/run, GET /healthz, OpenAPI at /openapi.json."""
 
@@ -566,7 +573,7 @@ def serve(
     resilience = Resilience(policies=policies, budget=Budget(per_request_usd=budget) if budget else None,
                             breakers=Breakers(redis_url=redis))
     app_ = create_app(directory, token=token, max_body=max_body, requests_per_minute=rate, resilience=resilience,
-                      redis_url=redis)
+                      redis_url=redis, trust_code=trust_code)
     console.print(f"serving {directory} at http://{host}:{port} (POST /v1/run, GET /healthz, /docs)"
                   + ("" if token else " without authentication"))
     uvicorn.run(app_, host=host, port=port, log_level="warning")
@@ -619,6 +626,7 @@ def replay_command(
                                                        "stage produced (repeatable)."),
     model: list[str] = typer.Option(None, "--model", help="STAGE=MODEL: run a stage on another model (repeatable)."),
     store: str | None = typer.Option(None, help=RUNS_STORE_HELP),
+    trust_code: bool = typer.Option(False, "--trust-code", help=TRUST_CODE_HELP),
 ) -> None:
     """Re-run a stored run from a stage with changed context or models; show how the outputs changed."""
     import dspy
@@ -628,7 +636,7 @@ def replay_command(
     overrides, models = _pairs(set_, "--set", "NAME=VALUE", empty=True), _pairs(model, "--model", "STAGE=MODEL")
     with dspy.context(adapter=dspy.JSONAdapter()):
         original, prediction, replayed = replay(run_id, stage, store=_runs_store(store), overrides=overrides,
-                                                models=models)
+                                                models=models, trust_code=trust_code)
     changes = output_changes(original, replayed)
     table = Table(title=f"run {run_id} replayed from stage {stage!r} as {prediction.run_id}")
     for column in ("stage", "field", "original", "replayed"):

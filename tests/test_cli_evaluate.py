@@ -32,7 +32,7 @@ def test_a_data_file_without_a_label_column_is_one_line_naming_the_column_and_th
     best = _exported_banking_program(tmp_path / "best")
     data = tmp_path / "new_messages.csv"
     data.write_text("text,area\nMy card has not arrived yet,cards\n")  # the study's labels: area and intent
-    result = runner.invoke(app, ["evaluate", str(best), "--data", str(data)])
+    result = runner.invoke(app, ["evaluate", str(best), "--data", str(data), "--trust-code"])
     assert result.exit_code == 2
     [line] = result.output.strip().splitlines()
     assert line.startswith("error: label column 'intent' (mapped to field 'intent') is not in ")

@@ -8,6 +8,7 @@ import dspy
 import pytest
 from pydantic import BaseModel
 
+from stagewise.errors import ConfigError, ModelError
 from stagewise.models.lm import get_lm
 from stagewise.models.local import LlamaCppEngine, shared_model
 from stagewise.models.usage import track_usage
@@ -232,9 +233,9 @@ def test_missing_weights_package_names_the_package(monkeypatch):
 
 
 def test_bad_weights_are_clear_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(ModelError, match="nope.gguf' does not exist"):
         weights_path(str(tmp_path / "nope.gguf"))
-    with pytest.raises(ValueError, match="unknown local weights 'mystery'"):
+    with pytest.raises(ConfigError, match="unknown local weights 'mystery'"):
         weights_path("mystery")
 
 

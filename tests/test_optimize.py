@@ -158,13 +158,13 @@ def test_exported_program_loads_in_a_fresh_process_with_the_same_predictions(tab
         here = [program(prompt=p).answer for p in prompts]
     script = ("import json, sys, dspy, stagewise\n"
               "from stagewise.optimize.export import load\n"
-              f"program = load({str(directory)!r})\n"
+              f"program = load({str(directory)!r}, trust_code=True)\n"
               "with dspy.context(adapter=dspy.JSONAdapter()):\n"
               f"    print(json.dumps([program(prompt=p).answer for p in {prompts!r}]))\n")
     fresh = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert fresh.returncode == 0, fresh.stderr[-2000:]
     assert json.loads(fresh.stdout.strip().splitlines()[-1]) == here
-    loaded = load(directory)
+    loaded = load(directory, factory=build)
     assert loaded.stages()["answer"].step.demos[0]["answer"] == "4"
     with pytest.raises(ExportError, match="manifest.json' does not exist"):
         load(tmp_path)
@@ -201,7 +201,7 @@ def test_optimize_command_on_the_replay_example(tmp_path, monkeypatch):
     assert (tmp_path / "mlflow.db").exists()
 
     evaluated = CliRunner().invoke(app, ["evaluate", str(tmp_path / "run" / "best"), "--data", str(ARC_CONFIG),
-                                         "--json"])
+                                         "--json", "--trust-code"])
     assert evaluated.exit_code == 0, evaluated.output
     report = json.loads(evaluated.output)
     manifest = json.loads((tmp_path / "run" / "best" / "manifest.json").read_text())
@@ -344,7 +344,7 @@ def test_banking_study_on_the_local_model_compiles_once_and_exports(tmp_path):
         assert again.cache.hits >= 1 and again.cache.misses == 0  # reused, not recompiled
         directory = export(result.program, tmp_path / "best", factory="banking_pipeline:build",
                            factory_path=str(ROOT / "examples" / "banking"))
-        reloaded = load(directory)
+        reloaded = load(directory, trust_code=True)
         assert reloaded.stages()["route"].step.demos == demos
         for example in splits.test[:3]:
             assert reloaded(message=example.message).intent == result.program(message=example.message).intent
@@ -564,12 +564,13 @@ def test_evaluate_a_data_file_with_the_manifests_column_maps_and_metrics(table, 
                   "end_to_end": {"output": "answer", "label": "answer", "metric": "exact_match"}, "stages": []}
     directory = export(program, tmp_path / "best", factory="tests.test_optimize:build",
                        extra={"evaluation": evaluation})
-    result = CliRunner().invoke(app, ["evaluate", str(directory), "--data", str(tmp_path / "data.csv"), "--json"])
+    result = CliRunner().invoke(app, ["evaluate", str(directory), "--data", str(tmp_path / "data.csv"), "--json",
+                                      "--trust-code"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output[result.output.index("{"):])
     assert report["examples"] == len(rows) and report["end_to_end"] == 1.0  # the recorded answers, exactly
     bare = export(program, tmp_path / "bare", factory="tests.test_optimize:build")
-    refused = CliRunner().invoke(app, ["evaluate", str(bare), "--data", str(tmp_path / "data.csv")])
+    refused = CliRunner().invoke(app, ["evaluate", str(bare), "--data", str(tmp_path / "data.csv"), "--trust-code"])
     assert refused.exit_code == 2 and "no 'evaluation' settings" in refused.output
 
 
@@ -692,7 +693,7 @@ def test_router_choice_llm_stage_or_trained_classifier_is_searched_and_exported(
     manifest = json.loads((directory / "manifest.json").read_text())
     assert manifest["routers"]["pick"]["kind"] == "LabelRouter" and (directory / "routers" / "pick.skops").is_file()
     assert "decided_by" in manifest["stages"]["route"]
-    reloaded = load(directory)
+    reloaded = load(directory, factory=build_routed)
     for example in splits.test[:6]:
         assert reloaded(prompt=example.prompt).answer == trained(prompt=example.prompt).answer
 

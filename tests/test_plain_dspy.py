@@ -246,7 +246,7 @@ models = ["smollm2-135m", "gemma3-270m"]
     shutil.copytree(project / "out" / "best", elsewhere / "best")
     shutil.rmtree(project)  # nothing of the original folder is left to import from
     script = ("import dspy, stagewise\n"
-              "program = stagewise.load('best')\n"
+              "program = stagewise.load('best', trust_code=True)\n"
               "with dspy.context(adapter=dspy.JSONAdapter()):\n"
               "    print(program(message='I still have not received my new card').intent)\n")
     predicted = subprocess.run([sys.executable, "-c", script], cwd=elsewhere, env=env, capture_output=True,
@@ -256,7 +256,8 @@ models = ["smollm2-135m", "gemma3-270m"]
 
     few = tmp_path / "few.csv"
     few.write_text("".join(SUBSET.read_text().splitlines(keepends=True)[:7]))  # the header and 6 messages
-    evaluated = CliRunner().invoke(app, ["evaluate", str(elsewhere / "best"), "--data", str(few), "--json"])
+    evaluated = CliRunner().invoke(app, ["evaluate", str(elsewhere / "best"), "--data", str(few), "--json",
+                                         "--trust-code"])
     assert evaluated.exit_code == 0, evaluated.output
     report = json.loads(evaluated.stdout)
     assert report["examples"] == 6 and set(report["stages"]) == {"area.area"}
@@ -265,7 +266,7 @@ models = ["smollm2-135m", "gemma3-270m"]
 
     from stagewise.runtime.serve import create_app
 
-    client = TestClient(create_app(elsewhere / "best", token=None))
+    client = TestClient(create_app(elsewhere / "best", token=None, trust_code=True))
     served = client.post("/v1/run", json={"message": "What exchange rate do you use?"})
     assert served.status_code == 200, served.text
     body = served.json()

@@ -369,7 +369,8 @@ def served(tmp_path_factory, arc):
     port = _free_port()
     env = {**os.environ, "STAGEWISE_SERVE_TOKEN": "test-token-123", "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen([str(os.path.join(os.path.dirname(sys.executable), "stagewise")), "serve",
-                                str(folder / "best"), "--port", str(port), "--rate", "8", "--max-body", "8000"],
+                                str(folder / "best"), "--port", str(port), "--rate", "8", "--max-body", "8000",
+                                "--trust-code"],
                                env=env, stdout=open(folder / "serve.log", "w"), stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
@@ -391,7 +392,7 @@ def _serve(folder, *options, token="test-token-123"):
     env = {**os.environ, "STAGEWISE_SERVE_TOKEN": token, "PYTHONPATH": str(ROOT)}
     log = folder / f"serve-{port}.log"
     process = subprocess.Popen([str(os.path.join(os.path.dirname(sys.executable), "stagewise")), "serve",
-                                str(folder / "best"), "--port", str(port), *options],
+                                str(folder / "best"), "--port", str(port), "--trust-code", *options],
                                env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
@@ -557,7 +558,8 @@ def test_a_tenants_daily_budget_stops_its_requests_before_the_call(arc, tmp_path
     program = build_answer()
     program.set_models({"answer": get_lm("recorded/gpt-4-1106-preview", replay_table=arc)})
     export(program, tmp_path / "best", factory="tests.test_resilience:build_answer", factory_path=str(ROOT))
-    client = TestClient(create_app(tmp_path / "best", token="acme-token", resilience=Resilience(budget=budget)))
+    client = TestClient(create_app(tmp_path / "best", token="acme-token", resilience=Resilience(budget=budget),
+                                   factory=build_answer))
     acme = hashlib.sha256(b"Bearer acme-token").hexdigest()[:12]  # the tenant: the credential, hashed
     auth = {"Authorization": "Bearer acme-token"}
     first = client.post("/v1/run", json={"prompt": cheapest}, headers=auth)
@@ -608,7 +610,8 @@ def test_server_processes_share_the_per_token_rate_limit_through_redis(tmp_path,
     program.set_models({"answer": get_lm("recorded/mixtral-8x7b-chat", replay_table=arc)})
     export(program, tmp_path / "best", factory="tests.test_resilience:build_answer", factory_path=str(ROOT))
     token = f"token-{time.time_ns()}"  # a fresh token: a fresh window in the shared limiter
-    apps = [TestClient(create_app(tmp_path / "best", token=token, requests_per_minute=3, redis_url=redis_url))
+    apps = [TestClient(create_app(tmp_path / "best", token=token, requests_per_minute=3, redis_url=redis_url,
+                                      factory=build_answer))
             for _ in range(2)]
     auth = {"Authorization": f"Bearer {token}"}
     codes = [apps[i % 2].post("/v1/run", json={}, headers=auth).status_code for i in range(4)]

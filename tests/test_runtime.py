@@ -164,7 +164,7 @@ def test_a_killed_run_resumes_from_its_checkpoint_with_no_repeated_calls(tmp_pat
     assert record["status"] == "running" and 1 <= len(record["steps"]) < 3  # killed mid-run: no final record
     completed = {step["stage"] for step in record["steps"]}
     with dspy.context(adapter=dspy.JSONAdapter()), track_usage() as ledger:
-        resumed = resume("killed", store=url)  # the program is rebuilt from its factory
+        resumed = resume("killed", store=url, factory=build_chain)  # the program is rebuilt from its factory
     called = {r.stage for r in ledger.records}
     assert not completed & called  # no model call for a stage the checkpoint holds
     assert called == {"topic", "reply", "summary"} - completed
@@ -381,21 +381,25 @@ def test_replay_from_a_stage_with_a_changed_section_and_model(tmp_path):
         run(replay_factory(), {"ticket": "card missing"}, store=url, run_id="orig",
             origin={"factory": "tests.test_runtime:replay_factory"})
     REPLAY_CALLS.clear()
+    untrusted = CliRunner().invoke(app, ["replay", "orig", "--stage", "answer", "--store", url])
+    assert untrusted.exit_code == 2 and "'tests.test_runtime:replay_factory'" in untrusted.output
+    assert "--trust-code" in untrusted.output and REPLAY_CALLS == []  # the name in the store was not imported
     result = CliRunner().invoke(app, ["replay", "orig", "--stage", "answer", "--set", "triage.topic=refund",
-                                      "--store", url])
+                                      "--store", url, "--trust-code"])
     assert result.exit_code == 0, result.output
     assert REPLAY_CALLS == ["answer"]  # triage's stored output was reused: no call
     assert "answer#0" in result.stdout and "reply" in result.stdout and "refund" in result.stdout
     replayed = cp.open_checkpoints(url).load("orig-replay-1")
     assert replayed["steps"][0]["outputs"] == {"topic": "refund"} and replayed["status"] == "completed"
     runner = CliRunner()
-    bad = runner.invoke(app, ["replay", "orig", "--stage", "nope", "--store", url])
+    bad = runner.invoke(app, ["replay", "orig", "--stage", "nope", "--store", url, "--trust-code"])
     assert bad.exit_code == 2 and "has no stage 'nope' (its stages: triage, answer)" in bad.output
     bad = runner.invoke(app, ["replay", "missing", "--stage", "answer", "--store", url])
     assert bad.exit_code == 2 and "no run 'missing'" in bad.output
     bad = runner.invoke(app, ["diff", "missing", "--store", url])
     assert bad.exit_code == 2 and "no run 'missing'" in bad.output
-    bad = runner.invoke(app, ["replay", "orig", "--stage", "answer", "--set", "nothing=1", "--store", url])
+    bad = runner.invoke(app, ["replay", "orig", "--stage", "answer", "--set", "nothing=1", "--store", url,
+                              "--trust-code"])
     assert bad.exit_code == 2 and "neither an input" in bad.output
 
 
@@ -433,7 +437,7 @@ def test_replay_with_a_stage_on_another_local_model(tmp_path):
             store=url, run_id="desk", origin={"factory": "tests.test_runtime:local_desk"})
     with track_usage() as ledger:
         result = CliRunner().invoke(app, ["replay", "desk", "--stage", "urgency", "--model", "urgency=gemma3-270m",
-                                          "--store", url])
+                                          "--store", url, "--trust-code"])
     assert result.exit_code == 0, result.output
     assert [(r.model, r.stage) for r in ledger.records] == [("gemma3-270m", "urgency")]  # triage: no call
     original, replayed = cp.open_checkpoints(url).load("desk"), cp.open_checkpoints(url).load("desk-replay-1")
@@ -450,7 +454,7 @@ def test_replay_with_a_stage_on_another_local_model(tmp_path):
     else:
         assert "urgency#0" in result.stdout and str(after) in result.stdout
     unknown = CliRunner().invoke(app, ["replay", "desk", "--stage", "urgency", "--model", "urgency=gemma3",
-                                       "--store", url])
+                                       "--store", url, "--trust-code"])
     assert unknown.exit_code == 2 and "Did you mean" in unknown.output and "gemma3-270m" in unknown.output
 
 

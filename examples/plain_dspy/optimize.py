@@ -38,7 +38,7 @@ def main() -> None:
     print(optimizer.report.table())                              # the chosen program on the test set
     print(f"baseline (SmolLM2 everywhere, no demos) on the test set: {optimizer.baseline_report_.quality:.3f}")
     directory = stagewise.export(best, f"{args.out}/best")        # program.json, manifest.json, code/
-    print(f"exported to {directory}; serve it with: stagewise serve {directory} --no-auth")
+    print(f"exported to {directory}; serve it with: stagewise serve {directory} --trust-code --no-auth")
 
 
 if __name__ == "__main__":

@@ -98,8 +98,8 @@ class StudyConfig:
 
 
 def import_factory(path: str):
-    from stagewise.optimize.export import ExportError
-    from stagewise.optimize.export import import_factory as importer
+    from stagewise.errors import ExportError
+    from stagewise.optimize.trust import import_factory as importer
 
     try:
         return importer(path)

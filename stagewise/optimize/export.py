@@ -14,18 +14,18 @@ A program is exported as a directory:
   models read. Every path in the manifest is relative to the directory, so the directory can
   be copied to another folder or machine and loaded there.
 
-:func:`load` imports the factory named in the manifest (from ``code/`` when the export has it),
-builds the program, restores the predictor state and sets each stage's model.
+:func:`load` builds the program with a factory the caller trusts (see :mod:`stagewise.optimize.trust`:
+passed in, registered as an entry point, or the export's own ``code/`` with ``trust_code=True``),
+restores the predictor state and sets each stage's model. Files the manifest names (router
+files, outcome tables) must lie inside the directory.
 """
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import json
 import platform
 import shutil
-import sys
 import sysconfig
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -35,6 +35,7 @@ from typing import Any
 
 from stagewise.errors import ExportError
 from stagewise.optimize.space import router_modules
+from stagewise.optimize.trust import import_factory, trusted_factory
 from stagewise.programs.predictors import set_models, stages_of
 
 MANIFEST_FORMAT = "stagewise-program/1"
@@ -223,28 +224,6 @@ def _copy_into(source: Path, folder: Path, directory: Path) -> str:
     return str(target.relative_to(directory))
 
 
-def import_factory(path: str, folder: str | Path | None = None):
-    """The callable named ``module:function``; with ``folder``, importable from there too (for this
-    import only: the folder does not stay on ``sys.path``)."""
-    module_name, _, attribute = path.partition(":")
-    if not module_name or not attribute:
-        raise ExportError(f"factory {path!r} must be 'module:function'")
-    folder = str(folder) if folder else None
-    added = folder is not None and folder not in sys.path
-    if added:
-        sys.path.insert(0, folder)
-    try:
-        target = importlib.import_module(module_name)
-        for part in attribute.split("."):
-            target = getattr(target, part)
-        return target
-    except (ImportError, AttributeError) as exc:
-        raise ExportError(f"factory {path!r} cannot be imported: {exc}") from None
-    finally:
-        if added:
-            sys.path.remove(folder)
-
-
 def read_manifest(directory: str | Path) -> dict[str, Any]:
     path = Path(directory) / "manifest.json"
     try:
@@ -261,20 +240,46 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def load(directory: str | Path, *, catalog=None):
-    """Rebuild an exported program with each stage's model, ready to serve."""
+def inside(directory: Path, relative: str, what: str) -> Path:
+    """``directory / relative``, refused unless it lies inside ``directory`` (no absolute path, no ``..``)."""
+    path = (directory / str(relative)).resolve()
+    if Path(str(relative)).is_absolute() or not path.is_relative_to(directory.resolve()):
+        raise ExportError(f"{str(directory / 'manifest.json')!r}: {what} {str(relative)!r} is outside the directory")
+    return path
+
+
+def load(directory: str | Path, *, factory: str | Callable | None = None, trust_code: bool = False, catalog=None):
+    """Rebuild an exported program with each stage's model, ready to serve.
+
+    The program's structure comes from a factory the caller trusts: ``factory`` (the callable,
+    or ``"module:function"``), an entry point of the ``stagewise.programs`` group registered for
+    the manifest's factory, or, with ``trust_code=True``, the manifest's factory imported from the
+    directory's own ``code/``. Anything else is an
+    :class:`~stagewise.optimize.trust.UntrustedCodeError` and nothing is imported.
+
+    Examples
+    --------
+    >>> program = stagewise.load("out/best", factory=support.build)   # doctest: +SKIP
+    >>> program = stagewise.load("out/best", trust_code=True)          # doctest: +SKIP
+    """
     from stagewise.models.lm import get_lm
     from stagewise.models.replay import OutcomeTable
 
     directory = Path(directory)
     manifest = read_manifest(directory)
-    code = directory / manifest["code"] if manifest.get("code") else manifest.get("factory_path")
-    program = import_factory(manifest["factory"], code)(**manifest.get("factory_kwargs", {}))
+    build = trusted_factory(manifest["factory"], where=f"{str(directory / 'manifest.json')!r}", factory=factory,
+                            code=directory / "code", trust_code=trust_code)
+    kwargs = manifest.get("factory_kwargs", {})
+    if not isinstance(kwargs, dict):
+        raise ExportError(f"{str(directory / 'manifest.json')!r}: field 'factory_kwargs' must be an object")
+    program = build(**kwargs)
     program_path = directory / "program.json"
     try:
         state = json.loads(program_path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ExportError(f"{str(program_path)!r} does not exist") from None
+    except json.JSONDecodeError as exc:
+        raise ExportError(f"{str(program_path)!r} is not valid JSON: {exc}") from None
     program.load_state(state)
     tables: dict[str, OutcomeTable] = {}
     models = {}
@@ -282,10 +287,11 @@ def load(directory: str | Path, *, catalog=None):
     for name, entry in manifest.get("routers", {}).items():
         from stagewise.routing.persist import RouterFileError, load_router
 
+        file = inside(directory, entry.get("file", ""), f"router {name!r} file")
         if name not in found:
             raise ExportError(f"manifest: the program has no router {name!r} for classifier {entry.get('file')!r}")
         try:
-            found[name].use_classifier(load_router(directory / entry["file"]))
+            found[name].use_classifier(load_router(file))
         except RouterFileError as exc:
             raise ExportError(f"router {name!r}: {exc}") from None
     for stage, entry in manifest["stages"].items():
@@ -295,7 +301,7 @@ def load(directory: str | Path, *, catalog=None):
         if entry.get("max_tokens"):
             options["max_tokens"] = entry["max_tokens"]
         if entry.get("replay_table"):
-            source = str(directory / entry["replay_table"])  # relative to the directory (absolute in old exports)
+            source = str(inside(directory, entry["replay_table"], f"stage {stage!r} outcome table"))
             tables.setdefault(source, OutcomeTable.load(source))
             if tables[source].fingerprint != entry.get("replay_table_fingerprint", tables[source].fingerprint):
                 raise ExportError(f"stage {stage!r}: outcome table {source!r} changed since the program was exported")

@@ -23,7 +23,9 @@ class StagewiseProgram(PythonModel):
 
         import stagewise
 
-        self.program = stagewise.load(context.artifacts["program"])
+        # Loading an MLflow model "from code" runs this file: whoever loads it trusts its code already,
+        # and the export's code/ travels in the same model.
+        self.program = stagewise.load(context.artifacts["program"], trust_code=True)
         self.adapter = dspy.JSONAdapter()
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:

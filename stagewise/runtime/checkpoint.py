@@ -4,7 +4,7 @@ After every stage a run writes a checkpoint: a plain, versioned JSON record (lik
 checkpoints) of the run so far. Record version 1:
 
 - ``run_id``, ``status`` (``running``, ``failed``, ``completed``), ``updated`` (UTC, ISO 8601);
-- ``program``: how to rebuild the program (``{"factory", "factory_path", "kwargs"}`` or
+- ``program``: how to rebuild the program (``{"factory", "kwargs"}`` or
   ``{"export": dir}``), when known; ``models``: each stage's model;
 - ``inputs``; ``steps``: the completed stage executions in order, each with its ``key``
   (``stage#n``), outputs, the context sections it added and received, notes, tokens, cost,

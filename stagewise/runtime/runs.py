@@ -158,8 +158,8 @@ def run(program, inputs: dict, *, store: str | CheckpointStore | None = None, ru
         origin: dict | None = None):
     """Call ``program(**inputs)`` with a checkpoint after every stage; the prediction has ``run_id``.
 
-    ``origin`` (``{"factory": "module:function", "factory_path": dir, "kwargs": {}}``) lets
-    ``resume`` and ``stagewise replay`` rebuild the program without it being passed in.
+    ``origin`` (``{"factory": "module:function", "kwargs": {}}``) lets ``resume`` and ``stagewise
+    replay`` rebuild the program without it being passed in, from a factory they trust (:func:`rebuild`).
     """
     with _opened(store) as store:
         run_id = run_id or uuid.uuid4().hex[:16]
@@ -183,18 +183,26 @@ def _opened(store: str | CheckpointStore | None):
         opened.close()
 
 
-def rebuild(record: dict, models: dict[str, str] | None = None):
-    """The program of a checkpointed run, with its stages' models (``models`` overrides some)."""
-    from stagewise.optimize.export import import_factory, load
+def rebuild(record: dict, models: dict[str, str] | None = None, *, factory=None, trust_code: bool = False):
+    """The program of a checkpointed run, with its stages' models (``models`` overrides some).
+
+    A run's record names how its program was built, but a name read from a runs store is never
+    imported on its own word: the factory must be passed (``factory``), registered as an entry
+    point, or trusted explicitly (``trust_code``), as for :func:`stagewise.load`.
+    """
+    from stagewise.optimize.export import load
+    from stagewise.optimize.trust import trusted_factory
 
     origin = record.get("program")
     if not origin:
         raise CheckpointError(f"run {record['run_id']!r} does not say how to rebuild its program: pass the "
                               "program, or run it with origin={'factory': 'module:function'}")
     if "export" in origin:
-        program = load(origin["export"])
+        program = load(origin["export"], factory=factory, trust_code=trust_code)
     else:
-        program = import_factory(origin["factory"], origin.get("factory_path"))(**origin.get("kwargs", {}))
+        build = trusted_factory(origin["factory"], where=f"run {record['run_id']!r}", factory=factory,
+                                trust_code=trust_code)
+        program = build(**origin.get("kwargs", {}))
         wanted = {stage: model for stage, model in record.get("models", {}).items() if model}
         if wanted:
             set_models(program, wanted)
@@ -203,11 +211,15 @@ def rebuild(record: dict, models: dict[str, str] | None = None):
     return program
 
 
-def resume(run_id: str, *, store: str | CheckpointStore | None = None, program=None):
-    """Run a checkpointed run again from its checkpoint: completed stages are restored, not called."""
+def resume(run_id: str, *, store: str | CheckpointStore | None = None, program=None, factory=None,
+           trust_code: bool = False):
+    """Run a checkpointed run again from its checkpoint: completed stages are restored, not called.
+
+    The program is ``program``, or rebuilt as :func:`rebuild` says (``factory``, ``trust_code``).
+    """
     with _opened(store) as store:
         record = store.load(run_id)
-        program = program if program is not None else rebuild(record)
+        program = program if program is not None else rebuild(record, factory=factory, trust_code=trust_code)
         checkpointer = Checkpointer(store, run_id, program=program, origin=record.get("program"),
                                     restore_from=record)
         with observing(checkpointer):
@@ -224,19 +236,22 @@ class RunReplayError(ConfigError, LookupError):
 
 
 def replay(run_id: str, stage: str, *, store: str | CheckpointStore | None = None,
-           overrides: dict[str, str] | None = None, models: dict[str, str] | None = None, program=None):
+           overrides: dict[str, str] | None = None, models: dict[str, str] | None = None, program=None,
+           factory=None, trust_code: bool = False):
     """Run a stored run again from ``stage``: earlier stages' stored outputs are reused, the
     stage and everything after it run for real, with ``overrides`` (an input field, or a
     section id an earlier stage produced, to a new value) and ``models`` (stage -> model).
+    The program is ``program``, or rebuilt as :func:`rebuild` says (``factory``, ``trust_code``).
 
     Returns ``(original record, prediction, new record)``; the new run's id is
     ``<run_id>-replay-<n>``.
     """
     with _opened(store) as store:
-        return _replay(store, run_id, stage, overrides, models, program)
+        return _replay(store, run_id, stage, overrides, models, program,
+                       {"factory": factory, "trust_code": trust_code})
 
 
-def _replay(store: CheckpointStore, run_id: str, stage: str, overrides, models, program):
+def _replay(store: CheckpointStore, run_id: str, stage: str, overrides, models, program, trust: dict):
     import copy
 
     original = store.load(run_id)
@@ -262,7 +277,7 @@ def _replay(store: CheckpointStore, run_id: str, stage: str, overrides, models, 
             raise RunReplayError(f"--set {target}: neither an input of run {run_id!r} nor a section produced before "
                               f"stage {stage!r} (available: {', '.join(available)})")
     if program is None:
-        program = rebuild(original, models)
+        program = rebuild(original, models, **trust)
     elif models:
         set_models(program, models)
     number = 1

@@ -105,13 +105,17 @@ def _stages_used(prediction, ledger) -> list[dict]:
 
 def create_app(directory: str | Path, *, token: str | None, max_body: int = 64 * 1024,
                requests_per_minute: int = 60, resilience: Resilience | None = None,
-               monitor: CostMonitor | None = None, redis_url: str | None = None) -> FastAPI:
-    """The app; ``redis_url`` shares the per-token rate limit among every server process using it."""
+               monitor: CostMonitor | None = None, redis_url: str | None = None, factory=None,
+               trust_code: bool = False) -> FastAPI:
+    """The app; ``redis_url`` shares the per-token rate limit among every server process using it.
+
+    The program is loaded with :func:`stagewise.load` (``factory`` and ``trust_code`` as there).
+    """
     from stagewise.optimize.export import load, read_manifest
 
     directory = Path(directory)
     manifest = read_manifest(directory)
-    program = load(directory)
+    program = load(directory, factory=factory, trust_code=trust_code)
     fields = input_fields(program, manifest)
     Inputs = create_model("RunRequest", __config__=ConfigDict(extra="forbid"),  # noqa: N806
                           **{name: (str, ...) for name in fields})
