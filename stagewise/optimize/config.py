@@ -11,9 +11,20 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import dspy
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+)
 
 from stagewise.errors import ConfigError
 from stagewise.metrics.report import EndToEnd, StageMetric
@@ -97,6 +108,9 @@ class StudyConfig:
             progress=progress)
 
 
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
 def import_factory(path: str):
     from stagewise.errors import ExportError
     from stagewise.optimize.trust import import_factory as importer
@@ -107,88 +121,202 @@ def import_factory(path: str):
         raise ConfigError(str(exc)) from None
 
 
-def _need(table: dict, key: str, where: str, file: Path):
-    if key not in table:
-        raise ConfigError(f"config {str(file)!r}: [{where}] needs {key!r}")
-    return table[key]
+class _Table(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Program(_Table):
+    factory: str
+    kwargs: dict[str, Any] = {}
+
+
+class _Data(_Table):
+    outcomes: str | None = None
+    prompt_field: str = "prompt"
+    path: str | None = None
+    inputs: dict[str, str] | None = None
+    labels: dict[str, str] = {}
+    on_bad: Literal["skip", "refuse"] = "skip"
+    limit: PositiveInt | None = None
+
+
+class _Split(_Table):
+    train: Fraction = 0.5
+    dev: Fraction = 0.25
+    test: Fraction = 0.25
+    seed: int = 0
+    stratify_by: str | None = None
+
+
+class _EndToEnd(_Table):
+    output: str
+    label: str | None = None
+    metric: str = "normalized_match"
+
+
+class _StageMetric(_Table):
+    stage: str
+    output: str
+    label: str
+    metric: str = "normalized_match"
+
+
+class _Metrics(_Table):
+    end_to_end: _EndToEnd
+    stages: list[_StageMetric] = []
+
+
+class _StageSearch(_Table):
+    models: list[str] = Field(min_length=1)
+    optimizers: list[str] = Field(["none"], min_length=1)
+    demos: list[NonNegativeInt] = Field([0], min_length=1)
+
+
+class _Router(_Table):
+    label: str
+    decisions: list[str] = Field(list(RouterChoices.__dataclass_fields__["decisions"].default), min_length=1)
+    features: list[str] = Field(list(RouterChoices.__dataclass_fields__["features"].default), min_length=1)
+    C: list[PositiveFloat] = Field(list(RouterChoices.__dataclass_fields__["C"].default), min_length=1)
+
+
+class _Search(_Table):
+    stages: dict[str, _StageSearch] = Field(min_length=1)
+    study: str | None = None
+    trials: PositiveInt = 12
+    seed: int = 0
+    storage: str | None = None
+    prune_on: NonNegativeInt = 8
+    prune_margin: NonNegativeFloat = 0.15
+    min_quality: float | None = None
+    max_cost_per_1k: NonNegativeFloat | None = None
+    latency_objective: bool = False
+    reflection_model: str | None = None
+    gepa_metric_calls: PositiveInt = 40
+    sampler: str = "tpe"
+    thresholds: dict[str, list[Fraction]] = {}
+    routers: dict[str, _Router] = {}
+
+
+class _Tracking(_Table):
+    experiment: str | None = None
+
+
+class _StudyFile(_Table):
+    program: _Program
+    data: _Data
+    split: _Split = _Split()
+    metrics: _Metrics
+    search: _Search
+    models: dict[str, dict[str, Any]] = {}
+    tracking: _Tracking = _Tracking()
+    baseline: dict[str, str] | None = None
+
+
+def _config_error(file: Path, exc: ValidationError) -> ConfigError:
+    """One line naming the table and key at fault (the first of the problems, and how many more)."""
+    errors = exc.errors()
+    first = errors[0]
+    path = [str(p) for p in first["loc"]]
+    keys = [p for p in path if not p.isdigit()]
+    where, key = ".".join(keys[:-1]), path[-1]
+    if first["type"] == "missing":
+        text = f"missing table [{key}]" if not where else f"[{where}] needs {key!r}"
+    elif first["type"] == "extra_forbidden":
+        unknown = sorted(str(e["loc"][-1]) for e in errors if e["type"] == "extra_forbidden"
+                         and [str(p) for p in e["loc"][:-1]] == path[:-1])
+        text = f"[{where}] has unknown key(s) {unknown}" if where else f"has unknown table(s) {unknown}"
+        allowed = _allowed_keys(path[:-1])
+        if allowed:
+            text += f" (keys: {', '.join(allowed)})"
+    else:
+        shown = repr(first.get("input"))
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        place = f"{keys[-1]}[{path[-1]}]" if path[-1].isdigit() else key
+        text = f"[{where or key}] {place}: {first['msg'][0].lower()}{first['msg'][1:]} (got {shown})"
+    more = len(errors) - 1
+    return ConfigError(f"config {str(file)!r}: {text}" + (f" ({more} more problem(s))" if more else ""))
+
+
+def _allowed_keys(path: list[str]) -> list[str]:
+    """The keys the table at ``path`` may have (for the message about an unknown one)."""
+    node: Any = _StudyFile
+    parts = iter(path)
+    for part in parts:
+        if not (isinstance(node, type) and issubclass(node, BaseModel)) or part not in node.model_fields:
+            return []
+        node = _unwrap(node.model_fields[part].annotation)
+        while get_origin(node) in (dict, list):
+            next(parts, None)  # the stage or router name, or the list index
+            node = _unwrap(get_args(node)[-1])
+    return list(node.model_fields) if isinstance(node, type) and issubclass(node, BaseModel) else []
+
+
+def _unwrap(annotation):
+    """``X`` for ``X | None``."""
+    if get_origin(annotation) is UnionType:
+        return next(a for a in get_args(annotation) if a is not type(None))
+    return annotation
 
 
 def load_config(path: str | Path, *, study: str | None = None, trials: int | None = None) -> StudyConfig:
+    """The study config at ``path`` (TOML), validated key by key: a :class:`ConfigError` names the
+    file, the table and the key at fault. ``study`` and ``trials`` override ``[search]``'s."""
     file = Path(path).resolve()
     raw = read_toml(file, f"config {str(path)!r}", ConfigError)
-    for where in ("program", "data", "metrics", "search"):
-        if not isinstance(raw.get(where), dict):
-            raise ConfigError(f"config {str(file)!r}: missing table [{where}]")
+    try:
+        parsed = _StudyFile.model_validate(raw)
+    except ValidationError as exc:
+        raise _config_error(file, exc) from None
     for folder in (str(file.parent), str(Path.cwd())):
         if folder not in sys.path:
             sys.path.insert(0, folder)
 
-    data, replay_table, fields = raw["data"], None, None
-    if "outcomes" in data:
+    data, replay_table, fields = parsed.data, None, None
+    if data.outcomes is not None:
         from stagewise.models.replay import OutcomeTable
 
-        replay_table = OutcomeTable.load(file.parent / data["outcomes"])
-        field = data.get("prompt_field", "prompt")
-        examples = [dspy.Example(**{field: prompt}).with_inputs(field) for prompt in replay_table.prompts]
+        replay_table = OutcomeTable.load(file.parent / data.outcomes)
+        examples = [dspy.Example(**{data.prompt_field: prompt}).with_inputs(data.prompt_field)
+                    for prompt in replay_table.prompts]
         fingerprint, report = replay_table.fingerprint, replay_table.report()
     else:
         from stagewise.data import FieldMap, load_dataset_file
 
-        fields = FieldMap(inputs=dict(_need(data, "inputs", "data", file)), labels=dict(data.get("labels", {})))
-        loaded = load_dataset_file(file.parent / _need(data, "path", "data", file), fields,
-                                   on_bad=data.get("on_bad", "skip"))
-        if "limit" in data:
-            loaded.examples[:] = loaded.examples[: int(data["limit"])]
+        for key in ("inputs", "path"):
+            if getattr(data, key) is None:
+                raise ConfigError(f"config {str(file)!r}: [data] needs {key!r} (or 'outcomes' for recorded models)")
+        fields = FieldMap(inputs=dict(data.inputs), labels=dict(data.labels))
+        loaded = load_dataset_file(file.parent / data.path, fields, on_bad=data.on_bad)
+        if data.limit is not None:
+            loaded.examples[:] = loaded.examples[: data.limit]
         examples, fingerprint, report = loaded.examples, loaded.fingerprint, loaded.report.summary()
 
-    metrics = raw["metrics"]
-    end = _need(metrics, "end_to_end", "metrics", file)
-    end_metric: Any = end.get("metric", "normalized_match")
+    end = parsed.metrics.end_to_end
+    end_metric: Any = end.metric
     if end_metric == "recorded_correctness":
         if replay_table is None:
             raise ConfigError(f"config {str(file)!r}: metric 'recorded_correctness' needs [data] outcomes")
         from stagewise.metrics.scoring import RecordedCorrectness
 
-        end_metric = RecordedCorrectness(replay_table, prompt=data.get("prompt_field", "prompt"))
-    end_to_end = EndToEnd(_need(end, "output", "metrics.end_to_end", file), end.get("label"), end_metric)
-    stage_metrics = [StageMetric(m["stage"], m["output"], m["label"], m.get("metric", "normalized_match"))
-                     for m in metrics.get("stages", [])]
+        end_metric = RecordedCorrectness(replay_table, prompt=data.prompt_field)
+    end_to_end = EndToEnd(end.output, end.label, end_metric)
+    stage_metrics = [StageMetric(m.stage, m.output, m.label, m.metric) for m in parsed.metrics.stages]
 
-    search = raw["search"]
-    stages = _need(search, "stages", "search", file)
-    space = {name: StageChoices(tuple(_need(choice, "models", f"search.stages.{name}", file)),
-                                tuple(choice.get("optimizers", ["none"])), tuple(choice.get("demos", [0])))
-             for name, choice in stages.items()}
+    search = parsed.search
+    space = {name: StageChoices(tuple(c.models), tuple(c.optimizers), tuple(c.demos))
+             for name, c in search.stages.items()}
     settings = StudySettings(
-        name=study or search.get("study", file.stem), trials=trials or int(search.get("trials", 12)),
-        seed=int(search.get("seed", 0)), storage=search.get("storage"), prune_on=int(search.get("prune_on", 8)),
-        prune_margin=float(search.get("prune_margin", 0.15)), min_quality=search.get("min_quality"),
-        max_cost_per_1k=search.get("max_cost_per_1k"), latency=bool(search.get("latency_objective", False)),
-        reflection_model=search.get("reflection_model"), gepa_metric_calls=int(search.get("gepa_metric_calls", 40)),
-        sampler=str(search.get("sampler", "tpe")))
-    lm_options = {name: dict(options) for name, options in raw.get("models", {}).items()}
+        name=study or search.study or file.stem, trials=trials or search.trials, seed=search.seed,
+        storage=search.storage, prune_on=search.prune_on, prune_margin=search.prune_margin,
+        min_quality=search.min_quality, max_cost_per_1k=search.max_cost_per_1k, latency=search.latency_objective,
+        reflection_model=search.reflection_model, gepa_metric_calls=search.gepa_metric_calls,
+        sampler=search.sampler)
+    lm_options = {name: dict(options) for name, options in parsed.models.items()}
     if replay_table is not None:
         lm_options.setdefault("*", {})["replay_table"] = replay_table
-    return StudyConfig(file, raw["program"].get("factory") or _need(raw["program"], "factory", "program", file),
-                       dict(raw["program"].get("kwargs", {})), examples, fingerprint, report,
-                       dict(raw.get("split", {"train": 0.5, "dev": 0.25, "test": 0.25, "seed": 0})), end_to_end,
-                       stage_metrics, space, settings, lm_options, raw.get("tracking", {}).get("experiment"),
-                       replay_table, dict(raw["baseline"]) if "baseline" in raw else None, fields,
-                       {name: tuple(float(v) for v in values) for name, values in search.get("thresholds", {}).items()},
-                       {name: _router_choices(name, table, file) for name, table in search.get("routers", {}).items()})
-
-
-def _router_choices(name: str, table: dict, file: Path) -> RouterChoices:
-    where = f"search.routers.{name}"
-    unknown = sorted(set(table) - {"label", "decisions", "features", "C"})
-    if unknown:
-        raise ConfigError(f"config {str(file)!r}: [{where}] has unknown key(s) {unknown} "
-                          "(keys: label, decisions, features, C)")
-    defaults = RouterChoices(label="")
-    try:
-        return RouterChoices(label=str(_need(table, "label", where, file)),
-                             decisions=tuple(str(d) for d in table.get("decisions", defaults.decisions)),
-                             features=tuple(str(f) for f in table.get("features", defaults.features)),
-                             C=tuple(float(c) for c in table.get("C", defaults.C)))
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"config {str(file)!r}: [{where}]: {exc}") from None
+    return StudyConfig(file, parsed.program.factory, dict(parsed.program.kwargs), examples, fingerprint, report,
+                       parsed.split.model_dump(exclude_none=True), end_to_end, stage_metrics, space, settings,
+                       lm_options, parsed.tracking.experiment, replay_table, parsed.baseline, fields,
+                       {name: tuple(values) for name, values in search.thresholds.items()},
+                       {name: RouterChoices(label=r.label, decisions=tuple(r.decisions), features=tuple(r.features),
+                                            C=tuple(r.C)) for name, r in search.routers.items()})
