@@ -43,7 +43,8 @@ def test_store_round_trip_history_and_listing(url, tmp_path):
             db.execute("DROP TABLE IF EXISTS stagewise_checkpoints")
     store = cp.open_checkpoints(url.format(tmp=tmp_path))
     store.save({"run_id": "r1", "status": "running", "inputs": {"q": "x"}, "steps": []})
-    store.save({"run_id": "r1", "status": "completed", "inputs": {"q": "x"}, "steps": [{"key": "a#0"}]})
+    store.save({"run_id": "r1", "status": "completed", "inputs": {"q": "x"}, "steps": [{"key": "a#0", "stage": "a",
+                                                                       "outputs": {}, "sections": []}]})
     store.save({"run_id": "r2", "status": "failed", "inputs": {}, "steps": []})
     latest = store.load("r1")
     assert latest["status"] == "completed" and latest["version"] == cp.CHECKPOINT_VERSION

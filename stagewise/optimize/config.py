@@ -26,7 +26,7 @@ from pydantic import (
     ValidationError,
 )
 
-from stagewise.errors import ConfigError
+from stagewise.errors import ConfigError, StagewiseError
 from stagewise.metrics.report import EndToEnd, StageMetric
 from stagewise.optimize.space import RouterChoices, StageChoices
 from stagewise.optimize.study import StudySettings
@@ -271,26 +271,13 @@ def load_config(path: str | Path, *, study: str | None = None, trials: int | Non
         if folder not in sys.path:
             sys.path.insert(0, folder)
 
-    data, replay_table, fields = parsed.data, None, None
-    if data.outcomes is not None:
-        from stagewise.models.replay import OutcomeTable
-
-        replay_table = OutcomeTable.load(file.parent / data.outcomes)
-        examples = [dspy.Example(**{data.prompt_field: prompt}).with_inputs(data.prompt_field)
-                    for prompt in replay_table.prompts]
-        fingerprint, report = replay_table.fingerprint, replay_table.report()
-    else:
-        from stagewise.data import FieldMap, load_dataset_file
-
-        for key in ("inputs", "path"):
-            if getattr(data, key) is None:
-                raise ConfigError(f"config {str(file)!r}: [data] needs {key!r} (or 'outcomes' for recorded models)")
-        fields = FieldMap(inputs=dict(data.inputs), labels=dict(data.labels))
-        loaded = load_dataset_file(file.parent / data.path, fields, on_bad=data.on_bad)
-        if data.limit is not None:
-            loaded.examples[:] = loaded.examples[: data.limit]
-        examples, fingerprint, report = loaded.examples, loaded.fingerprint, loaded.report.summary()
-
+    try:
+        examples, fingerprint, report, replay_table, fields = _read_data(parsed.data, file)
+    except StagewiseError as exc:
+        if isinstance(exc, ConfigError) and str(exc).startswith("config "):
+            raise
+        raise ConfigError(f"config {str(file)!r}: [data]: {exc}") from exc
+    data = parsed.data
     end = parsed.metrics.end_to_end
     end_metric: Any = end.metric
     if end_metric == "recorded_correctness":
@@ -320,3 +307,27 @@ def load_config(path: str | Path, *, study: str | None = None, trials: int | Non
                        {name: tuple(values) for name, values in search.thresholds.items()},
                        {name: RouterChoices(label=r.label, decisions=tuple(r.decisions), features=tuple(r.features),
                                             C=tuple(r.C)) for name, r in search.routers.items()})
+
+
+def _read_data(data: _Data, file: Path):
+    """The examples of ``[data]``: (examples, fingerprint, report, outcome table or None, FieldMap or None)."""
+    replay_table, fields = None, None
+    if data.outcomes is not None:
+        from stagewise.models.replay import OutcomeTable
+
+        replay_table = OutcomeTable.load(file.parent / data.outcomes)
+        examples = [dspy.Example(**{data.prompt_field: prompt}).with_inputs(data.prompt_field)
+                    for prompt in replay_table.prompts]
+        fingerprint, report = replay_table.fingerprint, replay_table.report()
+    else:
+        from stagewise.data import FieldMap, load_dataset_file
+
+        for key in ("inputs", "path"):
+            if getattr(data, key) is None:
+                raise ConfigError(f"config {str(file)!r}: [data] needs {key!r} (or 'outcomes' for recorded models)")
+        fields = FieldMap(inputs=dict(data.inputs), labels=dict(data.labels))
+        loaded = load_dataset_file(file.parent / data.path, fields, on_bad=data.on_bad)
+        if data.limit is not None:
+            loaded.examples[:] = loaded.examples[: data.limit]
+        examples, fingerprint, report = loaded.examples, loaded.fingerprint, loaded.report.summary()
+    return examples, fingerprint, report, replay_table, fields

@@ -33,6 +33,9 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+import dspy
+from pydantic import BaseModel, ConfigDict, PositiveInt, ValidationError
+
 from stagewise.errors import ExportError
 from stagewise.optimize.space import router_modules
 from stagewise.optimize.trust import import_factory, trusted_factory
@@ -224,19 +227,72 @@ def _copy_into(source: Path, folder: Path, directory: Path) -> str:
     return str(target.relative_to(directory))
 
 
-def read_manifest(directory: str | Path) -> dict[str, Any]:
-    path = Path(directory) / "manifest.json"
+MAX_JSON_BYTES = 256_000_000  # program.json and manifest.json: far above any real program's
+
+
+class _StageEntry(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    model: str | None = None
+    max_tokens: PositiveInt | None = None
+    replay_table: str | None = None
+    replay_table_fingerprint: str | None = None
+
+
+class _RouterEntry(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    file: str
+
+
+class _Manifest(BaseModel):
+    """The fields of ``manifest.json`` that loading reads, with their types."""
+
+    model_config = ConfigDict(extra="allow")
+    format: str
+    factory: str
+    factory_kwargs: dict[str, Any] = {}
+    code: str | None = None
+    stages: dict[str, _StageEntry]
+    routers: dict[str, _RouterEntry] = {}
+
+
+def read_json(path: Path, what: str = "") -> Any:
+    """The JSON document at ``path``, with an :class:`ExportError` naming the file when it is missing,
+    larger than :data:`MAX_JSON_BYTES`, not UTF-8, not JSON, or nested too deeply to parse."""
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        size = path.stat().st_size
+        if size > MAX_JSON_BYTES:
+            raise ExportError(f"{str(path)!r} is {size:,} bytes, more than {MAX_JSON_BYTES:,}")
+        return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ExportError(f"{str(path)!r} does not exist: not an exported stagewise program") from None
+        raise ExportError(f"{str(path)!r} does not exist{what}") from None
+    except IsADirectoryError:
+        raise ExportError(f"{str(path)!r} is a directory, not a file") from None
+    except UnicodeDecodeError as exc:
+        raise ExportError(f"{str(path)!r} is not UTF-8 text (byte {exc.start})") from None
     except json.JSONDecodeError as exc:
         raise ExportError(f"{str(path)!r} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ExportError(f"{str(path)!r} nests too deeply to be a stagewise file") from None
+
+
+def read_manifest(directory: str | Path) -> dict[str, Any]:
+    """The export's ``manifest.json``, checked field by field: an :class:`ExportError` names the file
+    and the field at fault."""
+    path = Path(directory) / "manifest.json"
+    manifest = read_json(path, ": not an exported stagewise program")
+    if not isinstance(manifest, dict):
+        raise ExportError(f"{str(path)!r} holds a JSON {type(manifest).__name__}, not an object")
     if manifest.get("format") != MANIFEST_FORMAT:
         raise ExportError(f"{str(path)!r}: field 'format' is {manifest.get('format')!r}, expected {MANIFEST_FORMAT!r}")
     for field in ("factory", "stages"):
         if field not in manifest:
             raise ExportError(f"{str(path)!r}: field {field!r} is missing")
+    try:
+        _Manifest.model_validate(manifest)
+    except ValidationError as exc:
+        problem = exc.errors()[0]
+        where = ".".join(str(part) for part in problem["loc"])
+        raise ExportError(f"{str(path)!r}: field {where!r}: {problem['msg']}") from None
     return manifest
 
 
@@ -274,13 +330,19 @@ def load(directory: str | Path, *, factory: str | Callable | None = None, trust_
         raise ExportError(f"{str(directory / 'manifest.json')!r}: field 'factory_kwargs' must be an object")
     program = build(**kwargs)
     program_path = directory / "program.json"
+    state = read_json(program_path)
+    expected = sorted(program.dump_state()) if isinstance(program, dspy.Predict) else \
+        [name for name, _ in program.named_parameters()]
+    if not isinstance(state, dict) or (not isinstance(program, dspy.Predict) and (
+            set(state) != set(expected) or not all(isinstance(v, dict) for v in state.values()))):
+        shown = sorted(state) if isinstance(state, dict) else type(state).__name__
+        raise ExportError(f"{str(program_path)!r} does not hold this program's state: it has {shown}, the program "
+                          f"built by {manifest['factory']!r} has the predictors {expected}")
     try:
-        state = json.loads(program_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ExportError(f"{str(program_path)!r} does not exist") from None
-    except json.JSONDecodeError as exc:
-        raise ExportError(f"{str(program_path)!r} is not valid JSON: {exc}") from None
-    program.load_state(state)
+        program.load_state(state)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ExportError(f"{str(program_path)!r} does not hold this program's state: "
+                          f"{type(exc).__name__}: {exc}") from None
     tables: dict[str, OutcomeTable] = {}
     models = {}
     found = router_modules(program)
@@ -289,7 +351,8 @@ def load(directory: str | Path, *, factory: str | Callable | None = None, trust_
 
         file = inside(directory, entry.get("file", ""), f"router {name!r} file")
         if name not in found:
-            raise ExportError(f"manifest: the program has no router {name!r} for classifier {entry.get('file')!r}")
+            raise ExportError(f"{str(directory / 'manifest.json')!r}: the program has no router {name!r} for "
+                              f"classifier {entry.get('file')!r} (its routers: {sorted(found) or 'none'})")
         try:
             found[name].use_classifier(load_router(file))
         except RouterFileError as exc:

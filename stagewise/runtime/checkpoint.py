@@ -24,7 +24,11 @@ import threading
 from abc import ABC, abstractmethod
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, Literal
 
+from pydantic import BaseModel, ConfigDict, NonNegativeFloat, NonNegativeInt, ValidationError
+
+from stagewise.context.record import SectionKind
 from stagewise.errors import StoreError
 from stagewise.redaction import redact, scrub
 from stagewise.runtime.connections import StoreConnectionError, connect_postgres
@@ -52,6 +56,50 @@ def now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
+MAX_RECORD_CHARS = 64_000_000  # one run's checkpoint; a larger row is not one stagewise wrote
+
+
+class _Row(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class _SectionRecord(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # rebuilt as a Section: exactly its fields
+    name: str
+    kind: SectionKind
+    source: str
+    content: str
+    tokens: NonNegativeInt
+    lineage: list[str] = []
+    note: str | None = None
+
+
+class _Step(_Row):
+    stage: str
+    key: str
+    model: str | None = None
+    outputs: dict[str, Any]
+    sections: list[_SectionRecord]
+    received: list[str] = []
+    input_tokens: NonNegativeInt = 0
+    output_tokens: NonNegativeInt = 0
+    cost_usd: NonNegativeFloat | None = None
+
+
+class _Record(_Row):
+    """The fields of a checkpoint that resume, replay and diff read, with their types."""
+
+    run_id: str
+    status: Literal["running", "failed", "completed"]
+    program: dict[str, Any] | None = None
+    models: dict[str, str | None] = {}
+    inputs: dict[str, Any]
+    context: list[_SectionRecord] = []
+    steps: list[_Step]
+    error: dict[str, Any] | None = None
+    outputs: dict[str, Any] | None = None
+
+
 class CheckpointStore(ABC):
     """Where checkpoints live: ``save`` appends one, ``load`` reads a run's latest."""
 
@@ -71,9 +119,14 @@ class CheckpointStore(ABC):
         self._append(record["run_id"], record["status"], record["updated"], json.dumps(record, default=str))
 
     def load(self, run_id: str) -> dict:
+        """The latest checkpoint of ``run_id``, checked field by field before anything reads it: a
+        :class:`CorruptCheckpointError` names the run, the store and the field at fault."""
         text = self._latest(run_id)
         if text is None:
             raise UnknownRunError(f"no run {run_id!r} in the checkpoint store {redact(self.url)}")
+        if len(text) > MAX_RECORD_CHARS:
+            raise CorruptCheckpointError(f"run {run_id!r}: its latest checkpoint in {redact(self.url)} holds "
+                                         f"{len(text):,} characters, more than {MAX_RECORD_CHARS:,}")
         try:
             record = json.loads(text)
         except json.JSONDecodeError as exc:
@@ -86,6 +139,13 @@ class CheckpointStore(ABC):
         missing = [k for k in ("run_id", "status", "inputs", "steps") if k not in record]
         if missing:
             raise CorruptCheckpointError(f"run {run_id!r}: its checkpoint in {redact(self.url)} lacks {missing}")
+        try:
+            _Record.model_validate(record)
+        except ValidationError as exc:
+            problem = exc.errors()[0]
+            where = ".".join(str(part) for part in problem["loc"])
+            raise CorruptCheckpointError(f"run {run_id!r}: its checkpoint in {redact(self.url)} has a bad field "
+                                         f"{where!r}: {problem['msg']}") from None
         return record
 
     def runs(self, limit: int = 50) -> list[dict]:
