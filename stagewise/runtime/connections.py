@@ -27,14 +27,16 @@ def connect_postgres(url: str, what: str, table: str, ddl: list[str]):
     return db
 
 
-def connect_redis(url: str, what: str, *, shown: str | None = None):
+def connect_redis(url: str, what: str, *, shown: str | None = None, socket_timeout: float | None = None):
     """A Redis client that answered a ping (bytes responses, as pybreaker needs); ``shown``: the URL
-    the user gave, when ``url`` is a cleaned-up form of it."""
+    the user gave, when ``url`` is a cleaned-up form of it. ``socket_timeout``: seconds a command may
+    wait for Redis before it fails (None: redis-py's default)."""
     import redis
 
     shown = shown or url
+    options = {} if socket_timeout is None else {"socket_timeout": socket_timeout}
     try:
-        client = redis.Redis.from_url(url, socket_connect_timeout=5)
+        client = redis.Redis.from_url(url, socket_connect_timeout=5, **options)
         client.ping()
     except redis.RedisError as exc:
         raise StoreConnectionError(f"cannot connect to {what} {redact(shown)}: {scrub(str(exc), shown)}") from None

@@ -15,13 +15,14 @@ A circuit breaker per provider endpoint (pybreaker: closed, open, half-open with
 stops calls to an endpoint after ``fail_max`` failures for ``reset_s`` seconds; with a Redis URL
 its state is shared by every process. A :class:`RateLimiter` counts requests and tokens per
 provider in a sliding window across stages and processes (Redis when configured) and queues or
-sheds a call before the provider's limit. A :class:`Budget` stops a request before the call that
-would exceed its cost budget (or its tenant's daily budget), keeping the partial results.
+sheds a call before the provider's limit. A :class:`Budget` (``stagewise.runtime.budgets``)
+reserves each call's worst-case cost before it and settles it after, and stops a request before
+the call that would exceed its cost budget (or its tenant's daily budget), keeping the partial
+results. Inside :func:`deadline_scope`, no call starts after the deadline (:class:`DeadlineExceeded`).
 """
 
 from __future__ import annotations
 
-import collections
 import contextvars
 import datetime as dt
 import logging
@@ -37,10 +38,18 @@ import pybreaker
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from stagewise.context.record import Section
-from stagewise.errors import BudgetError, ConfigError, ModelError
+from stagewise.errors import BudgetError, ConfigError, ModelError, StoreError
+from stagewise.models.usage import track_usage
 from stagewise.programs.run import CallGuard, Run, StageRun
 from stagewise.redaction import redact
+from stagewise.runtime.budgets import Budget, BudgetExceeded, tenant_scope
 from stagewise.runtime.connections import connect_redis
+
+__all__ = [
+    "Breakers", "Budget", "BudgetExceeded", "DeadlineExceeded", "EndpointBreaker", "Limit", "RateLimited",
+    "RateLimiter", "Resilience", "StageFailed", "StagePolicy", "deadline_scope", "endpoint_of", "is_retryable",
+    "provider_of", "tenant_scope",
+]
 
 log = logging.getLogger(__name__)
 
@@ -61,15 +70,6 @@ class StageFailed(ModelError, RuntimeError):
 
 class RateLimited(BudgetError, RuntimeError):
     """A call shed by the rate limiter (policy ``shed``, or waited longer than ``max_wait_s``)."""
-
-
-class BudgetExceeded(BudgetError, RuntimeError):
-    """The next call would take the request (or its tenant's day) over its cost budget."""
-
-    def __init__(self, message: str, partial: dict[str, str], estimate_usd: float = 0.0):
-        super().__init__(message)
-        self.partial = partial  # section id -> content: what the request produced before it was stopped
-        self.estimate_usd = estimate_usd  # the worst-case cost of the call that was not made
 
 
 def is_retryable(exc: BaseException) -> bool:
@@ -99,6 +99,8 @@ def is_retryable(exc: BaseException) -> bool:
 
 @dataclass(frozen=True)
 class StagePolicy:
+    """How a stage's failed calls are handled: ``mode`` (retry, fallback, skip, fail) and its retries."""
+
     mode: str = "retry"  # retry | fallback | skip | fail
     fallbacks: tuple[str, ...] = ()  # catalog names, tried in order after the stage's own model
     retries: int = 2  # retries of retryable errors, per model
@@ -118,6 +120,7 @@ def endpoint_of(lm) -> str:
 
 
 def provider_of(lm) -> str:
+    """The provider a model's calls count against in the rate limiter (its catalog provider)."""
     spec = getattr(lm, "spec", None)
     return getattr(spec, "provider", None) or getattr(lm, "model", "unknown").split("/", 1)[0]
 
@@ -250,10 +253,11 @@ class Breakers:
     ``fail_max`` retryable failures in a row open an endpoint's circuit for ``reset_s`` seconds;
     then one probe call goes through (one in every process sharing the Redis). ``probe_lease_s``
     bounds how long a probe may hold its slot: a process that dies mid-probe frees it then.
+    A Redis command waits at most ``socket_timeout_s`` (a stalled Redis fails the call, not hangs it).
     """
 
     def __init__(self, fail_max: int = 3, reset_s: float = 30.0, redis_url: str | None = None,
-                 probe_lease_s: float = 120.0):
+                 probe_lease_s: float = 120.0, socket_timeout_s: float = 2.0):
         if fail_max < 1:
             raise ConfigError(f"circuit breaker fail_max must be at least 1, got {fail_max!r}")
         if reset_s < 0 or probe_lease_s <= 0:
@@ -263,7 +267,7 @@ class Breakers:
         self.probe_lease_s = probe_lease_s
         self._redis = None
         if redis_url:
-            self._redis = connect_redis(redis_url, "the circuit breakers' Redis")
+            self._redis = connect_redis(redis_url, "the circuit breakers' Redis", socket_timeout=socket_timeout_s)
         self._breakers: dict[str, EndpointBreaker] = {}
         self._lock = threading.Lock()
 
@@ -315,9 +319,18 @@ return 1
 """
 
 
+_COUNT = """
+local now = redis.call('TIME')
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', tonumber(now[1]) + tonumber(now[2]) / 1000000 - tonumber(ARGV[1]))
+return redis.call('ZCARD', KEYS[1])
+"""
+
+
 @dataclass
 class Limit:
-    requests: int = 0  # per window; 0: no limit
+    """A rate limit per window: at most ``requests`` calls and ``tokens`` tokens (0: no limit)."""
+
+    requests: int = 0
     tokens: int = 0
 
 
@@ -328,21 +341,46 @@ class RateLimiter:
     provider never sees more than the limit in any window of its own, however long a call takes
     to leave (``lease_s`` bounds the hold of a process that died mid-call). ``policy="queue"``
     waits for room (at most ``max_wait_s``), ``"shed"`` refuses at once (:class:`RateLimited`).
+
+    Keys ("providers") may be many (``stagewise serve`` keys by tenant or client address): in
+    process, a key whose window is empty is dropped, and the whole table is swept when it holds
+    more than ``max_keys``; in Redis each key expires with its window. A Redis command waits at
+    most ``socket_timeout_s``; a Redis error reaches the caller (``redis.RedisError``).
     """
 
     def __init__(self, limits: dict[str, Limit], *, window_s: float = 60.0, policy: str = "queue",
-                 max_wait_s: float = 60.0, redis_url: str | None = None, lease_s: float = 300.0):
+                 max_wait_s: float = 60.0, redis_url: str | None = None, lease_s: float = 300.0,
+                 socket_timeout_s: float = 2.0, max_keys: int = 10_000):
         if policy not in ("queue", "shed"):
             raise ConfigError(f"rate limiter policy {policy!r}: use queue or shed")
         self.limits, self.policy, self.max_wait_s = limits, policy, max_wait_s
         self.window_s, self.lease_s, self.redis_url = window_s, lease_s, redis_url
-        self._script = self._release = None
+        self.max_keys = max_keys
+        self._script = self._release = self._count = None
         if redis_url:
-            client = connect_redis(redis_url, "the rate limiter's Redis")
+            client = connect_redis(redis_url, "the rate limiter's Redis", socket_timeout=socket_timeout_s)
             self._script = client.register_script(_SLIDING_WINDOW)
             self._release = client.register_script(_RELEASE)
-        self._local: dict[str, list[list]] = collections.defaultdict(list)  # [score, tokens, member]
+            self._count = client.register_script(_COUNT)
+        self._local: dict[str, list[list]] = {}  # key -> [score, tokens, member]
+        self._swept = 0.0
         self._lock = threading.Lock()
+
+    def _sweep(self, now: float) -> None:
+        """Drop every key whose window is empty (under the lock)."""
+        for key in [k for k, entries in self._local.items() if all(e[0] <= now - self.window_s for e in entries)]:
+            del self._local[key]
+
+    def blocked(self, key: str) -> bool:
+        """Whether the next call on ``key`` would be refused now, without counting one."""
+        limit = self.limits.get(key) or self.limits.get("*")
+        if limit is None or not limit.requests:
+            return False
+        if self._count is not None:
+            return int(self._count(keys=[self._key(key)], args=[self.window_s])) >= limit.requests
+        with self._lock:
+            now = time.monotonic()
+            return sum(1 for e in self._local.get(key, ()) if e[0] > now - self.window_s) >= limit.requests
 
     @staticmethod
     def _key(provider: str) -> str:
@@ -356,7 +394,10 @@ class RateLimiter:
             return 0.0 if int(ok) == 1 else max(0.01, float(wait))
         with self._lock:
             now = time.monotonic()
-            entries = self._local[provider]
+            if provider not in self._local and len(self._local) >= self.max_keys and now - self._swept > 1.0:
+                self._sweep(now)
+                self._swept = now
+            entries = self._local.setdefault(provider, [])
             entries[:] = [e for e in entries if e[0] > now - self.window_s]
             entries.sort(key=lambda e: e[0])
             used = sum(e[1] for e in entries)
@@ -376,7 +417,7 @@ class RateLimiter:
                 log.warning("rate limiter: could not release a slot in %s: %s", redact(self.redis_url), exc)
             return
         with self._lock:
-            for entry in self._local[provider]:
+            for entry in self._local.get(provider, ()):
                 if entry[2] == member:
                     entry[0] = time.monotonic()
 
@@ -411,58 +452,43 @@ class RateLimiter:
             return waited
 
 
-# --- budgets ------------------------------------------------------------------------------
+# --- deadlines -----------------------------------------------------------------------------
 
-_tenant: contextvars.ContextVar[str | None] = contextvars.ContextVar("stagewise_tenant", default=None)
+class DeadlineExceeded(BudgetError, RuntimeError):
+    """The request's deadline passed: no further model call is made for it."""
+
+
+_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("stagewise_deadline", default=None)
 
 
 @contextmanager
-def tenant_scope(tenant: str | None):
-    token = _tenant.set(tenant)
+def deadline_scope(deadline: float | None):
+    """Model calls inside the block are refused (:class:`DeadlineExceeded`) once ``time.monotonic()``
+    passes ``deadline``; None: no deadline. A call already on its way is not interrupted."""
+    token = _deadline.set(deadline)
     try:
         yield
     finally:
-        _tenant.reset(token)
+        _deadline.reset(token)
 
 
-class Budget:
-    """A cost budget per request and, optionally, per tenant per day (USD, nominal costs)."""
-
-    def __init__(self, per_request_usd: float | None = None, per_tenant_day_usd: float | None = None):
-        self.per_request_usd, self.per_tenant_day_usd = per_request_usd, per_tenant_day_usd
-        self._spent: dict[tuple[str, str], float] = collections.defaultdict(float)
-        self._lock = threading.Lock()
-
-    def tenant_spent(self, tenant: str) -> float:
-        return self._spent[(tenant, dt.date.today().isoformat())]
-
-    def check(self, stage: str, run: Run, estimate_usd: float) -> None:
-        spent = run.ledger.total_cost
-        problem = None
-        if self.per_request_usd is not None and spent + estimate_usd > self.per_request_usd:
-            problem = (f"request budget ${self.per_request_usd:.6f}: spent ${spent:.6f}, stage {stage!r} would "
-                       f"cost up to ${estimate_usd:.6f}")
-        tenant = _tenant.get()
-        if problem is None and tenant and self.per_tenant_day_usd is not None:
-            today = self.tenant_spent(tenant)
-            if today + spent + estimate_usd > self.per_tenant_day_usd:
-                problem = (f"tenant {tenant!r} daily budget ${self.per_tenant_day_usd:.6f}: spent ${today:.6f} "
-                           f"today, this request ${spent:.6f}, stage {stage!r} would cost up to ${estimate_usd:.6f}")
-        if problem:
-            partial = {s.id: s.content for s in run.context.sections.values() if s.kind == "stage_output"}
-            raise BudgetExceeded(f"stopped before stage {stage!r}: {problem}", partial, estimate_usd)
-
-    def charge(self, tenant: str | None, cost_usd: float) -> None:
-        """Count a finished request's cost against its tenant's day."""
-        if tenant:
-            with self._lock:
-                self._spent[(tenant, dt.date.today().isoformat())] += cost_usd
+def _check_deadline(stage: str) -> None:
+    deadline = _deadline.get()
+    if deadline is not None and time.monotonic() >= deadline:
+        raise DeadlineExceeded(f"the request's deadline passed before stage {stage!r}")
 
 
 # --- the guard ------------------------------------------------------------------------------
 
 @dataclass
 class Resilience(CallGuard):
+    """The call guard: each stage call under its :class:`StagePolicy`, breakers, limiter and budget.
+
+    Install it with ``with guarding(resilience): ...``. Errors of the guard's own stores (Redis,
+    SQLite) and :class:`BudgetExceeded`, :class:`RateLimited` and :class:`DeadlineExceeded` reach the
+    caller as they are; a model's failures become :class:`StageFailed` (or a degraded result).
+    """
+
     policies: dict[str, StagePolicy] = field(default_factory=dict)  # stage name -> policy
     default: StagePolicy = field(default_factory=StagePolicy)
     breakers: Breakers = field(default_factory=Breakers)
@@ -487,13 +513,15 @@ class Resilience(CallGuard):
             breaker = self.breakers(endpoint)
             try:
                 outputs = self._with_retries(stage, run, lm, attempt, breaker, policy, fallback=position > 0)
-            except (BudgetExceeded, RateLimited):
+            except (BudgetExceeded, RateLimited, DeadlineExceeded, StoreError):
                 raise
             except pybreaker.CircuitBreakerError:  # open: the endpoint is not called until its reset timeout
                 errors.append(f"{redact(endpoint)}: circuit open")
                 continue
             except Exception as exc:  # noqa: BLE001 - any failure moves on to the next model
-                errors.append(f"{redact(endpoint)}: {type(exc).__name__}: {str(exc)[:200]}")
+                if type(exc).__module__.split(".")[0] == "redis":  # our own store failed, not the model
+                    raise
+                errors.append(f"{redact(endpoint)}: {type(exc).__name__}: {redact(str(exc))[:200]}")
                 if policy.mode in ("fail", "retry"):
                     raise StageFailed(stage.name, errors) from exc
                 continue
@@ -504,23 +532,36 @@ class Resilience(CallGuard):
 
     def _with_retries(self, stage, run, lm, attempt, breaker, policy: StagePolicy, *, fallback: bool) -> dict:
         def once():
-            # The budget and the rate limiter act before the breaker: only the model call itself can
-            # count as a failure or a success of the endpoint (a success closes a half-open circuit).
+            # The deadline, the budget and the rate limiter act before the breaker: only the model call
+            # itself can count as a failure or a success of the endpoint (a success closes a half-open circuit).
+            _check_deadline(stage.name)
             input_tokens, max_output = stage.estimate(run, lm)
+            reservation = None
             if self.budget is not None:
                 spec = getattr(lm, "spec", None)
                 estimate = spec.cost(input_tokens, max_output) if spec is not None and spec.input_price is not None \
                     else 0.0
-                self.budget.check(stage.name, run, estimate)
-            slot = self.limiter.slot(provider_of(lm), input_tokens + max_output) if self.limiter else nullcontext()
-            with slot, breaker.calling():  # calling() does not hold the breaker's lock during the call
-                return attempt(None if lm is stage.lm else lm)
+                reservation = self.budget.reserve(stage.name, run, estimate)  # the worst case, before the call
+            called = False
+            try:
+                slot = self.limiter.slot(provider_of(lm), input_tokens + max_output) if self.limiter else nullcontext()
+                with slot, breaker.calling():  # calling() does not hold the breaker's lock during the call
+                    called = True
+                    with track_usage() as call:
+                        outputs = attempt(None if lm is stage.lm else lm)
+            except BaseException:
+                if reservation is not None:  # a failed call may be billed: it keeps its estimate
+                    self.budget.settle(reservation, reservation.estimate_usd if called else 0.0)
+                raise
+            if reservation is not None:
+                self.budget.settle(reservation, call.total_cost)
+            return outputs
 
         retries = 0 if policy.mode == "fail" else policy.retries
         retrying = Retrying(stop=stop_after_attempt(retries + 1), reraise=True,
                             wait=wait_exponential_jitter(initial=policy.backoff_s, max=policy.max_backoff_s),
                             retry=retry_if_exception(lambda e: is_retryable(e) and not isinstance(
-                                e, (pybreaker.CircuitBreakerError, RateLimited, BudgetExceeded))))
+                                e, (pybreaker.CircuitBreakerError, RateLimited, BudgetExceeded, DeadlineExceeded))))
         outputs = retrying(once)
         if fallback:
             log.warning("stage %r answered by fallback model %s", stage.name, redact(endpoint_of(lm)))

@@ -2,64 +2,121 @@
 
 - ``POST /v1/run``: a JSON object with the program's input fields (no others) -> its outputs,
   a per-stage trace summary (model, tokens, cost, latency) and the request's cost;
-- ``GET /healthz``; the OpenAPI schema at ``/openapi.json`` (and ``/docs``).
+- ``GET /v1/budget``: the caller's tenant, its spend today and its daily budget;
+- ``GET /healthz`` (no token, no store: it answers while Redis is down); the OpenAPI schema at
+  ``/openapi.json`` (and ``/docs``).
 
-A bearer token is required (the value of an environment variable, ``STAGEWISE_SERVE_TOKEN`` by
-default) unless the app is made with ``token=None`` for local use (``--no-auth``). Bodies over
-``max_body`` bytes are refused, and each token has a request rate limit. Every error is JSON,
-``{"error": {"code": ..., "message": ...}}``, with a stable code:
-``invalid_json``, ``invalid_request`` (422), ``body_too_large`` (413), ``unauthorized`` (401),
-``rate_limited`` (429), ``budget_exceeded`` (402, with the partial results), ``upstream_failed``
-(503), ``internal_error`` (500).
+Callers are tenants (:mod:`stagewise.runtime.tenants`): a bearer token names one, compared in
+constant time; ``token=None`` and no ``tenants`` serves without authentication (``--no-auth``),
+each client address then being its own tenant. Limits: bodies over ``max_body`` bytes are
+refused; each tenant has a request rate (failed authentications are rate limited per client
+address); at most ``max_concurrency`` requests run at once (503 ``overloaded`` with
+``Retry-After``); a request still running after ``timeout_s`` is answered 504 and makes no
+further model call (a call already on its way is abandoned, finished in the background and
+charged). Each model call's worst case is reserved against the request's and the tenant's daily
+budget before it is made (:mod:`stagewise.runtime.budgets`).
+
+Every error is JSON, ``{"error": {"code": ..., "message": ...}}``, with a stable code and a
+message that never holds a secret or an exception's class name: ``invalid_json`` (400),
+``invalid_request`` (422), ``body_too_large`` (413), ``unauthorized`` (401), ``not_found`` (404),
+``method_not_allowed`` (405), ``rate_limited`` (429), ``budget_exceeded`` (402, with the partial
+results), ``upstream_failed`` (503), ``overloaded`` (503), ``store_unavailable`` (503: Redis or the
+spend store does not answer), ``deadline_exceeded`` (504), ``internal_error`` (500).
 """
 
 
-
+import asyncio
+import contextvars
+import functools
 import hashlib
-import hmac
 import inspect
-import logging
+import ipaddress
+import math
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import dspy
-from fastapi import FastAPI, Request
+import redis
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import ConfigDict, create_model
-from starlette.concurrency import run_in_threadpool
+from pydantic import AfterValidator, ConfigDict, create_model
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from stagewise.errors import StagewiseError
+from stagewise.errors import StagewiseError, StoreError
 from stagewise.models.usage import track_usage
 from stagewise.programs.predictors import stages_of
 from stagewise.programs.run import guarding, observing
+from stagewise.redaction import redact, redacted_logger
+from stagewise.runtime.budgets import Budget, describe_store, today
 from stagewise.runtime.costs import CostMonitor
 from stagewise.runtime.resilience import (
     BudgetExceeded,
+    DeadlineExceeded,
     Limit,
     RateLimited,
     RateLimiter,
     Resilience,
     StageFailed,
+    deadline_scope,
     tenant_scope,
 )
 from stagewise.runtime.runs import jsonable
 from stagewise.runtime.stage_cache import StageCache
+from stagewise.runtime.tenants import Tenant, match_token
 
-log = logging.getLogger(__name__)
+__all__ = ["ApiError", "create_app", "exposure_warning", "input_fields"]
+
+# The serve logger quotes endpoints and providers' messages: redacted however the app is made.
+log = redacted_logger(__name__)
+for _name in ("stagewise.runtime.resilience", "stagewise.runtime.costs", "stagewise.runtime.budgets"):
+    redacted_logger(_name)
+
+STORE_ERRORS = (StoreError, redis.RedisError)
 
 
 class ApiError(StagewiseError):
     """An HTTP error answer: status, stable code and message (JSON), raised inside a request."""
 
-    def __init__(self, status: int, code: str, message: str, **extra: Any):
+    def __init__(self, status: int, code: str, message: str, *, headers: dict[str, str] | None = None,
+                 **extra: Any):
         super().__init__(message)
-        self.status, self.code, self.message, self.extra = status, code, message, extra
+        self.status, self.code, self.message, self.headers, self.extra = status, code, message, headers, extra
 
 
-def _error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message, **extra}}, status_code=status)
+def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": redact(message), **extra}}, status_code=status,
+                        headers=headers)
+
+
+def exposure_warning(host: str, authenticated: bool) -> str | None:
+    """A warning when a server without authentication binds an address beyond loopback, else None."""
+    if authenticated:
+        return None
+    try:
+        loopback = ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if loopback:
+        return None
+    return (f"serving without authentication on {host}: anyone who can reach this address can run the program "
+            "and spend its budget (--no-auth is meant for 127.0.0.1)")
+
+
+def _valid_unicode(text: str) -> str:
+    if any("\ud800" <= c <= "\udfff" for c in text):  # JSON's "\ud800" escape: no provider can receive it
+        raise ValueError("the text holds a lone surrogate (U+D800-U+DFFF), which is not valid Unicode")
+    return text
+
+
+Text = Annotated[str, AfterValidator(_valid_unicode)]
+
+
+def _hashed(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def input_fields(program, manifest: dict) -> list[str]:
@@ -103,39 +160,65 @@ def _stages_used(prediction, ledger) -> list[dict]:
     return list(used.values())
 
 
-def create_app(directory: str | Path, *, token: str | None, max_body: int = 64 * 1024,
-               requests_per_minute: int = 60, resilience: Resilience | None = None,
+def create_app(directory: str | Path, *, token: str | None = None, tenants: list[Tenant] | None = None,
+               max_body: int = 64 * 1024, requests_per_minute: int = 60, resilience: Resilience | None = None,
                monitor: CostMonitor | None = None, redis_url: str | None = None, factory=None,
-               trust_code: bool = False) -> FastAPI:
-    """The app; ``redis_url`` shares the per-token rate limit among every server process using it.
+               trust_code: bool = False, timeout_s: float | None = None, max_concurrency: int | None = None,
+               auth_failures_per_minute: int = 10) -> FastAPI:
+    """The app serving the exported program in ``directory`` (see the module for its endpoints and limits).
 
-    The program is loaded with :func:`stagewise.load` (``factory`` and ``trust_code`` as there).
+    ``token`` (one tenant, named by its hashed credential) and ``tenants`` (from a tokens file) are
+    the accepted bearer tokens; neither: no authentication, each client address its own tenant.
+    A tenant's ``daily_budget_usd`` is added to ``resilience.budget`` (a :class:`Budget` in process
+    memory is made when there is none). ``redis_url`` shares the rate limits among every server
+    process using it. ``timeout_s``: each request's deadline; ``max_concurrency``: requests running
+    at once (each in its own worker thread, held until its last model call has returned). The
+    program is loaded with :func:`stagewise.load` (``factory`` and ``trust_code`` as there).
     """
+    from stagewise.errors import ConfigError
     from stagewise.optimize.export import load, read_manifest
 
+    for name, value in [("timeout_s", timeout_s), ("max_concurrency", max_concurrency)]:
+        if value is not None and (isinstance(value, bool) or value <= 0):
+            raise ConfigError(f"serve {name} must be > 0, got {value!r}")
+    if requests_per_minute < 1 or auth_failures_per_minute < 1:
+        raise ConfigError(f"serve requests_per_minute and auth_failures_per_minute must be >= 1, got "
+                          f"{requests_per_minute!r} and {auth_failures_per_minute!r}")
     directory = Path(directory)
     manifest = read_manifest(directory)
     program = load(directory, factory=factory, trust_code=trust_code)
     fields = input_fields(program, manifest)
     Inputs = create_model("RunRequest", __config__=ConfigDict(extra="forbid"),  # noqa: N806
-                          **{name: (str, ...) for name in fields})
+                          **{name: (Text, ...) for name in fields})
     resilience = resilience or Resilience()
+    accepted = list(tenants or []) + ([Tenant(_hashed(f"Bearer {token}"), token)] if token else [])
+    authenticated = bool(accepted)
+    budgets = {t.name: t.daily_budget_usd for t in accepted if t.daily_budget_usd is not None}
+    if budgets:
+        if resilience.budget is None:
+            resilience.budget = Budget()
+            log.warning("tenant budgets are kept in process memory: a restart forgets what was spent")
+        for name, value in budgets.items():
+            resilience.budget.tenant_day_usd.setdefault(name, value)
     monitor = monitor or CostMonitor(manifest.get("factory", "program"))
     cache = StageCache()
-    limiter = RateLimiter({"*": Limit(requests=requests_per_minute)}, policy="shed", redis_url=redis_url)
+    limiter = RateLimiter({"*": Limit(requests=requests_per_minute),
+                           **{f"serve:{t.name}": Limit(requests=t.rate) for t in accepted if t.rate}},
+                          policy="shed", redis_url=redis_url)
+    failures = RateLimiter({"*": Limit(requests=auth_failures_per_minute)}, policy="shed", redis_url=redis_url)
+    retry_after = {"Retry-After": str(math.ceil(limiter.window_s))}
+    workers = ThreadPoolExecutor(max_workers=max_concurrency or 32, thread_name_prefix="stagewise-request")
+    running = threading.BoundedSemaphore(max_concurrency) if max_concurrency else None
     adapter = dspy.JSONAdapter()
 
     app = FastAPI(title="stagewise program", version=manifest.get("format", "1"),
                   description=f"The exported program {manifest.get('factory')} ({', '.join(stages_of(program))})")
     app.state.program, app.state.monitor, app.state.cache = program, monitor, cache
+    app.state.resilience, app.state.limiter = resilience, limiter
 
     @app.middleware("http")
-    async def guard(request: Request, call_next):
+    async def limit_body(request: Request, call_next):
         if request.url.path.startswith("/v1/"):
-            if token is not None:
-                given = request.headers.get("authorization", "")
-                if not (given.startswith("Bearer ") and hmac.compare_digest(given[7:].encode(), token.encode())):
-                    return _error(401, "unauthorized", "a valid bearer token is required")
             length = request.headers.get("content-length")
             if length is not None and (not length.isdigit() or int(length) > max_body):
                 return _error(413, "body_too_large", f"the body is over {max_body} bytes")
@@ -145,12 +228,39 @@ def create_app(directory: str | Path, *, token: str | None, max_body: int = 64 *
                 if len(body) > max_body:
                     return _error(413, "body_too_large", f"the body is over {max_body} bytes")
             request._body = body  # Starlette's cache of the body, for the endpoint to read
-            who = hashlib.sha256((request.headers.get("authorization") or request.client.host or "").encode())
-            try:
-                limiter.acquire(f"serve:{who.hexdigest()[:16]}")
-            except RateLimited:
-                return _error(429, "rate_limited", f"over {requests_per_minute} requests per minute")
         return await call_next(request)
+
+    def store_down(exc: BaseException) -> ApiError:
+        log.warning("a store is not answering: %s", exc)
+        return ApiError(503, "store_unavailable", "a store the server depends on (Redis or the spend store) is not "
+                        "answering; retry later", headers=retry_after)
+
+    def authenticate(request: Request) -> Tenant:
+        """The caller's tenant (a route dependency; a plain function, so FastAPI runs it, and its
+        Redis calls, in a worker thread)."""
+        address = request.client.host if request.client else "unknown"
+        try:
+            if not authenticated:  # the address, never a header the client sets
+                tenant = Tenant(f"client-{_hashed(address)}")
+            else:
+                if failures.blocked(f"auth:{address}"):
+                    raise ApiError(429, "rate_limited", "too many failed authentications from this address; "
+                                   "retry later", headers=retry_after)
+                given = request.headers.get("authorization", "")
+                tenant = match_token(accepted, given[7:]) if given.startswith("Bearer ") else None
+                if tenant is None:
+                    try:
+                        failures.acquire(f"auth:{address}")
+                    except RateLimited:
+                        pass
+                    raise ApiError(401, "unauthorized", "a valid bearer token is required")
+            limiter.acquire(f"serve:{tenant.name}")
+        except RateLimited:
+            rate = limiter.limits.get(f"serve:{tenant.name}", limiter.limits["*"]).requests
+            raise ApiError(429, "rate_limited", f"over {rate} requests per minute", headers=retry_after) from None
+        except STORE_ERRORS as exc:
+            raise store_down(exc) from None
+        return tenant
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
@@ -163,29 +273,38 @@ def create_app(directory: str | Path, *, token: str | None, max_body: int = 64 *
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError):
-        return _error(exc.status, exc.code, exc.message, **exc.extra)
+        return _error(exc.status, exc.code, exc.message, exc.headers, **exc.extra)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 404:
+            return _error(404, "not_found", "no such endpoint (see /openapi.json)", exc.headers)
+        if exc.status_code == 405:
+            return _error(405, "method_not_allowed", f"{request.method} is not allowed here", exc.headers)
+        return _error(exc.status_code, "http_error", str(exc.detail), exc.headers)
 
     @app.exception_handler(Exception)
     async def internal(request: Request, exc: Exception):
         log.exception("request failed")
-        return _error(500, "internal_error", f"{type(exc).__name__}: the request failed")
+        return _error(500, "internal_error", "the request failed; the server's log says why")
 
-    def execute(inputs: dict, tenant: str) -> dict:
+    def execute(inputs: dict, tenant: str, deadline: float | None) -> dict:
         started = time.perf_counter()
         try:
             with dspy.context(adapter=adapter), guarding(resilience), observing(cache, monitor), \
-                    tenant_scope(tenant), track_usage() as ledger:
+                    tenant_scope(tenant), deadline_scope(deadline), track_usage() as ledger:
                 prediction = program(**inputs)
         except BudgetExceeded as exc:
             raise ApiError(402, "budget_exceeded", str(exc), partial=exc.partial) from None
+        except DeadlineExceeded:
+            raise ApiError(504, "deadline_exceeded", f"the request ran longer than {timeout_s:g} s") from None
         except StageFailed as exc:
             log.warning("request failed: %s", exc)  # the providers' messages stay in the log
             raise ApiError(503, "upstream_failed", f"stage {exc.stage!r} failed on every model it may use") from None
         except RateLimited:
             raise ApiError(503, "upstream_failed", "the model provider's rate limit is reached; retry later") from None
-        finally:
-            if resilience.budget is not None:  # whatever happened, what was spent counts against the tenant
-                resilience.budget.charge(tenant, ledger.total_cost)
+        except STORE_ERRORS as exc:
+            raise store_down(exc) from None
         stages = _stages_used(prediction, ledger)
         return {
             "outputs": {key: jsonable(prediction[key]) for key in prediction.keys()},
@@ -196,12 +315,43 @@ def create_app(directory: str | Path, *, token: str | None, max_body: int = 64 *
             "degraded": list(getattr(prediction, "degraded", [])),
         }
 
-    @app.post("/v1/run", responses={400: {}, 401: {}, 402: {}, 413: {}, 422: {}, 429: {}, 503: {}})
-    async def run_program(body: Inputs, request: Request) -> dict:  # type: ignore[valid-type]
-        # The tenant is the credential (or the client's address without one), never a header the client sets.
-        credential = request.headers.get("authorization") or (request.client.host if request.client else "")
-        tenant = hashlib.sha256(credential.encode()).hexdigest()[:12]
-        return await run_in_threadpool(execute, body.model_dump(), tenant)
+    def finished(future: asyncio.Future) -> None:
+        if running is not None:
+            running.release()
+        if not future.cancelled():
+            future.exception()  # an abandoned request's error was answered already (504)
+
+    @app.post("/v1/run", responses={400: {}, 401: {}, 402: {}, 413: {}, 422: {}, 429: {}, 503: {}, 504: {}})
+    async def run_program(body: Inputs, tenant: Tenant = Depends(authenticate)) -> dict:  # type: ignore[valid-type]
+        if running is not None and not running.acquire(blocking=False):
+            raise ApiError(503, "overloaded", f"{max_concurrency} requests are running; retry later",
+                           headers={"Retry-After": "1"})
+        deadline = time.monotonic() + timeout_s if timeout_s else None
+        call = functools.partial(contextvars.copy_context().run, execute, body.model_dump(), tenant.name, deadline)
+        future = asyncio.get_running_loop().run_in_executor(workers, call)
+        future.add_done_callback(finished)
+        if timeout_s is None:
+            return await future
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), timeout_s)
+        except TimeoutError:
+            # The thread cannot be stopped: it makes no further model call (the deadline), and the call on
+            # its way is abandoned; when it returns it settles its reservation, so it is charged.
+            log.warning("request of tenant %r passed its %g s deadline; its model call in flight is abandoned",
+                        tenant.name, timeout_s)
+            raise ApiError(504, "deadline_exceeded", f"the request ran longer than {timeout_s:g} s") from None
+
+    @app.get("/v1/budget", responses={401: {}, 429: {}, 503: {}})
+    def budget(tenant: Tenant = Depends(authenticate)) -> dict:
+        """The caller's tenant, what it spent today (UTC; with calls in flight at their worst case) and its budget."""
+        ledger = resilience.budget
+        try:
+            spent = ledger.tenant_spent(tenant.name) if ledger is not None else 0.0
+        except STORE_ERRORS as exc:
+            raise store_down(exc) from None
+        return {"tenant": tenant.name, "day": today(), "spent_usd": spent,
+                "daily_budget_usd": ledger.tenant_limit(tenant.name) if ledger is not None else None,
+                "store": describe_store(ledger.store) if ledger is not None else None}
 
     @app.get("/healthz")
     async def healthz() -> dict:
@@ -209,4 +359,3 @@ def create_app(directory: str | Path, *, token: str | None, max_body: int = 64 *
                 "inputs": fields}
 
     return app
-
