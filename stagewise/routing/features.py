@@ -12,12 +12,18 @@
 
 Input is a list of texts, or of ``(query, response)`` pairs: then the TF-IDF and embedding
 features read the query and the response together and the checks read the response.
+
+Work per input is bounded: every extractor reads at most :data:`MAX_TEXT_CHARS` characters of a
+query or response, and the answer checks run in time linear in what they read (a model's answer or
+a user's query must not stall a server). Input that is not a list of texts or of pairs raises
+:class:`~stagewise.errors.DataError`.
 """
 
 from __future__ import annotations
 
 import ast
 import hashlib
+import math
 import operator
 import os
 import re
@@ -28,9 +34,12 @@ from scipy import sparse
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.feature_extraction.text import CountVectorizer, TfidfVectorizer
 
-from stagewise.errors import ConfigError, ModelError
+from stagewise.errors import ConfigError, DataError, ModelError
 
 KINDS = ("word", "char", "embed", "checks")
+
+# Each query and each response is read up to here (20 kB: the longest text in data/ is 4,284 characters).
+MAX_TEXT_CHARS = 20_000
 
 
 class FeatureSpecError(ConfigError):
@@ -46,12 +55,38 @@ def parse_features(spec: str) -> tuple[str, ...]:
 
 
 def split_pairs(X) -> tuple[list[str], list[str]]:
-    """(texts the query features read, texts the answer checks read)."""
-    items = list(X)
+    """(texts the query features read, texts the answer checks read), queries and responses cut to
+    :data:`MAX_TEXT_CHARS` (the checks cut their own, so that their length feature counts every character)."""
+    items = _rows(X)
     if items and isinstance(items[0], (tuple, list, np.ndarray)):
-        return [f"{q}\n\n{r}" for q, r in items], [str(r) for _, r in items]
-    texts = [str(x) for x in items]
+        pairs = as_pairs(items)
+        return [f"{_cut(q)}\n\n{_cut(r)}" for q, r in pairs], [str(r) for _, r in pairs]
+    texts = [_cut(x) for x in items]
     return texts, texts
+
+
+def as_pairs(X) -> list[tuple]:
+    """Each row of ``X`` as a (query, response) pair; :class:`~stagewise.errors.DataError` naming the first
+    row that is not one."""
+    pairs = [tuple(x) if isinstance(x, (tuple, list, np.ndarray)) else (x,) for x in _rows(X)]
+    for row, pair in enumerate(pairs):
+        if len(pair) != 2:
+            raise DataError(f"row {row}: expected a (query, response) pair in every row, got {pair!r:.80}")
+    return pairs
+
+
+def _rows(X) -> list:
+    expected = "features read a list of texts or of (query, response) pairs"
+    if isinstance(X, (str, bytes)):
+        raise DataError(f"{expected}, not one string")
+    try:
+        return list(X)
+    except TypeError:
+        raise DataError(f"{expected}, not {type(X).__name__}") from None
+
+
+def _cut(text) -> str:
+    return str(text)[:MAX_TEXT_CHARS]
 
 
 class TextFeatures(TransformerMixin, BaseEstimator):
@@ -195,41 +230,91 @@ class SentenceEmbeddings(TransformerMixin, BaseEstimator):
         return self
 
     def transform(self, X):
-        return embed(list(X), getattr(self, "path_", None))
+        return embed([_cut(t) for t in X], getattr(self, "path_", None))
 
 
 # --- answer checks ------------------------------------------------------------------------
 
 _NUMBER = r"-?\d[\d,]*(?:\.\d+)?"
 _CALCULATOR = re.compile(r"<<([^<>=]+)=([^<>]+)>>")
-_EQUATION = re.compile(rf"((?:{_NUMBER}|\()[\d\s.,+\-*/x×÷()]*[+\-*/x×÷][\d\s.,+\-*/x×÷()]*?)"
-                       rf"\s*=\s*\$?\s*({_NUMBER}(?:\s*/\s*{_NUMBER})?)")
-_FINAL = re.compile(rf"####\s*\$?\s*({_NUMBER})|answer is:?\s*\$?\s*({_NUMBER})|\\boxed\{{\s*({_NUMBER})")
+# An equation "left = result": the left side starts with a number or "(" and is a run of digits, spaces,
+# points, commas, operators and parentheses holding an operator; the result is a number or a fraction.
+# find_equations finds them in one pass over the runs followed by "=". It replaces one regex (kept in
+# tests/test_bounded_inputs.py as the reference it must agree with) that backtracked cubically on
+# "1+1+1...": 0.5 s for 800 characters, 30 s for 3,200 on 2 cores.
+_SIDE_CHARS = r"[\d\s.,+\-*/x×÷()]"
+_SIDE = re.compile(rf"(?<!{_SIDE_CHARS}){_SIDE_CHARS}+(?==)")  # a whole run of them, then "="
+_SIDE_START = re.compile(r"-?\d|\(")
+_RESULT = re.compile(rf"=\s*(?:\$\s*)?({_NUMBER}(?:\s*/\s*{_NUMBER})?)")
+_OPERATORS = "+-*/x×÷"
+# "\s*(?:\$\s*)?", not "\s*\$?\s*": the same matches, without trying every split of a run of spaces.
+_FINAL = re.compile(rf"####\s*(?:\$\s*)?({_NUMBER})|answer is:?\s*(?:\$\s*)?({_NUMBER})|\\boxed\{{\s*({_NUMBER})")
 _HEDGES = re.compile(r"\b(however|but|actually|wait|mistake|assum\w*|approximately|round\w*|cannot|can't)\b", re.I)
 _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
 
+# Longer expressions are not evaluated: Python's parser refuses deep ones (RecursionError at 5,000 terms).
+MAX_EXPRESSION_CHARS = 1_000
+
+
+def find_equations(text: str) -> list[tuple[str, str]]:
+    """(left side, stated result) of each ``a + b = c`` statement, left to right, in time linear in ``text``."""
+    found, resume = [], 0
+    for side in _SIDE.finditer(text):
+        start, end = max(side.start(), resume), side.end()
+        result = _RESULT.match(text, end) if end > resume else None  # "=" and a number
+        if result is None:
+            continue
+        last_operator = max(text.rfind(op, start, end) for op in _OPERATORS)
+        # the left side starts at the first number or "(" before the run's last operator
+        first = _SIDE_START.search(text, start, last_operator) if last_operator >= 0 else None
+        if first is None:
+            continue
+        # the left side ends after its last operator and before the spaces in front of "="
+        left_end = last_operator + 1 + len(text[last_operator + 1:end].rstrip())
+        found.append((text[first.start():left_end], result.group(1)))
+        resume = result.end()
+    return found
+
 
 def arithmetic(expression: str) -> float | None:
-    """The value of + - * / arithmetic on numbers, or None if it is anything else (never eval)."""
+    """The value of + - * / arithmetic on numbers, or None if it is anything else or longer than
+    :data:`MAX_EXPRESSION_CHARS` (never eval; no nesting depth raises)."""
+    if not isinstance(expression, str):
+        raise DataError(f"arithmetic reads a string, not {type(expression).__name__}")
+    if len(expression) > MAX_EXPRESSION_CHARS:
+        return None
     text = expression.replace(",", "").replace("x", "*").replace("×", "*").replace("÷", "/").replace("$", "")
     try:
         tree = ast.parse(text.strip(), mode="eval")
-    except SyntaxError:
+    except (SyntaxError, ValueError, RecursionError, MemoryError):  # null bytes; the parser's depth limits
         return None
-
-    def value(node) -> float:
-        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
-            return float(node.value)
-        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
-            return -value(node.operand)
-        if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
-            return _OPS[type(node.op)](value(node.left), value(node.right))
-        raise ValueError
-
     try:
-        return value(tree.body)
+        return _evaluate(tree.body)
     except (ValueError, ZeroDivisionError, OverflowError):
         return None
+
+
+def _evaluate(root: ast.AST) -> float:
+    # Left to right, with a stack of its own: a tree as deep as its text is long cannot exhaust Python's.
+    todo, values = [(root, False)], []
+    while todo:
+        node, operands_done = todo.pop()
+        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
+            values.append(float(node.value))
+        elif isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+            if operands_done:
+                values.append(-values.pop())
+            else:
+                todo += [(node, True), (node.operand, False)]
+        elif isinstance(node, ast.BinOp) and type(node.op) in _OPS:
+            if operands_done:
+                right, left = values.pop(), values.pop()
+                values.append(_OPS[type(node.op)](left, right))
+            else:
+                todo += [(node, True), (node.right, False), (node.left, False)]
+        else:
+            raise ValueError
+    return values[0]
 
 
 def _number(text: str) -> float | None:
@@ -241,8 +326,14 @@ def _number(text: str) -> float | None:
 
 def answer_checks(text: str) -> list[float]:
     """Checked statements, wrong ones, any wrong, no final answer, several final answers,
-    a fractional final answer, hedges, length (thousands of characters)."""
-    statements = _CALCULATOR.findall(text) + _EQUATION.findall(_CALCULATOR.sub(" ", text))
+    a fractional final answer, hedges, length (thousands of characters).
+
+    Reads the first :data:`MAX_TEXT_CHARS` characters, in linear time; the length counts them all.
+    """
+    if not isinstance(text, str):
+        raise DataError(f"answer checks read a string, not {type(text).__name__}")
+    length, text = len(text), text[:MAX_TEXT_CHARS]
+    statements = _CALCULATOR.findall(text) + find_equations(_CALCULATOR.sub(" ", text))
     checked = wrong = 0
     for expression, stated in statements:
         computed, claimed = arithmetic(expression), arithmetic(stated)
@@ -252,9 +343,9 @@ def answer_checks(text: str) -> list[float]:
         wrong += abs(computed - claimed) > 1e-6 * max(1.0, abs(computed)) + 0.01
     finals = [_number(next(g for g in groups if g)) for groups in _FINAL.findall(text)]
     finals = [f for f in finals if f is not None]
-    fractional = bool(finals) and finals[-1] != round(finals[-1])
+    fractional = bool(finals) and math.isfinite(finals[-1]) and not finals[-1].is_integer()  # 400 digits: inf
     return [checked, wrong, float(wrong > 0), float(not finals), float(len(set(finals)) > 1), float(fractional),
-            len(_HEDGES.findall(text)), len(text) / 1000]
+            len(_HEDGES.findall(text)), length / 1000]
 
 
 class AnswerChecks(TransformerMixin, BaseEstimator):

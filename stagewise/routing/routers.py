@@ -25,7 +25,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import LogisticRegression, Ridge
 
 from stagewise.errors import ConfigError, DataError
-from stagewise.routing.features import TextFeatures, parse_features
+from stagewise.routing.features import TextFeatures, as_pairs, parse_features
 from stagewise.routing.outcomes import Outcomes
 
 
@@ -244,7 +244,7 @@ class CascadeScorer(ClassifierMixin, _TextEstimator):
         correct = (np.asarray(y, dtype=float) >= 0.5).astype(int)
         if len(set(correct)) < 2:
             raise DataError("a cascade scorer needs both correct and wrong responses in its training data")
-        self.model_ = _classifier(self.C).fit(self._fit_features(_pairs(X)), correct)
+        self.model_ = _classifier(self.C).fit(self._fit_features(as_pairs(X)), correct)
         self.classes_ = self.model_.classes_
         return self
 
@@ -259,17 +259,10 @@ class CascadeScorer(ClassifierMixin, _TextEstimator):
         return self.fit(pairs, outcomes.scores[:, j])
 
     def predict_proba(self, X):
-        return self.model_.predict_proba(self._features(_pairs(X)))
+        return self.model_.predict_proba(self._features(as_pairs(X)))
 
     def predict(self, X):
-        return self.model_.predict(self._features(_pairs(X)))
-
-
-def _pairs(X) -> list[tuple[str, str]]:
-    pairs = [tuple(x) for x in X]
-    if any(len(p) != 2 for p in pairs):
-        raise ValueError("a cascade scorer reads (query, response) pairs")
-    return pairs
+        return self.model_.predict(self._features(as_pairs(X)))
 
 
 def _models(y, models: list[str] | None) -> list[str]:
