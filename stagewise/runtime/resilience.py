@@ -505,6 +505,7 @@ class Resilience(CallGuard):
         return self._lms[name]
 
     def call(self, stage, run: Run, attempt: Callable[[Any], dict]) -> dict:
+        """Run ``stage``'s call (``attempt``) under its policy: its own model, then its fallbacks."""
         policy = self.policies.get(stage.name, self.default)
         models = [stage.lm] + ([self._lm(m) for m in policy.fallbacks] if policy.mode in ("fallback", "skip") else [])
         errors: list[str] = []
