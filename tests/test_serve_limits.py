@@ -393,11 +393,12 @@ def test_serving_without_auth_beyond_loopback_warns(tmp_path, arc):
 
 def test_per_key_limiter_state_is_bounded():
     limiter = RateLimiter({"*": Limit(requests=5)}, window_s=0.2, policy="shed", max_keys=100)
-    for i in range(100):
+    for i in range(1000):  # a thousand client addresses, once each, in two bursts
         limiter.acquire(f"client-{i}")
-    time.sleep(1.1)  # every window is over, and a sweep may run again
-    for i in range(100, 1100):
-        limiter.acquire(f"client-{i}")
-        if i % 100 == 0:
-            time.sleep(0.25)
-    assert len(limiter._local) <= 300  # keys of recent windows only, not 1,100
+        if i == 499:
+            time.sleep(0.3)  # the first burst's windows are over
+    assert len(limiter._local) <= 501  # swept as it grew: the first burst's keys were dropped
+    time.sleep(0.5)  # every window is over
+    limiter.acquire("client-new")
+    assert list(limiter._local) == ["client-new"]
+    assert not limiter.blocked("client-0") and not limiter.blocked("client-new")

@@ -394,7 +394,8 @@ class RateLimiter:
             return 0.0 if int(ok) == 1 else max(0.01, float(wait))
         with self._lock:
             now = time.monotonic()
-            if provider not in self._local and len(self._local) >= self.max_keys and now - self._swept > 1.0:
+            if provider not in self._local and len(self._local) >= self.max_keys and \
+                    now - self._swept > min(1.0, self.window_s):  # at most one sweep per window (or second)
                 self._sweep(now)
                 self._swept = now
             entries = self._local.setdefault(provider, [])
