@@ -9,6 +9,7 @@ must be slow, an OpenAI-compatible stand-in server on loopback that answers afte
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -402,3 +403,16 @@ def test_per_key_limiter_state_is_bounded():
     limiter.acquire("client-new")
     assert list(limiter._local) == ["client-new"]
     assert not limiter.blocked("client-0") and not limiter.blocked("client-new")
+
+
+@pytest.mark.parametrize("option, value, named", [
+    ("timeout_s", 0, "timeout_s (--timeout) must be > 0, got 0"),
+    ("max_concurrency", -2, "max_concurrency (--max-concurrency) must be > 0, got -2"),
+    ("requests_per_minute", 0, "requests_per_minute (--rate) must be > 0, got 0"),
+])
+def test_bad_limits_are_config_errors_naming_the_option(exported, option, value, named):
+    from stagewise.errors import ConfigError
+    from stagewise.runtime.serve import create_app
+
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        create_app(exported, token="right-token-1", factory=build_answer, **{option: value})

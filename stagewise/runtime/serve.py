@@ -178,12 +178,11 @@ def create_app(directory: str | Path, *, token: str | None = None, tenants: list
     from stagewise.errors import ConfigError
     from stagewise.optimize.export import load, read_manifest
 
-    for name, value in [("timeout_s", timeout_s), ("max_concurrency", max_concurrency)]:
+    for name, value in [("timeout_s (--timeout)", timeout_s), ("max_concurrency (--max-concurrency)", max_concurrency),
+                        ("requests_per_minute (--rate)", requests_per_minute),
+                        ("auth_failures_per_minute", auth_failures_per_minute), ("max_body (--max-body)", max_body)]:
         if value is not None and (isinstance(value, bool) or value <= 0):
             raise ConfigError(f"serve {name} must be > 0, got {value!r}")
-    if requests_per_minute < 1 or auth_failures_per_minute < 1:
-        raise ConfigError(f"serve requests_per_minute and auth_failures_per_minute must be >= 1, got "
-                          f"{requests_per_minute!r} and {auth_failures_per_minute!r}")
     directory = Path(directory)
     manifest = read_manifest(directory)
     program = load(directory, factory=factory, trust_code=trust_code)
