@@ -43,7 +43,7 @@ test: install
 bench: install
 	services="$$(bash tests/services.sh)" && eval "$$services" && status=0 && \
 	for script in engine_overhead.py fanout.py optimize_rerun.py "routing.py --embeddings" checkpoint_overhead.py \
-	              serve_load.py scaleout.py joint_vs_alternatives.py; do \
+	              serve_load.py scaleout.py joint_vs_alternatives.py faults.py; do \
 		$(BIN)/python benchmarks/$$script || status=1; \
 	done; \
 	$(BIN)/python benchmarks/results.py || status=1; exit $$status

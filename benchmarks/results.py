@@ -21,7 +21,7 @@ from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BENCHMARKS = ("engine_overhead", "fanout", "optimize_rerun", "routing", "checkpoint_overhead", "serve_load",
-              "scaleout", "joint_vs_alternatives")
+              "scaleout", "joint_vs_alternatives", "faults")
 _COMPARE = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt}
 
 

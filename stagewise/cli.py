@@ -545,8 +545,8 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="Address to bind (loopback by default)."),
     port: int = typer.Option(8000, help="Port."),
     token_env: str = typer.Option("STAGEWISE_SERVE_TOKEN", help="Environment variable holding the bearer token."),
-    tokens: Path | None = typer.Option(None, "--tokens", help="TOML file of tenants: [tenants.NAME] with token "
-                                                               "(or token_env), daily_budget_usd, rate."),
+    tokens: Path | None = typer.Option(None, "--tokens", help="TOML file of tenants: " + escape("[tenants.NAME]")
+                                                               + " with token (or token_env), daily_budget_usd, rate."),
     no_auth: bool = typer.Option(False, "--no-auth", help="Serve without a token (local use only): each client "
                                                           "address is its own tenant."),
     max_body: int = typer.Option(64 * 1024, help="Largest request body, in bytes."),
