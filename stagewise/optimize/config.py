@@ -1,4 +1,4 @@
-"""The study config file (TOML): program, data, split, metrics, search space, tracking.
+"""The study config file (TOML): program, data, split, metrics, search space, tracking, privacy.
 
 Paths in the file are relative to the file. ``[program] factory`` is ``module:function``
 returning a fresh program; the config's folder and the working directory are importable.
@@ -53,6 +53,7 @@ class StudyConfig:
     fields: Any = None  # the FieldMap of file data (None for outcome-table data)
     thresholds: dict[str, tuple[float, ...]] | None = None  # cascade name -> candidate thresholds
     routers: dict[str, RouterChoices] | None = None  # router name -> LLM stage or trained classifier
+    privacy: Any = None  # the [privacy] table's PrivacyPolicy (None: no table)
 
     def evaluation(self) -> dict | None:
         """How to evaluate the program on a data file, for the manifest (file data, named metrics only)."""
@@ -105,7 +106,7 @@ class StudyConfig:
             max_cost_per_1k=s.max_cost_per_1k, latency=s.latency, sampler=s.sampler, thresholds=self.thresholds,
             routers=self.routers, reflection_model=s.reflection_model, gepa_metric_calls=s.gepa_metric_calls,
             baseline=self.baseline, lm_options=self.lm_options, fingerprint=self.data_fingerprint,
-            progress=progress)
+            progress=progress, privacy=self.privacy)
 
 
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -201,6 +202,18 @@ class _Tracking(_Table):
     experiment: str | None = None
 
 
+class _Privacy(_Table):
+    """``[privacy]``: what is redacted from what a run keeps (stagewise.runtime.privacy)."""
+
+    detect: list[Literal["email", "credit_card", "phone", "iban"]] = ["email", "credit_card", "phone", "iban"]
+    patterns: dict[str, str] = {}
+    drop: list[str] = []
+    hash: list[str] = []
+    hash_key_env: str = "STAGEWISE_PRIVACY_KEY"
+    replacement: str = "<{entity}>"
+    phone_regions: list[str] = ["US", "GB", "DE", "FR", "IL", "IN", "CA", "BR"]
+
+
 class _StudyFile(_Table):
     program: _Program
     data: _Data
@@ -210,6 +223,7 @@ class _StudyFile(_Table):
     models: dict[str, dict[str, Any]] = {}
     tracking: _Tracking = _Tracking()
     baseline: dict[str, str] | None = None
+    privacy: _Privacy | None = None
 
 
 def _config_error(file: Path, exc: ValidationError) -> ConfigError:
@@ -298,6 +312,11 @@ def load_config(path: str | Path, *, study: str | None = None, trials: int | Non
         min_quality=search.min_quality, max_cost_per_1k=search.max_cost_per_1k, latency=search.latency_objective,
         reflection_model=search.reflection_model, gepa_metric_calls=search.gepa_metric_calls,
         sampler=search.sampler)
+    privacy = None
+    if parsed.privacy is not None:
+        from stagewise.runtime.privacy import PrivacyPolicy
+
+        privacy = PrivacyPolicy.from_config(parsed.privacy.model_dump(), where=f"config {str(file)!r}: [privacy]")
     lm_options = {name: dict(options) for name, options in parsed.models.items()}
     if replay_table is not None:
         lm_options.setdefault("*", {})["replay_table"] = replay_table
@@ -306,7 +325,8 @@ def load_config(path: str | Path, *, study: str | None = None, trials: int | Non
                        lm_options, parsed.tracking.experiment, replay_table, parsed.baseline, fields,
                        {name: tuple(values) for name, values in search.thresholds.items()},
                        {name: RouterChoices(label=r.label, decisions=tuple(r.decisions), features=tuple(r.features),
-                                            C=tuple(r.C)) for name, r in search.routers.items()})
+                                            C=tuple(r.C)) for name, r in search.routers.items()},
+                       privacy)
 
 
 def _read_data(data: _Data, file: Path):

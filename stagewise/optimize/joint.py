@@ -67,6 +67,8 @@ class JointOptimizer:
             compiled-stage cache and the study's signature.
         adapter: the DSPy adapter for the search (default: the configured one, else
             ``dspy.JSONAdapter()``, which local models need for typed outputs).
+        privacy: a :class:`~stagewise.runtime.privacy.PrivacyPolicy`: the artifacts and parameters
+            logged to MLflow are redacted copies (the exported program is not changed).
     """
 
     def __init__(self, *, metric: Callable | EndToEnd, models: Mapping[str, Sequence[str]],
@@ -79,7 +81,7 @@ class JointOptimizer:
                  routers: Mapping[str, RouterChoices] | None = None, reflection_model: str | None = None,
                  gepa_metric_calls: int = 40, baseline: Mapping[str, str] | None = None,
                  lm_options: Mapping[str, dict] | None = None, fingerprint: str | None = None,
-                 catalog=None, adapter: Any = None, progress: bool = True):
+                 catalog=None, adapter: Any = None, progress: bool = True, privacy: Any = None):
         if not isinstance(models, Mapping) or not models:
             raise ConfigError("models: give candidate models as {'*': [...]} or per stage name")
         self.metric, self.models = metric, dict(models)
@@ -94,6 +96,7 @@ class JointOptimizer:
         self.baseline = dict(baseline) if baseline else None
         self.lm_options, self.fingerprint, self.catalog = dict(lm_options or {}), fingerprint, catalog
         self.adapter, self.progress = adapter, progress
+        self.privacy = privacy  # a PrivacyPolicy: what is logged to MLflow is redacted
         self.runner_ = None  # the Study of the last compile
         self.result_ = None  # its StudyResult
         self.baseline_report_: EvaluationReport | None = None
@@ -143,7 +146,8 @@ class JointOptimizer:
                      stage_metrics=as_stage_metrics(self.stage_metrics), settings=settings,
                      out_dir=Path(self.out_dir) if self.out_dir else Path("runs") / name,
                      data_fingerprint=self.fingerprint or split_fingerprint(splits)[:16],
-                     tracker=Tracker(self.tracking), lm_options=dict(self.lm_options), catalog=self.catalog,
+                     tracker=Tracker(self.tracking, privacy=self.privacy), lm_options=dict(self.lm_options),
+                     catalog=self.catalog,
                      thresholds={k: tuple(float(v) for v in values) for k, values in self.thresholds.items()},
                      routers=self.routers)
 

@@ -3,18 +3,26 @@
 The embedded default tracking URI is a SQLite file in the working directory
 (``sqlite:///mlflow.db``); any ``MLFLOW_TRACKING_URI`` overrides it. Only parameters that
 describe a configuration are logged (stage models, optimizer settings, data fingerprint):
-never API keys.
+never API keys. Under a privacy policy (``[privacy]`` in the study config) the JSON and text
+artifacts a run logs (a trial's compiled state, whose demos are training examples, the exported
+``program.json``) are logged as redacted copies, and parameter values are redacted too; the
+files on disk, and the MLflow model (the program itself, demos included), are not changed.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from stagewise.redaction import redact
+from stagewise.runtime.privacy import PrivacyPolicy
+
+_TEXT_SUFFIXES = (".csv", ".txt", ".md", ".toml", ".jsonl", ".log")
 
 
 def tracking_uri() -> str:
@@ -28,10 +36,39 @@ class Tracker:
     experiment (and no database file) behind.
     """
 
-    def __init__(self, experiment: str | None, uri: str | None = None):
+    def __init__(self, experiment: str | None, uri: str | None = None, *, privacy: PrivacyPolicy | None = None):
         self.experiment = experiment
         self.uri = uri or tracking_uri()
+        self.privacy = privacy
         self.parent_id: str | None = None
+
+    def _params(self, params: dict[str, Any]) -> dict[str, str]:
+        shown = {k: redact(str(v)) for k, v in params.items()}
+        if self.privacy is not None:
+            shown = {k: self.privacy.text(v) for k, v in shown.items()}
+        return {k: v[:500] for k, v in shown.items()}
+
+    @contextmanager
+    def _private(self, paths: list[Path]) -> Iterator[list[Path]]:
+        """The files to log: ``paths``, or redacted copies of the JSON and text ones under a policy."""
+        if self.privacy is None or not paths:
+            yield [Path(p) for p in paths]
+            return
+        with tempfile.TemporaryDirectory(prefix="stagewise-private-") as scratch:
+            copies = []
+            for number, path in enumerate(map(Path, paths)):
+                target = Path(scratch) / str(number) / path.name  # same name in MLflow, no clash between files
+                if path.suffix == ".json":
+                    target.parent.mkdir()
+                    data = json.loads(path.read_text(encoding="utf-8"))
+                    target.write_text(json.dumps(self.privacy.value(data), indent=1, default=str), encoding="utf-8")
+                elif path.suffix in _TEXT_SUFFIXES:
+                    target.parent.mkdir()
+                    target.write_text(self.privacy.text(path.read_text(encoding="utf-8")), encoding="utf-8")
+                else:
+                    target = path  # images and binary files hold no request text
+                copies.append(target)
+            yield copies
 
     @contextmanager
     def study(self, name: str, params: dict[str, Any]) -> Iterator[None]:
@@ -51,7 +88,7 @@ class Tracker:
             self.parent_id = run.info.run_id
             if run_id is None:
                 mlflow.set_tags({"stagewise_study": name, "stagewise_role": "study"})
-                mlflow.log_params({k: redact(str(v))[:500] for k, v in params.items()})
+                mlflow.log_params(self._params(params))
             yield
 
     def trial(self, number: int, params: dict[str, Any], metrics: dict[str, float], state: str,
@@ -62,10 +99,11 @@ class Tracker:
 
         with mlflow.start_run(run_name=f"trial-{number}", nested=True, parent_run_id=self.parent_id):
             mlflow.set_tags({"stagewise_role": "trial", "stagewise_trial": str(number), "stagewise_state": state})
-            mlflow.log_params({k: redact(str(v))[:500] for k, v in params.items()})
+            mlflow.log_params(self._params(params))
             mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None and v == v})
-            for path in artifacts:
-                mlflow.log_artifact(str(path))
+            with self._private(list(artifacts)) as files:
+                for path in files:
+                    mlflow.log_artifact(str(path))
 
     def artifacts(self, paths: list[Path], metrics: dict[str, float] | None = None) -> None:
         """Files and summary metrics on the study's parent run."""
@@ -74,8 +112,9 @@ class Tracker:
         from mlflow import MlflowClient
 
         client = MlflowClient(self.uri)
-        for path in paths:
-            client.log_artifact(self.parent_id, str(path))
+        with self._private(paths) as files:
+            for path in files:
+                client.log_artifact(self.parent_id, str(path))
         for key, value in (metrics or {}).items():
             if value is not None and value == value:
                 client.log_metric(self.parent_id, key, float(value))

@@ -1,5 +1,5 @@
 """Execution-time concerns: checkpointed runs and resume, the shared context store, tracing,
-context diffs and replay."""
+context diffs and replay, and the privacy policy that redacts what they keep."""
 
 from stagewise.runtime.checkpoint import (
                                           CheckpointError,
@@ -9,12 +9,14 @@ from stagewise.runtime.checkpoint import (
                                           open_checkpoints,
 )
 from stagewise.runtime.diff import diff_html, diff_text
+from stagewise.runtime.privacy import Finding, PrivacyFilter, PrivacyPolicy, PrivacyScope, current_privacy, protecting
 from stagewise.runtime.runs import RunReplayError, replay, resume, run
 from stagewise.runtime.store import ContextRecorder, open_context_store, shared
 from stagewise.runtime.tracing import Tracer, tracer_provider
 
 __all__ = [
-    "CheckpointError", "ContextRecorder", "CorruptCheckpointError", "RunReplayError", "StoreConnectionError", "Tracer",
-    "UnknownRunError", "diff_html", "diff_text", "open_checkpoints", "open_context_store", "replay", "resume", "run",
-    "shared", "tracer_provider",
+    "CheckpointError", "ContextRecorder", "CorruptCheckpointError", "Finding", "PrivacyFilter", "PrivacyPolicy",
+    "PrivacyScope", "RunReplayError", "StoreConnectionError", "Tracer", "UnknownRunError", "current_privacy",
+    "diff_html", "diff_text",
+    "open_checkpoints", "open_context_store", "protecting", "replay", "resume", "run", "shared", "tracer_provider",
 ]

@@ -24,6 +24,7 @@ from stagewise.programs.predictors import set_models, stages_of
 from stagewise.programs.run import Observer, Run, StageEvent, StageRun, observing
 from stagewise.redaction import redact
 from stagewise.runtime.checkpoint import CheckpointError, CheckpointStore, open_checkpoints
+from stagewise.runtime.privacy import PrivacyPolicy, PrivacyScope, privacy_scope, protecting
 
 
 def section_record(section: Section) -> dict:
@@ -66,12 +67,36 @@ def model_names(program) -> dict[str, str | None]:
     return models
 
 
+def private_section(scope: PrivacyScope | None, record: dict) -> dict:
+    """A section record with its content redacted (a section is named after the field it holds)."""
+    if scope is None:
+        return record
+    return {**record, "content": scope.value(record["content"], record["name"]),
+            "note": scope.text(record["note"]) if record.get("note") else record.get("note")}
+
+
+def private_step(scope: PrivacyScope | None, step: dict) -> dict:
+    """A checkpoint step with its outputs, sections and notes redacted (idempotent: a stored step
+    restored into a new run passes through again)."""
+    if scope is None:
+        return step
+    return {**step, "outputs": scope.record(step["outputs"]),
+            "sections": [private_section(scope, s) for s in step["sections"]],
+            "notes": [scope.text(n) for n in step.get("notes") or []]}
+
+
 class Checkpointer(Observer):
-    """Writes a checkpoint after every stage of a run; restores the steps of ``restore_from``."""
+    """Writes a checkpoint after every stage of a run; restores the steps of ``restore_from``.
+
+    With ``privacy`` (or inside ``protecting(policy)``) every input, output, section, note and
+    error message is redacted once, as it is added to the record: the store never receives it.
+    """
 
     def __init__(self, store: CheckpointStore, run_id: str, *, program=None, origin: dict | None = None,
-                 restore_from: dict | None = None):
+                 restore_from: dict | None = None, privacy: PrivacyPolicy | None = None):
         self.store, self.run_id, self.program, self.origin = store, run_id, program, origin
+        self.privacy = privacy
+        self._scope: PrivacyScope | None = None
         self.restorable = {step["key"]: step for step in (restore_from or {}).get("steps", [])}
         self.record: dict | None = None
         self.failed_at: str | None = None
@@ -92,24 +117,35 @@ class Checkpointer(Observer):
         if self.record is not None:  # a nested top-level call (a program inside a program) is part of this run
             yield
             return
+        with protecting(self.privacy):  # the run's stages (and other observers) find the policy
+            with self._request(run, inputs):
+                yield
+
+    @contextmanager
+    def _request(self, run: Run, inputs: dict):
         run.run_id = self.run_id
+        self._scope = scope = privacy_scope(self.privacy)
+        inputs = {k: jsonable(v) for k, v in inputs.items()}
         self.record = {"run_id": self.run_id, "status": "running", "program": self.origin,
                        "models": model_names(self.program) if self.program is not None else {},
-                       "inputs": {k: jsonable(v) for k, v in inputs.items()},
-                       "context": [section_record(s) for s in run.context.sections.values()],  # the inputs
+                       "inputs": scope.record(inputs) if scope is not None else inputs,
+                       "context": [private_section(scope, section_record(s))  # the inputs
+                                   for s in run.context.sections.values()],
                        "steps": [], "position": 0,
                        "error": None, "outputs": None, "request_id": run.request_id}
         self._save()
         try:
             yield
         except BaseException as exc:
+            message = redact(str(exc))
             self.record.update(status="failed", position=len(self.record["steps"]),
                                error={"stage": self.failed_at, "type": type(exc).__name__,
-                                      "message": redact(str(exc))[:2000]})
+                                      "message": (scope.text(message) if scope is not None else message)[:2000]})
             self._save()
             raise
+        outputs = {k: jsonable(v) for k, v in (run.outputs or {}).items()}
         self.record.update(status="completed", position=len(self.record["steps"]),
-                           outputs={k: jsonable(v) for k, v in (run.outputs or {}).items()})
+                           outputs=scope.record(outputs) if scope is not None else outputs)
         self._save()
 
     def restore(self, event: StageEvent) -> dict | None:
@@ -122,7 +158,7 @@ class Checkpointer(Observer):
                                [s["source"] + "." + s["name"] for s in step["sections"]],
                                [f"restored from the checkpoint of run {self.run_id}"]))
         if self.record is not None:
-            self._save(step)
+            self._save(private_step(self._scope, step))
         return typed_outputs(event.stage, step["outputs"])
 
     @contextmanager
@@ -138,7 +174,7 @@ class Checkpointer(Observer):
             return  # a stage skipped by a resilience policy is not done: a resume runs it again
         records = [r for r in event.run.ledger.records[before:] if r.stage == event.stage.name]
         log = event.log or StageRun(event.stage.name, None, [], [])
-        self._save({
+        self._save(private_step(self._scope, {
             "key": event.key, "stage": event.stage.name, "model": log.model,
             "outputs": jsonable(event.outputs), "sections": [section_record(s) for s in event.added],
             "received": log.received, "notes": log.notes, "tokens_saved": log.tokens_saved,
@@ -146,7 +182,7 @@ class Checkpointer(Observer):
             "output_tokens": sum(r.output_tokens for r in records),
             "cost_usd": sum(r.cost_usd for r in records), "calls": len(records),
             "latency_s": time.perf_counter() - start,
-        })
+        }))
 
 
 def origin_of(program) -> dict | None:
@@ -155,16 +191,19 @@ def origin_of(program) -> dict | None:
 
 
 def run(program, inputs: dict, *, store: str | CheckpointStore | None = None, run_id: str | None = None,
-        origin: dict | None = None):
+        origin: dict | None = None, privacy: PrivacyPolicy | None = None):
     """Call ``program(**inputs)`` with a checkpoint after every stage; the prediction has ``run_id``.
 
     ``origin`` (``{"factory": "module:function", "kwargs": {}}``) lets ``resume`` and ``stagewise
     replay`` rebuild the program without it being passed in, from a factory they trust (:func:`rebuild`).
+    ``privacy`` redacts what the run keeps (checkpoints, and the context store, spans and log records
+    of observers around it: see :mod:`stagewise.runtime.privacy`); the program sees ``inputs`` as given.
     """
     with _opened(store) as store:
         run_id = run_id or uuid.uuid4().hex[:16]
-        checkpointer = Checkpointer(store, run_id, program=program, origin=origin or origin_of(program))
-        with observing(checkpointer):
+        checkpointer = Checkpointer(store, run_id, program=program, origin=origin or origin_of(program),
+                                    privacy=privacy)
+        with protecting(privacy), observing(checkpointer):
             prediction = program(**inputs)
     object.__setattr__(prediction, "run_id", run_id)
     return prediction
@@ -212,17 +251,18 @@ def rebuild(record: dict, models: dict[str, str] | None = None, *, factory=None,
 
 
 def resume(run_id: str, *, store: str | CheckpointStore | None = None, program=None, factory=None,
-           trust_code: bool = False):
+           trust_code: bool = False, privacy: PrivacyPolicy | None = None):
     """Run a checkpointed run again from its checkpoint: completed stages are restored, not called.
 
     The program is ``program``, or rebuilt as :func:`rebuild` says (``factory``, ``trust_code``).
+    ``privacy`` as for :func:`run`; a run stored under a policy resumes from its redacted inputs.
     """
     with _opened(store) as store:
         record = store.load(run_id)
         program = program if program is not None else rebuild(record, factory=factory, trust_code=trust_code)
         checkpointer = Checkpointer(store, run_id, program=program, origin=record.get("program"),
-                                    restore_from=record)
-        with observing(checkpointer):
+                                    restore_from=record, privacy=privacy)
+        with protecting(privacy), observing(checkpointer):
             prediction = program(**record["inputs"])
     object.__setattr__(prediction, "run_id", run_id)
     return prediction
@@ -237,21 +277,22 @@ class RunReplayError(ConfigError, LookupError):
 
 def replay(run_id: str, stage: str, *, store: str | CheckpointStore | None = None,
            overrides: dict[str, str] | None = None, models: dict[str, str] | None = None, program=None,
-           factory=None, trust_code: bool = False):
+           factory=None, trust_code: bool = False, privacy: PrivacyPolicy | None = None):
     """Run a stored run again from ``stage``: earlier stages' stored outputs are reused, the
     stage and everything after it run for real, with ``overrides`` (an input field, or a
     section id an earlier stage produced, to a new value) and ``models`` (stage -> model).
     The program is ``program``, or rebuilt as :func:`rebuild` says (``factory``, ``trust_code``).
 
     Returns ``(original record, prediction, new record)``; the new run's id is
-    ``<run_id>-replay-<n>``.
+    ``<run_id>-replay-<n>``. ``privacy`` as for :func:`run` (the new run's record is redacted).
     """
     with _opened(store) as store:
         return _replay(store, run_id, stage, overrides, models, program,
-                       {"factory": factory, "trust_code": trust_code})
+                       {"factory": factory, "trust_code": trust_code}, privacy)
 
 
-def _replay(store: CheckpointStore, run_id: str, stage: str, overrides, models, program, trust: dict):
+def _replay(store: CheckpointStore, run_id: str, stage: str, overrides, models, program, trust: dict,
+            privacy: PrivacyPolicy | None = None):
     import copy
 
     original = store.load(run_id)
@@ -285,8 +326,8 @@ def _replay(store: CheckpointStore, run_id: str, stage: str, overrides, models, 
         number += 1
     new_id = f"{run_id}-replay-{number}"
     checkpointer = Checkpointer(store, new_id, program=program, origin=original.get("program"),
-                                restore_from={"steps": earlier})
-    with observing(checkpointer):
+                                restore_from={"steps": earlier}, privacy=privacy)
+    with protecting(privacy), observing(checkpointer):
         prediction = program(**inputs)
     object.__setattr__(prediction, "run_id", new_id)
     return original, prediction, store.load(new_id)

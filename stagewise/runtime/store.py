@@ -26,6 +26,7 @@ from urllib.parse import parse_qs, urlsplit
 from stagewise.programs.run import Observer, StageEvent, current_run
 from stagewise.redaction import redact, scrub
 from stagewise.runtime.connections import StoreConnectionError, connect_postgres, connect_redis
+from stagewise.runtime.privacy import PrivacyPolicy, current_privacy, privacy_scope, protecting
 
 DEFAULT_URL = "sqlite:///stagewise-context.db"
 DEFAULT_TTL = 86_400
@@ -162,19 +163,36 @@ def open_context_store(url: str | None = None) -> ContextStore:
 
 
 class ContextRecorder(Observer):
-    """Mirrors every section a stage adds into ``store``, under the run's id (or request id)."""
+    """Mirrors every section a stage adds into ``store``, under the run's id (or request id).
 
-    def __init__(self, store: ContextStore):
-        self.store = store
+    With ``privacy`` (or inside ``protecting(policy)``, as ``run(..., privacy=...)`` is) each
+    section's content and note are redacted before they are written.
+    """
+
+    def __init__(self, store: ContextStore, *, privacy: PrivacyPolicy | None = None):
+        self.store, self.privacy = store, privacy
+
+    @contextmanager
+    def request(self, run, inputs: dict):
+        with protecting(self.privacy) as scope:  # the run's stages find the policy
+            if scope is not None:
+                scope.learn(inputs)  # a dropped input quoted by a stage's output is replaced there too
+            yield
 
     @contextmanager
     def stage(self, event: StageEvent):
         yield
         run = event.run.run_id or event.run.request_id
+        scope = privacy_scope(self.privacy)
+        if scope is not None and event.outputs:
+            scope.learn(event.outputs)
         for section in event.added:
+            content, note = section.content, section.note
+            if scope is not None:
+                content, note = scope.value(content, section.name), scope.text(note) if note else note
             self.store.append(run, event.stage.name, section.kind, section.name,
-                              {"id": section.id, "content": section.content, "tokens": section.tokens,
-                               "lineage": list(section.lineage), "note": section.note})
+                              {"id": section.id, "content": content, "tokens": section.tokens,
+                               "lineage": list(section.lineage), "note": note})
 
 
 class Shared:
@@ -184,7 +202,9 @@ class Shared:
         self.store, self.run = store, run
 
     def append(self, stage: str, kind: str, key: str, value: Any) -> None:
-        self.store.append(self.run, stage, kind, key, value)
+        """Append ``value`` to the run's entry (redacted under the run's privacy policy, if any)."""
+        scope = current_privacy()
+        self.store.append(self.run, stage, kind, key, scope.value(value, key) if scope is not None else value)
 
     def get(self, stage: str, kind: str, key: str, default: Any = None) -> Any:
         return self.store.get(self.run, stage, kind, key, default)

@@ -7,7 +7,9 @@ it, and one per model call (``{operation} {model}``, operation ``chat``) under i
 and latency. A stage span refers to the context it read: the section ids it received and
 ``stagewise.context.ref`` (``<run>/<stage>`` in the context store, when one records the run).
 Prompts and responses (``gen_ai.input.messages`` / ``gen_ai.output.messages``) are recorded
-only with ``capture_content=True``.
+only with ``capture_content=True``. Under a privacy policy (``Tracer(privacy=...)``, or a run with
+``privacy=``) they are redacted, the model calls' spans being written when their stage ends (its
+outputs known), and exception messages and stack traces on spans are redacted too.
 
 ``tracer_provider("console" | "otlp" | "memory" | "mlflow")`` builds a provider with that
 exporter; ``"mlflow"`` sends the spans to the MLflow tracking URI's traces, beside the runs.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import json
 import sys
+import traceback
 from contextlib import contextmanager, nullcontext
 
 from opentelemetry import trace
@@ -29,6 +32,7 @@ from opentelemetry.trace import Status, StatusCode
 from stagewise.errors import ConfigError
 from stagewise.models.usage import UsageLedger, UsageRecord, capturing_content, track_usage
 from stagewise.programs.run import Observer, Run, StageEvent
+from stagewise.runtime.privacy import PrivacyPolicy, PrivacyScope, privacy_scope, protecting
 
 OPERATION = "chat"
 
@@ -56,12 +60,25 @@ def tracer_provider(exporter: str = "console", *, endpoint: str | None = None) -
 class _CallSpans(UsageLedger):
     """A ledger that turns each model call of a stage into a span under the stage's span."""
 
-    def __init__(self, tracer, parent, capture: bool):
+    def __init__(self, tracer, parent, capture: bool, scope: PrivacyScope | None = None):
         super().__init__()
-        self.tracer, self.parent, self.capture = tracer, parent, capture
+        self.tracer, self.parent, self.capture, self.scope = tracer, parent, capture, scope
+        self.pending: list[UsageRecord] = []
 
     def add(self, record: UsageRecord) -> None:
         super().add(record)
+        if self.scope is not None and self.capture and record.content:
+            self.pending.append(record)  # its response may hold a field to drop: written at the stage's end
+        else:
+            self._emit(record)
+
+    def flush(self) -> None:
+        """Write the spans held back until the stage's end."""
+        pending, self.pending = self.pending, []
+        for record in pending:
+            self._emit(record)
+
+    def _emit(self, record: UsageRecord) -> None:
         end = int(record.timestamp * 1e9)
         start = end - int(record.latency_s * 1e9)
         attributes = {
@@ -76,27 +93,55 @@ class _CallSpans(UsageLedger):
             "stagewise.token_source": record.token_source,
         }
         if self.capture and record.content:
-            attributes["gen_ai.input.messages"] = json.dumps(record.content.get("messages"), default=str)
-            attributes["gen_ai.output.messages"] = json.dumps(record.content.get("outputs"), default=str)
+            messages, outputs = record.content.get("messages"), record.content.get("outputs")
+            if self.scope is not None:
+                messages, outputs = self.scope.value(messages), self.scope.value(outputs)
+            attributes["gen_ai.input.messages"] = json.dumps(messages, default=str)
+            attributes["gen_ai.output.messages"] = json.dumps(outputs, default=str)
         span = self.tracer.start_span(f"{OPERATION} {record.model}", context=trace.set_span_in_context(self.parent),
                                       start_time=start, attributes=attributes, kind=trace.SpanKind.CLIENT)
         span.end(end_time=end)
+
+
+@contextmanager
+def _errors_redacted(span, scope: PrivacyScope | None):
+    """Record an exception on ``span`` with its message and stack trace redacted (with a scope)."""
+    try:
+        yield
+    except BaseException as exc:
+        if scope is None:
+            raise
+        message = scope.text(str(exc))
+        span.record_exception(exc, attributes={"exception.message": message, "exception.stacktrace": scope.text(
+            "".join(traceback.format_exception(exc)))}, escaped=True)
+        span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {message}"))
+        raise
 
 
 class Tracer(Observer):
     """Spans for requests, stages and model calls (see the module's docstring)."""
 
     def __init__(self, provider: TracerProvider | None = None, *, capture_content: bool = False,
-                 program: str = "stagewise"):
+                 program: str = "stagewise", privacy: PrivacyPolicy | None = None):
         self.tracer = (provider or trace.get_tracer_provider()).get_tracer("stagewise")
-        self.capture_content, self.program = capture_content, program
+        self.capture_content, self.program, self.privacy = capture_content, program, privacy
 
     @contextmanager
     def request(self, run: Run, inputs: dict):
+        with protecting(self.privacy) as scope:  # the run's stages find the policy
+            if scope is not None:
+                scope.learn(inputs)
+            with self._request_span(run, inputs, scope):
+                yield
+
+    @contextmanager
+    def _request_span(self, run: Run, inputs: dict, scope: PrivacyScope | None):
         attributes = {"gen_ai.operation.name": "invoke_workflow", "stagewise.request_id": run.request_id,
                       "stagewise.inputs": sorted(inputs)}
         with self.tracer.start_as_current_span(f"invoke_workflow {self.program}", attributes=attributes,
-                                               record_exception=True, set_status_on_exception=True) as span:
+                                               record_exception=scope is None,
+                                               set_status_on_exception=scope is None) as span, \
+                _errors_redacted(span, scope):
             yield
             if run.run_id:
                 span.set_attribute("stagewise.run_id", run.run_id)
@@ -105,14 +150,22 @@ class Tracer(Observer):
     @contextmanager
     def stage(self, event: StageEvent):
         run = event.run
-        with self.tracer.start_as_current_span(f"stage {event.stage.name}", record_exception=True,
-                                               set_status_on_exception=True) as span:
+        scope = privacy_scope(self.privacy)
+        with self.tracer.start_as_current_span(f"stage {event.stage.name}", record_exception=scope is None,
+                                               set_status_on_exception=scope is None) as span, \
+                _errors_redacted(span, scope):
             span.set_attribute("stagewise.stage", event.stage.name)
             span.set_attribute("stagewise.stage.key", event.key)
             span.set_attribute("stagewise.context.ref", f"{run.run_id or run.request_id}/{event.stage.name}")
             capture = capturing_content() if self.capture_content else nullcontext()
-            with capture, track_usage(_CallSpans(self.tracer, span, self.capture_content)):
-                yield
+            calls = _CallSpans(self.tracer, span, self.capture_content, scope)
+            try:
+                with capture, track_usage(calls):
+                    yield
+                if scope is not None and event.outputs:
+                    scope.learn(event.outputs)
+            finally:
+                calls.flush()
             if event.log is not None:
                 span.set_attribute("stagewise.context.received", list(event.log.received))
                 span.set_attribute("stagewise.context.produced", list(event.log.produced))
