@@ -444,3 +444,22 @@ def test_every_entity_presidios_recognizers_find_is_redacted():
                 value = text[result.start:result.end]
                 assert value not in kept, f"presidio's {entity} {value!r} is kept in {kept!r}"
     assert found == markers == 13  # and nothing they leave (dates, times, versions, order codes) is replaced
+
+
+def test_the_readme_blocks_run_as_printed(tmp_path, monkeypatch):
+    import tomllib
+
+    from .test_readme_snippets import readme_block
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("STAGEWISE_PRIVACY_KEY", "readme-key")
+    program = Chain("c", [Stage("a", "message -> reply")]).set_models(
+        {"a": dspy.utils.DummyLM([{"reply": "done"}], adapter=dspy.JSONAdapter())})
+    namespace = {"program": program}
+    with dspy.context(adapter=dspy.JSONAdapter()):
+        exec(readme_block("PrivacyPolicy(patterns="), namespace)
+    record = open_checkpoints("sqlite:///runs.db").load(namespace["prediction"].run_id)
+    assert record["inputs"]["message"] == "Card <CREDIT_CARD>, mail <EMAIL>"
+    policy = PrivacyPolicy.from_config(tomllib.loads(readme_block("[privacy]", "toml"))["privacy"])
+    assert policy.text("ORD-123456 from jane@example.com") == "<ORDER_ID> from <EMAIL>"
+    assert policy.record({"ssn": "078-05-1120"}) == {"ssn": "<DROPPED>"}
