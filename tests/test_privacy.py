@@ -178,6 +178,22 @@ def test_from_config_errors_name_the_key(table, message):
         PrivacyPolicy.from_config(table, environ={"K": "k"})
 
 
+def test_a_policy_from_a_command_line_option(tmp_path):
+    assert PrivacyPolicy.from_option("all").detect == ("email", "credit_card", "phone", "iban")
+    assert PrivacyPolicy.from_option("email, iban").detect == ("email", "iban")
+    with pytest.raises(ConfigError, match=r"--redact 'fax': expected 'all', detectors"):
+        PrivacyPolicy.from_option("fax")
+    file = tmp_path / "privacy.toml"
+    file.write_text('[privacy]\ndetect = ["email"]\nhash = ["customer_id"]\nhash_key_env = "K"\n')
+    policy = PrivacyPolicy.from_option(str(file), environ={"K": "k"})
+    assert policy.detect == ("email",) and policy.hash == {"customer_id"}
+    with pytest.raises(ConfigError, match=r"privacy file .*privacy.toml': \[privacy\] hash: hashing"):
+        PrivacyPolicy.from_option(str(file), environ={})
+    file.write_text("[other]\n")
+    with pytest.raises(ConfigError, match="has no \\[privacy\\] table"):
+        PrivacyPolicy.from_option(str(file))
+
+
 STUDY = """
 [program]
 factory = "tests.test_resilience:build_answer"

@@ -206,6 +206,28 @@ class PrivacyPolicy:
         except ConfigError as exc:
             raise ConfigError(f"{where}: {str(exc).removeprefix('privacy: ')}") from None
 
+    @classmethod
+    def from_option(cls, value: str, *, environ: Mapping[str, str] | None = None) -> PrivacyPolicy:
+        """A policy from a command-line option (``--redact``): ``all``, detector names separated by
+        commas (``email,credit_card``), or a TOML file whose ``[privacy]`` table says the rest."""
+        value = value.strip()
+        if value.endswith(".toml"):
+            from pathlib import Path
+
+            from stagewise.tomlfiles import read_toml
+
+            path = Path(value)
+            data = read_toml(path, f"privacy file {value!r}", ConfigError)
+            if "privacy" not in data:
+                raise ConfigError(f"privacy file {value!r} has no [privacy] table")
+            return cls.from_config(data["privacy"], where=f"privacy file {value!r}: [privacy]", environ=environ)
+        names = list(DETECTORS) if value == "all" else [n.strip() for n in value.split(",") if n.strip()]
+        unknown = [n for n in names if n not in DETECTORS]
+        if not names or unknown:
+            raise ConfigError(f"--redact {value!r}: expected 'all', detectors separated by commas "
+                              f"({', '.join(DETECTORS)}) or a .toml file with a [privacy] table")
+        return cls(detect=names)
+
     # --- finding ---------------------------------------------------------------------------------
 
     def findings(self, text: str) -> list[Finding]:
