@@ -361,6 +361,36 @@ def test_a_failed_run_keeps_no_personal_data_in_its_error(tmp_path):
     assert all(secret not in json.dumps(record) for secret in SECRETS)
 
 
+def test_resume_and_replay_under_a_policy_keep_the_record_redacted():
+    from stagewise.runtime import replay, resume
+
+    class FailsOnce(dspy.utils.DummyLM):
+        calls = 0
+
+        def forward(self, *args, **kwargs):
+            FailsOnce.calls += 1
+            if FailsOnce.calls == 1:
+                raise ConnectionError(f"provider down while sending {EMAIL}")
+            return super().forward(*args, **kwargs)
+
+    chain = Chain("c", [Stage("a", "message -> topic"), Stage("b", "topic -> reply")]).set_models({
+        "a": dspy.utils.DummyLM([{"topic": f"card {CARD}"}] * 3, adapter=dspy.JSONAdapter()),
+        "b": FailsOnce([{"reply": f"mail sent to {EMAIL}"}] * 3, adapter=dspy.JSONAdapter())})
+    store = open_checkpoints("memory://resume-private")
+    with dspy.context(adapter=dspy.JSONAdapter()):
+        with pytest.raises(ConnectionError):
+            run(chain, {"message": f"card {CARD} from {EMAIL}"}, store=store, run_id="r", privacy=ALL)
+        failed = store.load("r")
+        assert failed["status"] == "failed" and failed["error"]["message"] == "provider down while sending <EMAIL>"
+        prediction = resume("r", store=store, program=chain, privacy=ALL)
+        assert prediction.reply == f"mail sent to {EMAIL}"
+        _, replayed, new = replay("r", "b", store=store, program=chain, privacy=ALL)
+    assert replayed.reply == f"mail sent to {EMAIL}"
+    for record in (store.load("r"), new):
+        assert record["status"] == "completed" and record["outputs"] == {"reply": "mail sent to <EMAIL>"}
+        assert all(secret not in json.dumps(record) for secret in SECRETS)
+
+
 def test_dropped_and_hashed_fields_are_replaced_wherever_the_run_quotes_them(tmp_path):
     policy = PrivacyPolicy(drop=["ssn"], hash=["customer"], hash_key="k")
     chain = Chain("c", [Stage("a", "message, ssn, customer -> reply")]).set_models(

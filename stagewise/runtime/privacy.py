@@ -430,18 +430,22 @@ class PrivacyScope:
             with self._lock:
                 self.known.update(found)
 
+    def _known(self) -> dict[str, str]:
+        with self._lock:  # a snapshot: another branch may be learning
+            return dict(self.known)
+
     def text(self, text: str) -> str:
         """:meth:`PrivacyPolicy.text` with the values learnt so far."""
-        return self.policy.text(text, self.known)
+        return self.policy.text(text, self._known())
 
     def value(self, value: Any, field: str | None = None) -> Any:
         """:meth:`PrivacyPolicy.value` with the values learnt so far."""
-        return self.policy.value(value, field, self.known)
+        return self.policy.value(value, field, self._known())
 
     def record(self, fields: Mapping[str, Any]) -> dict:
         """:meth:`PrivacyPolicy.record` with the values learnt so far (and ``fields``' own)."""
         self.learn(fields)
-        return self.policy.record(fields, self.known)
+        return self.policy.record(fields, self._known())
 
 
 _scope: ContextVar[PrivacyScope | None] = ContextVar("stagewise_privacy", default=None)
