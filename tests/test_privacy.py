@@ -509,3 +509,33 @@ def test_the_readme_blocks_run_as_printed(tmp_path, monkeypatch):
     policy = PrivacyPolicy.from_config(tomllib.loads(readme_block("[privacy]", "toml"))["privacy"])
     assert policy.text("ORD-123456 from jane@example.com") == "<ORDER_ID> from <EMAIL>"
     assert policy.record({"ssn": "078-05-1120"}) == {"ssn": "<DROPPED>"}
+
+
+def test_fan_out_branches_write_and_log_under_the_runs_policy(tmp_path, caplog):
+    from stagewise.programs import FanOut, MajorityVote
+    from stagewise.runtime import shared
+
+    caplog.set_level(logging.INFO)
+    store = open_context_store(f"sqlite:///{tmp_path}/context.db")
+
+    class Note(dspy.Module):  # each branch, in its own thread, writes the shared state and logs
+        def __init__(self, name):
+            super().__init__()
+            self.name = name
+            self.inner = dspy.Predict("message -> answer")
+
+        def forward(self, message):
+            shared(store).append("both", "note", "seen", f"{self.name} saw {message}")
+            log.info("branch %s got %s", self.name, message)
+            return self.inner(message=message)
+
+    branches = {name: Stage(name, Note(name), lm=dspy.utils.DummyLM([{"answer": "cards"}], adapter=dspy.JSONAdapter()))
+                for name in ("left", "right")}
+    fan = FanOut("both", branches, MajorityVote("answer"))
+    with dspy.context(adapter=dspy.JSONAdapter()), observing(ContextRecorder(store)):
+        run(fan, {"message": f"lost card {CARD}, mail {EMAIL}"}, store="memory://fan", run_id="fan-private",
+            privacy=ALL)
+    seen = store.values("fan-private", "both", "note", "seen")
+    assert sorted(seen) == [f"{name} saw lost card <CREDIT_CARD>, mail <EMAIL>" for name in ("left", "right")]
+    branch_logs = [r.getMessage() for r in caplog.records if r.getMessage().startswith("branch ")]
+    assert len(branch_logs) == 2 and all(secret not in m for m in branch_logs for secret in SECRETS)
