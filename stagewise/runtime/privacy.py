@@ -28,8 +28,9 @@ Why not presidio-analyzer: its recognizers for these four entities are regular e
 the same checks (Luhn, mod-97, ``phonenumbers``), but importing any of them imports its NLP
 engines (spaCy, and transformers with torch when installed: 7.9 s and 490 MB here), its e-mail
 check fetches the Public Suffix List from the network on first use, and its phone recognizer
-scans the whole text once per region (29 ms per KB of text that holds numbers, against a budget
-well under 1 ms).
+scans the whole text once per region: the four take 8 to 19 ms per KB of a request's text here,
+these detectors 0.24 to 0.8 ms (the budget: well under 1 ms). tests/test_privacy.py checks that
+everything presidio's recognizers find in a corpus is redacted here.
 """
 
 from __future__ import annotations
