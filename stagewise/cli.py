@@ -567,6 +567,14 @@ def serve(
     redis: str | None = typer.Option(None, help="Redis URL: share rate limits, circuit breakers and tenants' "
                                                 "spend among server processes."),
     trust_code: bool = typer.Option(False, "--trust-code", help=TRUST_CODE_HELP),
+    runs: str | None = typer.Option(None, "--runs", help="Record every request as a run in this checkpoint store, "
+                                                         "sqlite:///PATH or postgresql://... (default: "
+                                                         "sqlite:///DIRECTORY/runs.db; 'off': record nothing). "
+                                                         "The response's X-Stagewise-Run header names the run."),
+    trace: str | None = typer.Option(None, "--trace", help="Export each request's spans: console, otlp "
+                                                           "($OTEL_EXPORTER_OTLP_ENDPOINT) or mlflow "
+                                                           "($MLFLOW_TRACKING_URI); a traceparent header makes "
+                                                           "them part of the caller's trace."),
 ) -> None:
     """Serve an exported program over HTTP: POST /v1/run, GET /v1/budget, GET /healthz, OpenAPI at /openapi.json."""
 
@@ -594,14 +602,21 @@ def serve(
                                           if t.daily_budget_usd is not None},
                           store=(spend or redis or "sqlite:///stagewise-spend.db") if daily else None)
     resilience = Resilience(policies=policies, budget=spending, breakers=Breakers(redis_url=redis))
+    runs_url = None if runs == "off" else (runs or f"sqlite:///{directory.resolve() / 'runs.db'}")
+    tracer = None
+    if trace:
+        from stagewise.runtime.tracing import Tracer, tracer_provider
+
+        tracer = Tracer(tracer_provider(trace)[0], program=str(directory))
     app_ = create_app(directory, token=token, tenants=tenants, max_body=max_body, requests_per_minute=rate,
                       resilience=resilience, redis_url=redis, trust_code=trust_code, timeout_s=timeout,
-                      max_concurrency=max_concurrency)
+                      max_concurrency=max_concurrency, runs=runs_url, tracer=tracer)
     warning = exposure_warning(host, authenticated=bool(token or tenants))
     if warning:
         log.warning(warning)
     console.print(f"serving {directory} at http://{host}:{port} (POST /v1/run, GET /healthz, /docs)"
-                  + ("" if token or tenants else " without authentication"))
+                  + ("" if token or tenants else " without authentication")
+                  + (f"; runs recorded in {redact(runs_url)} (stagewise runs list --store ...)" if runs_url else ""))
     uvicorn.run(app_, host=host, port=port, log_level="warning")
 
 
@@ -670,6 +685,91 @@ def replay_command(
     for row in changes:
         table.add_row(*row)
     console.print(table if changes else f"replayed as {prediction.run_id}: no output changed")
+
+
+runs_app = _App(no_args_is_help=True, help="List and show recorded runs: served requests and run(...) calls.")
+app.add_typer(runs_app, name="runs")
+
+
+def _since(value: str | None) -> str | None:
+    """An ISO 8601 time, or a duration back from now (``30m``, ``2h``, ``7d``), as an ISO UTC time."""
+    import re
+    from datetime import UTC, datetime, timedelta
+
+    from stagewise.errors import ConfigError
+
+    if value is None:
+        return None
+    ago = re.fullmatch(r"(\d+)\s*([smhd])", value.strip())
+    if ago:
+        unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[ago.group(2)]
+        moment = datetime.now(UTC) - timedelta(**{unit: int(ago.group(1))})
+    else:
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            raise ConfigError(f"--since {value!r}: expected an ISO 8601 time (2026-12-03T08:00) or a duration "
+                              "(30m, 2h, 7d)") from None
+        moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds")
+
+
+@runs_app.command("list")
+def runs_list(
+    since: str | None = typer.Option(None, "--since", help="Only runs updated since then: an ISO 8601 time or a "
+                                                           "duration back from now (30m, 2h, 7d)."),
+    status: str | None = typer.Option(None, "--status", help="Only runs with this status: running, failed or "
+                                                             "completed."),
+    stage: str | None = typer.Option(None, "--stage", help="Only runs that executed this stage."),
+    limit: int = typer.Option(50, "--limit", help="At most this many runs, newest first."),
+    json_output: bool = typer.Option(False, "--json", help="Print the runs as JSON."),
+    store: str | None = typer.Option(None, help=RUNS_STORE_HELP),
+) -> None:
+    """The latest recorded runs: status, stages, model calls, tokens and cost."""
+    import json
+
+    found = _runs_store(store).find(since=_since(since), status=status, stage=stage, limit=limit)
+    if json_output:
+        typer.echo(json.dumps(found, indent=2))
+        return
+    table = Table(title=f"{len(found)} run(s)")
+    for column in ("run", "status", "updated", "stages", "calls", "tokens", "$"):
+        table.add_column(column)
+    for run in found:
+        table.add_row(run["run_id"], run["status"], run["updated"], " > ".join(run["stages"]) or "-",
+                      str(run["calls"]), str(run["tokens"]), f"{run['cost_usd']:.6f}")
+    console.print(table)
+
+
+@runs_app.command("show")
+def runs_show(
+    run_id: str = typer.Argument(..., help="A recorded run's id (a served response's X-Stagewise-Run header)."),
+    json_output: bool = typer.Option(False, "--json", help="Print the whole checkpoint record as JSON."),
+    store: str | None = typer.Option(None, help=RUNS_STORE_HELP),
+) -> None:
+    """One run: its inputs, each step with its model, tokens, cost and outputs, its outputs or its error."""
+    import json
+
+    record = _runs_store(store).load(run_id)
+    if json_output:
+        typer.echo(json.dumps(record, indent=2, default=str))
+        return
+    console.print(f"run {record['run_id']} ({record['status']}, {record.get('updated')}): program "
+                  f"{escape(json.dumps(record.get('program')))}")
+    console.print(f"inputs: {escape(json.dumps(record['inputs'], ensure_ascii=False))}")
+    table = Table(title="steps")
+    for column in ("step", "model", "tokens in", "tokens out", "$", "s", "outputs"):
+        table.add_column(column)
+    for step in record["steps"]:
+        shown = json.dumps(step["outputs"], ensure_ascii=False, default=str)
+        table.add_row(step["key"], step.get("model") or "-", str(step.get("input_tokens", 0)),
+                      str(step.get("output_tokens", 0)), f"{step.get('cost_usd') or 0.0:.6f}",
+                      f"{step.get('latency_s', 0.0):.2f}", escape(shown if len(shown) <= 120 else shown[:117] + "..."))
+    console.print(table)
+    if record.get("error"):
+        console.print(f"error at {record['error'].get('stage')}: {escape(str(record['error'].get('message')))}")
+    else:
+        console.print(f"outputs: {escape(json.dumps(record.get('outputs'), ensure_ascii=False, default=str))}")
 
 
 def main() -> None:

@@ -522,8 +522,9 @@ def test_the_api_answers_bad_input_with_json_errors_and_keeps_serving(served, ar
     # The recorded model cannot answer a prompt it never saw: the model failed (503), not stagewise (500).
     unknown = httpx.post(f"{served}/v1/run", json={"prompt": "not a recorded prompt"}, headers=auth, timeout=30)
     assert unknown.status_code == 503, unknown.text
-    assert unknown.json()["error"] == {"code": "upstream_failed",
-                                       "message": "stage 'answer' failed on every model it may use"}
+    error = unknown.json()["error"]
+    assert (error["code"], error["message"]) == ("upstream_failed", "stage 'answer' failed on every model it may use")
+    assert error["run_id"] == unknown.headers["X-Stagewise-Run"]  # a failed request is a recorded failed run
     ok = httpx.post(f"{served}/v1/run", json={"prompt": arc.prompts[1]}, headers=auth, timeout=30)
     assert ok.status_code == 200  # still serving after every error
     codes = [httpx.post(f"{served}/v1/run", json={"prompt": arc.prompts[2]}, headers=auth, timeout=30).status_code

@@ -181,7 +181,9 @@ def test_a_request_past_its_deadline_is_answered_504_makes_no_further_call_and_i
         late = httpx.post(f"{base}/v1/run", json={"prompt": "What is 2 + 2?"}, headers=AUTH, timeout=30)
         took = time.monotonic() - started
         assert late.status_code == 504, late.text + log.read_text()
-        assert late.json()["error"] == {"code": "deadline_exceeded", "message": "the request ran longer than 1 s"}
+        error = late.json()["error"]
+        assert (error["code"], error["message"]) == ("deadline_exceeded", "the request ran longer than 1 s")
+        assert error["run_id"] == late.headers["X-Stagewise-Run"]  # the request is a recorded (failed) run
         assert 1.0 <= took < 3.5  # answered at the deadline, not when the model answered (5 s)
         assert httpx.get(f"{base}/healthz", timeout=2).status_code == 200
         in_flight = httpx.get(f"{base}/v1/budget", headers=AUTH, timeout=5).json()

@@ -95,12 +95,26 @@ def named(program: dspy.Module, names: Iterable[str], what: str) -> dict[str, An
 
 
 def set_models(program: dspy.Module, models: dict[str, Any], *, catalog=None) -> dspy.Module:
-    """Give each named stage its model (a catalog name, a model string or a ``dspy.LM``); returns ``program``."""
+    """Give each named stage its model (a catalog name, a model string or a ``dspy.LM``); returns ``program``.
+
+    A recorded model named for a stage whose current model replays an outcome table replays the
+    same table (``replay --model answer=recorded/gpt-4-1106-preview`` on a recorded program).
+    """
     from stagewise.models.lm import get_lm
 
     stages = named(program, models, "set_models")
     for name, model in models.items():
-        stages[name].lm = model if isinstance(model, dspy.BaseLM) else get_lm(model, catalog=catalog)
+        if isinstance(model, dspy.BaseLM):
+            stages[name].lm = model
+            continue
+        current = getattr(stages[name], "lm", None)
+        table = getattr(getattr(current, "engine", None), "table", None)
+        try:
+            stages[name].lm = get_lm(model, catalog=catalog)
+        except ConfigError:
+            if table is None:
+                raise
+            stages[name].lm = get_lm(model, catalog=catalog, replay_table=table)
     return program
 
 

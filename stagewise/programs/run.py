@@ -90,6 +90,7 @@ class StageEvent:
     added: list[Section] = field(default_factory=list)
     log: StageRun | None = None
     cache_key: str | None = None  # set by a stage cache that missed, to store the result under
+    restored_by: str | None = None  # the observer (class name) whose stored result stood in for the call
 
 
 class Observer:

@@ -236,15 +236,18 @@ class Stage(Pipeline):
         if not watchers:
             return self._execute(run)
         event = StageEvent(self, run, stage_key(run, self.name))
+        before = dict(run.context.sections)  # a re-added id replaces its section in place: compare by identity
+        restored, restorer = None, None
         for watcher in watchers:
             restored = watcher.restore(event)
             if restored is not None:
-                return restored
-        before = dict(run.context.sections)  # a re-added id replaces its section in place: compare by identity
+                restorer, event.restored_by = watcher, type(watcher).__name__
+                break
         with ExitStack() as stack:
-            for watcher in watchers:
-                stack.enter_context(watcher.stage(event))
-            event.outputs = self._execute(run)
+            for watcher in watchers:  # the others see a restored execution too (a checkpoint records it)
+                if watcher is not restorer:
+                    stack.enter_context(watcher.stage(event))
+            event.outputs = restored if restorer is not None else self._execute(run)
             event.added = [s for i, s in run.context.sections.items() if before.get(i) is not s]
             event.log = next((s for s in reversed(run.stages) if s.stage == self.name), None)
         return event.outputs

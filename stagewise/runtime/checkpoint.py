@@ -152,6 +152,37 @@ class CheckpointStore(ABC):
         """The latest runs: id, status, last update."""
         return [{"run_id": r, "status": s, "updated": u} for r, s, u in self._summaries(limit)]
 
+    def find(self, *, since: str | None = None, status: str | None = None, stage: str | None = None,
+             limit: int = 50) -> list[dict]:
+        """The latest runs (newest first) updated at or after ``since`` (an ISO 8601 UTC time), with
+        ``status``, and, with ``stage``, that executed that stage; each with its stages, calls, tokens
+        and cost. A run whose checkpoint cannot be read is listed with status ``unreadable``."""
+        if status is not None and status not in ("running", "failed", "completed"):
+            raise StoreError(f"status {status!r}: expected running, failed or completed")
+        scanned = self._summaries(min(limit * 20, 10_000) if stage else limit * 4 if (since or status) else limit)
+        found = []
+        for run_id, run_status, updated in scanned:
+            if (since is not None and updated < since) or (status is not None and run_status != status):
+                continue
+            try:
+                record = self.load(run_id)
+            except CheckpointError as exc:
+                found.append({"run_id": run_id, "status": "unreadable", "updated": updated, "stages": [],
+                              "calls": 0, "tokens": 0, "cost_usd": 0.0, "error": str(exc)})
+                continue
+            stages = [step["stage"] for step in record["steps"]]
+            if stage is not None and stage not in stages:
+                continue
+            found.append({"run_id": run_id, "status": run_status, "updated": updated, "stages": stages,
+                          "calls": sum(step.get("calls", 0) for step in record["steps"]),
+                          "tokens": sum(step.get("input_tokens", 0) + step.get("output_tokens", 0)
+                                        for step in record["steps"]),
+                          "cost_usd": sum(step.get("cost_usd") or 0.0 for step in record["steps"]),
+                          "error": (record.get("error") or {}).get("message")})
+            if len(found) == limit:
+                break
+        return found
+
     def close(self) -> None:  # noqa: B027 - a deliberate no-op default, not abstract: overriding is optional
         """Release connections (stores that hold none do nothing)."""
 

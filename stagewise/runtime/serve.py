@@ -34,24 +34,28 @@ import ipaddress
 import math
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Annotated, Any
 
 import dspy
 import redis
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from opentelemetry import context as otel_context
+from opentelemetry import propagate
 from pydantic import AfterValidator, ConfigDict, create_model
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from stagewise.errors import StagewiseError, StoreError
 from stagewise.models.usage import track_usage
 from stagewise.programs.predictors import stages_of
-from stagewise.programs.run import guarding, observing
+from stagewise.programs.run import Observer, guarding, observing
 from stagewise.redaction import redact, redacted_logger
 from stagewise.runtime.budgets import Budget, describe_store, today
+from stagewise.runtime.checkpoint import CheckpointStore, open_checkpoints
 from stagewise.runtime.costs import CostMonitor
 from stagewise.runtime.resilience import (
     BudgetExceeded,
@@ -64,7 +68,7 @@ from stagewise.runtime.resilience import (
     deadline_scope,
     tenant_scope,
 )
-from stagewise.runtime.runs import jsonable
+from stagewise.runtime.runs import Checkpointer, jsonable, origin_of
 from stagewise.runtime.stage_cache import StageCache
 from stagewise.runtime.tenants import Tenant, match_token
 
@@ -164,7 +168,8 @@ def create_app(directory: str | Path, *, token: str | None = None, tenants: list
                max_body: int = 64 * 1024, requests_per_minute: int = 60, resilience: Resilience | None = None,
                monitor: CostMonitor | None = None, redis_url: str | None = None, factory=None,
                trust_code: bool = False, timeout_s: float | None = None, max_concurrency: int | None = None,
-               auth_failures_per_minute: int = 10) -> FastAPI:
+               auth_failures_per_minute: int = 10, runs: str | CheckpointStore | None = None,
+               tracer: Observer | None = None) -> FastAPI:
     """The app serving the exported program in ``directory`` (see the module for its endpoints and limits).
 
     ``token`` (one tenant, named by its hashed credential) and ``tenants`` (from a tokens file) are
@@ -174,6 +179,12 @@ def create_app(directory: str | Path, *, token: str | None = None, tenants: list
     process using it. ``timeout_s``: each request's deadline; ``max_concurrency``: requests running
     at once (each in its own worker thread, held until its last model call has returned). The
     program is loaded with :func:`stagewise.load` (``factory`` and ``trust_code`` as there).
+
+    ``runs`` (a checkpoint store or its URL) records every request as a run, checkpointed after
+    every stage; its id comes back in the ``X-Stagewise-Run`` header and the body's ``run_id``, so
+    ``stagewise diff``, ``replay`` and ``runs show`` find it. ``tracer`` (a
+    :class:`~stagewise.runtime.tracing.Tracer`) exports each request's spans, as children of the
+    caller's trace when the request carries a W3C ``traceparent`` header.
     """
     from stagewise.errors import ConfigError
     from stagewise.optimize.export import load, read_manifest
@@ -186,6 +197,8 @@ def create_app(directory: str | Path, *, token: str | None = None, tenants: list
     directory = Path(directory)
     manifest = read_manifest(directory)
     program = load(directory, factory=factory, trust_code=trust_code)
+    store = open_checkpoints(runs) if isinstance(runs, str) else runs
+    origin = origin_of(program)
     fields = input_fields(program, manifest)
     Inputs = create_model("RunRequest", __config__=ConfigDict(extra="forbid"),  # noqa: N806
                           **{name: (Text, ...) for name in fields})
@@ -213,7 +226,7 @@ def create_app(directory: str | Path, *, token: str | None = None, tenants: list
     app = FastAPI(title="stagewise program", version=manifest.get("format", "1"),
                   description=f"The exported program {manifest.get('factory')} ({', '.join(stages_of(program))})")
     app.state.program, app.state.monitor, app.state.cache = program, monitor, cache
-    app.state.resilience, app.state.limiter = resilience, limiter
+    app.state.resilience, app.state.limiter, app.state.runs = resilience, limiter, store
 
     @app.middleware("http")
     async def limit_body(request: Request, call_next):
@@ -287,10 +300,13 @@ def create_app(directory: str | Path, *, token: str | None = None, tenants: list
         log.exception("request failed")
         return _error(500, "internal_error", "the request failed; the server's log says why")
 
-    def execute(inputs: dict, tenant: str, deadline: float | None) -> dict:
+    def execute(inputs: dict, tenant: str, deadline: float | None, run_id: str | None, carrier: dict) -> dict:
         started = time.perf_counter()
+        recording = [] if store is None else [Checkpointer(store, run_id, program=program, origin=origin)]
+        traced = [] if tracer is None else [tracer]
+        parent = otel_context.attach(propagate.extract(carrier)) if tracer is not None else None
         try:
-            with dspy.context(adapter=adapter), guarding(resilience), observing(cache, monitor), \
+            with dspy.context(adapter=adapter), guarding(resilience), observing(*recording, cache, monitor, *traced), \
                     tenant_scope(tenant), deadline_scope(deadline), track_usage() as ledger:
                 prediction = program(**inputs)
         except BudgetExceeded as exc:
@@ -304,8 +320,12 @@ def create_app(directory: str | Path, *, token: str | None = None, tenants: list
             raise ApiError(503, "upstream_failed", "the model provider's rate limit is reached; retry later") from None
         except STORE_ERRORS as exc:
             raise store_down(exc) from None
+        finally:
+            if parent is not None:
+                otel_context.detach(parent)
         stages = _stages_used(prediction, ledger)
         return {
+            "run_id": run_id,
             "outputs": {key: jsonable(prediction[key]) for key in prediction.keys()},
             "stages": stages,
             "cost_usd": sum(s["cost_usd"] for s in stages),
@@ -321,12 +341,26 @@ def create_app(directory: str | Path, *, token: str | None = None, tenants: list
             future.exception()  # an abandoned request's error was answered already (504)
 
     @app.post("/v1/run", responses={400: {}, 401: {}, 402: {}, 413: {}, 422: {}, 429: {}, 503: {}, 504: {}})
-    async def run_program(body: Inputs, tenant: Tenant = Depends(authenticate)) -> dict:  # type: ignore[valid-type]
+    async def run_program(body: Inputs, request: Request, response: Response,  # type: ignore[valid-type]
+                          tenant: Tenant = Depends(authenticate)) -> dict:
         if running is not None and not running.acquire(blocking=False):
             raise ApiError(503, "overloaded", f"{max_concurrency} requests are running; retry later",
                            headers={"Retry-After": "1"})
+        run_id = uuid.uuid4().hex[:16] if store is not None else None
+        if run_id is not None:
+            response.headers["X-Stagewise-Run"] = run_id
+        try:
+            return await _run(body.model_dump(), tenant, run_id, dict(request.headers))
+        except ApiError as exc:
+            if run_id is not None:  # a failed request is a failed run: its id leads to what happened
+                exc.headers = {**(exc.headers or {}), "X-Stagewise-Run": run_id}
+                exc.extra["run_id"] = run_id
+            raise
+
+    async def _run(inputs: dict, tenant: Tenant, run_id: str | None, carrier: dict) -> dict:
         deadline = time.monotonic() + timeout_s if timeout_s else None
-        call = functools.partial(contextvars.copy_context().run, execute, body.model_dump(), tenant.name, deadline)
+        call = functools.partial(contextvars.copy_context().run, execute, inputs, tenant.name, deadline, run_id,
+                                 carrier)
         future = asyncio.get_running_loop().run_in_executor(workers, call)
         future.add_done_callback(finished)
         if timeout_s is None:
