@@ -575,6 +575,16 @@ def serve(
                                                            "($OTEL_EXPORTER_OTLP_ENDPOINT) or mlflow "
                                                            "($MLFLOW_TRACKING_URI); a traceparent header makes "
                                                            "them part of the caller's trace."),
+    trace_content: bool = typer.Option(False, "--trace-content", help="Put prompts and responses in the spans "
+                                                                      "(redacted by --redact)."),
+    context_store: str | None = typer.Option(None, "--context-store", help="Mirror every section a request's "
+                                                                           "stages add into this context store: "
+                                                                           "sqlite:///PATH, redis://...?ttl=S or "
+                                                                           "postgresql://..."),
+    redact_spec: str | None = typer.Option(None, "--redact", help="Keep personal data out of runs, the context store, "
+                                                             "spans and logs: 'all', detectors (email,credit_card,"
+                                                             "phone,iban) or a TOML file with a [privacy] table. "
+                                                             "Responses are unchanged."),
 ) -> None:
     """Serve an exported program over HTTP: POST /v1/run, GET /v1/budget, GET /healthz, OpenAPI at /openapi.json."""
 
@@ -603,14 +613,21 @@ def serve(
                           store=(spend or redis or "sqlite:///stagewise-spend.db") if daily else None)
     resilience = Resilience(policies=policies, budget=spending, breakers=Breakers(redis_url=redis))
     runs_url = None if runs == "off" else (runs or f"sqlite:///{directory.resolve() / 'runs.db'}")
+    privacy = None
+    if redact_spec:
+        from stagewise.runtime.privacy import PrivacyPolicy
+
+        privacy = PrivacyPolicy.from_option(redact_spec)
     tracer = None
     if trace:
         from stagewise.runtime.tracing import Tracer, tracer_provider
 
-        tracer = Tracer(tracer_provider(trace)[0], program=str(directory))
+        tracer = Tracer(tracer_provider(trace)[0], program=str(directory), capture_content=trace_content,
+                        privacy=privacy)
     app_ = create_app(directory, token=token, tenants=tenants, max_body=max_body, requests_per_minute=rate,
                       resilience=resilience, redis_url=redis, trust_code=trust_code, timeout_s=timeout,
-                      max_concurrency=max_concurrency, runs=runs_url, tracer=tracer)
+                      max_concurrency=max_concurrency, runs=runs_url, tracer=tracer, privacy=privacy,
+                      context_store=context_store)
     warning = exposure_warning(host, authenticated=bool(token or tenants))
     if warning:
         log.warning(warning)

@@ -178,3 +178,71 @@ def test_stagewise_serve_records_runs_next_to_the_program_by_default(exported, a
     assert "runs recorded in " + store in log.read_text()
     shown = CliRunner().invoke(app, ["runs", "show", response.headers["X-Stagewise-Run"], "--store", store, "--json"])
     assert shown.exit_code == 0 and json.loads(shown.stdout)["outputs"]["answer"] == recorded(arc, arc.prompts[9])
+
+
+# --- personal data kept out of what serve records (issue 15, item 4) ---------------------------------
+
+CARD, EMAIL = "4111 1111 1111 1111", "jane.doe@example.com"
+PII_PROMPT = f"My card {CARD} was charged twice. Please write to {EMAIL} about it."
+PII_RESPONSE = f"We have blocked card {CARD} and will write to {EMAIL} today."
+
+
+def _serve(directory, tmp_path, *options):
+    """`stagewise serve` in a subprocess: (process, base URL, log file with its stdout and stderr)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = tmp_path / f"serve-{port}.log"
+    process = subprocess.Popen([str(os.path.join(os.path.dirname(sys.executable), "stagewise")), "serve",
+                                str(directory), "--no-auth", "--trust-code", "--port", str(port), *options],
+                               env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=open(log, "w"),
+                               stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+            return process, f"http://127.0.0.1:{port}", log
+        except httpx.HTTPError:
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.3)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres", "redis"])
+def test_a_card_number_and_an_email_sent_through_serve_are_kept_nowhere(kind, tmp_path):
+    import pandas as pd
+
+    from stagewise.models.replay import OutcomeTable
+    from stagewise.runtime import open_context_store
+
+    from .conftest import require_service
+
+    column = "mistralai/mixtral-8x7b-chat"
+    table_path = tmp_path / "pii.csv"
+    pd.DataFrame({"prompt": [repr([PII_PROMPT])], column: ["1.0"], f"{column}|model_response": [repr([PII_RESPONSE])],
+                  f"{column}|total_cost": ["0.0002"]}).to_csv(table_path, index=False)
+    program = build()
+    program.set_models({"answer": get_lm("recorded/mixtral-8x7b-chat", replay_table=OutcomeTable.load(table_path))})
+    directory = export(program, tmp_path / "best", factory="tests.test_served_runs:build")
+    runs, context = {"sqlite": (f"sqlite:///{tmp_path}/runs.db", f"sqlite:///{tmp_path}/context.db"),
+                     "postgres": (require_service("postgres"),) * 2,
+                     "redis": (f"sqlite:///{tmp_path}/runs.db", require_service("redis") + "?ttl=600")}[kind]
+    process, base, log = _serve(directory, tmp_path, "--redact", "all", "--runs", runs, "--context-store", context,
+                                "--trace", "console", "--trace-content")
+    try:
+        response = httpx.post(f"{base}/v1/run", json={"prompt": PII_PROMPT}, timeout=60)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    assert response.status_code == 200, log.read_text()[-3000:]
+    assert response.json()["outputs"]["answer"] == PII_RESPONSE  # the model saw the original; the caller too
+    run_id = response.headers["X-Stagewise-Run"]
+    kept = {"run": json.dumps(cp.open_checkpoints(runs).load(run_id)),
+            "context": json.dumps(open_context_store(context).entries(run_id)),
+            "spans and logs": log.read_text()}
+    assert '"name": "chat recorded/mixtral-8x7b-chat"' in kept["spans and logs"]  # the spans were written
+    for where, text in kept.items():
+        for secret in (CARD, CARD.replace(" ", ""), EMAIL):
+            assert secret not in text, f"{secret!r} kept in the {where}"
+        assert "<CREDIT_CARD>" in text and "<EMAIL>" in text, where  # redacted, not dropped

@@ -57,6 +57,7 @@ from stagewise.redaction import redact, redacted_logger
 from stagewise.runtime.budgets import Budget, describe_store, today
 from stagewise.runtime.checkpoint import CheckpointStore, open_checkpoints
 from stagewise.runtime.costs import CostMonitor
+from stagewise.runtime.privacy import PrivacyPolicy, protecting
 from stagewise.runtime.resilience import (
     BudgetExceeded,
     DeadlineExceeded,
@@ -70,6 +71,7 @@ from stagewise.runtime.resilience import (
 )
 from stagewise.runtime.runs import Checkpointer, jsonable, origin_of
 from stagewise.runtime.stage_cache import StageCache
+from stagewise.runtime.store import ContextRecorder, ContextStore, open_context_store
 from stagewise.runtime.tenants import Tenant, match_token
 
 __all__ = ["ApiError", "create_app", "exposure_warning", "input_fields"]
@@ -169,7 +171,8 @@ def create_app(directory: str | Path, *, token: str | None = None, tenants: list
                monitor: CostMonitor | None = None, redis_url: str | None = None, factory=None,
                trust_code: bool = False, timeout_s: float | None = None, max_concurrency: int | None = None,
                auth_failures_per_minute: int = 10, runs: str | CheckpointStore | None = None,
-               tracer: Observer | None = None) -> FastAPI:
+               tracer: Observer | None = None, privacy: PrivacyPolicy | None = None,
+               context_store: str | ContextStore | None = None) -> FastAPI:
     """The app serving the exported program in ``directory`` (see the module for its endpoints and limits).
 
     ``token`` (one tenant, named by its hashed credential) and ``tenants`` (from a tokens file) are
@@ -184,7 +187,10 @@ def create_app(directory: str | Path, *, token: str | None = None, tenants: list
     every stage; its id comes back in the ``X-Stagewise-Run`` header and the body's ``run_id``, so
     ``stagewise diff``, ``replay`` and ``runs show`` find it. ``tracer`` (a
     :class:`~stagewise.runtime.tracing.Tracer`) exports each request's spans, as children of the
-    caller's trace when the request carries a W3C ``traceparent`` header.
+    caller's trace when the request carries a W3C ``traceparent`` header. ``context_store`` (a
+    context store or its URL) mirrors every section a request's stages add. ``privacy`` (a
+    :class:`~stagewise.runtime.privacy.PrivacyPolicy`) redacts what is kept of each request: the
+    run, the context store, spans and log records; the program and the caller see the original text.
     """
     from stagewise.errors import ConfigError
     from stagewise.optimize.export import load, read_manifest
@@ -198,6 +204,7 @@ def create_app(directory: str | Path, *, token: str | None = None, tenants: list
     manifest = read_manifest(directory)
     program = load(directory, factory=factory, trust_code=trust_code)
     store = open_checkpoints(runs) if isinstance(runs, str) else runs
+    mirror = open_context_store(context_store) if isinstance(context_store, str) else context_store
     origin = origin_of(program)
     fields = input_fields(program, manifest)
     Inputs = create_model("RunRequest", __config__=ConfigDict(extra="forbid"),  # noqa: N806
@@ -302,12 +309,15 @@ def create_app(directory: str | Path, *, token: str | None = None, tenants: list
 
     def execute(inputs: dict, tenant: str, deadline: float | None, run_id: str | None, carrier: dict) -> dict:
         started = time.perf_counter()
-        recording = [] if store is None else [Checkpointer(store, run_id, program=program, origin=origin)]
+        recording = [] if store is None else [Checkpointer(store, run_id, program=program, origin=origin,
+                                                           privacy=privacy)]
+        recording += [] if mirror is None else [ContextRecorder(mirror, privacy=privacy)]
         traced = [] if tracer is None else [tracer]
         parent = otel_context.attach(propagate.extract(carrier)) if tracer is not None else None
         try:
-            with dspy.context(adapter=adapter), guarding(resilience), observing(*recording, cache, monitor, *traced), \
-                    tenant_scope(tenant), deadline_scope(deadline), track_usage() as ledger:
+            with dspy.context(adapter=adapter), protecting(privacy), guarding(resilience), \
+                    observing(*recording, cache, monitor, *traced), tenant_scope(tenant), deadline_scope(deadline), \
+                    track_usage() as ledger:
                 prediction = program(**inputs)
         except BudgetExceeded as exc:
             raise ApiError(402, "budget_exceeded", str(exc), partial=exc.partial) from None
