@@ -762,12 +762,18 @@ def runs_list(
 def runs_show(
     run_id: str = typer.Argument(..., help="A recorded run's id (a served response's X-Stagewise-Run header)."),
     json_output: bool = typer.Option(False, "--json", help="Print the whole checkpoint record as JSON."),
+    html: Path | None = typer.Option(None, "--html", help="Also write the run as a standalone page here: its steps "
+                                                          "as a timeline and its context diff."),
     store: str | None = typer.Option(None, help=RUNS_STORE_HELP),
 ) -> None:
     """One run: its inputs, each step with its model, tokens, cost and outputs, its outputs or its error."""
     import json
 
     record = _runs_store(store).load(run_id)
+    if html is not None:
+        from stagewise.runtime.run_page import run_page
+
+        html.write_text(run_page(record), encoding="utf-8")
     if json_output:
         typer.echo(json.dumps(record, indent=2, default=str))
         return
@@ -787,6 +793,8 @@ def runs_show(
         console.print(f"error at {record['error'].get('stage')}: {escape(str(record['error'].get('message')))}")
     else:
         console.print(f"outputs: {escape(json.dumps(record.get('outputs'), ensure_ascii=False, default=str))}")
+    if html is not None:
+        console.print(f"wrote {html}")
 
 
 def main() -> None:

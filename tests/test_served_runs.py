@@ -246,3 +246,34 @@ def test_a_card_number_and_an_email_sent_through_serve_are_kept_nowhere(kind, tm
         for secret in (CARD, CARD.replace(" ", ""), EMAIL):
             assert secret not in text, f"{secret!r} kept in the {where}"
         assert "<CREDIT_CARD>" in text and "<EMAIL>" in text, where  # redacted, not dropped
+
+
+def test_a_run_page_shows_the_steps_as_a_timeline_and_the_context_diff_in_chromium(arc, tmp_path):
+    import dspy
+
+    from stagewise.programs import Chain
+    from stagewise.runtime import run
+
+    from .conftest import require_service
+
+    url = f"sqlite:///{tmp_path}/runs.db"
+    answer = Stage("answer", "prompt -> answer", lm=get_lm("recorded/mixtral-8x7b-chat", replay_table=arc))
+    check = Stage("check", "prompt, answer -> verdict",
+                  lm=dspy.utils.DummyLM([{"verdict": "looks right"}], adapter=dspy.JSONAdapter()))
+    chain = Chain("desk", [answer, check])
+    with dspy.context(adapter=dspy.JSONAdapter()):
+        run(chain, {"prompt": arc.prompts[10]}, store=url, run_id="paged")
+    page = tmp_path / "run.html"
+    shown = CliRunner().invoke(app, ["runs", "show", "paged", "--store", url, "--html", str(page)])
+    assert shown.exit_code == 0 and f"wrote {page}" in shown.stdout
+    chromium = require_service("chromium")
+    dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                          "--disable-component-update", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+                          "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    assert "Run <code>paged</code> (completed)" in dom
+    assert dom.count("class=\"step\"") == 2 and "step-answer#0" in dom and "step-check#0" in dom
+    assert "recorded/mixtral-8x7b-chat" in dom and "looks right" in dom and "class=\"bar\"" in dom
+    assert "2 stage executions" in dom and "answer.answer" in dom  # the context diff, below the timeline
+    record = cp.open_checkpoints(url).load("paged")
+    calls = sum(step["calls"] for step in record["steps"])
+    assert f"{record['steps'][0]['cost_usd']:.6f}" in dom and f"{calls} model call(s)" in dom

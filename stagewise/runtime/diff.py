@@ -103,11 +103,19 @@ code{font-size:.85rem}
 def diff_html(record: dict) -> str:
     """A standalone page: one table per stage execution."""
     esc = html.escape
-    diffs = run_diff(record)
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>stagewise run {esc(record['run_id'])}</title>"
              f"<style>{_STYLE}</style></head><body>",
              f"<h1>Context diff of run <code>{esc(record['run_id'])}</code> ({esc(record['status'])})</h1>",
-             f"<p id='summary'>{len(diffs)} stage executions; {sum(d.tokens_added for d in diffs)} tokens added, "
+             *diff_parts(record), "</body></html>"]
+    return "\n".join(parts)
+
+
+def diff_parts(record: dict) -> list[str]:
+    """The HTML of a run's context diff (a summary, then one table per stage execution, then any error),
+    for a page of its own (:func:`diff_html`) or inside another (``stagewise runs show --html``)."""
+    esc = html.escape
+    diffs = run_diff(record)
+    parts = [f"<p id='summary'>{len(diffs)} stage executions; {sum(d.tokens_added for d in diffs)} tokens added, "
              f"{sum(d.tokens_saved for d in diffs)} tokens saved by transforms.</p>"]
     for diff in diffs:
         parts.append(f"<h2 id='stage-{esc(diff.key)}'>stage {esc(diff.key)} <small>({esc(diff.model or 'no model')}, "
@@ -132,5 +140,4 @@ def diff_html(record: dict) -> str:
         error = record["error"]
         parts.append(f"<p id='error'>failed at {esc(str(error.get('stage')))}: {esc(str(error.get('type')))}: "
                      f"{esc(str(error.get('message')))}</p>")
-    parts.append("</body></html>")
-    return "\n".join(parts)
+    return parts
