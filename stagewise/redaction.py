@@ -22,7 +22,7 @@ import logging
 import re
 from urllib.parse import urlsplit
 
-__all__ = ["RedactingFilter", "redact", "redacted_logger", "scrub"]
+__all__ = ["RedactingFilter", "redact", "redact_log_record", "redacted_logger", "scrub"]
 
 MASK = "***"
 
@@ -102,20 +102,25 @@ class RedactingFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         """Rewrite ``record`` in place: its message formatted and redacted, its traceback text redacted."""
-        try:
-            message = record.getMessage()
-        except Exception:  # noqa: BLE001 - a record whose arguments do not fit: logging reports it itself
-            return True
-        redacted = redact(message)
-        if redacted != message or record.args:
-            record.msg, record.args = redacted, None
-        if record.exc_info and not record.exc_text:
-            record.exc_text = logging.Formatter().formatException(record.exc_info)
-        if record.exc_text:
-            record.exc_text = redact(record.exc_text)
-        if record.stack_info:
-            record.stack_info = redact(record.stack_info)
+        redact_log_record(record, redact)
         return True
+
+
+def redact_log_record(record: logging.LogRecord, redact_text) -> None:
+    """Rewrite ``record`` in place with ``redact_text`` (a ``str -> str``) applied to its formatted
+    message, its traceback text and its stack; a record whose arguments do not fit its message is
+    left for logging to report."""
+    try:
+        message = record.getMessage()
+    except Exception:  # noqa: BLE001 - a record whose arguments do not fit: logging reports it itself
+        return
+    record.msg, record.args = redact_text(message), None
+    if record.exc_info and not record.exc_text:
+        record.exc_text = logging.Formatter().formatException(record.exc_info)
+    if record.exc_text:
+        record.exc_text = redact_text(record.exc_text)
+    if record.stack_info:
+        record.stack_info = redact_text(record.stack_info)
 
 
 def redacted_logger(name: str) -> logging.Logger:

@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from stagewise.errors import ConfigError
+from stagewise.redaction import redact_log_record
 
 __all__ = ["DEFAULT_KEY_ENV", "DEFAULT_PHONE_REGIONS", "DETECTORS", "IBAN_LENGTHS", "Finding", "PrivacyFilter",
            "PrivacyPolicy", "PrivacyScope", "current_privacy", "iban_valid", "luhn_valid", "privacy_scope",
@@ -485,20 +486,6 @@ def protecting(policy: PrivacyPolicy | None) -> Iterator[PrivacyScope | None]:
         _scope.reset(token)
 
 
-def _redact_log_record(record: logging.LogRecord, redact) -> None:
-    try:
-        message = record.getMessage()
-    except Exception:  # noqa: BLE001 - a record whose arguments do not fit: logging reports it itself
-        return
-    record.msg, record.args = redact(message), None
-    if record.exc_info and not record.exc_text:
-        record.exc_text = logging.Formatter().formatException(record.exc_info)
-    if record.exc_text:
-        record.exc_text = redact(record.exc_text)
-    if record.stack_info:
-        record.stack_info = redact(record.stack_info)
-
-
 _factory_lock = threading.Lock()
 _installed = False
 
@@ -516,7 +503,7 @@ def _install_log_redaction() -> None:
             record = previous(*args, **kwargs)
             scope = _scope.get()
             if scope is not None:
-                _redact_log_record(record, scope.text)
+                redact_log_record(record, scope.text)
             return record
 
         logging.setLogRecordFactory(factory)
@@ -537,6 +524,6 @@ class PrivacyFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         """Rewrite ``record`` in place (message, traceback, stack) and pass it."""
         scope = _scope.get()
-        _redact_log_record(record, scope.text if scope is not None and scope.policy is self.policy
+        redact_log_record(record, scope.text if scope is not None and scope.policy is self.policy
                            else self.policy.text)
         return True
