@@ -3,10 +3,7 @@ comes back in the response; `stagewise runs list/show`, `diff` and `replay` read
 caller's trace through `traceparent`."""
 
 import json
-import os
 import subprocess
-import sys
-import time
 
 import httpx
 import pytest
@@ -20,7 +17,8 @@ from stagewise.programs import Stage
 from stagewise.runtime import checkpoint as cp
 from stagewise.runtime.serve import create_app
 
-from .conftest import ROOT, ROUTERBENCH_TEST
+from .conftest import ROUTERBENCH_TEST
+from .test_serve_limits import serve, stop
 
 
 def build():
@@ -150,29 +148,11 @@ def test_runs_list_filters_and_bad_values_are_one_line(tmp_path):
 
 
 def test_stagewise_serve_records_runs_next_to_the_program_by_default(exported, arc, tmp_path):
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    log = tmp_path / "serve.log"
-    process = subprocess.Popen([str(os.path.join(os.path.dirname(sys.executable), "stagewise")), "serve",
-                                str(exported), "--no-auth", "--trust-code", "--port", str(port)],
-                               env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=open(log, "w"),
-                               stderr=subprocess.STDOUT)
+    process, base, log = serve(tmp_path, "--no-auth")
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
-                break
-            except httpx.HTTPError:
-                assert process.poll() is None and time.monotonic() < deadline, log.read_text()
-                time.sleep(0.3)
-        response = httpx.post(f"http://127.0.0.1:{port}/v1/run", json={"prompt": arc.prompts[9]}, timeout=60)
+        response = httpx.post(f"{base}/v1/run", json={"prompt": arc.prompts[9]}, timeout=60)
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        stop(process)
     assert response.status_code == 200, response.text
     store = f"sqlite:///{exported / 'runs.db'}"
     assert "runs recorded in " + store in log.read_text()
@@ -185,28 +165,6 @@ def test_stagewise_serve_records_runs_next_to_the_program_by_default(exported, a
 CARD, EMAIL = "4111 1111 1111 1111", "jane.doe@example.com"
 PII_PROMPT = f"My card {CARD} was charged twice. Please write to {EMAIL} about it."
 PII_RESPONSE = f"We have blocked card {CARD} and will write to {EMAIL} today."
-
-
-def _serve(directory, tmp_path, *options):
-    """`stagewise serve` in a subprocess: (process, base URL, log file with its stdout and stderr)."""
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    log = tmp_path / f"serve-{port}.log"
-    process = subprocess.Popen([str(os.path.join(os.path.dirname(sys.executable), "stagewise")), "serve",
-                                str(directory), "--no-auth", "--trust-code", "--port", str(port), *options],
-                               env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=open(log, "w"),
-                               stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
-            return process, f"http://127.0.0.1:{port}", log
-        except httpx.HTTPError:
-            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.3)
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgres", "redis"])
@@ -224,17 +182,16 @@ def test_a_card_number_and_an_email_sent_through_serve_are_kept_nowhere(kind, tm
                   f"{column}|total_cost": ["0.0002"]}).to_csv(table_path, index=False)
     program = build()
     program.set_models({"answer": get_lm("recorded/mixtral-8x7b-chat", replay_table=OutcomeTable.load(table_path))})
-    directory = export(program, tmp_path / "best", factory="tests.test_served_runs:build")
+    export(program, tmp_path / "best", factory="tests.test_served_runs:build")  # what serve(tmp_path) serves
     runs, context = {"sqlite": (f"sqlite:///{tmp_path}/runs.db", f"sqlite:///{tmp_path}/context.db"),
                      "postgres": (require_service("postgres"),) * 2,
                      "redis": (f"sqlite:///{tmp_path}/runs.db", require_service("redis") + "?ttl=600")}[kind]
-    process, base, log = _serve(directory, tmp_path, "--redact", "all", "--runs", runs, "--context-store", context,
-                                "--trace", "console", "--trace-content")
+    process, base, log = serve(tmp_path, "--no-auth", "--redact", "all", "--runs", runs, "--context-store", context,
+                               "--trace", "console", "--trace-content")
     try:
         response = httpx.post(f"{base}/v1/run", json={"prompt": PII_PROMPT}, timeout=60)
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        stop(process)
     assert response.status_code == 200, log.read_text()[-3000:]
     assert response.json()["outputs"]["answer"] == PII_RESPONSE  # the model saw the original; the caller too
     run_id = response.headers["X-Stagewise-Run"]
