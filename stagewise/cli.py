@@ -679,25 +679,51 @@ def diff_command(
 @app.command("replay")
 def replay_command(
     run_id: str = typer.Argument(..., help="A checkpointed run's id."),
-    stage: str = typer.Option(..., help="Re-run from this stage (earlier stages' stored outputs are reused)."),
+    stage: str | None = typer.Option(None, help="Re-run from this stage, router, retrieval or cascade (earlier "
+                                                "steps' stored outputs are reused); default: the one --route, "
+                                                "--accept or --escalate names."),
     set_: list[str] = typer.Option(None, "--set", help="FIELD=VALUE: an input field, or a section id an earlier "
-                                                       "stage produced (repeatable)."),
+                                                       "step produced, a retrieved passage included "
+                                                       "(retrieve.passage_2=...) (repeatable)."),
     model: list[str] = typer.Option(None, "--model", help="STAGE=MODEL: run a stage on another model (repeatable)."),
+    route: list[str] = typer.Option(None, "--route", help="[ROUTER=]LABEL: the router takes this route (the "
+                                                          "router's name may be left out when the run has one)."),
+    accept: str | None = typer.Option(None, "--accept", help="CASCADE: accept its first tier's answer unscored."),
+    escalate: str | None = typer.Option(None, "--escalate", help="CASCADE: escalate past its first tier unscored."),
     store: str | None = typer.Option(None, help=RUNS_STORE_HELP),
     trust_code: bool = typer.Option(False, "--trust-code", help=TRUST_CODE_HELP),
 ) -> None:
-    """Re-run a stored run from a stage with changed context or models; show how the outputs changed."""
+    """Re-run a stored run from a step with changed context, models or decisions; show how the outputs changed."""
     import dspy
 
+    from stagewise.errors import ConfigError
     from stagewise.runtime.runs import output_changes, replay
 
     overrides, models = _pairs(set_, "--set", "NAME=VALUE", empty=True), _pairs(model, "--model", "STAGE=MODEL")
+    runs = _runs_store(store)
+    decisions: dict[str, dict] = {}
+    for item in route or []:
+        router, equals, label = item.rpartition("=")
+        if not equals:
+            routers = sorted({s["stage"] for s in runs.load(run_id)["steps"] if s.get("kind") == "route"})
+            if len(routers) != 1:
+                raise ConfigError(f"--route {item!r}: name the router (ROUTER=LABEL); run {run_id!r} has the "
+                                  f"routers {routers or 'none'}")
+            router = routers[0]
+        decisions[router] = {"route": label}
+    for cascade, decision in ((accept, {"accept": True}), (escalate, {"escalate": True})):
+        if cascade:
+            decisions[cascade] = decision
+    if stage is None:
+        if not decisions:
+            raise ConfigError("replay needs --stage (or --route, --accept or --escalate, whose step it starts at)")
+        stage = next(iter(decisions))
     with dspy.context(adapter=dspy.JSONAdapter()):
-        original, prediction, replayed = replay(run_id, stage, store=_runs_store(store), overrides=overrides,
-                                                models=models, trust_code=trust_code)
+        original, prediction, replayed = replay(run_id, stage, store=runs, overrides=overrides, models=models,
+                                                trust_code=trust_code, decisions=decisions)
     changes = output_changes(original, replayed)
-    table = Table(title=f"run {run_id} replayed from stage {stage!r} as {prediction.run_id}")
-    for column in ("stage", "field", "original", "replayed"):
+    table = Table(title=f"run {run_id} replayed from {stage!r} as {prediction.run_id}")
+    for column in ("step", "field", "original", "replayed"):
         table.add_column(column)
     for row in changes:
         table.add_row(*row)

@@ -105,8 +105,10 @@ def test_the_runtime_snippet_checkpoints_resumes_diffs_traces_and_records_to_red
     run_id = namespace["prediction"].run_id
     record = open_checkpoints("sqlite:///runs.db").load(run_id)
     assert record["status"] == "completed" and record["program"] == {"export": str(best.resolve())}
-    stages = [step["stage"] for step in record["steps"]]
+    stages = [step["stage"] for step in record["steps"] if step.get("kind", "stage") == "stage"]
     assert stages[0] == "route" and stages[1:] in (["cards"], ["payments"])
+    [routed] = [step for step in record["steps"] if step.get("kind") == "route"]  # the router's decision, a step
+    assert routed["stage"] == "support" and routed["decision"]["route"] == stages[1]
 
     # The command the snippet prints finds the run, in the store the snippet wrote.
     [command] = [line for line in printed.splitlines() if line.startswith("stagewise diff ")]

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from stagewise.context.record import Section
-from stagewise.programs.run import Run, StageRun
+from stagewise.programs.run import Run, StageRun, stepping
 from stagewise.programs.stage import Pipeline, Stage, StageConfigError, as_text, default_count
 
 
@@ -49,6 +49,15 @@ class Cascade(Pipeline):
         return float(self.scorer.predict_proba([item])[0][1])
 
     def execute(self, run: Run) -> dict[str, Any]:
+        with stepping(run, self, "cascade", [self.query]) as step:
+            step.outputs = self._run_tiers(run, step.forced or {})
+            step.decision = {"accepted": step.outputs["tier"], "escalations": step.outputs["escalations"],
+                             "scores": step.outputs["scores"], "threshold": self.threshold}
+        return step.outputs
+
+    def _run_tiers(self, run: Run, forced: dict) -> dict[str, Any]:
+        """The tiers in order until one is accepted; ``forced`` (``{"accept": True}`` or ``{"escalate":
+        True}``, from ``replay --accept/--escalate``) decides the first tier without scoring it."""
         scores = []
         for position, tier in enumerate(self.tiers):
             outputs = tier.execute(run)
@@ -56,7 +65,10 @@ class Cascade(Pipeline):
                 raise StageConfigError(f"cascade {self.name!r}: tier {getattr(tier, 'name', position)!r} "
                                        f"produces no {self.answer!r} field")
             last = position == len(self.tiers) - 1
-            score = None if last else self._score(run, tier, outputs[self.answer])
+            if position == 0 and (forced.get("accept") or forced.get("escalate")):
+                score = 1.0 if forced.get("accept") else 0.0
+            else:
+                score = None if last else self._score(run, tier, outputs[self.answer])
             scores.append(score)
             if last or score >= self.threshold:
                 tier_name = getattr(tier, "name", str(position))

@@ -24,7 +24,7 @@ from typing import Any
 from stagewise.context.format import render
 from stagewise.context.record import Section
 from stagewise.errors import ProgramError
-from stagewise.programs.run import Run, StageRun, use_run
+from stagewise.programs.run import Run, StageRun, stepping, use_run
 from stagewise.programs.stage import Pipeline, Stage, StageConfigError, as_text, default_count
 
 
@@ -157,6 +157,11 @@ class FanOut(Pipeline):
         return tuple(i for i, section in run.context.sections.items() if section.source in sources)
 
     def execute(self, run: Run) -> dict[str, Any]:
+        with stepping(run, self, "fanout") as step:
+            step.outputs = self._execute(run, step)
+        return step.outputs
+
+    def _execute(self, run: Run, step) -> dict[str, Any]:
         patterns = self.baseline or ["*"]
         baseline = run.context.select(patterns, stage=self.name)
         expected = _fingerprint(baseline)
@@ -179,13 +184,16 @@ class FanOut(Pipeline):
             for section_id, section in fork.context.sections.items():
                 if section_id not in before:
                     run.context.add(section)
-        result = self.aggregator.aggregate(outputs, run, self)
-        produced = []
         lineage = self.branch_sections(run)
+        step.reads = list(lineage)
+        result = self.aggregator.aggregate(outputs, run, self)
         for field, value in result.items():
             text = as_text(value)
-            produced.append(run.context.add(Section(name=field, kind="stage_output", source=self.name, content=text,
-                                                    tokens=default_count(text), lineage=lineage)).id)
-        run.log(StageRun(self.name, None, [s.id for s in baseline], produced,
+            step.added.append(run.context.add(Section(name=field, kind="stage_output", source=self.name,
+                                                      content=text, tokens=default_count(text), lineage=lineage)))
+        run.log(StageRun(self.name, None, [s.id for s in baseline], [s.id for s in step.added],
                          [f"{len(self.branches)} branches: {', '.join(self.branches)}"]))
+        branches = {branch: {k: as_text(v) for k, v in out.items()} for branch, out in outputs.items()}
+        step.decision = {"aggregator": type(self.aggregator).__name__, "branches": branches,
+                         **{k: result[k] for k in ("votes", "agreement", "weights", "dissenters") if k in result}}
         return result

@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field, create_model
 
 from stagewise.context.record import INPUT, Context, Section
 from stagewise.errors import ProgramError
-from stagewise.programs.run import Run, StageRun, use_run
+from stagewise.programs.run import Run, StageRun, stepping, use_run
 from stagewise.programs.stage import Pipeline, Stage, StageConfigError, as_text, default_count
 
 
@@ -118,7 +118,10 @@ class Hierarchy(Pipeline):
         return outputs
 
     def execute(self, run: Run) -> dict[str, Any]:
-        subtasks = self._plan(run)
+        with stepping(run, self, "plan", [f"{self.planner.name}.subtasks"]) as step:
+            subtasks = self._plan(run)
+            step.decision = {"subtasks": [{"specialist": t.specialist, "task": t.task} for t in subtasks]}
+            step.outputs = {"subtasks": step.decision["subtasks"]}
         results = []
         for subtask in subtasks:
             outputs = self._delegate(run, subtask)

@@ -10,7 +10,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 
 from stagewise.context.record import Section
 from stagewise.errors import ConfigError
-from stagewise.programs.run import Run, StageRun
+from stagewise.programs.run import Run, StageRun, stepping
 from stagewise.programs.stage import Pipeline, StageConfigError, default_count
 
 
@@ -44,12 +44,17 @@ class Retrieve(Pipeline):
 
     def execute(self, run: Run) -> dict[str, Any]:
         [query] = run.context.select([self.query], stage=self.name)
-        produced, passages = [], []
-        for rank, (doc_id, text, score) in enumerate(self.index.search(query.content, self.k), 1):
-            section = run.context.add(Section(name=f"passage_{rank}", kind="retrieved", source=self.name,
-                                              content=text, tokens=default_count(text), lineage=(query.id,),
-                                              note=f"document {doc_id}, score {score:.3f}"))
-            produced.append(section.id)
-            passages.append(text)
-        run.log(StageRun(self.name, None, [query.id], produced))
-        return {"passages": passages}
+        with stepping(run, self, "retrieve", [query.id]) as step:
+            if step.restored is not None:  # resumed or replayed: the stored passages (maybe edited), restored
+                step.outputs, step.decision = step.restored, {"restored": True}
+                return step.outputs
+            passages = []
+            for rank, (doc_id, text, score) in enumerate(self.index.search(query.content, self.k), 1):
+                step.added.append(run.context.add(Section(
+                    name=f"passage_{rank}", kind="retrieved", source=self.name, content=text,
+                    tokens=default_count(text), lineage=(query.id,), note=f"document {doc_id}, score {score:.3f}")))
+                step.decision.setdefault("documents", []).append({"id": doc_id, "score": round(score, 4)})
+                passages.append(text)
+            run.log(StageRun(self.name, None, [query.id], [s.id for s in step.added]))
+            step.outputs = {"passages": passages}
+        return step.outputs

@@ -18,7 +18,7 @@ from typing import Any
 
 from stagewise.context.record import Section
 from stagewise.errors import ProgramError
-from stagewise.programs.run import Run, StageRun
+from stagewise.programs.run import Run, StageRun, stepping
 from stagewise.programs.stage import Pipeline, Stage, StageConfigError, default_count
 
 
@@ -64,7 +64,8 @@ class Router(Pipeline):
         """The name of the decision stage a classifier stands in for, if one does."""
         return self.decide.name if self.classifier is not None and isinstance(self.decide, Stage) else None
 
-    def _decide(self, run: Run) -> tuple[str, float | None]:
+    def _decide(self, run: Run) -> tuple[str, float | None, dict[str, Any]]:
+        """(route, confidence, why): why names what decided and, for a classifier, its probabilities."""
         if self.classifier is None:
             text = "\n".join(f"{label}: {self.descriptions.get(label, label)}" for label in self.routes)
             if f"{self.name}.routes" not in run.context:
@@ -75,30 +76,43 @@ class Router(Pipeline):
                 raise StageConfigError(f"router {self.name!r}: its decision stage has no {self.field!r} output "
                                        f"(outputs: {list(out)})")
             confidence = out.get("confidence")
-            return str(out[self.field]).strip(), float(confidence) if isinstance(confidence, (int, float)) else None
+            confidence = float(confidence) if isinstance(confidence, (int, float)) else None
+            return str(out[self.field]).strip(), confidence, {"by": f"stage {self.decide.name}"}
         [query] = run.context.select([self.query], stage=self.name)
         label = str(self.classifier.predict([query.content])[0])
-        confidence = None
+        confidence, why = None, {"by": type(self.classifier).__name__}
         if callable(getattr(self.classifier, "predict_proba", None)):
             probabilities = self.classifier.predict_proba([query.content])[0]
             confidence = float(max(probabilities))
+            classes = getattr(self.classifier, "classes_", None)
+            if classes is not None and len(classes) == len(probabilities):
+                why["probabilities"] = {str(c): round(float(p), 4) for c, p in zip(classes, probabilities)}
         if self.stand_in is not None:  # the stage's outputs, from the classifier, under the stage's name
             run.context.add(Section(name=self.field, kind="stage_output", source=self.stand_in, content=label,
                                     tokens=default_count(label)))
             run.log(StageRun(self.stand_in, None, [query.id], [f"{self.stand_in}.{self.field}"],
                              [f"decided by {type(self.classifier).__name__} instead of the LLM stage"]))
-        return label, confidence
+        return label, confidence, why
 
     def execute(self, run: Run) -> dict[str, Any]:
-        label, confidence = self._decide(run)
-        if label not in self.routes:
-            raise UnknownRouteError(f"router {self.name!r}: the decision chose route {label!r}, which does not "
-                                    f"exist (routes: {', '.join(self.routes)})")
-        for field, value in (("route", label), ("confidence", confidence)):
-            text = "" if value is None else str(value)
-            run.context.add(Section(name=field, kind="stage_output", source=self.name, content=text,
-                                    tokens=default_count(text)))
-        run.log(StageRun(self.name, None, [self.query], [f"{self.name}.route"],
-                         [f"routed to {label!r}" + ("" if confidence is None else f" (confidence {confidence:.2f})")]))
+        with stepping(run, self, "route", [self.query]) as step:
+            if step.forced and "route" in step.forced:
+                label, confidence, why = str(step.forced["route"]), None, {"by": "forced (replay --route)"}
+            elif step.restored is not None:  # resumed or replayed: the stored decision, its sections restored
+                step.outputs, step.decision = step.restored, {"route": step.restored["route"], "by": "restored"}
+                return {**self.routes[step.restored["route"]].execute(run), **step.restored}
+            else:
+                label, confidence, why = self._decide(run)
+            if label not in self.routes:
+                raise UnknownRouteError(f"router {self.name!r}: the decision chose route {label!r}, which does not "
+                                        f"exist (routes: {', '.join(self.routes)})")
+            for field, value in (("route", label), ("confidence", confidence)):
+                text = "" if value is None else str(value)
+                step.added.append(run.context.add(Section(name=field, kind="stage_output", source=self.name,
+                                                          content=text, tokens=default_count(text))))
+            shown = "" if confidence is None else f" (confidence {confidence:.2f})"
+            run.log(StageRun(self.name, None, [self.query], [f"{self.name}.route"], [f"routed to {label!r}{shown}"]))
+            step.decision = {"route": label, "confidence": confidence, **why}
+            step.outputs = {"route": label, "confidence": confidence}
         outputs = self.routes[label].execute(run)
         return {**outputs, "route": label, "confidence": confidence}

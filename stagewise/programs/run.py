@@ -93,6 +93,34 @@ class StageEvent:
     restored_by: str | None = None  # the observer (class name) whose stored result stood in for the call
 
 
+@dataclass
+class StepEvent:
+    """One execution of a step that is not a stage's model call, as observers see it: a router's
+    decision (``kind="route"``), a retrieval (``"retrieve"``), a fan-out's branches and their
+    aggregation (``"fanout"``), a cascade's acceptance (``"cascade"``) or a hierarchy's plan (``"plan"``).
+
+    ``key`` is ``<kind>:<name>#n``. The step fills ``decision`` (what it decided and why: the
+    route with the classifier's probabilities, the scores against the threshold, the votes),
+    ``outputs`` and ``added`` (the sections it produced) before the observers' ``step`` context
+    managers exit.
+    """
+
+    owner: Any
+    run: Run
+    kind: str
+    key: str
+    reads: list[str] = field(default_factory=list)
+    decision: dict = field(default_factory=dict)
+    outputs: dict | None = None
+    added: list[Section] = field(default_factory=list)
+    restored: dict | None = None  # outputs an observer restored (a resumed or replayed run): the step reuses them
+    forced: dict | None = None  # a decision an observer imposes (``replay --route``, ``--accept``, ``--escalate``)
+
+    @property
+    def name(self) -> str:
+        return getattr(self.owner, "name", type(self.owner).__name__)
+
+
 class Observer:
     """Base class of the execution-time layers a program run reports to (all hooks optional)."""
 
@@ -109,6 +137,19 @@ class Observer:
     def request(self, run: Run, inputs: dict) -> Iterator[None]:
         """Wraps one top-level program call."""
         yield
+
+    @contextmanager
+    def step(self, event: StepEvent) -> Iterator[None]:
+        """Wraps one step that is not a model call (a route decision, a retrieval, an aggregation...)."""
+        yield
+
+    def restore_step(self, event: StepEvent) -> dict | None:
+        """A route's or a retrieval's stored outputs to reuse (the observer restores its sections), or None."""
+        return None
+
+    def force(self, event: StepEvent) -> dict | None:
+        """A decision to impose on this step (``{"route": "billing"}``, ``{"accept": True}``), or None."""
+        return None
 
 
 _observers: ContextVar[tuple[Observer, ...]] = ContextVar("stagewise_observers", default=())
@@ -151,6 +192,26 @@ def guarding(guard: CallGuard | None) -> Iterator[None]:
         yield
     finally:
         _guard.reset(token)
+
+
+@contextmanager
+def stepping(run: Run, owner: Any, kind: str, reads: list[str] | tuple[str, ...] = ()) -> Iterator[StepEvent]:
+    """Report one step of ``owner`` (a Router, Retrieve, FanOut or Cascade) to the observers; the
+    step fills the event it gets."""
+    event = StepEvent(owner, run, kind, stage_key(run, f"{kind}:{getattr(owner, 'name', kind)}"), list(reads))
+    watchers = observers()
+    restorer = None
+    for watcher in watchers:
+        event.restored = watcher.restore_step(event)
+        if event.restored is not None:
+            restorer = watcher
+            break
+    event.forced = next((forced for watcher in watchers if (forced := watcher.force(event))), None)
+    with ExitStack() as stack:
+        for watcher in watchers:
+            if watcher is not restorer:  # the others see a restored step too (a new checkpoint records it)
+                stack.enter_context(watcher.step(event))
+        yield event
 
 
 def stage_key(run: Run, name: str) -> str:

@@ -28,6 +28,16 @@ class StageDiff:
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: float = 0.0
+    kind: str = "stage"  # or a step that is not a model call: route, retrieve, fanout, cascade, plan
+    decision: dict = field(default_factory=dict)  # what such a step decided, and why
+
+    @property
+    def title(self) -> str:
+        """``stage answer#0 (model, tokens, cost)`` or ``route support#0: {"route": ...}``."""
+        if self.kind == "stage":
+            return (f"stage {self.key} ({self.model or 'no model'}, {self.input_tokens} in / {self.output_tokens} "
+                    f"out tokens, ${self.cost_usd:.6f})")
+        return f"{self.kind} {self.key.partition(':')[2] or self.key}: {decision_text(self.decision)}"
     restored: bool = False
 
     @property
@@ -47,7 +57,8 @@ def run_diff(record: dict) -> list[StageDiff]:
     diffs = []
     for step in record["steps"]:
         diff = StageDiff(step["key"], step["stage"], step.get("model"), input_tokens=step.get("input_tokens", 0),
-                         output_tokens=step.get("output_tokens", 0), cost_usd=step.get("cost_usd", 0.0) or 0.0)
+                         output_tokens=step.get("output_tokens", 0), cost_usd=step.get("cost_usd", 0.0) or 0.0,
+                         kind=step.get("kind", "stage"), decision=step.get("decision") or {})
         for section in step["sections"]:
             section_id = f"{section['source']}.{section['name']}"
             tokens[section_id] = section["tokens"]
@@ -67,10 +78,9 @@ def run_diff(record: dict) -> list[StageDiff]:
 
 def diff_text(record: dict) -> str:
     diffs = run_diff(record)
-    lines = [f"run {record['run_id']} ({record['status']}): {len(diffs)} stage executions"]
+    lines = [f"run {record['run_id']} ({record['status']}): {_counted(diffs)}"]
     for diff in diffs:
-        lines.append(f"stage {diff.key} ({diff.model or 'no model'}): {diff.input_tokens} in / {diff.output_tokens} "
-                     f"out tokens, ${diff.cost_usd:.6f}")
+        lines.append(diff.title)
         for section_id, count in diff.received:
             lines.append(f"    received     {section_id} ({count} tokens)")
         for change in diff.transformed:
@@ -115,11 +125,12 @@ def diff_parts(record: dict) -> list[str]:
     for a page of its own (:func:`diff_html`) or inside another (``stagewise runs show --html``)."""
     esc = html.escape
     diffs = run_diff(record)
-    parts = [f"<p id='summary'>{len(diffs)} stage executions; {sum(d.tokens_added for d in diffs)} tokens added, "
+    parts = [f"<p id='summary'>{_counted(diffs)}; {sum(d.tokens_added for d in diffs)} tokens added, "
              f"{sum(d.tokens_saved for d in diffs)} tokens saved by transforms.</p>"]
     for diff in diffs:
-        parts.append(f"<h2 id='stage-{esc(diff.key)}'>stage {esc(diff.key)} <small>({esc(diff.model or 'no model')}, "
-                     f"{diff.input_tokens} in / {diff.output_tokens} out tokens, ${diff.cost_usd:.6f})</small></h2>")
+        head, _, detail = diff.title.partition(" (") if diff.kind == "stage" else diff.title.partition(": ")
+        detail = f"({detail}" if diff.kind == "stage" else detail
+        parts.append(f"<h2 id='{esc(diff.kind)}-{esc(diff.key)}'>{esc(head)} <small>{esc(detail)}</small></h2>")
         parts.append("<table><tr><th>change</th><th>section</th><th>tokens</th><th>detail</th></tr>")
         for section_id, count in diff.received:
             parts.append(f"<tr class='received'><td>received</td><td><code>{esc(section_id)}</code></td>"
@@ -141,3 +152,21 @@ def diff_parts(record: dict) -> list[str]:
         parts.append(f"<p id='error'>failed at {esc(str(error.get('stage')))}: {esc(str(error.get('type')))}: "
                      f"{esc(str(error.get('message')))}</p>")
     return parts
+
+
+def decision_text(decision: dict) -> str:
+    """A step's decision in one line: ``route='cards' confidence=0.92 by=LabelRouter ...``."""
+    import json
+
+    shown = []
+    for name, value in decision.items():
+        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+        shown.append(f"{name}={text if len(text) <= 200 else text[:197] + '...'}")
+    return " ".join(shown) or "-"
+
+
+def _counted(diffs: list[StageDiff]) -> str:
+    """``3 stage executions`` (``, 2 other steps`` when routes, retrievals... were recorded too)."""
+    stages = sum(1 for d in diffs if d.kind == "stage")
+    others = len(diffs) - stages
+    return f"{stages} stage executions" + (f", {others} other steps" if others else "")

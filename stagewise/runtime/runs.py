@@ -21,7 +21,7 @@ import pydantic
 from stagewise.context.record import Section
 from stagewise.errors import ConfigError
 from stagewise.programs.predictors import set_models, stages_of
-from stagewise.programs.run import Observer, Run, StageEvent, StageRun, observing
+from stagewise.programs.run import Observer, Run, StageEvent, StageRun, StepEvent, observing
 from stagewise.redaction import redact
 from stagewise.runtime.checkpoint import CheckpointError, CheckpointStore, open_checkpoints
 from stagewise.runtime.privacy import PrivacyPolicy, PrivacyScope, privacy_scope, protecting
@@ -93,11 +93,14 @@ class Checkpointer(Observer):
     """
 
     def __init__(self, store: CheckpointStore, run_id: str, *, program=None, origin: dict | None = None,
-                 restore_from: dict | None = None, privacy: PrivacyPolicy | None = None):
+                 restore_from: dict | None = None, privacy: PrivacyPolicy | None = None,
+                 decisions: dict[str, dict] | None = None):
         self.store, self.run_id, self.program, self.origin = store, run_id, program, origin
+        self.decisions = dict(decisions or {})  # step name -> a decision to impose (replay --route ...)
         self.privacy = privacy
         self._scope: PrivacyScope | None = None
         self.restorable = {step["key"]: step for step in (restore_from or {}).get("steps", [])}
+        self._restorable_order = list(self.restorable)
         self.record: dict | None = None
         self.failed_at: str | None = None
         self.write_seconds = 0.0  # time spent writing checkpoints (benchmarks/checkpoint_overhead.py)
@@ -181,6 +184,38 @@ class Checkpointer(Observer):
             "input_tokens": sum(r.input_tokens for r in records),
             "output_tokens": sum(r.output_tokens for r in records),
             "cost_usd": sum(r.cost_usd for r in records), "calls": len(records),
+            "latency_s": time.perf_counter() - start,
+        }))
+
+
+    def restore_step(self, event: StepEvent) -> dict | None:
+        step = self.restorable.get(event.key)
+        if step is None or event.kind not in ("route", "retrieve"):  # the others' stages restore themselves
+            return None
+        # The steps it wrapped (a router's decision stage) are restored with it: they are not run again.
+        position = self._restorable_order.index(event.key)
+        for key in self._restorable_order[step.get("began_at", position):position] + [event.key]:
+            for section in self.restorable[key]["sections"]:
+                event.run.context.add(section_from(section))
+            if self.record is not None:
+                self._save(private_step(self._scope, self.restorable[key]))
+        return step["outputs"]
+
+    def force(self, event: StepEvent) -> dict | None:
+        return self.decisions.get(event.name)
+
+    @contextmanager
+    def step(self, event: StepEvent):
+        if self.record is None:
+            yield
+            return
+        start, began_at = time.perf_counter(), len(self.record["steps"])  # the steps it wraps come first
+        yield
+        self._save(private_step(self._scope, {
+            "key": event.key, "stage": event.name, "kind": event.kind, "model": None, "began_at": began_at,
+            "decision": jsonable(event.decision), "outputs": jsonable(event.outputs or {}),
+            "sections": [section_record(s) for s in event.added], "received": event.reads, "notes": [],
+            "tokens_saved": 0, "input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0, "calls": 0,
             "latency_s": time.perf_counter() - start,
         }))
 
@@ -277,10 +312,14 @@ class RunReplayError(ConfigError, LookupError):
 
 def replay(run_id: str, stage: str, *, store: str | CheckpointStore | None = None,
            overrides: dict[str, str] | None = None, models: dict[str, str] | None = None, program=None,
-           factory=None, trust_code: bool = False, privacy: PrivacyPolicy | None = None):
+           factory=None, trust_code: bool = False, privacy: PrivacyPolicy | None = None,
+           decisions: dict[str, dict] | None = None):
     """Run a stored run again from ``stage``: earlier stages' stored outputs are reused, the
     stage and everything after it run for real, with ``overrides`` (an input field, or a
-    section id an earlier stage produced, to a new value) and ``models`` (stage -> model).
+    section id an earlier stage or step produced, a retrieved passage included, to a new value),
+    ``models`` (stage -> model) and ``decisions`` (a router or cascade's name -> the decision it
+    must take: ``{"support": {"route": "billing"}}``, ``{"verify": {"accept": True}}`` or
+    ``{"escalate": True}``). ``stage`` may name a router, a retrieval or a cascade too.
     The program is ``program``, or rebuilt as :func:`rebuild` says (``factory``, ``trust_code``).
 
     Returns ``(original record, prediction, new record)``; the new run's id is
@@ -288,11 +327,11 @@ def replay(run_id: str, stage: str, *, store: str | CheckpointStore | None = Non
     """
     with _opened(store) as store:
         return _replay(store, run_id, stage, overrides, models, program,
-                       {"factory": factory, "trust_code": trust_code}, privacy)
+                       {"factory": factory, "trust_code": trust_code}, privacy, decisions)
 
 
 def _replay(store: CheckpointStore, run_id: str, stage: str, overrides, models, program, trust: dict,
-            privacy: PrivacyPolicy | None = None):
+            privacy: PrivacyPolicy | None = None, decisions: dict[str, dict] | None = None):
     import copy
 
     original = store.load(run_id)
@@ -300,6 +339,15 @@ def _replay(store: CheckpointStore, run_id: str, stage: str, overrides, models, 
     position = next((i for i, step in enumerate(original["steps"]) if stage in (step["stage"], step["key"])), None)
     if position is None:
         raise RunReplayError(f"run {run_id!r} has no stage {stage!r} (its stages: {', '.join(names) or 'none'})")
+    # A step that wraps others (a fan-out's branches, a cascade's tiers, a router's decision stage) is
+    # recorded when it ends: replaying from it starts where it began.
+    position = min(position, original["steps"][position].get("began_at", position))
+    for name, decision in (decisions or {}).items():
+        kind = "route" if "route" in decision else "cascade"
+        if not any(step["stage"] == name and step.get("kind") == kind for step in original["steps"]):
+            known = sorted({step["stage"] for step in original["steps"] if step.get("kind") == kind})
+            raise RunReplayError(f"run {run_id!r} has no {'router' if kind == 'route' else 'cascade'} {name!r} "
+                                 f"(its {'routers' if kind == 'route' else 'cascades'}: {', '.join(known) or 'none'})")
     earlier = copy.deepcopy(original["steps"][:position])
     inputs = dict(original["inputs"])
     for target, value in (overrides or {}).items():
@@ -313,6 +361,9 @@ def _replay(store: CheckpointStore, run_id: str, stage: str, overrides, models, 
                     section["content"], found = value, True
                     if section["source"] == step["stage"] and section["name"] in step["outputs"]:
                         step["outputs"][section["name"]] = value
+                    rank = section["name"].removeprefix("passage_")
+                    if step.get("kind") == "retrieve" and rank.isdigit():  # the passages list too
+                        step["outputs"]["passages"][int(rank) - 1] = value
         if not found:
             available = list(inputs) + [f"{s['source']}.{s['name']}" for step in earlier for s in step["sections"]]
             raise RunReplayError(f"--set {target}: neither an input of run {run_id!r} nor a section produced before "
@@ -326,7 +377,7 @@ def _replay(store: CheckpointStore, run_id: str, stage: str, overrides, models, 
         number += 1
     new_id = f"{run_id}-replay-{number}"
     checkpointer = Checkpointer(store, new_id, program=program, origin=original.get("program"),
-                                restore_from={"steps": earlier}, privacy=privacy)
+                                restore_from={"steps": earlier}, privacy=privacy, decisions=decisions)
     with protecting(privacy), observing(checkpointer):
         prediction = program(**inputs)
     object.__setattr__(prediction, "run_id", new_id)

@@ -31,7 +31,7 @@ from opentelemetry.trace import Status, StatusCode
 
 from stagewise.errors import ConfigError
 from stagewise.models.usage import UsageLedger, UsageRecord, capturing_content, track_usage
-from stagewise.programs.run import Observer, Run, StageEvent
+from stagewise.programs.run import Observer, Run, StageEvent, StepEvent
 from stagewise.runtime.privacy import PrivacyPolicy, PrivacyScope, privacy_scope, protecting
 
 OPERATION = "chat"
@@ -170,6 +170,22 @@ class Tracer(Observer):
                 span.set_attribute("stagewise.context.received", list(event.log.received))
                 span.set_attribute("stagewise.context.produced", list(event.log.produced))
                 span.set_attribute("stagewise.context.tokens_saved", event.log.tokens_saved)
+            span.set_status(Status(StatusCode.OK))
+
+
+    @contextmanager
+    def step(self, event: StepEvent):
+        scope = privacy_scope(self.privacy)
+        with self.tracer.start_as_current_span(f"{event.kind} {event.name}", record_exception=scope is None,
+                                               set_status_on_exception=scope is None) as span, \
+                _errors_redacted(span, scope):
+            span.set_attribute("stagewise.step.kind", event.kind)
+            span.set_attribute("stagewise.step.key", event.key)
+            yield
+            for name, value in event.decision.items():
+                shown = value if isinstance(value, str | bool | int | float) else json.dumps(value, default=str)
+                span.set_attribute(f"stagewise.decision.{name}", scope.text(shown) if scope is not None and
+                                   isinstance(shown, str) else shown)
             span.set_status(Status(StatusCode.OK))
 
 
