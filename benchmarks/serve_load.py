@@ -7,7 +7,12 @@ the clients, and the serving overhead: client latency minus the model time the s
 for the same request, over that model time (HTTP, validation and the program's bookkeeping; with
 several clients, also the queueing for the one local model).
 
-    python benchmarks/serve_load.py [--clients 4] [--seconds 30]
+Recording served traffic, side by side: a second server of the same export with ``--runs off``;
+``--recorded`` requests alternate between the two (one at a time, the same messages), and the
+recording overhead is the difference of their median (latency - model time), over the median
+model time. Goal: <= 5 % (the checkpoint benchmark's goal, measured through serve).
+
+    python benchmarks/serve_load.py [--clients 4] [--seconds 30] [--recorded 20]
 """
 
 from __future__ import annotations
@@ -24,7 +29,6 @@ import time
 from pathlib import Path
 
 import httpx
-from results import Results
 from rich.console import Console
 from rich.table import Table
 
@@ -44,7 +48,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--recorded", type=int, default=20, help="requests to each server in the recording check")
     args = parser.parse_args()
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # results.py; the served module must not need it
+    from results import Results
+
     import stagewise  # noqa: F401
     from stagewise.models.lm import get_lm
     from stagewise.optimize.export import export
@@ -53,22 +61,26 @@ def main() -> None:
     program = build()
     program.set_models({"reply": get_lm("smollm2-135m", cache=False, max_tokens=32)})
     export(program, folder / "best", factory="benchmarks.serve_load:build", factory_path=str(ROOT))
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen([str(Path(sys.executable).with_name("stagewise")), "serve", str(folder / "best"),
-                               "--port", str(port), "--no-auth", "--trust-code", "--rate", "100000"],
-                              env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL,
-                              stderr=open(folder / "serve.log", "w"))
-    base = f"http://127.0.0.1:{port}"
-    while True:
-        try:
-            httpx.get(f"{base}/healthz", timeout=1)
-            break
-        except httpx.HTTPError:
-            if server.poll() is not None:
-                raise SystemExit((folder / "serve.log").read_text()[-2000:]) from None
-            time.sleep(0.3)
+
+    def start(*options: str) -> tuple[subprocess.Popen, str]:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        log = folder / f"serve-{port}.log"
+        server = subprocess.Popen([str(Path(sys.executable).with_name("stagewise")), "serve", str(folder / "best"),
+                                   "--port", str(port), "--no-auth", "--trust-code", "--rate", "100000", *options],
+                                  env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL,
+                                  stderr=open(log, "w"))
+        while True:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+                return server, f"http://127.0.0.1:{port}"
+            except httpx.HTTPError:
+                if server.poll() is not None:
+                    raise SystemExit(log.read_text()[-2000:]) from None
+                time.sleep(0.3)
+
+    server, base = start()  # records every request (runs.db next to the program), as serve does by default
     def phase(clients: int, seconds: float) -> dict:
         latencies, model_times, failures = [], [], []
         lock = threading.Lock()
@@ -102,12 +114,35 @@ def main() -> None:
                 "p50": statistics.median(ordered), "p99": ordered[int(round(0.99 * (len(ordered) - 1)))],
                 "overhead": (statistics.mean(latencies) - statistics.mean(model_times)) / statistics.mean(model_times)}
 
+    def recording_overhead(unrecorded: str) -> dict:
+        """Alternate requests between the recording server and ``unrecorded``; medians of each."""
+        extra = {base: [], unrecorded: []}
+        model_times = []
+        with httpx.Client(timeout=120) as http:
+            for i in range(args.recorded):
+                message = f"{MESSAGES[i % len(MESSAGES)]} (recorded check {i})"
+                for target in ((base, unrecorded) if i % 2 else (unrecorded, base)):
+                    start_ = time.perf_counter()
+                    body = http.post(f"{target}/v1/run", json={"message": message}).json()
+                    extra[target].append(time.perf_counter() - start_ - body["model_time_s"])
+                    model_times.append(body["model_time_s"])
+        model = statistics.median(model_times)
+        recorded, unrecorded_ = statistics.median(extra[base]), statistics.median(extra[unrecorded])
+        return {"recorded_extra_s": recorded, "unrecorded_extra_s": unrecorded_, "model_s": model,
+                "overhead": (recorded - unrecorded_) / model}
+
+    plain = None
     try:
         httpx.post(f"{base}/v1/run", json={"message": "warm-up"}, timeout=120)  # loads the model once
         results = [phase(1, args.seconds / 2), phase(args.clients, args.seconds / 2)]
+        plain, plain_base = start("--runs", "off")
+        httpx.post(f"{plain_base}/v1/run", json={"message": "warm-up"}, timeout=120)
+        recording = recording_overhead(plain_base)
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        for process in (server, plain):
+            if process is not None:
+                process.terminate()
+                process.wait(timeout=30)
     table = Table(title=f"stagewise serve on loopback, SmolLM2, {args.seconds / 2:.0f} s per row")
     for column in ("clients", "ok / failed", "requests/s", "p50 s", "p99 s", "(latency - model time) / model time"):
         table.add_column(column, justify="right")
@@ -122,6 +157,11 @@ def main() -> None:
     figures.figure("(latency - model time) / model time, 1 client", results[0]["overhead"], goal=("<=", 0.05))
     figures.figure(f"requests/s with {args.clients} clients / 1 client",
                    results[1]["throughput"] / results[0]["throughput"])
+    print(f"recording served runs (SQLite next to the program): median extra time "
+          f"{1000 * recording['recorded_extra_s']:.1f} ms against {1000 * recording['unrecorded_extra_s']:.1f} ms "
+          f"with --runs off, over a median model time of {recording['model_s']:.2f} s: {recording['overhead']:.2%} "
+          "(goal <= 5%)")
+    figures.figure("recording overhead / model time (--runs sqlite vs off)", recording["overhead"], goal=("<=", 0.05))
     figures.finish()
 
 
