@@ -3,6 +3,7 @@ aggregation and a cascade's acceptance are recorded like stages (checkpoints, sp
 force a route, accept or escalate at a cascade, or change a retrieved passage."""
 
 import json
+import time
 
 import dspy
 import numpy as np
@@ -178,3 +179,71 @@ def test_router_retrieve_fanout_on_the_local_models_diff_and_replay_route(tmp_pa
     assert "stage short#0 (smollm2-135m" in text and "stage careful#0 (smollm2-135m" in text
     assert [s["key"] for s in replayed["steps"]] == ["route:support#0", "billing#0"]
     assert replayed["steps"][1]["model"] == "smollm2-135m" and replayed["steps"][1]["output_tokens"] > 0
+
+
+KILLED_FANOUT = """
+import sys, time, dspy
+sys.path.insert(0, {root!r})
+from stagewise.runtime import run
+from tests.test_step_records import two_branches
+
+with dspy.context(adapter=dspy.JSONAdapter()):
+    run(two_branches(slow_seconds=120), {{"query": "Where is my card?"}}, store={url!r}, run_id="fan")
+"""
+
+
+class SlowLM(dspy.utils.DummyLM):
+    """A scripted model that takes ``seconds`` to answer."""
+
+    def __init__(self, answers, seconds: float):
+        super().__init__(answers, adapter=dspy.JSONAdapter())
+        self.seconds = seconds
+
+    def forward(self, *args, **kwargs):
+        time.sleep(self.seconds)
+        return super().forward(*args, **kwargs)
+
+
+def two_branches(slow_seconds: float = 0.0):
+    """A fan-out whose "quick" branch answers at once and whose "slow" branch takes ``slow_seconds``."""
+    return FanOut("answers", {"quick": Stage("quick", "query -> answer", lm=scripted("quick")),
+                              "slow": Stage("slow", "query -> answer",
+                                            lm=SlowLM([{"answer": "slow says freeze it"}] * 3, slow_seconds))},
+                  MajorityVote("answer"))
+
+
+def test_a_run_killed_in_a_fan_out_resumes_without_repeating_the_finished_branch(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from stagewise.runtime import resume
+
+    from .conftest import ROOT
+
+    url = f"sqlite:///{tmp_path}/runs.db"
+    process = subprocess.Popen([sys.executable, "-c", KILLED_FANOUT.format(root=str(ROOT), url=url)], cwd=ROOT,
+                               env={**os.environ, "DSPY_CACHEDIR": str(tmp_path / "dspy-cache")})
+    store = cp.open_checkpoints(url)
+    deadline = time.monotonic() + 120
+    keys: list[str] = []
+    while time.monotonic() < deadline and process.poll() is None and "quick#0" not in keys:
+        try:
+            keys = [step["key"] for step in store.load("fan")["steps"]]
+        except cp.UnknownRunError:
+            pass
+        time.sleep(0.05)
+    assert process.poll() is None and keys == ["quick#0"], keys  # killed while the slow branch is running
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert store.load("fan")["status"] == "running"
+    program = two_branches()
+    with dspy.context(adapter=dspy.JSONAdapter()):
+        resumed = resume("fan", store=url, program=program)
+    assert not program.branches["quick"].lm.history  # the finished branch was restored, not called
+    assert len(program.branches["slow"].lm.history) == 1
+    assert resumed.answer in ("quick says freeze it", "slow says freeze it") and resumed.agreement == 0.5
+    record = store.load("fan")
+    assert record["status"] == "completed"
+    assert [s["key"] for s in record["steps"]] == ["quick#0", "slow#0", "fanout:answers#0"]
