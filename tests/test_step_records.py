@@ -81,6 +81,28 @@ def test_route_retrieval_and_aggregation_are_steps_in_the_checkpoint_and_the_dif
     assert "route support#0: route=cards" in text and "by=KeywordRouter" in text
     assert "retrieve retrieve#0:" in text and "+ added        retrieve.passage_1" in text
     assert "fanout answers#0: aggregator=MajorityVote" in text and "2 stage executions, 3 other steps" in text
+    assert "  = branches     short                  | careful" in text  # the branches side by side
+    assert "    answer       short says freeze it   | careful says freeze it" in text
+
+
+def test_the_diff_page_shows_the_route_the_passages_and_the_branches_side_by_side_in_chromium(tmp_path):
+    import subprocess
+
+    from .conftest import require_service
+
+    url = f"sqlite:///{tmp_path}/runs.db"
+    with dspy.context(adapter=dspy.JSONAdapter()):
+        run(desk(scripted), {"query": "I lost my card yesterday"}, store=url, run_id="desk")
+    page = tmp_path / "diff.html"
+    result = CliRunner().invoke(app, ["diff", "desk", "--store", url, "--html", str(page)])
+    assert result.exit_code == 0, result.output
+    chromium = require_service("chromium")
+    dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                          "--disable-component-update", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+                          "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    assert "route support#0" in dom and "route=cards" in dom and "retrieve.passage_2" in dom
+    assert "<th>branch short</th><th>branch careful</th>" in dom
+    assert "<td>short says freeze it</td><td>careful says freeze it</td>" in dom
 
 
 def test_replay_forces_a_route_and_changes_a_retrieved_passage(tmp_path):

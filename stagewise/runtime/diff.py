@@ -37,7 +37,16 @@ class StageDiff:
         if self.kind == "stage":
             return (f"stage {self.key} ({self.model or 'no model'}, {self.input_tokens} in / {self.output_tokens} "
                     f"out tokens, ${self.cost_usd:.6f})")
-        return f"{self.kind} {self.key.partition(':')[2] or self.key}: {decision_text(self.decision)}"
+        shown = {k: v for k, v in self.decision.items() if k != "branches"}  # branches: side by side below
+        return f"{self.kind} {self.key.partition(':')[2] or self.key}: {decision_text(shown)}"
+
+    @property
+    def branches(self) -> tuple[list[str], list[tuple[str, list[str]]]]:
+        """A fan-out's branches side by side: (branch names, [(field, each branch's value)])."""
+        branches = self.decision.get("branches") or {}
+        names = list(branches)
+        fields = list(dict.fromkeys(f for outputs in branches.values() for f in outputs))
+        return names, [(f, [str(branches[b].get(f, "-")) for b in names]) for f in fields]
     restored: bool = False
 
     @property
@@ -90,6 +99,13 @@ def diff_text(record: dict) -> str:
             lines.append(f"  - removed      {change['original']} from this stage's view (replaced by its copy)")
         for section_id, count, preview in diff.added:
             lines.append(f"  + added        {section_id} (+{count} tokens): {preview}")
+        names, rows = diff.branches
+        if names:
+            width = min(40, max(12, *(len(n) for n in names), *(len(v) for _, values in rows for v in values)))
+            lines.append(f"  = branches     {' | '.join(n.ljust(width) for n in names)}")
+            for field_name, values in rows:
+                cells = [(v if len(v) <= width else v[:width - 3] + "...").ljust(width) for v in values]
+                lines.append(f"    {field_name[:12]:<12} {' | '.join(cells)}")
     if record.get("error"):
         error = record["error"]
         lines.append(f"failed at {error.get('stage')}: {error.get('type')}: {error.get('message')}")
@@ -147,6 +163,13 @@ def diff_parts(record: dict) -> list[str]:
             parts.append(f"<tr class='added'><td>added</td><td><code>{esc(section_id)}</code></td><td>+{count}</td>"
                          f"<td>{esc(preview)}</td></tr>")
         parts.append("</table>")
+        names, rows = diff.branches
+        if names:
+            parts.append("<table class='branches'><tr><th>field</th>" + "".join(
+                f"<th>branch {esc(n)}</th>" for n in names) + "</tr>")
+            parts.extend(f"<tr><td><code>{esc(f)}</code></td>" + "".join(f"<td>{esc(v)}</td>" for v in values)
+                         + "</tr>" for f, values in rows)
+            parts.append("</table>")
     if record.get("error"):
         error = record["error"]
         parts.append(f"<p id='error'>failed at {esc(str(error.get('stage')))}: {esc(str(error.get('type')))}: "
