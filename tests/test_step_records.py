@@ -82,6 +82,13 @@ def test_route_retrieval_and_aggregation_are_steps_in_the_checkpoint_and_the_dif
     assert "retrieve retrieve#0:" in text and "+ added        retrieve.passage_1" in text
     assert "fanout answers#0: aggregator=MajorityVote" in text and "2 stage executions, 3 other steps" in text
     assert "  = branches     short                  | careful" in text  # the branches side by side
+    from stagewise.runtime import ContextRecorder, open_context_store
+
+    store = open_context_store(f"sqlite:///{tmp_path}/context.db")
+    with dspy.context(adapter=dspy.JSONAdapter()), observing(ContextRecorder(store)):
+        run(desk(scripted), {"query": "I lost my card yesterday"}, store=url, run_id="mirrored")
+    mirrored = {(e["stage"], e["key"]) for e in store.entries("mirrored")}
+    assert {("support", "route"), ("retrieve", "passage_2"), ("answers", "agreement")} <= mirrored  # steps too
     assert "    answer       short says freeze it   | careful says freeze it" in text
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from stagewise.programs.run import Observer, StageEvent, current_run
+from stagewise.programs.run import Observer, StageEvent, StepEvent, current_run
 from stagewise.redaction import redact, scrub
 from stagewise.runtime.connections import StoreConnectionError, connect_postgres, connect_redis
 from stagewise.runtime.privacy import PrivacyPolicy, current_privacy, privacy_scope, protecting
@@ -182,6 +182,15 @@ class ContextRecorder(Observer):
     @contextmanager
     def stage(self, event: StageEvent):
         yield
+        self._mirror(event, event.stage.name)
+
+    @contextmanager
+    def step(self, event: StepEvent):
+        """A route's, a retrieval's or an aggregation's sections, mirrored like a stage's."""
+        yield
+        self._mirror(event, event.name)
+
+    def _mirror(self, event: StageEvent | StepEvent, name: str) -> None:
         run = event.run.run_id or event.run.request_id
         scope = privacy_scope(self.privacy)
         if scope is not None and event.outputs:
@@ -190,7 +199,7 @@ class ContextRecorder(Observer):
             content, note = section.content, section.note
             if scope is not None:
                 content, note = scope.value(content, section.name), scope.text(note) if note else note
-            self.store.append(run, event.stage.name, section.kind, section.name,
+            self.store.append(run, name, section.kind, section.name,
                               {"id": section.id, "content": content, "tokens": section.tokens,
                                "lineage": list(section.lineage), "note": note})
 
