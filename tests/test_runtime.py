@@ -258,8 +258,9 @@ def test_stage_sections_are_recorded_and_branches_share_state(tmp_path):
     assert prediction.answer == "cards"
     assert sorted(store.values("shared-run", "both", "vote", "seen_by")) == ["left", "right"]
     recorded = store.entries("shared-run", kind="stage_output")
-    assert {(e["stage"], e["key"], e["value"]["content"]) for e in recorded} == {("left", "answer", "cards"),
-                                                                              ("right", "answer", "cards")}
+    assert {(e["stage"], e["key"], e["value"]["content"]) for e in recorded} == {
+        ("left", "answer", "cards"), ("right", "answer", "cards"),  # the branches' stages
+        ("both", "answer", "cards"), ("both", "votes", '{"cards": 2}'), ("both", "agreement", "1.0")}  # the vote
 
 
 def test_context_store_bad_urls(tmp_path):
