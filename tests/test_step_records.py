@@ -138,6 +138,12 @@ def test_replay_forces_a_route_and_changes_a_retrieved_passage(tmp_path):
         [call] = lms[branch].history
         assert "Call 0800 to block a card." in json.dumps(call["messages"])
     assert [s["key"] for s in record["steps"]][:2] == ["route:support#0", "retrieve:retrieve#0"]
+    with dspy.context(adapter=dspy.JSONAdapter()):  # the form: from the retrieval, the passage by name
+        _, _, again = replay("desk", "retrieve", store=url, program=desk(lm_for),
+                             overrides={"passage_1": "Block it by phone."})
+    [passage] = [s for s in again["steps"][1]["sections"] if s["name"] == "passage_1"]
+    assert passage["content"] == "Block it by phone."
+    assert "Block it by phone." in json.dumps(lms["short"].history[-1]["messages"])
     with pytest.raises(Exception, match="has no router 'nope' \\(its routers: support\\)"):
         replay("desk", "support", store=url, program=desk(lm_for), decisions={"nope": {"route": "billing"}})
 

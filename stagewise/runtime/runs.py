@@ -342,6 +342,13 @@ def _replay(store: CheckpointStore, run_id: str, stage: str, overrides, models, 
     # A step that wraps others (a fan-out's branches, a cascade's tiers, a router's decision stage) is
     # recorded when it ends: replaying from it starts where it began.
     position = min(position, original["steps"][position].get("began_at", position))
+    if original["steps"][position].get("kind") == "retrieve":
+        # From a retrieval: its passages are kept (and may be edited, as ``passage_2`` or ``retrieve.passage_2``);
+        # everything after it runs again.
+        named = original["steps"][position]["stage"]
+        overrides = {(f"{named}.{target}" if "." not in target and target not in original["inputs"] else target): value
+                     for target, value in (overrides or {}).items()}
+        position += 1
     for name, decision in (decisions or {}).items():
         kind = "route" if "route" in decision else "cascade"
         if not any(step["stage"] == name and step.get("kind") == kind for step in original["steps"]):
