@@ -282,3 +282,40 @@ def test_a_run_killed_in_a_fan_out_resumes_without_repeating_the_finished_branch
     record = store.load("fan")
     assert record["status"] == "completed"
     assert [s["key"] for s in record["steps"]] == ["quick#0", "slow#0", "fanout:answers#0"]
+
+
+class Support(dspy.Module):
+    """A plain DSPy program: two predictors, one a ChainOfThought."""
+
+    def __init__(self):
+        super().__init__()
+        self.area = dspy.Predict("message -> area")
+        self.intent = dspy.ChainOfThought("message, area -> intent")
+
+    def forward(self, message):
+        area = self.area(message=message).area
+        return dspy.Prediction(area=area, intent=self.intent(message=message, area=area).intent)
+
+
+def test_a_plain_dspy_programs_predictors_are_steps_of_its_run(tmp_path):
+    from stagewise.programs.run import observing
+    from stagewise.runtime import ContextRecorder, Tracer, open_context_store, tracer_provider
+
+    program = Support()
+    program.area.lm = dspy.utils.DummyLM([{"area": "cards"}] * 3, adapter=dspy.JSONAdapter())
+    program.intent.predict.lm = dspy.utils.DummyLM([{"reasoning": "lost", "intent": "lost_card"}] * 3,
+                                                   adapter=dspy.JSONAdapter())
+    url = f"sqlite:///{tmp_path}/runs.db"
+    provider, spans = tracer_provider("memory")
+    context = open_context_store(f"sqlite:///{tmp_path}/context.db")
+    with dspy.context(adapter=dspy.JSONAdapter()), observing(Tracer(provider), ContextRecorder(context)):
+        prediction = run(program, {"message": "I lost my card"}, store=url, run_id="plain")
+    assert prediction.intent == "lost_card"
+    record = cp.open_checkpoints(url).load("plain")
+    assert record["status"] == "completed" and record["outputs"] == {"area": "cards", "intent": "lost_card"}
+    assert [(s["key"], s["outputs"]) for s in record["steps"]] == [
+        ("area#0", {"area": "cards"}), ("intent.predict#0", {"reasoning": "lost", "intent": "lost_card"})]
+    assert {s.name for s in spans.get_finished_spans()} >= {"stage area", "stage intent.predict"}
+    assert {(e["stage"], e["key"]) for e in context.entries("plain")} >= {("area", "area"),
+                                                                          ("intent.predict", "intent")}
+    assert "stage intent.predict#0" in diff_text(record)

@@ -22,6 +22,7 @@ from stagewise.programs.fanout import (
     WeightedVote,
 )
 from stagewise.programs.hierarchy import Hierarchy, PlanError, Specialist
+from stagewise.programs.plain import observed_call
 from stagewise.programs.retrieval import DocumentIndex, Retrieve
 from stagewise.programs.router import Router, UnknownRouteError
 from stagewise.programs.stage import Pipeline, Stage, StageConfigError
@@ -30,5 +31,5 @@ from stagewise.programs.trace import Trace
 __all__ = [
     "Cascade", "Chain", "DisagreementReport", "DocumentIndex", "FanOut", "Hierarchy", "LLMAggregate",
     "MajorityVote", "MergeProfile", "Pipeline", "PlanError", "Retrieve", "Router", "Specialist", "Stage",
-    "StageConfigError", "Trace", "UnknownRouteError", "WeightedVote",
+    "StageConfigError", "Trace", "UnknownRouteError", "WeightedVote", "observed_call",
 ]

@@ -20,6 +20,7 @@ import pydantic
 
 from stagewise.context.record import Section
 from stagewise.errors import ConfigError
+from stagewise.programs.plain import observed_call
 from stagewise.programs.predictors import set_models, stages_of
 from stagewise.programs.run import Observer, Run, StageEvent, StageRun, StepEvent, observing
 from stagewise.redaction import redact
@@ -239,7 +240,7 @@ def run(program, inputs: dict, *, store: str | CheckpointStore | None = None, ru
         checkpointer = Checkpointer(store, run_id, program=program, origin=origin or origin_of(program),
                                     privacy=privacy)
         with protecting(privacy), observing(checkpointer):
-            prediction = program(**inputs)
+            prediction = observed_call(program, inputs)
     object.__setattr__(prediction, "run_id", run_id)
     return prediction
 
@@ -298,7 +299,7 @@ def resume(run_id: str, *, store: str | CheckpointStore | None = None, program=N
         checkpointer = Checkpointer(store, run_id, program=program, origin=record.get("program"),
                                     restore_from=record, privacy=privacy)
         with protecting(privacy), observing(checkpointer):
-            prediction = program(**record["inputs"])
+            prediction = observed_call(program, record["inputs"])
     object.__setattr__(prediction, "run_id", run_id)
     return prediction
 
@@ -386,7 +387,7 @@ def _replay(store: CheckpointStore, run_id: str, stage: str, overrides, models, 
     checkpointer = Checkpointer(store, new_id, program=program, origin=original.get("program"),
                                 restore_from={"steps": earlier}, privacy=privacy, decisions=decisions)
     with protecting(privacy), observing(checkpointer):
-        prediction = program(**inputs)
+        prediction = observed_call(program, inputs)
     object.__setattr__(prediction, "run_id", new_id)
     return original, prediction, store.load(new_id)
 

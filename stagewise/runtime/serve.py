@@ -51,6 +51,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from stagewise.errors import StagewiseError, StoreError
 from stagewise.models.usage import track_usage
+from stagewise.programs.plain import observed_call
 from stagewise.programs.predictors import stages_of
 from stagewise.programs.run import Observer, guarding, observing
 from stagewise.redaction import redact, redacted_logger
@@ -318,7 +319,7 @@ def create_app(directory: str | Path, *, token: str | None = None, tenants: list
             with dspy.context(adapter=adapter), protecting(privacy), guarding(resilience), \
                     observing(*recording, cache, monitor, *traced), tenant_scope(tenant), deadline_scope(deadline), \
                     track_usage() as ledger:
-                prediction = program(**inputs)
+                prediction = observed_call(program, inputs)
         except BudgetExceeded as exc:
             raise ApiError(402, "budget_exceeded", str(exc), partial=exc.partial) from None
         except DeadlineExceeded:
