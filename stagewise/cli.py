@@ -686,6 +686,9 @@ def replay_command(
                                                        "step produced, a retrieved passage included "
                                                        "(retrieve.passage_2=...) (repeatable)."),
     model: list[str] = typer.Option(None, "--model", help="STAGE=MODEL: run a stage on another model (repeatable)."),
+    demos: list[str] = typer.Option(None, "--demos", help="STAGE=FILE: give a stage these few-shot examples "
+                                                          "instead of its own: a JSON list of objects, or JSON "
+                                                          "Lines, each object the stage's fields (repeatable)."),
     route: list[str] = typer.Option(None, "--route", help="[ROUTER=]LABEL: the router takes this route (the "
                                                           "router's name may be left out when the run has one)."),
     accept: str | None = typer.Option(None, "--accept", help="CASCADE: accept its first tier's answer unscored."),
@@ -718,9 +721,10 @@ def replay_command(
         if not decisions:
             raise ConfigError("replay needs --stage (or --route, --accept or --escalate, whose step it starts at)")
         stage = next(iter(decisions))
+    examples = {name: _examples(Path(file), name) for name, file in _pairs(demos, "--demos", "STAGE=FILE").items()}
     with dspy.context(adapter=dspy.JSONAdapter()):
         original, prediction, replayed = replay(run_id, stage, store=runs, overrides=overrides, models=models,
-                                                trust_code=trust_code, decisions=decisions)
+                                                trust_code=trust_code, decisions=decisions, demos=examples)
     changes = output_changes(original, replayed)
     table = Table(title=f"run {run_id} replayed from {stage!r} as {prediction.run_id}")
     for column in ("step", "field", "original", "replayed"):
@@ -728,6 +732,28 @@ def replay_command(
     for row in changes:
         table.add_row(*row)
     console.print(table if changes else f"replayed as {prediction.run_id}: no output changed")
+
+
+def _examples(path: Path, stage: str) -> list[dict]:
+    """The few-shot examples in ``path`` (a JSON list of objects, or JSON Lines); a ConfigError names the file."""
+    import json
+
+    from stagewise.errors import ConfigError
+
+    where = f"--demos {stage}={path}"
+    try:
+        if path.stat().st_size > 10_000_000:
+            raise ConfigError(f"{where}: the file is over 10 MB")
+        text = path.read_text(encoding="utf-8")
+        examples = json.loads(text) if text.lstrip().startswith("[") else [
+            json.loads(line) for line in text.splitlines() if line.strip()]
+    except FileNotFoundError:
+        raise ConfigError(f"{where}: no such file") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ConfigError(f"{where}: not JSON or JSON Lines ({type(exc).__name__}: {exc})") from None
+    if not isinstance(examples, list) or not all(isinstance(e, dict) for e in examples):
+        raise ConfigError(f"{where}: expected a list of objects, each the stage's fields")
+    return examples
 
 
 runs_app = _App(no_args_is_help=True, help="List and show recorded runs: served requests and run(...) calls.")

@@ -319,3 +319,31 @@ def test_a_plain_dspy_programs_predictors_are_steps_of_its_run(tmp_path):
     assert {(e["stage"], e["key"]) for e in context.entries("plain")} >= {("area", "area"),
                                                                           ("intent.predict", "intent")}
     assert "stage intent.predict#0" in diff_text(record)
+
+
+def test_replay_gives_a_stage_other_demos(tmp_path):
+    url = f"sqlite:///{tmp_path}/runs.db"
+    with dspy.context(adapter=dspy.JSONAdapter()):
+        run(scripted_desk(), {"query": "My card is lost"}, store=url, run_id="desk",
+            origin={"factory": "tests.test_step_records:scripted_desk"})
+    demos = tmp_path / "demos.jsonl"
+    demos.write_text('{"query": "Card stolen", "answer": "Freeze it in the app"}\n')
+    runner = CliRunner()
+    result = runner.invoke(app, ["replay", "desk", "--route", "support=billing", "--demos", f"billing={demos}",
+                                 "--store", url, "--trust-code"])
+    assert result.exit_code == 0, result.output
+    from stagewise.runtime.runs import replay
+
+    lm = scripted("billing")
+    program = desk(lambda name: lm if name == "billing" else scripted(name))
+    with dspy.context(adapter=dspy.JSONAdapter()):
+        replay("desk", "support", store=url, program=program, decisions={"support": {"route": "billing"}},
+               demos={"billing": [{"query": "Card stolen", "answer": "Freeze it in the app"}]})
+    assert "Freeze it in the app" in json.dumps(lm.history[-1]["messages"])  # the demo reached the prompt
+    bad = runner.invoke(app, ["replay", "desk", "--stage", "support", "--demos", f"nope={demos}", "--store", url,
+                              "--trust-code"])
+    assert bad.exit_code == 2 and "set_demos: the program has no stage 'nope'" in bad.output
+    demos.write_text("not json")
+    broken = runner.invoke(app, ["replay", "desk", "--stage", "support", "--demos", f"billing={demos}", "--store",
+                                 url, "--trust-code"])
+    assert broken.exit_code == 2 and f"--demos billing={demos}: not JSON" in broken.output

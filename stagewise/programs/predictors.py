@@ -118,6 +118,21 @@ def set_models(program: dspy.Module, models: dict[str, Any], *, catalog=None) ->
     return program
 
 
+def set_demos(program: dspy.Module, demos: dict[str, list[dict]]) -> dspy.Module:
+    """Give each named stage these few-shot examples (dicts of its fields) instead of its own; returns ``program``."""
+    from stagewise.programs.stage import Stage
+
+    stages = named(program, demos, "set_demos")
+    for name, examples in demos.items():
+        if not isinstance(examples, list) or not all(isinstance(e, dict) for e in examples):
+            raise ConfigError(f"set_demos: stage {name!r} needs a list of examples, each an object of its fields")
+        stage = stages[name]
+        predictors = stage.step.predictors() if isinstance(stage, Stage) else [stage.predictor]
+        for predictor in predictors:
+            predictor.demos = [dspy.Example(**example) for example in examples]
+    return program
+
+
 def stage_outputs(trace: list, stages: dict[str, Any]) -> dict[str, dspy.Prediction]:
     """What each plain predictor stage answered in one run, from DSPy's trace (its last call)."""
     names = {id(stage.predictor): name for name, stage in stages.items() if isinstance(stage, PredictorStage)}

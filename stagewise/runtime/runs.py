@@ -21,7 +21,7 @@ import pydantic
 from stagewise.context.record import Section
 from stagewise.errors import ConfigError
 from stagewise.programs.plain import observed_call
-from stagewise.programs.predictors import set_models, stages_of
+from stagewise.programs.predictors import set_demos, set_models, stages_of
 from stagewise.programs.run import Observer, Run, StageEvent, StageRun, StepEvent, observing
 from stagewise.redaction import redact
 from stagewise.runtime.checkpoint import CheckpointError, CheckpointStore, open_checkpoints
@@ -314,13 +314,14 @@ class RunReplayError(ConfigError, LookupError):
 def replay(run_id: str, stage: str, *, store: str | CheckpointStore | None = None,
            overrides: dict[str, str] | None = None, models: dict[str, str] | None = None, program=None,
            factory=None, trust_code: bool = False, privacy: PrivacyPolicy | None = None,
-           decisions: dict[str, dict] | None = None):
+           decisions: dict[str, dict] | None = None, demos: dict[str, list[dict]] | None = None):
     """Run a stored run again from ``stage``: earlier stages' stored outputs are reused, the
     stage and everything after it run for real, with ``overrides`` (an input field, or a
     section id an earlier stage or step produced, a retrieved passage included, to a new value),
     ``models`` (stage -> model) and ``decisions`` (a router or cascade's name -> the decision it
     must take: ``{"support": {"route": "billing"}}``, ``{"verify": {"accept": True}}`` or
-    ``{"escalate": True}``). ``stage`` may name a router, a retrieval or a cascade too.
+    ``{"escalate": True}``) and ``demos`` (stage -> the few-shot examples it gets instead of its own,
+    each a dict of its fields). ``stage`` may name a router, a retrieval or a cascade too.
     The program is ``program``, or rebuilt as :func:`rebuild` says (``factory``, ``trust_code``).
 
     Returns ``(original record, prediction, new record)``; the new run's id is
@@ -328,11 +329,12 @@ def replay(run_id: str, stage: str, *, store: str | CheckpointStore | None = Non
     """
     with _opened(store) as store:
         return _replay(store, run_id, stage, overrides, models, program,
-                       {"factory": factory, "trust_code": trust_code}, privacy, decisions)
+                       {"factory": factory, "trust_code": trust_code}, privacy, decisions, demos)
 
 
 def _replay(store: CheckpointStore, run_id: str, stage: str, overrides, models, program, trust: dict,
-            privacy: PrivacyPolicy | None = None, decisions: dict[str, dict] | None = None):
+            privacy: PrivacyPolicy | None = None, decisions: dict[str, dict] | None = None,
+            demos: dict[str, list[dict]] | None = None):
     import copy
 
     original = store.load(run_id)
@@ -380,6 +382,8 @@ def _replay(store: CheckpointStore, run_id: str, stage: str, overrides, models, 
         program = rebuild(original, models, **trust)
     elif models:
         set_models(program, models)
+    if demos:
+        set_demos(program, demos)
     number = 1
     while store._latest(f"{run_id}-replay-{number}") is not None:
         number += 1
