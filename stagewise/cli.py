@@ -31,8 +31,11 @@ errors = Console(stderr=True, width=console.width, soft_wrap=True, highlight=Fal
 
 def _help_conventions(params: list) -> list:
     """Typer 0.29 shows every option's type, flags too (``--json <bool>``), and a required argument
-    as ``{config}``: flags get no type (an empty metavar), arguments their name in capitals."""
+    as ``{config}``: flags get no type (an empty metavar), arguments their name in capitals. Help
+    texts are plain text: a ``[privacy]`` in one is shown, not read as rich markup."""
     for param in params:
+        if getattr(param, "help", None) and not getattr(param, "_help_escaped", False):
+            param.help, param._help_escaped = escape(param.help), True
         if isinstance(param, typer.core.TyperOption) and param.is_flag and param.metavar is None:
             param.metavar = ""
         elif isinstance(param, typer.core.TyperArgument) and param.metavar is None:
@@ -545,8 +548,8 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="Address to bind (loopback by default)."),
     port: int = typer.Option(8000, help="Port."),
     token_env: str = typer.Option("STAGEWISE_SERVE_TOKEN", help="Environment variable holding the bearer token."),
-    tokens: Path | None = typer.Option(None, "--tokens", help="TOML file of tenants: " + escape("[tenants.NAME]")
-                                                               + " with token (or token_env), daily_budget_usd, rate."),
+    tokens: Path | None = typer.Option(None, "--tokens", help="TOML file of tenants: [tenants.NAME] with token "
+                                                               "(or token_env), daily_budget_usd, rate."),
     no_auth: bool = typer.Option(False, "--no-auth", help="Serve without a token (local use only): each client "
                                                           "address is its own tenant."),
     max_body: int = typer.Option(64 * 1024, help="Largest request body, in bytes."),

@@ -89,3 +89,15 @@ def test_optimize_and_worker_describe_the_storage_urls_alike():
 def test_the_environment_variables_that_matter_are_named(command, variables):
     text = _text(_help(command))
     assert [v for v in variables if f"${v}" not in text] == []
+
+
+def test_square_brackets_in_help_are_shown_not_read_as_markup():
+    """`--tokens` showed "TOML file of tenants:  with token" and `--redact` "a TOML file with a  table":
+    rich read ``[tenants.NAME]`` and ``[privacy]`` as markup. Every help text is plain text, however often
+    the help is shown."""
+    for _ in range(2):
+        serve = runner.invoke(app, ["serve", "--help"], env={"COLUMNS": "400"}).output
+        assert "TOML file of tenants: [tenants.NAME] with token" in serve
+        assert "a TOML file with a [privacy] table" in serve
+        replay = runner.invoke(app, ["replay", "--help"], env={"COLUMNS": "400"}).output
+        assert "[ROUTER=]LABEL" in replay and "\\[" not in serve + replay
