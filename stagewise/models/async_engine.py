@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-from dspy.lm15 import response_to_events
+from stagewise.models._dspy_compat import dump_engine, load_engine, response_to_events
 
 
 class ThreadedAsyncEngine:
@@ -42,13 +42,9 @@ class ThreadedAsyncEngine:
         return self
 
     def dump_state(self) -> dict:
-        from dspy.clients.lm import _dump_engine
-
-        return {"engine": _dump_engine(self.engine, "engine")}
+        return {"engine": dump_engine(self.engine, "engine")}
 
     @classmethod
     def load_state(cls, state: dict) -> ThreadedAsyncEngine:
-        from dspy.clients.lm import _load_engine
-
         # Only reached when the caller allowed custom engine classes (allow_unsafe_lm_state=True).
-        return cls(_load_engine(state["engine"], "engine", allow_custom_lm_class=True))
+        return cls(load_engine(state["engine"], "engine"))

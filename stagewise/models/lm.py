@@ -18,13 +18,21 @@ import time
 from typing import Any
 
 import dspy
-from dspy.clients._deprecation import warn_legacy_lm, warn_openai_messages
-from dspy.clients.execution import IGNORED_CACHE_KEYS, aexecute, execute, finalize, prepare
-from dspy.clients.legacy_outputs import plain, value
-from dspy.lm15 import Response
 from dspy.utils.callback import with_callbacks
 
 from stagewise.errors import ConfigError, ModelError
+from stagewise.models._dspy_compat import (
+    IGNORED_CACHE_KEYS,
+    Response,
+    aexecute,
+    execute,
+    finalize,
+    plain,
+    prepare,
+    value,
+    warn_legacy_lm,
+    warn_openai_messages,
+)
 from stagewise.models.async_engine import ThreadedAsyncEngine
 from stagewise.models.catalog import ModelCatalog, ModelSpec, default_catalog
 from stagewise.models.tokens import count_chat_tokens, count_tokens
@@ -129,7 +137,7 @@ class StagewiseLM(dspy.LM):
 
     def count_tokens(self, text: str) -> int:
         """Tokens of ``text`` for this model: its own tokenizer when local, else tiktoken."""
-        tokenize = getattr(self._engine_spec, "tokenize", None)
+        tokenize = getattr(self.engine, "tokenize", None)
         if callable(tokenize):
             return len(tokenize(text))
         return count_tokens(text, self.spec.tokenizer).tokens

@@ -25,9 +25,14 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from dspy.clients.engines.base import validate_request
-from dspy.lm15 import InvalidRequestError, Message, Response, Usage, response_to_events
-
+from stagewise.models._dspy_compat import (
+    InvalidRequestError,
+    Message,
+    Response,
+    Usage,
+    response_to_events,
+    validate_request,
+)
 from stagewise.models.constrained import (
     OPTIMISTIC_CHARS_PER_TOKEN,
     LazyGrammarFilter,

@@ -28,10 +28,16 @@ from pathlib import Path
 from typing import Literal
 
 import pandas as pd
-from dspy.clients.engines.base import validate_request
-from dspy.lm15 import InvalidRequestError, Message, Response, Usage, response_to_events
 
 from stagewise.errors import DataError, ModelError
+from stagewise.models._dspy_compat import (
+    InvalidRequestError,
+    Message,
+    Response,
+    Usage,
+    response_to_events,
+    validate_request,
+)
 from stagewise.models.catalog import ModelSpec
 from stagewise.models.constrained import schema_of
 from stagewise.models.tokens import count_tokens

@@ -149,9 +149,9 @@ def current_stage() -> str | None:
     name = _stage.get()
     if name is not None:
         return name
-    import dspy
+    from stagewise.models._dspy_compat import caller_modules  # imports DSPy: keep `import stagewise.models` light
 
-    for module in reversed(dspy.settings.caller_modules or []):
+    for module in reversed(caller_modules()):
         name = getattr(module, STAGE_MARK, None)
         if name is not None:
             return name
