@@ -1,10 +1,15 @@
-"""Models: the catalog, the engines (local llama.cpp, providers, replay) and usage accounting."""
+"""Models: the catalog, the engines (local llama.cpp, providers, replay) and usage accounting.
+
+:class:`Engine` declares what an in-process model engine must do (see :mod:`stagewise.models.engine`).
+"""
 
 from stagewise.models.catalog import CatalogError, ModelCatalog, ModelSpec, UnknownModelError, default_catalog
+from stagewise.models.engine import Engine
 from stagewise.models.usage import UsageLedger, UsageRecord, request_scope, stage_scope, track_usage
 
 __all__ = [
     "CatalogError",
+    "Engine",
     "ModelCatalog",
     "ModelSpec",
     "UnknownModelError",

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
 
 from stagewise.models._dspy_compat import dump_engine, load_engine, response_to_events
+from stagewise.models.engine import Engine
 
 
 class ThreadedAsyncEngine:
-    """Wraps a sync engine: ``await complete(request)`` runs ``engine.complete`` in a thread."""
+    """Wraps a sync :class:`~stagewise.models.engine.Engine`: ``await complete(request)`` runs
+    ``engine.complete`` in a thread."""
 
-    def __init__(self, engine: Any):
+    def __init__(self, engine: Engine):
         self.engine = engine
 
     @property

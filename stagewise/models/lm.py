@@ -35,6 +35,7 @@ from stagewise.models._dspy_compat import (
 )
 from stagewise.models.async_engine import ThreadedAsyncEngine
 from stagewise.models.catalog import ModelCatalog, ModelSpec, default_catalog
+from stagewise.models.engine import Engine
 from stagewise.models.tokens import count_chat_tokens, count_tokens
 from stagewise.models.usage import UsageLedger, UsageRecord, capture_enabled, current_request, current_stage, record
 
@@ -46,9 +47,13 @@ class MissingAPIKeyError(ModelError, RuntimeError):
 
 
 class StagewiseLM(dspy.LM):
-    """A DSPy LM for one catalog entry. ``lm.usage`` holds the records of its calls."""
+    """A DSPy LM for one catalog entry. ``lm.usage`` holds the records of its calls.
 
-    def __init__(self, model: str, *, spec: ModelSpec | dict, engine: Any = "auto", **kwargs: Any):
+    ``engine``: an :class:`~stagewise.models.engine.Engine` (local, replay, or a user's own), or
+    an engine selection DSPy accepts (``"auto"``, ``"litellm"``) for a provider model.
+    """
+
+    def __init__(self, model: str, *, spec: ModelSpec | dict, engine: Engine | str = "auto", **kwargs: Any):
         super().__init__(model, engine=engine, **kwargs)
         self.spec = spec if isinstance(spec, ModelSpec) else ModelSpec(**spec)  # a dict: from a saved program
         self.usage = UsageLedger()

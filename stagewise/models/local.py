@@ -155,7 +155,7 @@ def chat_messages(request) -> list[dict[str, str]]:
 
 
 class LlamaCppEngine:
-    """A DSPy engine running one GGUF model in-process.
+    """A DSPy engine running one GGUF model in-process (an :class:`~stagewise.models.engine.Engine`).
 
     Args:
         weights: a packaged weights id (see ``stagewise.models.weights``) or a .gguf path.

@@ -255,7 +255,8 @@ def _snippet(text: str, width: int = 80) -> str:
 
 
 class ReplayEngine:
-    """A DSPy engine that answers with one model's recorded responses from an outcome table."""
+    """A DSPy engine that answers with one model's recorded responses from an outcome table (an
+    :class:`~stagewise.models.engine.Engine`)."""
 
     supports_response_schema = True
     supported_params = frozenset({"response_format", "temperature", "max_tokens"})

@@ -1,32 +1,37 @@
 """Cascade: the cheapest model first; a scorer accepts its answer or escalates to the next.
 
 The scorer is an LLM verifier stage (e.g. the ``Verify`` signature: ``correct`` and
-``confidence`` outputs) or any object with ``predict_proba`` whose second column is the
-probability that the answer is right: it reads the query and the answer joined by a blank
-line, or ``(query, answer)`` pairs when it declares ``input_format = "pairs"`` (the trained
-:class:`~stagewise.routing.routers.CascadeScorer`). The last tier's answer is accepted
-whatever its score.
+``confidence`` outputs), a :class:`~stagewise.routing.contracts.Scorer` (an object with
+``correct_probability(queries, answers)``, such as the trained
+:class:`~stagewise.routing.routers.CascadeScorer`), or a classifier of texts with
+``predict_proba`` whose second column is the probability that the answer is right: it reads the
+query and the answer joined by a blank line. The last tier's answer is accepted whatever its
+score.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stagewise.context.record import Section
 from stagewise.programs.run import Run, StageRun, stepping
 from stagewise.programs.stage import Pipeline, Stage, StageConfigError, as_text, default_count
 
+if TYPE_CHECKING:
+    from stagewise.routing.contracts import Scorer
+
 
 class Cascade(Pipeline):
-    def __init__(self, name: str, tiers: list[Pipeline], scorer: Stage | Any, *, threshold: float = 0.5,
+    def __init__(self, name: str, tiers: list[Pipeline], scorer: Stage | Scorer | Any, *, threshold: float = 0.5,
                  answer: str = "answer", query: str = "input.query"):
         super().__init__()
         if len(tiers) < 2:
             raise StageConfigError(f"cascade {name!r} needs at least two tiers")
         if not 0.0 <= threshold <= 1.0:
             raise StageConfigError(f"cascade {name!r}: threshold must be in [0, 1], got {threshold}")
-        if not isinstance(scorer, Stage) and not callable(getattr(scorer, "predict_proba", None)):
-            raise StageConfigError(f"cascade {name!r}: scorer must be a Stage or have predict_proba(texts)")
+        if not (isinstance(scorer, Stage) or _is_scorer(scorer) or callable(getattr(scorer, "predict_proba", None))):
+            raise StageConfigError(f"cascade {name!r}: scorer must be a Stage, a Scorer (correct_probability(queries, "
+                                   "answers)) or have predict_proba(texts)")
         self.name, self.tiers, self.scorer = name, list(tiers), scorer
         self.threshold, self.answer, self.query = threshold, answer, query
         if isinstance(scorer, Stage) and scorer.inputs.get("answer") == ["*.answer"]:
@@ -44,9 +49,9 @@ class Cascade(Pipeline):
             confidence = float(verdict.get("confidence", 1.0))
             return confidence if verdict.get("correct", True) else 1.0 - confidence
         [query] = run.context.select([self.query], stage=self.name)
-        pair = (query.content, as_text(answer))
-        item = pair if getattr(self.scorer, "input_format", "text") == "pairs" else "\n\n".join(pair)
-        return float(self.scorer.predict_proba([item])[0][1])
+        if _is_scorer(self.scorer):
+            return float(self.scorer.correct_probability([query.content], [as_text(answer)])[0])
+        return float(self.scorer.predict_proba(["\n\n".join((query.content, as_text(answer)))])[0][1])
 
     def execute(self, run: Run) -> dict[str, Any]:
         with stepping(run, self, "cascade", [self.query]) as step:
@@ -76,3 +81,10 @@ class Cascade(Pipeline):
                     f"accepted tier {tier_name!r} after {position} escalation(s); scores {scores}"]))
                 return {**outputs, "tier": tier_name, "escalations": position, "scores": scores}
         raise AssertionError("unreachable: the last tier is always accepted")
+
+
+def _is_scorer(scorer: Any) -> bool:
+    """``scorer`` follows the :class:`~stagewise.routing.contracts.Scorer` contract."""
+    from stagewise.routing.contracts import Scorer  # loads stagewise.routing: only for a scorer that is no Stage
+
+    return isinstance(scorer, Scorer)

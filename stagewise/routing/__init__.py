@@ -1,5 +1,12 @@
-"""Trained routers and cascade scorers, and their offline evaluation on recorded outcomes."""
+"""Trained routers and cascade scorers, and their offline evaluation on recorded outcomes.
 
+What a router or a scorer must do is declared in :mod:`stagewise.routing.contracts`:
+:class:`Decider` (predicts a label for each text: a Router's decision), :class:`Scorer` (predicts
+the probability that an answer is right: a Cascade's scorer) and :class:`OutcomeLearner` (trains on
+recorded outcomes: what :func:`route_eval` evaluates).
+"""
+
+from stagewise.routing.contracts import Decider, OutcomeLearner, Scorer
 from stagewise.routing.evaluation import RoutingEvalError, RoutingReport, route_eval
 from stagewise.routing.features import AnswerChecks, TextFeatures
 from stagewise.routing.outcomes import Outcomes, load_outcomes, outcomes_from_table
@@ -17,8 +24,9 @@ from stagewise.routing.routers import (
 from stagewise.routing.selection import Selection, candidate_specs, nested_route_eval, select_router
 
 __all__ = [
-    "AnswerChecks", "CascadeScorer", "LabelRouter", "Outcomes", "QualityRouter", "RouterFileError",
-    "RouterSpecError", "RoutingEvalError", "RoutingReport", "Selection", "TextFeatures", "WinRouter", "ZeroRouter",
+    "AnswerChecks", "CascadeScorer", "Decider", "LabelRouter", "OutcomeLearner", "Outcomes", "QualityRouter",
+    "RouterFileError", "RouterSpecError", "RoutingEvalError", "RoutingReport", "Scorer", "Selection", "TextFeatures",
+    "WinRouter", "ZeroRouter",
     "candidate_specs", "load_outcomes", "load_router", "make_router", "nested_route_eval", "outcomes_from_table",
     "route_eval", "save_router", "select_router", "suggest_router",
 ]

@@ -284,35 +284,40 @@ def _mean_curve(curves: list[Curve]) -> Curve:
 
 def route_eval(router, train: Outcomes, test: Outcomes | None = None, *, cv: int | None = None, seed: int = 0,
                weak: str | None = None, strong: str | None = None, progress=None) -> RoutingReport:
-    """Train ``router`` (an estimator or a spec string) on ``train`` and evaluate it on ``test``,
-    or K-fold cross-validate it on ``train`` (out-of-fold predictions pooled over every row).
+    """Train ``router`` (an :class:`~stagewise.routing.contracts.OutcomeLearner` or a spec string) on
+    ``train`` and evaluate it on ``test``, or K-fold cross-validate it on ``train`` (out-of-fold
+    predictions pooled over every row).
 
-    A :class:`WinRouter` or :class:`CascadeScorer` routes between two models (the cheapest and the
-    most expensive unless ``weak``/``strong`` name them); a :class:`QualityRouter` between all; a
-    :class:`ZeroRouter` learns nothing: its curve is the single models' hull on the evaluated rows.
+    A ``pairwise`` learner (a :class:`WinRouter` or :class:`CascadeScorer`) routes between two models
+    (the cheapest and the most expensive unless ``weak``/``strong`` name them), any other between all
+    (a :class:`QualityRouter`), or between two on a table of two. One whose ``reads_queries`` is False
+    (a :class:`ZeroRouter`) learns nothing: its curve is the single models' hull on the evaluated rows.
+    A :class:`~stagewise.routing.contracts.Scorer` is evaluated as a cascade.
     To choose among several specs without looking at the rows they are scored on, see
     :func:`stagewise.routing.selection.nested_route_eval`.
     """
     from sklearn.base import clone
     from sklearn.model_selection import KFold
 
-    from stagewise.routing.routers import CascadeScorer, QualityRouter, WinRouter, ZeroRouter, _pair, make_router
+    from stagewise.routing.contracts import OutcomeLearner, Scorer
+    from stagewise.routing.routers import _pair, make_router
 
     estimator = make_router(router) if isinstance(router, str) else router
     name = router if isinstance(router, str) else type(router).__name__
-    if not isinstance(estimator, (QualityRouter, WinRouter, CascadeScorer, ZeroRouter)):
-        raise RoutingEvalError(f"router {name!r}: route-eval trains quality, win or cascade routers on outcome tables")
+    if not isinstance(estimator, OutcomeLearner):
+        raise RoutingEvalError(f"router {name!r}: route-eval trains quality, win or cascade routers on outcome tables "
+                               "(an OutcomeLearner: fit_outcomes, route_values, pairwise, reads_queries, get_params)")
     if (test is None) == (cv is None):
         raise RoutingEvalError("give either a test table or a number of cross-validation folds")
     if test is not None:
         test.require_models(train.models, f"the training table {train.source!r}")
-    two_models = isinstance(estimator, (WinRouter, CascadeScorer)) or len(train.models) == 2
+    two_models = estimator.pairwise or len(train.models) == 2
     if two_models:
         weak, strong = _pair(train, weak, strong)
     if cv is not None and not 2 <= cv <= len(train):
         raise RoutingEvalError(f"--cv {cv}: needs 2 <= K <= {len(train)} (the rows of {train.source!r})")
     evaluated = test if test is not None else train
-    if isinstance(estimator, ZeroRouter):  # nothing to train: the same curve on every split
+    if not estimator.reads_queries:  # nothing to train: the same curve on every split
         if progress is not None:
             progress(cv or 1, cv or 1)
         if two_models:
@@ -335,27 +340,20 @@ def route_eval(router, train: Outcomes, test: Outcomes | None = None, *, cv: int
             progress(number + 1, len(splits))
     if two_models:
         return two_model_report(name, evaluated, predictions, weak=weak, strong=strong,
-                                cascade=isinstance(estimator, CascadeScorer))
+                                cascade=isinstance(estimator, Scorer))
     return many_model_report(name, evaluated, predictions, train.costs.mean(axis=0))
 
 
 def route_values(fitted, target: Outcomes, weak: str | None, strong: str | None, *, two_models: bool) -> np.ndarray:
-    """What a fitted router says about each query of ``target``.
+    """What a fitted :class:`~stagewise.routing.contracts.OutcomeLearner` says about each query of ``target``
+    (its ``route_values``).
 
     Two models: how much the query needs the strong model (the highest go to it first): a win
     router's probability that the strong model wins, a cascade scorer's probability that the
     weak model's recorded response is wrong, a quality router's predicted quality gap. More
     models: each model's predicted quality, (n, m).
     """
-    from stagewise.routing.routers import CascadeScorer, WinRouter
-
-    if isinstance(fitted, WinRouter):
-        return fitted.strong_probability(target.prompts)
-    if isinstance(fitted, CascadeScorer):
-        j = target.column(weak)
-        return 1.0 - fitted.predict_proba([(p, r[j]) for p, r in zip(target.prompts, target.responses)])[:, 1]
-    quality = fitted.predict_quality(target.prompts)
-    return quality[:, target.column(strong)] - quality[:, target.column(weak)] if two_models else quality
+    return fitted.route_values(target, weak, strong) if two_models else fitted.route_values(target)
 
 
 def plot_report(report: RoutingReport, path) -> None:

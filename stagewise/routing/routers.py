@@ -12,9 +12,12 @@
   router); what a learned router has to beat.
 
 All follow scikit-learn's conventions (``fit``/``predict``/``predict_proba``/``score``,
-``get_params``), and plug into :class:`~stagewise.programs.router.Router` (as ``decide``) and
-:class:`~stagewise.programs.cascade.Cascade` (as ``scorer``). ``make_router("kind:key=value,...")``
-builds one from a spec string; ``suggest_router`` draws one from an Optuna trial.
+``get_params``) and the contracts of :mod:`stagewise.routing.contracts`: each router is a
+``Decider`` (a :class:`~stagewise.programs.router.Router`'s ``decide``), the cascade scorer is a
+``Scorer`` (a :class:`~stagewise.programs.cascade.Cascade`'s ``scorer``), and all but the label
+router are ``OutcomeLearner`` objects (what ``route_eval`` trains and evaluates).
+``make_router("kind:key=value,...")`` builds one from a spec string; ``suggest_router`` draws one
+from an Optuna trial.
 """
 
 from __future__ import annotations
@@ -79,6 +82,16 @@ class _OutcomeRouter(_TextEstimator):
     """Routers whose predictions are model names; ``score`` is the mean realized quality."""
 
     models_: list[str]
+    pairwise = False  # OutcomeLearner: routes among every model of its table
+    reads_queries = True
+
+    def route_values(self, outcomes: Outcomes, weak: str | None = None, strong: str | None = None) -> np.ndarray:
+        """With ``weak`` and ``strong``: the predicted quality gap, strong minus weak, per prompt of
+        ``outcomes``; without: each model's predicted quality, (n, m)."""
+        quality = self.predict_quality(outcomes.prompts)
+        if weak is None or strong is None:
+            return quality
+        return quality[:, outcomes.column(strong)] - quality[:, outcomes.column(weak)]
 
     def score(self, X, y, sample_weight=None) -> float:
         scores = _matrix(y, self.models_)
@@ -149,6 +162,8 @@ class QualityRouter(_OutcomeRouter):
 class WinRouter(_OutcomeRouter):
     """Two models: P(the strong model is right where the weak one is wrong); strong above ``threshold``."""
 
+    pairwise = True
+
     def __init__(self, features: str = "word+char", C: float = 1.0, threshold: float = 0.5):
         self.features = features
         self.C = C
@@ -176,6 +191,10 @@ class WinRouter(_OutcomeRouter):
             return np.full(features.shape[0], self.model_)
         return self.model_.predict_proba(features)[:, 1]
 
+    def route_values(self, outcomes: Outcomes, weak: str | None = None, strong: str | None = None) -> np.ndarray:
+        """The probability that the strong model wins, per prompt of ``outcomes``."""
+        return self.strong_probability(outcomes.prompts)
+
     def predict_proba(self, X):
         strong = self.strong_probability(X)
         return np.column_stack([1.0 - strong, strong])
@@ -198,6 +217,8 @@ class ZeroRouter(_OutcomeRouter):
     expectation, the points between the two. The default router falls back to it when no
     learned router beats it in cross-validation.
     """
+
+    reads_queries = False  # OutcomeLearner: evaluated as the best fixed mix of single models
 
     def __init__(self, cost_weight: float = 0.0):
         self.cost_weight = cost_weight
@@ -232,9 +253,10 @@ class ZeroRouter(_OutcomeRouter):
 
 
 class CascadeScorer(ClassifierMixin, _TextEstimator):
-    """(query, response) pairs -> P(the response is correct)."""
+    """(query, response) pairs -> P(the response is correct): a :class:`~stagewise.routing.contracts.Scorer`."""
 
-    input_format = "pairs"  # the Cascade program passes (query, answer) pairs
+    pairwise = True  # OutcomeLearner: judges the weak model's answer, escalates to the strong one
+    reads_queries = True
 
     def __init__(self, features: str = "word+char+checks", C: float = 1.0):
         self.features = features
@@ -257,6 +279,15 @@ class CascadeScorer(ClassifierMixin, _TextEstimator):
         j = outcomes.column(model)
         pairs = [(p, r[j]) for p, r in zip(outcomes.prompts, outcomes.responses)]
         return self.fit(pairs, outcomes.scores[:, j])
+
+    def correct_probability(self, queries, answers) -> np.ndarray:
+        """P(answer i is right for query i), shape (n,)."""
+        return self.predict_proba(list(zip(queries, answers)))[:, 1]
+
+    def route_values(self, outcomes: Outcomes, weak: str | None = None, strong: str | None = None) -> np.ndarray:
+        """The probability that the ``weak`` model's recorded response is wrong, per prompt of ``outcomes``."""
+        j = outcomes.column(weak)
+        return 1.0 - self.correct_probability(outcomes.prompts, [row[j] for row in outcomes.responses])
 
     def predict_proba(self, X):
         return self.model_.predict_proba(self._features(as_pairs(X)))

@@ -142,7 +142,8 @@ def nested_route_eval(train: Outcomes, test: Outcomes | None = None, *, cv: int 
     """
     from sklearn.model_selection import KFold
 
-    from stagewise.routing.routers import CascadeScorer, make_router
+    from stagewise.routing.contracts import Scorer
+    from stagewise.routing.routers import make_router
 
     if (test is None) == (cv is None):
         raise RoutingEvalError("give either a test table or a number of cross-validation folds")
@@ -175,10 +176,10 @@ def nested_route_eval(train: Outcomes, test: Outcomes | None = None, *, cv: int 
             values = route_values(fitted, target, weak, strong, two_models=two)
             if two:
                 scores, costs = target.scores, target.costs  # weak, then strong (only_models)
-                curve = share_curve(values, scores, costs, cascade=isinstance(chosen, CascadeScorer))
+                curve = share_curve(values, scores, costs, cascade=isinstance(chosen, Scorer))
             else:
                 curve = lambda_curve(values, part.costs.mean(axis=0), target.scores, target.costs)
-        if isinstance(chosen, CascadeScorer):
+        if isinstance(chosen, Scorer):
             cascade_rows[slice(None) if eval_rows is None else eval_rows] = True
         curves.append(curve)
         sizes.append(len(target))
