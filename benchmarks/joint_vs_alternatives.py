@@ -59,8 +59,7 @@ from stagewise.data import split
 from stagewise.models import track_usage
 from stagewise.models.lm import get_lm
 from stagewise.models.usage import UsageLedger, capturing_content
-from stagewise.optimize import pareto
-from stagewise.optimize.space import DEMO_OPTIMIZERS
+from stagewise.optimize import get_optimizer, pareto
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import results as results_module  # noqa: E402
@@ -331,7 +330,7 @@ def counted_trials(study) -> int:
 def space_size(space) -> int:
     size = 1
     for choices in space.values():
-        settings = sum(len(choices.demos) if o in DEMO_OPTIMIZERS else 1 for o in choices.optimizers)
+        settings = sum(len(choices.demos) if get_optimizer(o).uses_demos else 1 for o in choices.optimizers)
         size *= len(choices.models) * settings
     return size
 

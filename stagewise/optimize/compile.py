@@ -10,9 +10,8 @@ so a stage compiled once is reused by every later trial and every rerun.
 DSPy's ``LabeledFewShot`` and ``BootstrapFewShot*`` return predictors with ``lm=None``;
 only the learned state is taken from the compiled copy, so each stage keeps its model.
 
-GEPA evolves instructions, not demos: a reflection model reads the program's traces and
-textual feedback (what the metric expected, what the program answered) and proposes new
-instructions. It needs a reflection model (``Reflection``) and a budget of metric calls.
+What each optimizer needs (demos, a teacher, a reflection model, one model for the whole
+program) is declared by its :class:`~stagewise.optimize.optimizers.StageOptimizer`.
 """
 
 from __future__ import annotations
@@ -25,30 +24,17 @@ import os
 import tempfile
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import dspy
-
-from stagewise.errors import ConfigError, SearchSpaceError, StoreError
+from stagewise.errors import StoreError
 from stagewise.optimize.export import state_without_models
-from stagewise.optimize.space import DEMO_OPTIMIZERS, TrialChoice
+from stagewise.optimize.optimizers import OptimizerSetup, Reflection, get_optimizer
+from stagewise.optimize.space import TrialChoice
 from stagewise.programs.predictors import stages_of
 
+__all__ = ["CompileCache", "Reflection", "compile_stages"]
+
 log = logging.getLogger(__name__)
-
-MODEL_FREE = {"none", "labeled_fewshot"}  # optimizers whose result does not depend on any model
-
-
-@dataclass(frozen=True)
-class Reflection:
-    """What GEPA needs beyond the pass/fail metric."""
-
-    lm: Any  # the reflection model
-    model: str  # its catalog name (part of the cache key)
-    feedback: Callable  # (example, prediction) -> (score, feedback text)
-    max_metric_calls: int = 40
 
 
 class CompileCache:
@@ -72,15 +58,13 @@ class CompileCache:
 
     def key(self, stage: str, choice: TrialChoice, data_fingerprint: str, reflection: Reflection | None = None) -> str:
         """The entry's name: a hash of everything the learned state depends on."""
-        optimizer = choice.optimizers.get(stage, "none")
-        content = {"stage": stage, "optimizer": optimizer, "demos": choice.demos.get(stage, 0),
+        name = choice.optimizers.get(stage, "none")
+        optimizer = get_optimizer(name)
+        content = {"stage": stage, "optimizer": name, "demos": choice.demos.get(stage, 0),
                    "data": data_fingerprint,
-                   "models": {} if optimizer in MODEL_FREE else dict(sorted(choice.models.items()))}
-        if optimizer == "gepa" and reflection is not None:
-            content["reflection"] = [reflection.model, reflection.max_metric_calls]
-        if optimizer == "mipro" and reflection is not None:  # the model that wrote its instructions
-            content["reflection"] = [reflection.model]
-        if choice.routers and optimizer not in MODEL_FREE:  # the teacher's routing decides its traces too
+                   "models": {} if optimizer.model_free else dict(sorted(choice.models.items())),
+                   **optimizer.cache_content(reflection)}
+        if choice.routers and not optimizer.model_free:  # the teacher's routing decides its traces too
             content["routers"] = {name: choice.routers[name] for name in sorted(choice.routers)}
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:24]
 
@@ -166,36 +150,6 @@ def _keep_models_on_reset(program):
     return program
 
 
-def _optimizer(name: str, demos: int, metric: Callable, reflection: Reflection | None = None, task_lm=None):
-    if name == "gepa":
-        if reflection is None:
-            raise ConfigError("the gepa optimizer needs a reflection model ([search] reflection_model)")
-
-        def feedback_metric(gold, pred, trace=None, pred_name=None, pred_trace=None):
-            score, text = reflection.feedback(gold, pred)
-            return dspy.Prediction(score=score, feedback=text)
-
-        return dspy.GEPA(metric=feedback_metric, reflection_lm=reflection.lm,
-                         max_metric_calls=reflection.max_metric_calls, num_threads=1, track_stats=False,
-                         use_merge=False)
-    if name == "labeled_fewshot":
-        return dspy.LabeledFewShot(k=demos)
-    if name == "bootstrap_fewshot":
-        return dspy.BootstrapFewShot(metric=metric, max_bootstrapped_demos=demos, max_labeled_demos=demos,
-                                     max_rounds=1)
-    if name == "bootstrap_random_search":
-        return dspy.BootstrapFewShotWithRandomSearch(metric=metric, max_bootstrapped_demos=demos,
-                                                     max_labeled_demos=demos, num_candidate_programs=2,
-                                                     num_threads=1)
-    if name == "mipro":
-        # MIPRO writes candidate instructions with a prompt model: the study's reflection model when it
-        # names one, else the stage's own model. Each stage calls its own model; the task model is the default.
-        prompt_model = reflection.lm if reflection is not None else task_lm
-        return dspy.MIPROv2(metric=metric, prompt_model=prompt_model, task_model=task_lm, auto="light",
-                            max_bootstrapped_demos=demos, max_labeled_demos=demos, num_threads=1)
-    raise SearchSpaceError(f"unknown optimizer {name!r}")
-
-
 def compile_stages(program, choice: TrialChoice, trainset: list, metric: Callable, cache: CompileCache,
                    data_fingerprint: str, reflection: Reflection | None = None) -> dict[str, str]:
     """Apply each stage's optimizer to ``program`` (in place), from the cache when possible.
@@ -203,30 +157,33 @@ def compile_stages(program, choice: TrialChoice, trainset: list, metric: Callabl
     Returns, per stage, ``"cached"``, ``"compiled"`` or ``"none"``.
     """
     outcome = {}
-    compiled_by: dict[tuple[str, int], object] = {}  # one compile per distinct optimizer setting
-    for stage, optimizer in choice.optimizers.items():
-        demos = choice.demos.get(stage, 0)
-        if optimizer == "none" or (demos == 0 and optimizer in DEMO_OPTIMIZERS):
+    compiled_by: dict[tuple, object] = {}  # one compile per distinct optimizer setting
+    for stage, name in choice.optimizers.items():
+        optimizer, demos = get_optimizer(name), choice.demos.get(stage, 0)
+        if not optimizer.compiles or (demos == 0 and optimizer.uses_demos):
             outcome[stage] = "none"
             continue
         key = cache.key(stage, choice, data_fingerprint, reflection)
         state = cache.get(key)
+        # A single-model optimizer runs the program on the stage's own model: one compile per stage.
+        setting = (name, demos, stage if optimizer.single_model else None)
         if state is None:
-            if (optimizer, demos) not in compiled_by:
-                teacher = program.deepcopy()  # keeps every stage's model: the teacher runs the real pipeline
-                # BootstrapFewShot would give an uncompiled teacher labeled demos through reset_copy(),
-                # which drops every stage's model; marked compiled, the teacher keeps them.
-                teacher._compiled = True
-                compiler = _optimizer(optimizer, demos, metric, reflection, stages_of(program)[stage].lm)
-                kwargs = {"teacher": teacher} if optimizer.startswith("bootstrap") else {}
+            if setting not in compiled_by:
+                teacher = None
+                if optimizer.needs_teacher:
+                    teacher = program.deepcopy()  # keeps every stage's model: the teacher runs the real pipeline
+                    # BootstrapFewShot would give an uncompiled teacher labeled demos through reset_copy(),
+                    # which drops every stage's model; marked compiled, the teacher keeps them.
+                    teacher._compiled = True
+                setup = OptimizerSetup(demos, metric, trainset, stages_of(program)[stage].lm, reflection)
                 student = _keep_models_on_reset(program.deepcopy())
-                compiled = compiler.compile(student, trainset=trainset, **kwargs)
+                compiled = optimizer.compile(student, setup=setup, teacher=teacher)
                 # Random search and MIPRO hang every candidate program they scored on the result:
                 # those are not stages of the program (and would repeat its stage names).
                 for attribute in ("candidate_programs", "mb_candidate_programs", "trial_logs"):
                     compiled.__dict__.pop(attribute, None)
-                compiled_by[(optimizer, demos)] = compiled
-            state = state_without_models(stages_of(compiled_by[(optimizer, demos)])[stage].step)
+                compiled_by[setting] = compiled
+            state = state_without_models(stages_of(compiled_by[setting])[stage].step)
             cache.put(key, state)
             outcome[stage] = "compiled"
         else:

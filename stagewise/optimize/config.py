@@ -19,7 +19,6 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    NonNegativeFloat,
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
@@ -28,13 +27,17 @@ from pydantic import (
 
 from stagewise.errors import ConfigError, StagewiseError
 from stagewise.metrics.report import EndToEnd, StageMetric
+from stagewise.optimize.settings import SearchSettings, StudySettings
 from stagewise.optimize.space import RouterChoices, StageChoices
-from stagewise.optimize.study import StudySettings
 from stagewise.tomlfiles import read_toml
 
+__all__ = ["StudyConfig", "load_config"]
 
-@dataclass
+
+@dataclass(kw_only=True)
 class StudyConfig:
+    """A study config file, read and checked: what to optimize, on which data, how to search."""
+
     path: Path
     factory: str
     factory_kwargs: dict
@@ -95,18 +98,15 @@ class StudyConfig:
         """The :class:`~stagewise.optimize.joint.JointOptimizer` this config describes, writing to ``out_dir``."""
         from stagewise.optimize.joint import JointOptimizer
 
-        s = self.settings
+        settings = self.settings.model_dump(exclude={"name"})
         return JointOptimizer(
             metric=self.end_to_end, stage_metrics=self.stage_metrics,
             models={stage: c.models for stage, c in self.space.items()},
             optimizers={stage: c.optimizers for stage, c in self.space.items()},
             demos={stage: c.demos for stage, c in self.space.items()},
-            trials=s.trials, tracking=self.experiment or s.name, study=s.name, storage=s.storage, out_dir=out_dir,
-            seed=s.seed, prune_on=s.prune_on, prune_margin=s.prune_margin, min_quality=s.min_quality,
-            max_cost_per_1k=s.max_cost_per_1k, latency=s.latency, sampler=s.sampler, thresholds=self.thresholds,
-            routers=self.routers, reflection_model=s.reflection_model, gepa_metric_calls=s.gepa_metric_calls,
-            baseline=self.baseline, lm_options=self.lm_options, fingerprint=self.data_fingerprint,
-            progress=progress, privacy=self.privacy)
+            tracking=self.experiment or self.settings.name, study=self.settings.name, out_dir=out_dir,
+            thresholds=self.thresholds, routers=self.routers, baseline=self.baseline, lm_options=self.lm_options,
+            fingerprint=self.data_fingerprint, progress=progress, privacy=self.privacy, **settings)
 
 
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -180,20 +180,13 @@ class _Router(_Table):
     C: list[PositiveFloat] = Field(list(RouterChoices.__dataclass_fields__["C"].default), min_length=1)
 
 
-class _Search(_Table):
+class _Search(SearchSettings):
+    """``[search]``: the settings of :class:`SearchSettings` (defaults there) and the space."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=False, arbitrary_types_allowed=True)
+
     stages: dict[str, _StageSearch] = Field(min_length=1)
     study: str | None = None
-    trials: PositiveInt = 12
-    seed: int = 0
-    storage: str | None = None
-    prune_on: NonNegativeInt = 8
-    prune_margin: NonNegativeFloat = 0.15
-    min_quality: float | None = None
-    max_cost_per_1k: NonNegativeFloat | None = None
-    latency_objective: bool = False
-    reflection_model: str | None = None
-    gepa_metric_calls: PositiveInt = 40
-    sampler: str = "tpe"
     thresholds: dict[str, list[Fraction]] = {}
     routers: dict[str, _Router] = {}
 
@@ -262,7 +255,9 @@ def _allowed_keys(path: list[str]) -> list[str]:
         while get_origin(node) in (dict, list):
             next(parts, None)  # the stage or router name, or the list index
             node = _unwrap(get_args(node)[-1])
-    return list(node.model_fields) if isinstance(node, type) and issubclass(node, BaseModel) else []
+    if not (isinstance(node, type) and issubclass(node, BaseModel)):
+        return []
+    return [info.alias or name for name, info in node.model_fields.items()]
 
 
 def _unwrap(annotation):
@@ -306,12 +301,8 @@ def load_config(path: str | Path, *, study: str | None = None, trials: int | Non
     search = parsed.search
     space = {name: StageChoices(tuple(c.models), tuple(c.optimizers), tuple(c.demos))
              for name, c in search.stages.items()}
-    settings = StudySettings(
-        name=study or search.study or file.stem, trials=trials or search.trials, seed=search.seed,
-        storage=search.storage, prune_on=search.prune_on, prune_margin=search.prune_margin,
-        min_quality=search.min_quality, max_cost_per_1k=search.max_cost_per_1k, latency=search.latency_objective,
-        reflection_model=search.reflection_model, gepa_metric_calls=search.gepa_metric_calls,
-        sampler=search.sampler)
+    chosen = {name: getattr(search, name) for name in SearchSettings.model_fields}
+    settings = StudySettings(**{**chosen, "trials": trials or search.trials}, name=study or search.study or file.stem)
     privacy = None
     if parsed.privacy is not None:
         from stagewise.runtime.privacy import PrivacyPolicy
@@ -320,13 +311,15 @@ def load_config(path: str | Path, *, study: str | None = None, trials: int | Non
     lm_options = {name: dict(options) for name, options in parsed.models.items()}
     if replay_table is not None:
         lm_options.setdefault("*", {})["replay_table"] = replay_table
-    return StudyConfig(file, parsed.program.factory, dict(parsed.program.kwargs), examples, fingerprint, report,
-                       parsed.split.model_dump(exclude_none=True), end_to_end, stage_metrics, space, settings,
-                       lm_options, parsed.tracking.experiment, replay_table, parsed.baseline, fields,
-                       {name: tuple(values) for name, values in search.thresholds.items()},
-                       {name: RouterChoices(label=r.label, decisions=tuple(r.decisions), features=tuple(r.features),
-                                            C=tuple(r.C)) for name, r in search.routers.items()},
-                       privacy)
+    return StudyConfig(
+        path=file, factory=parsed.program.factory, factory_kwargs=dict(parsed.program.kwargs), examples=examples,
+        data_fingerprint=fingerprint, data_report=report, split=parsed.split.model_dump(exclude_none=True),
+        end_to_end=end_to_end, stage_metrics=stage_metrics, space=space, settings=settings, lm_options=lm_options,
+        experiment=parsed.tracking.experiment, replay_table=replay_table, baseline=parsed.baseline, fields=fields,
+        thresholds={name: tuple(values) for name, values in search.thresholds.items()},
+        routers={name: RouterChoices(label=r.label, decisions=tuple(r.decisions), features=tuple(r.features),
+                                     C=tuple(r.C)) for name, r in search.routers.items()},
+        privacy=privacy)
 
 
 def _read_data(data: _Data, file: Path):

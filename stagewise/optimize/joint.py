@@ -31,9 +31,11 @@ from typing import Any
 
 import dspy
 import pandas as pd
+from pydantic import ValidationError
 
 from stagewise.errors import ConfigError
 from stagewise.metrics.report import EndToEnd, EvaluationReport, as_end_to_end, as_stage_metrics
+from stagewise.optimize.settings import DEFAULTS
 from stagewise.optimize.space import RouterChoices, StageChoices
 
 __all__ = ["JointOptimizer"]
@@ -54,7 +56,8 @@ class JointOptimizer:
             ``{"output": ..., "label": ..., "metric": ...}``, or a list of
             :class:`~stagewise.metrics.StageMetric`.
         optimizers: candidate optimizers (``none``, ``labeled_fewshot``, ``bootstrap_fewshot``,
-            ``bootstrap_random_search``, ``mipro``, ``gepa``), for every stage or per stage.
+            ``bootstrap_random_search``, ``mipro``, ``gepa``, ``simba`` or a name given to
+            :func:`~stagewise.optimize.register_optimizer`), for every stage or per stage.
         demos: candidate numbers of demos, for every stage or per stage.
         trials: the study's budget of trials (a rerun with the same study name continues it).
         tracking: an MLflow experiment name; ``None`` logs nothing.
@@ -62,6 +65,10 @@ class JointOptimizer:
             URL (default: SQLite in ``out_dir``); out_dir: where the compiled-stage cache, the
             study and ``pareto.csv``/``pareto.png`` go (default ``runs/<study>``).
         min_quality / max_cost_per_1k: how to choose from the front (default: the best quality).
+        sampler: ``"tpe"``, ``"grid"``, ``"random"``, ``"nsga2"`` or any ``optuna.samplers.BaseSampler``.
+        pruner: any ``optuna.pruners.BasePruner``, asked after the first ``prune_on`` dev examples
+            (default: :class:`~stagewise.optimize.MarginPruner` with ``prune_margin``; see
+            :mod:`stagewise.optimize.sampling`).
         baseline: per stage, the model of an unoptimized program to compare on the test set.
         fingerprint: an identifier of the data (default: a hash of the splits); keys the
             compiled-stage cache and the study's signature.
@@ -74,12 +81,13 @@ class JointOptimizer:
     def __init__(self, *, metric: Callable | EndToEnd, models: Mapping[str, Sequence[str]],
                  stage_metrics: Any = None, optimizers: Choices = ("none",), demos: Choices = (0,),
                  trials: int = 30, tracking: str | None = None, study: str | None = None,
-                 storage: str | None = None, out_dir: str | Path | None = None, seed: int = 0,
-                 prune_on: int = 8, prune_margin: float = 0.15, min_quality: float | None = None,
-                 max_cost_per_1k: float | None = None, latency: bool = False, sampler: str = "tpe",
+                 storage: str | None = None, out_dir: str | Path | None = None, seed: int = DEFAULTS.seed,
+                 prune_on: int = DEFAULTS.prune_on, prune_margin: float = DEFAULTS.prune_margin,
+                 min_quality: float | None = None, max_cost_per_1k: float | None = None,
+                 latency: bool = DEFAULTS.latency, sampler: Any = DEFAULTS.sampler, pruner: Any = None,
                  thresholds: Mapping[str, Sequence[float]] | None = None,
                  routers: Mapping[str, RouterChoices] | None = None, reflection_model: str | None = None,
-                 gepa_metric_calls: int = 40, baseline: Mapping[str, str] | None = None,
+                 gepa_metric_calls: int = DEFAULTS.gepa_metric_calls, baseline: Mapping[str, str] | None = None,
                  lm_options: Mapping[str, dict] | None = None, fingerprint: str | None = None,
                  catalog=None, adapter: Any = None, progress: bool = True, privacy: Any = None):
         if not isinstance(models, Mapping) or not models:
@@ -91,7 +99,8 @@ class JointOptimizer:
         self.storage, self.out_dir, self.seed = storage, out_dir, seed
         self.prune_on, self.prune_margin = prune_on, prune_margin
         self.min_quality, self.max_cost_per_1k, self.latency = min_quality, max_cost_per_1k, latency
-        self.sampler, self.thresholds, self.routers = sampler, dict(thresholds or {}), dict(routers or {})
+        self.sampler, self.pruner = sampler, pruner
+        self.thresholds, self.routers = dict(thresholds or {}), dict(routers or {})
         self.reflection_model, self.gepa_metric_calls = reflection_model, gepa_metric_calls
         self.baseline = dict(baseline) if baseline else None
         self.lm_options, self.fingerprint, self.catalog = dict(lm_options or {}), fingerprint, catalog
@@ -131,16 +140,22 @@ class JointOptimizer:
     def study_for(self, program: dspy.Module, *, trainset, valset, testset=None, split_settings: dict | None = None):
         """The :class:`~stagewise.optimize.study.Study` that ``compile`` runs (workers join it too)."""
         from stagewise.data import Splits, split_fingerprint
-        from stagewise.optimize.study import Study, StudySettings
+        from stagewise.optimize.settings import StudySettings
+        from stagewise.optimize.study import Study
         from stagewise.optimize.tracking import Tracker
 
         splits = Splits(list(trainset), list(valset), list(testset or []), split_settings)
         name = self.study_name or _default_name(program)
-        settings = StudySettings(
-            name=name, trials=self.trials, seed=self.seed, storage=self.storage, prune_on=self.prune_on,
-            prune_margin=self.prune_margin, min_quality=self.min_quality, max_cost_per_1k=self.max_cost_per_1k,
-            latency=self.latency, reflection_model=self.reflection_model,
-            gepa_metric_calls=self.gepa_metric_calls, sampler=self.sampler)
+        try:
+            settings = StudySettings(
+                name=name, trials=self.trials, seed=self.seed, storage=self.storage, prune_on=self.prune_on,
+                prune_margin=self.prune_margin, min_quality=self.min_quality, max_cost_per_1k=self.max_cost_per_1k,
+                latency=self.latency, reflection_model=self.reflection_model,
+                gepa_metric_calls=self.gepa_metric_calls, sampler=self.sampler, pruner=self.pruner)
+        except ValidationError as exc:
+            problem = exc.errors()[0]
+            raise ConfigError(f"JointOptimizer: {problem['loc'][0]}: {problem['msg']} "
+                              f"(got {problem.get('input')!r})") from None
         prototype = program.deepcopy()
         return Study(prototype.deepcopy, splits, self.space(program), as_end_to_end(self.metric),
                      stage_metrics=as_stage_metrics(self.stage_metrics), settings=settings,

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import optuna
 import pandas as pd
 
 from stagewise.errors import ConfigError
+from stagewise.optimize.sampling import objective_values
+
+__all__ = ["SelectionError", "front", "pareto_mask", "saving_at", "select", "trials_table", "write"]
 
 
 class SelectionError(ConfigError):
@@ -21,6 +25,30 @@ def pareto_mask(frame: pd.DataFrame, quality: str = "quality", cost: str = "cost
         dominated = any((q2 >= q and c2 <= c) and (q2 > q or c2 < c) for q2, c2 in values)
         keep.append(not dominated)
     return pd.Series(keep, index=frame.index)
+
+
+def trials_table(study: optuna.Study) -> pd.DataFrame:
+    """One row per configuration the study completed: trial, quality, cost per request and per
+    1,000 requests, latency, each parameter and each stage's score (``stage:<name>``).
+
+    A trial that reused an earlier one's scores is left out, and so is a second trial of one
+    configuration (workers that draw it at the same moment both run it): the first one stays.
+    """
+    rows = []
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        if "same_as" in trial.user_attrs:
+            continue
+        values = objective_values(trial)
+        rows.append({"trial": trial.number, "quality": values["quality"],
+                     "cost_per_request": values["cost_per_request"],
+                     "cost_per_1k_requests": 1000 * values["cost_per_request"],
+                     "latency_s": values.get("latency_s", trial.user_attrs.get("latency_s")),
+                     **trial.params, **{f"stage:{k}": v for k, v in trial.user_attrs.get("stages", {}).items()}})
+    if not rows:
+        return pd.DataFrame()
+    trials = pd.DataFrame(rows)
+    params = sorted({name for trial in study.trials for name in trial.params} & set(trials.columns))
+    return trials.sort_values("trial").drop_duplicates(subset=params, keep="first").reset_index(drop=True)
 
 
 def front(trials: pd.DataFrame) -> pd.DataFrame:

@@ -7,9 +7,7 @@ from dataclasses import dataclass, field
 
 from stagewise.errors import SearchSpaceError
 from stagewise.models.catalog import ModelCatalog, UnknownModelError, default_catalog
-
-OPTIMIZERS = ("none", "labeled_fewshot", "bootstrap_fewshot", "bootstrap_random_search", "mipro", "gepa")
-DEMO_OPTIMIZERS = ("labeled_fewshot", "bootstrap_fewshot", "bootstrap_random_search", "mipro")  # gepa: instructions
+from stagewise.optimize.optimizers import get_optimizer
 
 
 @dataclass(frozen=True)
@@ -70,9 +68,10 @@ def validate(space: dict[str, StageChoices], stages: list[str], catalog: ModelCa
             except UnknownModelError as exc:
                 raise SearchSpaceError(f"search space: stage {stage!r}, candidate {exc}") from None
         for optimizer in choices.optimizers:
-            if optimizer not in OPTIMIZERS:
-                raise SearchSpaceError(f"search space: stage {stage!r}: unknown optimizer {optimizer!r} "
-                                       f"(optimizers: {', '.join(OPTIMIZERS)})")
+            try:
+                get_optimizer(optimizer)
+            except SearchSpaceError as exc:
+                raise SearchSpaceError(f"search space: stage {stage!r}: {exc}") from None
         if any(d < 0 for d in choices.demos):
             raise SearchSpaceError(f"search space: stage {stage!r}: demo counts must be >= 0, got {choices.demos}")
 
@@ -153,5 +152,5 @@ def suggest(trial, space: dict[str, StageChoices], thresholds: dict[str, tuple[f
         models[stage] = trial.suggest_categorical(f"{stage}.model", list(choices.models))
         optimizers[stage] = trial.suggest_categorical(f"{stage}.optimizer", list(choices.optimizers))
         demos[stage] = (trial.suggest_categorical(f"{stage}.demos", list(choices.demos))
-                        if optimizers[stage] in DEMO_OPTIMIZERS else 0)
+                        if get_optimizer(optimizers[stage]).uses_demos else 0)
     return TrialChoice(models, optimizers, demos, chosen_thresholds, chosen_routers)

@@ -19,18 +19,25 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from stagewise.optimize.callbacks import StudyCallback, TrialRecord
 from stagewise.redaction import redact
 from stagewise.runtime.privacy import PrivacyPolicy
+
+__all__ = ["Tracker", "tracking_uri"]
 
 _TEXT_SUFFIXES = (".csv", ".txt", ".md", ".toml", ".jsonl", ".log")
 
 
 def tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI``, else ``mlflow.db`` (SQLite) in the working directory."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
-class Tracker:
+class Tracker(StudyCallback):
     """Logs a study to MLflow. ``Tracker(None)`` (no experiment) logs nothing.
+
+    As a :class:`~stagewise.optimize.callbacks.StudyCallback` it logs each finished trial as a run
+    nested under the study's (``study()`` opens that parent run).
 
     Nothing touches MLflow until the study starts: a config that fails validation leaves no
     experiment (and no database file) behind.
@@ -72,6 +79,7 @@ class Tracker:
 
     @contextmanager
     def study(self, name: str, params: dict[str, Any]) -> Iterator[None]:
+        """The study's parent run (a resumed study continues its own), open for the block."""
         if self.experiment is None:
             yield
             return
@@ -91,8 +99,13 @@ class Tracker:
                 mlflow.log_params(self._params(params))
             yield
 
+    def trial_finished(self, record: TrialRecord) -> None:
+        """Log ``record`` as a nested run (see :meth:`trial`)."""
+        self.trial(record.number, record.params, record.metrics, record.state, list(record.artifacts))
+
     def trial(self, number: int, params: dict[str, Any], metrics: dict[str, float], state: str,
               artifacts: list[Path] = ()) -> None:
+        """One trial as a run nested under the study's: its parameters, metrics, state and files."""
         if self.experiment is None:
             return
         import mlflow
