@@ -199,7 +199,8 @@ def test_twenty_concurrent_requests_through_two_servers_spend_at_most_the_tenant
         stand_in.close()
     logs = "".join(log.read_text() for _, _, log in servers)
     codes = [a.status_code for a in answers]
-    assert set(codes) == {200, 402}, ([a.text for a in answers if a.status_code not in (200, 402)], logs)
+    warnings = [line for line in logs.splitlines() if "WARNING" in line or "ERROR" in line or "not answering" in line]
+    assert set(codes) == {200, 402}, ([a.text for a in answers if a.status_code not in (200, 402)], warnings)
     assert all(a.json()["error"]["code"] == "budget_exceeded" for a in answers if a.status_code == 402)
     spent = sum(a.json()["cost_usd"] for a in answers if a.status_code == 200)
     assert spent == pytest.approx(codes.count(200) * cost)
