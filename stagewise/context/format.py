@@ -37,11 +37,13 @@ from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
+from typing import Literal, get_args
 from xml.sax.saxutils import escape, quoteattr
 
 from stagewise.context.record import INPUT, Section
 
-FORMATS = ("xml", "markdown", "plain")
+ContextFormat = Literal["xml", "markdown", "plain"]  # a model's preferred format (ModelSpec.context_format)
+FORMATS: tuple[str, ...] = get_args(ContextFormat)
 
 # Characters XML 1.0 cannot represent at all, not even as character references.
 _XML_FORBIDDEN = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff\ud800-\udfff]")
@@ -52,7 +54,7 @@ _PLAIN_LABEL = re.compile(r"(?P<id>[^\s():]+)(?: \((?P<kind>[^\s():]+)\))?:(?P<r
 _PLAIN_INDENT = "  "
 
 
-def render(sections: list[Section], fmt: str) -> str:
+def render(sections: list[Section], fmt: ContextFormat) -> str:
     """The sections as prompt text in format ``fmt`` (``"xml"``, ``"markdown"`` or ``"plain"``)."""
     if fmt == "xml":
         return _render_xml(sections)
@@ -63,7 +65,7 @@ def render(sections: list[Section], fmt: str) -> str:
     raise _unknown(fmt)
 
 
-def parse(text: str, fmt: str) -> list[tuple[str, str, str]]:
+def parse(text: str, fmt: ContextFormat) -> list[tuple[str, str, str]]:
     """``(id, kind, content)`` of each section in ``text``, the inverse of :func:`render`.
 
     Text that is not in the format's shape is a ValueError saying where it breaks.

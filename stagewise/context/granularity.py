@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
-from stagewise.context.format import render
+from stagewise.context.format import ContextFormat, render
 from stagewise.context.record import Context, Section
 
 Count = Callable[[str], int]
@@ -132,7 +132,7 @@ def filter_sections(context: Context, needs: Iterable[str], *, stage: str) -> li
     return context.select(list(needs), stage=stage)
 
 
-def merge(sections: list[Section], *, name: str, source: str, count: Count, fmt: str = "markdown") -> Section:
+def merge(sections: list[Section], *, name: str, source: str, count: Count, fmt: ContextFormat = "markdown") -> Section:
     """Parallel outputs as one ``stage_output`` section whose body renders them in ``fmt``.
 
     The lineage is every input id, so the merged block traces back to each branch.

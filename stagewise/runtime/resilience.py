@@ -1,7 +1,8 @@
 """Resilience of stage calls: retries, fallback models, circuit breakers, a shared rate limiter, budgets.
 
 Install a :class:`Resilience` guard around program calls (``with guarding(resilience): ...``,
-as ``stagewise serve`` does). For every stage call it applies the stage's :class:`StagePolicy`:
+as ``stagewise serve`` does). For every stage call it applies the stage's :class:`StagePolicy`,
+whose ``mode`` is a :class:`FailureMode` (or its string):
 
 - ``retry``: retryable errors only (rate limits, timeouts, 5xx, lost connections) are retried
   with exponential backoff and jitter (tenacity); anything else fails the request;
@@ -15,7 +16,7 @@ A circuit breaker per provider endpoint (pybreaker: closed, open, half-open with
 stops calls to an endpoint after ``fail_max`` failures for ``reset_s`` seconds; with a Redis URL
 its state is shared by every process. A :class:`RateLimiter` counts requests and tokens per
 provider in a sliding window across stages and processes (Redis when configured) and queues or
-sheds a call before the provider's limit. A :class:`Budget` (``stagewise.runtime.budgets``)
+sheds a call before the provider's limit (:class:`LimitPolicy`). A :class:`Budget` (``stagewise.runtime.budgets``)
 reserves each call's worst-case cost before it and settles it after, and stops a request before
 the call that would exceed its cost budget (or its tenant's daily budget), keeping the partial
 results. Inside :func:`deadline_scope`, no call starts after the deadline (:class:`DeadlineExceeded`).
@@ -32,6 +33,7 @@ import uuid
 from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 import pybreaker
@@ -46,9 +48,9 @@ from stagewise.runtime.budgets import Budget, BudgetExceeded, tenant_scope
 from stagewise.runtime.connections import connect_redis
 
 __all__ = [
-    "Breakers", "Budget", "BudgetExceeded", "DeadlineExceeded", "EndpointBreaker", "Limit", "RateLimited",
-    "RateLimiter", "Resilience", "StageFailed", "StagePolicy", "deadline_scope", "endpoint_of", "is_retryable",
-    "provider_of", "tenant_scope",
+    "Breakers", "Budget", "BudgetExceeded", "DeadlineExceeded", "EndpointBreaker", "FailureMode", "Limit",
+    "LimitPolicy", "RateLimited", "RateLimiter", "Resilience", "StageFailed", "StagePolicy", "deadline_scope",
+    "endpoint_of", "is_retryable", "provider_of", "tenant_scope",
 ]
 
 log = logging.getLogger(__name__)
@@ -97,19 +99,35 @@ def is_retryable(exc: BaseException) -> bool:
     return False
 
 
+class FailureMode(StrEnum):
+    """What a :class:`StagePolicy` does when a stage's model call fails (see the module).
+
+    A member equals its string (``FailureMode.SKIP == "skip"``), so the strings of a TOML file or
+    of the command line work wherever a mode is expected.
+    """
+
+    RETRY = "retry"  # retry retryable errors on the stage's own model, then fail the request
+    FALLBACK = "fallback"  # after the retries, the next model of ``fallbacks``
+    SKIP = "skip"  # as FALLBACK; when every model failed, empty outputs and a degraded request
+    FAIL = "fail"  # the first error fails the request (no retry)
+
+
 @dataclass(frozen=True)
 class StagePolicy:
-    """How a stage's failed calls are handled: ``mode`` (retry, fallback, skip, fail) and its retries."""
+    """How a stage's failed calls are handled: ``mode`` (a :class:`FailureMode` or its string:
+    retry, fallback, skip, fail) and its retries. A string mode is stored as its FailureMode."""
 
-    mode: str = "retry"  # retry | fallback | skip | fail
+    mode: FailureMode = FailureMode.RETRY
     fallbacks: tuple[str, ...] = ()  # catalog names, tried in order after the stage's own model
     retries: int = 2  # retries of retryable errors, per model
     backoff_s: float = 0.5  # first backoff; doubles per retry, with jitter
     max_backoff_s: float = 8.0
 
     def __post_init__(self):
-        if self.mode not in ("retry", "fallback", "skip", "fail"):
-            raise ConfigError(f"stage policy mode {self.mode!r}: use retry, fallback, skip or fail")
+        try:
+            object.__setattr__(self, "mode", FailureMode(self.mode))
+        except ValueError:
+            raise ConfigError(f"stage policy mode {self.mode!r}: use retry, fallback, skip or fail") from None
 
 
 def endpoint_of(lm) -> str:
@@ -334,13 +352,22 @@ class Limit:
     tokens: int = 0
 
 
+class LimitPolicy(StrEnum):
+    """What a :class:`RateLimiter` does with a call when its window is full. A member equals its
+    string (``LimitPolicy.SHED == "shed"``), so ``policy="shed"`` works too."""
+
+    QUEUE = "queue"  # wait for room, at most ``max_wait_s``; then RateLimited
+    SHED = "shed"  # refuse at once: RateLimited
+
+
 class RateLimiter:
     """Requests and tokens per provider per ``window_s`` (60: per minute), across stages and processes.
 
     A call holds its slot while it is in flight and is counted from the moment it ends, so a
     provider never sees more than the limit in any window of its own, however long a call takes
     to leave (``lease_s`` bounds the hold of a process that died mid-call). ``policy="queue"``
-    waits for room (at most ``max_wait_s``), ``"shed"`` refuses at once (:class:`RateLimited`).
+    waits for room (at most ``max_wait_s``), ``"shed"`` refuses at once (:class:`RateLimited`); see
+    :class:`LimitPolicy`.
 
     Keys ("providers") may be many (``stagewise serve`` keys by tenant or client address): in
     process, a key whose window is empty is dropped, and the whole table is swept when it holds
@@ -348,11 +375,13 @@ class RateLimiter:
     most ``socket_timeout_s``; a Redis error reaches the caller (``redis.RedisError``).
     """
 
-    def __init__(self, limits: dict[str, Limit], *, window_s: float = 60.0, policy: str = "queue",
-                 max_wait_s: float = 60.0, redis_url: str | None = None, lease_s: float = 300.0,
-                 socket_timeout_s: float = 2.0, max_keys: int = 10_000):
-        if policy not in ("queue", "shed"):
-            raise ConfigError(f"rate limiter policy {policy!r}: use queue or shed")
+    def __init__(self, limits: dict[str, Limit], *, window_s: float = 60.0,
+                 policy: LimitPolicy | str = LimitPolicy.QUEUE, max_wait_s: float = 60.0, redis_url: str | None = None,
+                 lease_s: float = 300.0, socket_timeout_s: float = 2.0, max_keys: int = 10_000):
+        try:
+            policy = LimitPolicy(policy)
+        except ValueError:
+            raise ConfigError(f"rate limiter policy {policy!r}: use queue or shed") from None
         self.limits, self.policy, self.max_wait_s = limits, policy, max_wait_s
         self.window_s, self.lease_s, self.redis_url = window_s, lease_s, redis_url
         self.max_keys = max_keys
@@ -435,10 +464,10 @@ class RateLimiter:
             wait = self._try(provider, limit, tokens, member)
             if wait == 0.0:
                 break
-            if self.policy == "shed" or time.monotonic() + min(wait, 0.25) > deadline:
+            if self.policy == LimitPolicy.SHED or time.monotonic() + min(wait, 0.25) > deadline:
                 raise RateLimited(f"provider {provider!r}: {limit.requests or '-'} requests / "
                                   f"{limit.tokens or '-'} tokens per {self.window_s:g} s reached"
-                                  + ("" if self.policy == "shed" else f"; waited {waited:.1f} s"))
+                                  + ("" if self.policy == LimitPolicy.SHED else f"; waited {waited:.1f} s"))
             pause = min(wait, 0.25)  # a slot held by a call in flight frees up when the call ends
             time.sleep(pause)
             waited += pause
@@ -508,7 +537,8 @@ class Resilience(CallGuard):
     def call(self, stage, run: Run, attempt: Callable[[Any], dict]) -> dict:
         """Run ``stage``'s call (``attempt``) under its policy: its own model, then its fallbacks."""
         policy = self.policies.get(stage.name, self.default)
-        models = [stage.lm] + ([self._lm(m) for m in policy.fallbacks] if policy.mode in ("fallback", "skip") else [])
+        models = [stage.lm] + ([self._lm(m) for m in policy.fallbacks]
+                               if policy.mode in (FailureMode.FALLBACK, FailureMode.SKIP) else [])
         errors: list[str] = []
         for position, lm in enumerate(models):
             endpoint = endpoint_of(lm)
@@ -524,11 +554,11 @@ class Resilience(CallGuard):
                 if type(exc).__module__.split(".")[0] == "redis":  # our own store failed, not the model
                     raise
                 errors.append(f"{redact(endpoint)}: {type(exc).__name__}: {redact(str(exc))[:200]}")
-                if policy.mode in ("fail", "retry"):
+                if policy.mode in (FailureMode.FAIL, FailureMode.RETRY):
                     raise StageFailed(stage.name, errors) from exc
                 continue
             return outputs
-        if policy.mode == "skip":
+        if policy.mode == FailureMode.SKIP:
             return self._degraded(stage, run, errors)
         raise StageFailed(stage.name, errors)
 
@@ -559,7 +589,7 @@ class Resilience(CallGuard):
                 self.budget.settle(reservation, call.total_cost)
             return outputs
 
-        retries = 0 if policy.mode == "fail" else policy.retries
+        retries = 0 if policy.mode == FailureMode.FAIL else policy.retries
         retrying = Retrying(stop=stop_after_attempt(retries + 1), reraise=True,
                             wait=wait_exponential_jitter(initial=policy.backoff_s, max=policy.max_backoff_s),
                             retry=retry_if_exception(lambda e: is_retryable(e) and not isinstance(

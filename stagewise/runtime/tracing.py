@@ -21,6 +21,7 @@ import json
 import sys
 import traceback
 from contextlib import contextmanager, nullcontext
+from typing import Literal
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
@@ -37,7 +38,8 @@ from stagewise.runtime.privacy import PrivacyPolicy, PrivacyScope, privacy_scope
 OPERATION = "chat"
 
 
-def tracer_provider(exporter: str = "console", *, endpoint: str | None = None) -> tuple[TracerProvider, object]:
+def tracer_provider(exporter: Literal["console", "otlp", "memory", "mlflow"] = "console", *,
+                    endpoint: str | None = None) -> tuple[TracerProvider, object]:
     """A provider exporting to ``console``, ``otlp`` (HTTP; ``endpoint`` or OTEL_EXPORTER_OTLP_ENDPOINT),
     ``memory`` (tests) or ``mlflow`` (the tracking URI's traces). Returns (provider, exporter)."""
     provider = TracerProvider(resource=Resource.create({"service.name": "stagewise"}))
