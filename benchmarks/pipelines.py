@@ -30,10 +30,10 @@ from pathlib import Path
 import dspy
 import pandas as pd
 
+from stagewise.data import OutcomeTable
 from stagewise.metrics.text import _NUMBER as NUMBER
 from stagewise.metrics.text import normalized_match, token_f1
 from stagewise.models.catalog import default_catalog
-from stagewise.models.replay import OutcomeTable
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data"

@@ -50,7 +50,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 import stagewise  # noqa: F401  (offline price map before DSPy loads)
-from stagewise.models.replay import prompt_key
+from stagewise.data.outcomes import prompt_key
 from stagewise.routing import LabelRouter, load_outcomes, nested_route_eval
 from stagewise.routing import evaluation as ev
 from stagewise.routing.evaluation import plot_report

@@ -19,8 +19,8 @@ from rich.progress import track
 from rich.table import Table
 
 import stagewise  # noqa: F401  (offline price map before DSPy loads)
+from stagewise.data import OutcomeTable
 from stagewise.models import default_catalog, get_lm, request_scope, stage_scope, track_usage
-from stagewise.models.replay import OutcomeTable
 
 DEFAULT_TABLE = Path(__file__).resolve().parents[1] / "data" / "routerbench" / "arc_challenge_test.csv"
 MODELS = ["recorded/gpt-4-1106-preview", "recorded/gpt-3.5-turbo-1106", "recorded/claude-instant-v1",

@@ -12,11 +12,11 @@ import pytest
 from dspy.lm15 import Message, Response, Usage, response_to_events
 from sklearn.base import BaseEstimator
 
+from stagewise.data import OutcomeTable
 from stagewise.models import Engine
 from stagewise.models.async_engine import ThreadedAsyncEngine
 from stagewise.models.catalog import ModelSpec
 from stagewise.models.lm import StagewiseLM, get_lm
-from stagewise.models.replay import OutcomeTable
 from stagewise.programs import Cascade, Chain, Router, Stage
 from stagewise.routing import (
     Decider,

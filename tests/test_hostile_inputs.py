@@ -27,7 +27,7 @@ def build():
 
 @pytest.fixture(scope="module")
 def table():
-    from stagewise.models.replay import OutcomeTable
+    from stagewise.data import OutcomeTable
 
     return OutcomeTable.load(ROUTERBENCH_TEST)
 

@@ -8,6 +8,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 
+from stagewise.data import OutcomeTable
 from stagewise.metrics import (
     EndToEnd,
     EvaluationError,
@@ -25,7 +26,6 @@ from stagewise.metrics import (
 )
 from stagewise.metrics.report import PASS
 from stagewise.models.lm import get_lm
-from stagewise.models.replay import OutcomeTable
 from stagewise.programs import Router, Stage
 
 from .conftest import ROUTELLM

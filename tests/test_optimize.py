@@ -38,7 +38,7 @@ def build():
 
 @pytest.fixture(scope="module")
 def table():
-    from stagewise.models.replay import OutcomeTable
+    from stagewise.data import OutcomeTable
 
     return OutcomeTable.load(ROUTERBENCH_TEST)
 
@@ -187,8 +187,8 @@ def test_optimize_command_on_the_replay_example(tmp_path, monkeypatch):
     uri = re.search(r"MLflow model: (models:/\S+)", result.output).group(1)
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     served = mlflow.pyfunc.load_model(uri)
+    from stagewise.data import OutcomeTable
     from stagewise.models.catalog import default_catalog
-    from stagewise.models.replay import OutcomeTable
 
     arc = OutcomeTable.load(ROUTERBENCH_TEST)
     chosen = json.loads((tmp_path / "run" / "best" / "manifest.json").read_text())["stages"]["answer"]["model"]
@@ -583,7 +583,7 @@ def build_cascade():
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
 
-    from stagewise.models.replay import OutcomeTable
+    from stagewise.data import OutcomeTable
     from stagewise.programs import Cascade
 
     from .conftest import ROUTELLM
@@ -599,7 +599,7 @@ def build_cascade():
 
 
 def test_cascade_thresholds_are_searched(tmp_path):
-    from stagewise.models.replay import OutcomeTable
+    from stagewise.data import OutcomeTable
 
     from .conftest import ROUTELLM
 
@@ -647,7 +647,7 @@ def build_routed():
 
 @pytest.mark.local_model
 def test_router_choice_llm_stage_or_trained_classifier_is_searched_and_exported(tmp_path):
-    from stagewise.models.replay import OutcomeTable
+    from stagewise.data import OutcomeTable
     from stagewise.optimize.space import RouterChoices, TrialChoice
     from stagewise.routing import LabelRouter
 

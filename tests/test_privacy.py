@@ -12,9 +12,9 @@ import dspy
 import pandas as pd
 import pytest
 
+from stagewise.data import OutcomeTable
 from stagewise.errors import ConfigError
 from stagewise.models.lm import get_lm
-from stagewise.models.replay import OutcomeTable
 from stagewise.programs import Chain, Stage
 from stagewise.programs.run import observing
 from stagewise.runtime import (

@@ -13,9 +13,9 @@ from sklearn.pipeline import make_pipeline
 
 from stagewise.context.budget import BudgetError
 from stagewise.context.record import MissingSectionError
+from stagewise.data import OutcomeTable
 from stagewise.models.catalog import ModelCatalog
 from stagewise.models.lm import get_lm
-from stagewise.models.replay import OutcomeTable
 from stagewise.models.tokens import count_tokens
 from stagewise.models.usage import track_usage
 from stagewise.programs import (

@@ -8,9 +8,9 @@ from pathlib import Path
 import dspy
 import pytest
 
+from stagewise.data import OutcomeTable
 from stagewise.errors import ExportError
 from stagewise.models.lm import get_lm
-from stagewise.models.replay import OutcomeTable
 from stagewise.programs import Stage
 from stagewise.programs.run import guarding
 from stagewise.redaction import RedactingFilter, redact, redacted_logger, scrub

@@ -3,8 +3,9 @@
 import dspy
 import pytest
 
+from stagewise.data import NotRecordedError, OutcomeTable, OutcomeTableError
 from stagewise.models.lm import get_lm
-from stagewise.models.replay import NotRecordedError, OutcomeTable, OutcomeTableError, ReplayEngine
+from stagewise.models.replay import ReplayEngine
 from stagewise.models.tokens import count_tokens
 from stagewise.models.usage import track_usage
 

@@ -17,9 +17,9 @@ import httpx
 import pybreaker
 import pytest
 
+from stagewise.data import OutcomeTable
 from stagewise.models.catalog import ModelCatalog
 from stagewise.models.lm import get_lm
-from stagewise.models.replay import OutcomeTable
 from stagewise.models.usage import track_usage
 from stagewise.models.weights import weights_path
 from stagewise.programs import Chain, Stage

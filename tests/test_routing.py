@@ -13,8 +13,8 @@ from sklearn.base import clone
 from typer.testing import CliRunner
 
 from stagewise.cli import app
+from stagewise.data import OutcomeTable, OutcomeTableError
 from stagewise.models.lm import get_lm
-from stagewise.models.replay import OutcomeTable, OutcomeTableError
 from stagewise.programs import Cascade, Router, Stage
 from stagewise.routing import (
     CascadeScorer,

@@ -22,9 +22,9 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from stagewise.data import OutcomeTable
 from stagewise.models.catalog import ModelCatalog
 from stagewise.models.lm import get_lm
-from stagewise.models.replay import OutcomeTable
 from stagewise.programs import Stage
 from stagewise.programs.run import guarding
 from stagewise.redaction import RedactingFilter

@@ -27,7 +27,7 @@ def build():
 
 @pytest.fixture(scope="module")
 def arc():
-    from stagewise.models.replay import OutcomeTable
+    from stagewise.data import OutcomeTable
 
     return OutcomeTable.load(ROUTERBENCH_TEST)
 
@@ -171,7 +171,7 @@ PII_RESPONSE = f"We have blocked card {CARD} and will write to {EMAIL} today."
 def test_a_card_number_and_an_email_sent_through_serve_are_kept_nowhere(kind, tmp_path):
     import pandas as pd
 
-    from stagewise.models.replay import OutcomeTable
+    from stagewise.data import OutcomeTable
     from stagewise.runtime import open_context_store
 
     from .conftest import require_service

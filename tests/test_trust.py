@@ -32,7 +32,7 @@ def build(note: str = "plain"):
 
 @pytest.fixture(scope="module")
 def table():
-    from stagewise.models.replay import OutcomeTable
+    from stagewise.data import OutcomeTable
 
     return OutcomeTable.load(ROUTERBENCH_TEST)
 

@@ -1,4 +1,8 @@
-"""Dataset loading and splitting: files or hub datasets to DSPy examples, with reported skips and fingerprints."""
+"""Dataset loading and splitting: files or hub datasets to DSPy examples, with reported skips and fingerprints.
+
+Recorded outcomes of real models (RouterBench, RouteLLM or plain score tables) load as an
+:class:`OutcomeTable` (:mod:`stagewise.data.outcomes`).
+"""
 
 from stagewise.data.loading import (
     DataError,
@@ -9,6 +13,7 @@ from stagewise.data.loading import (
     load_dataset_file,
     looks_like_hub_name,
 )
+from stagewise.data.outcomes import NotRecordedError, OutcomeTable, OutcomeTableError
 from stagewise.data.splits import Splits, split, split_fingerprint
 
 __all__ = [
@@ -16,6 +21,9 @@ __all__ = [
     "FieldMap",
     "LoadReport",
     "LoadedData",
+    "NotRecordedError",
+    "OutcomeTable",
+    "OutcomeTableError",
     "SkippedRow",
     "Splits",
     "load_dataset_file",

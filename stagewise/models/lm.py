@@ -172,7 +172,7 @@ def get_lm(
 
     Deterministic by default (temperature 0; local models also decode with a fixed seed).
     Replayed models need the outcome table to replay (``replay_table``, a
-    :class:`~stagewise.models.replay.OutcomeTable`).
+    :class:`~stagewise.data.OutcomeTable`).
     """
     spec = name if isinstance(name, ModelSpec) else (catalog or default_catalog()).resolve(name)
     # Small local models loop until the limit more often than they finish: keep theirs short.

@@ -1,6 +1,6 @@
 """Outcomes for routing: per prompt, each model's score and cost, as arrays.
 
-Routers train on and are evaluated against an :class:`~stagewise.models.replay.OutcomeTable`
+Routers train on and are evaluated against an :class:`~stagewise.data.outcomes.OutcomeTable`
 (RouterBench, RouteLLM or a plain score table). Routing needs every model scored on every
 prompt, so rows with a missing score are skipped and counted. A call's cost is the one the
 table records; where it records none (RouteLLM tables, empty cost cells) the call is priced
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from stagewise.data.outcomes import OutcomeTable, OutcomeTableError, TableFormat
 from stagewise.models.catalog import ModelCatalog, UnknownModelError, default_catalog
-from stagewise.models.replay import OutcomeTable, OutcomeTableError, TableFormat
 from stagewise.models.tokens import count_tokens
 
 
