@@ -21,7 +21,7 @@ class Engine(Protocol):
     """A model engine: one request in, one response out (DSPy 3.4's engine protocol), plus what
     stagewise adds.
 
-    - ``complete(request)``: answers one ``dspy.lm15.Request`` with one ``dspy.lm15.Response``.
+    - ``complete(request)``: answers one DSPy lm15 ``Request`` with one lm15 ``Response``.
       It checks the request first (``validate_request`` of ``stagewise.models._dspy_compat``).
       A request it cannot answer (a prompt not recorded, a schema that cannot fit) raises
       ``InvalidRequestError``, which reaches the caller as ``dspy.LMInvalidRequestError``. It
