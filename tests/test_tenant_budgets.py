@@ -30,7 +30,7 @@ from .test_serve_limits import StandIn, at_once, export_recorded, export_slow, s
 
 @pytest.fixture(scope="module")
 def arc():
-    from stagewise.models.replay import OutcomeTable
+    from stagewise.data import OutcomeTable
 
     return OutcomeTable.load(ROUTERBENCH_TEST)
 
