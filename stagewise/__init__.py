@@ -8,7 +8,16 @@ The public API (each name is also documented where it lives)::
     stagewise.export(best, "out/best")                                     # JSON, no pickle
     program = stagewise.load("out/best")                                   # ready to serve
 
-Errors derive from :class:`stagewise.StagewiseError` (see :mod:`stagewise.errors`).
+Errors derive from :class:`stagewise.StagewiseError` (see :mod:`stagewise.errors`), in the
+branches :class:`ConfigError` (and :class:`SearchSpaceError`), :class:`DataError`,
+:class:`ModelError`, :class:`ProgramError`, :class:`BudgetError`, :class:`StoreError` and
+:class:`ExportError`.
+
+The rest of the public API is by package, each listing its names in ``__all__``:
+:mod:`stagewise.programs` (stages and the programs built of them), :mod:`stagewise.signatures`,
+:mod:`stagewise.context`, :mod:`stagewise.models`, :mod:`stagewise.data`, :mod:`stagewise.metrics`,
+:mod:`stagewise.optimize`, :mod:`stagewise.routing` and :mod:`stagewise.runtime` (runs, stores,
+tracing, privacy, resilience, budgets, serving). Anything not in a package's ``__all__`` is internal.
 
 Importing stagewise makes DSPy and litellm read litellm's bundled model price map instead
 of downloading it at start-up (they retry for seconds on a machine without network).
@@ -49,6 +58,10 @@ def __getattr__(name: str):
         module, attribute = _LAZY[name]
         return getattr(importlib.import_module(module), attribute)
     raise AttributeError(f"module 'stagewise' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
 
 
 def load(directory, **kwargs):

@@ -122,6 +122,9 @@ def as_stage_metrics(spec: Any) -> list[StageMetric]:
 
 @dataclass
 class EvaluationReport:
+    """A program's evaluation: one row per example (``rows``: each stage's score, the end-to-end
+    score, tokens, cost, latency, any error); ``summary()`` as a dict, ``table()`` as a rich table."""
+
     rows: pd.DataFrame  # one row per example
     stage_metrics: list[StageMetric]
     end_to_end: EndToEnd | None
@@ -134,9 +137,11 @@ class EvaluationReport:
 
     @property
     def cost_per_request(self) -> float:
+        """Mean cost of a request, in USD."""
         return float(self.rows["cost_usd"].mean())
 
     def stage_scores(self) -> dict[str, float]:
+        """Each stage metric's mean score, by ``stage.output``."""
         return {m.name: float(self.rows[m.name].mean()) for m in self.stage_metrics}
 
     def loss_by_stage(self) -> dict[str, float]:
@@ -152,6 +157,7 @@ class EvaluationReport:
         return {name: count / len(failed) if len(failed) else 0.0 for name, count in shares.items()}
 
     def summary(self) -> dict[str, Any]:
+        """Scores, failure attribution, cost, tokens and latency of the evaluation, as a dict."""
         latency = self.rows["latency_s"]
         return {
             "examples": len(self.rows),
@@ -169,6 +175,7 @@ class EvaluationReport:
         }
 
     def table(self):
+        """The summary as a ``rich`` table, to print."""
         from rich.table import Table
 
         summary = self.summary()

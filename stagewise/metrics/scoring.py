@@ -43,6 +43,7 @@ METRICS: dict[str, Metric] = {
 
 
 def metric_by_name(name: str) -> Metric:
+    """The metric a config names (a key of :data:`METRICS`); a ConfigError lists the names."""
     try:
         return METRICS[name]
     except KeyError:

@@ -19,15 +19,18 @@ _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
 
 
 def normalize(text: str) -> str:
+    """SQuAD's normalization: lower case, no punctuation, no articles, single spaces."""
     text = str(text).lower().translate(_PUNCTUATION)
     return " ".join(_ARTICLES.sub(" ", text).split())
 
 
 def exact_match(predicted: str, gold: str) -> float:
+    """1.0 when the two strings are equal apart from surrounding whitespace."""
     return float(str(predicted).strip() == str(gold).strip())
 
 
 def normalized_match(predicted: str, gold: str) -> float:
+    """1.0 when the two strings are equal after :func:`normalize`."""
     return float(normalize(predicted) == normalize(gold))
 
 
@@ -44,6 +47,7 @@ def token_f1(predicted: str, gold: str) -> float:
 
 
 def last_number(text: str) -> float | None:
+    """The last number in ``text`` (``"$1,200.50"`` is 1200.5), or None."""
     matches = _NUMBER.findall(str(text))
     if not matches:
         return None

@@ -50,6 +50,9 @@ class Aggregator:
 
 
 class MajorityVote(Aggregator):
+    """The most frequent value of ``field`` across the branches (ties: the earlier branch), with
+    the ``votes`` per value and the ``agreement`` (the winner's share of the branches)."""
+
     def __init__(self, field: str):
         self.field = field
 
@@ -68,6 +71,9 @@ class MajorityVote(Aggregator):
 
 
 class WeightedVote(MajorityVote):
+    """The value of ``field`` whose branches' ``weight`` field (a number, e.g. ``confidence``) sums
+    highest (ties: the earlier branch), with the total ``weights`` per value."""
+
     def __init__(self, field: str, weight: str = "confidence"):
         super().__init__(field)
         self.weight = weight
@@ -86,6 +92,9 @@ class WeightedVote(MajorityVote):
 
 
 class DisagreementReport(MajorityVote):
+    """A :class:`MajorityVote` that also names the ``dissenters``: the branches whose value differs
+    from the majority's."""
+
     def aggregate(self, outputs, run, fanout):
         result = super().aggregate(outputs, run, fanout)
         majority = as_text(result[self.field])

@@ -28,12 +28,22 @@ class PlanError(ProgramError, ValueError):
 
 @dataclass
 class Specialist:
+    """One specialist of a :class:`Hierarchy`: the program that does its sub-tasks, the capability
+    ``description`` the planner reads, and its own ``documents`` (which only it sees)."""
+
     program: Pipeline
     description: str
     documents: list[str] = field(default_factory=list)
 
 
 class Hierarchy(Pipeline):
+    """A ``planner`` stage splits the request into sub-tasks (at most ``max_subtasks``), each run by
+    one of the ``specialists`` on its own context; the ``synthesizer`` stage combines their answers.
+
+    An invalid plan is sent back to the planner with the reason (``policy="replan"``, at most
+    ``max_replans`` times) or raises :class:`PlanError` (``policy="error"``).
+    """
+
     def __init__(self, name: str, planner: Stage, specialists: dict[str, Specialist], synthesizer: Stage, *,
                  max_subtasks: int = 3, constraints: str = "", policy: Literal["error", "replan"] = "replan",
                  max_replans: int = 1):

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from stagewise.context.record import INPUT, Context, Section
 from stagewise.models.usage import UsageLedger, request_scope, track_usage
@@ -34,6 +34,12 @@ class StageRun:
 
 @dataclass
 class Run:
+    """One request's state while a program runs: its context, usage ledger and stage log.
+
+    A :class:`~stagewise.programs.Pipeline` subclass's ``execute(run)`` reads and adds sections
+    through ``run.context`` and logs what each stage did with ``run.log``.
+    """
+
     request_id: str
     context: Context
     ledger: UsageLedger
@@ -93,6 +99,9 @@ class StageEvent:
     restored_by: str | None = None  # the observer (class name) whose stored result stood in for the call
 
 
+StepKind = Literal["route", "retrieve", "fanout", "cascade", "plan"]  # the kinds of StepEvent
+
+
 @dataclass
 class StepEvent:
     """One execution of a step that is not a stage's model call, as observers see it: a router's
@@ -107,7 +116,7 @@ class StepEvent:
 
     owner: Any
     run: Run
-    kind: str
+    kind: StepKind
     key: str
     reads: list[str] = field(default_factory=list)
     decision: dict = field(default_factory=dict)
@@ -195,7 +204,7 @@ def guarding(guard: CallGuard | None) -> Iterator[None]:
 
 
 @contextmanager
-def stepping(run: Run, owner: Any, kind: str, reads: list[str] | tuple[str, ...] = ()) -> Iterator[StepEvent]:
+def stepping(run: Run, owner: Any, kind: StepKind, reads: list[str] | tuple[str, ...] = ()) -> Iterator[StepEvent]:
     """Report one step of ``owner`` (a Router, Retrieve, FanOut or Cascade) to the observers; the
     step fills the event it gets."""
     event = StepEvent(owner, run, kind, stage_key(run, f"{kind}:{getattr(owner, 'name', kind)}"), list(reads))

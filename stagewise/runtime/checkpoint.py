@@ -45,11 +45,11 @@ class CheckpointError(StoreError, LookupError):
 
 
 class UnknownRunError(CheckpointError):
-    pass
+    """The checkpoint store holds no run with this id."""
 
 
 class CorruptCheckpointError(CheckpointError):
-    pass
+    """A run's latest checkpoint is not a record stagewise wrote: not JSON, another version, a bad field."""
 
 
 def now() -> str:

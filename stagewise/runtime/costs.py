@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class CostAlert:
+    """A request that cost more than ``threshold_usd``: its program, id, cost and cost by stage."""
+
     program: str
     request_id: str
     cost_usd: float
@@ -37,6 +39,10 @@ class CostAlert:
 
 
 class CostMonitor(Observer):
+    """Records each request's cost by stage (``last``, ``history``) and raises a :class:`CostAlert`
+    (logged, appended to ``alerts``, passed to ``callback``) for a request above the ``quantile`` of
+    the last ``window`` requests' costs times ``factor``, once ``min_history`` are known."""
+
     def __init__(self, program: str = "program", *, window: int = 500, quantile: float = 0.99, factor: float = 1.5,
                  min_history: int = 20, callback: Callable[[CostAlert], None] | None = None):
         self.program, self.quantile, self.factor, self.min_history = program, quantile, factor, min_history
@@ -47,6 +53,7 @@ class CostMonitor(Observer):
         self._lock = threading.Lock()
 
     def threshold(self) -> float | None:
+        """The cost above which a request is flagged now, or None while the history is too short."""
         with self._lock:
             if len(self.history) < self.min_history:
                 return None

@@ -86,6 +86,8 @@ def run_diff(record: dict) -> list[StageDiff]:
 
 
 def diff_text(record: dict) -> str:
+    """The context diff of a checkpointed run, for the terminal: per stage, what it received,
+    transformed, removed from its view and added, and each step's branches."""
     diffs = run_diff(record)
     lines = [f"run {record['run_id']} ({record['status']}): {_counted(diffs)}"]
     for diff in diffs:

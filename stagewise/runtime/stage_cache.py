@@ -26,6 +26,10 @@ def _version(stage) -> str:
 
 
 class StageCache(Observer):
+    """Restores a stage's outputs and sections when the same stage, on the same model, with the same
+    compiled state, is given the same inputs (see the module); at most ``max_entries``, least
+    recently used first out. ``hits`` and ``misses`` count lookups."""
+
     def __init__(self, max_entries: int = 10_000):
         self.max_entries = max_entries
         self._entries: collections.OrderedDict[str, tuple[dict, list]] = collections.OrderedDict()
@@ -33,6 +37,7 @@ class StageCache(Observer):
         self.hits = self.misses = 0
 
     def key(self, event: StageEvent) -> str:
+        """The cache key of a stage execution: stage, model, compiled state and inputs, hashed."""
         stage, run = event.stage, event.run
         inputs = {field: [s.content for s in run.context.select(patterns, stage=stage.name)]
                   for field, patterns in stage.inputs.items()}

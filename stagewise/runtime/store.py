@@ -33,6 +33,9 @@ DEFAULT_TTL = 86_400
 
 
 class ContextStore(ABC):
+    """Append-only entries by run, stage, kind and key (see the module): a backend implements
+    ``append`` and ``entries``; ``values`` and ``get`` read an entry through them."""
+
     url: str
 
     @abstractmethod
@@ -45,9 +48,11 @@ class ContextStore(ABC):
         ``{"stage", "kind", "key", "value"}``."""
 
     def values(self, run: str, stage: str, kind: str, key: str) -> list[Any]:
+        """Every value written to an entry, in write order."""
         return [e["value"] for e in self.entries(run, stage, kind) if e["key"] == key]
 
     def get(self, run: str, stage: str, kind: str, key: str, default: Any = None) -> Any:
+        """An entry's latest value, else ``default``."""
         found = self.values(run, stage, kind, key)
         return found[-1] if found else default
 
@@ -150,6 +155,7 @@ class RedisContextStore(ContextStore):
 
 
 def open_context_store(url: str | None = None) -> ContextStore:
+    """The context store at ``url`` (see the module for the schemes; default ``sqlite:///stagewise-context.db``)."""
     url = url or DEFAULT_URL
     scheme = url.split(":", 1)[0].lower()
     if scheme == "sqlite":
