@@ -23,12 +23,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 import stagewise  # noqa: F401  (offline price map before DSPy loads)
-from stagewise.models.lm import get_lm
-from stagewise.models.usage import track_usage
-from stagewise.programs import Chain, Stage
-from stagewise.programs.run import observing
-from stagewise.runtime.checkpoint import open_checkpoints
-from stagewise.runtime.runs import Checkpointer
+from stagewise.models import get_lm, track_usage
+from stagewise.programs import Chain, Stage, observing
+from stagewise.runtime import Checkpointer, open_checkpoints
 
 MESSAGES = [
     "My card has not arrived after two weeks.",

@@ -31,8 +31,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 import stagewise  # noqa: F401  (offline price map before DSPy loads)
+from stagewise.models import get_lm
 from stagewise.models.constrained import OPTIMISTIC_CHARS_PER_TOKEN, bound_schema
-from stagewise.models.lm import get_lm
 from stagewise.models.weights import weights_path
 
 PROMPTS = [

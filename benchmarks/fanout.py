@@ -36,8 +36,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 import stagewise  # noqa: F401  (offline price map before DSPy loads)
-from stagewise.models.catalog import ModelSpec
-from stagewise.models.lm import get_lm
+from stagewise.models import ModelSpec, get_lm
 from stagewise.programs import FanOut, MergeProfile, Stage
 
 LATENCY = {"fast": 0.30, "medium": 0.45, "slow": 0.60}

@@ -126,9 +126,8 @@ class Lab:
         return sorted(float(line) for line in self.providers[name][1].read_text().split())
 
     def export(self, model: str) -> Path:
-        from stagewise.models.catalog import ModelCatalog
-        from stagewise.models.lm import get_lm
-        from stagewise.optimize.export import export
+        from stagewise.models import ModelCatalog, get_lm
+        from stagewise.optimize import export
 
         program = build()
         program.set_models({"answer": get_lm(model, catalog=ModelCatalog.load(self.folder / "models.toml"),
@@ -224,11 +223,9 @@ def budget_overshoot(redis_url: str) -> dict:
 LIMITED = """
 import sys, dspy
 import stagewise
-from stagewise.models.catalog import ModelCatalog
-from stagewise.models.lm import get_lm
-from stagewise.programs import Stage
-from stagewise.programs.run import guarding
-from stagewise.runtime.resilience import Limit, RateLimiter, Resilience
+from stagewise.models import ModelCatalog, get_lm
+from stagewise.programs import Stage, guarding
+from stagewise.runtime import Limit, RateLimiter, Resilience
 limiter = RateLimiter({{"limited": Limit(requests={limit})}}, window_s={window}, redis_url=sys.argv[2])
 stage = Stage("s", "question -> answer", lm=get_lm("limited", catalog=ModelCatalog.load(sys.argv[1]), cache=False))
 with dspy.context(adapter=dspy.JSONAdapter()), guarding(Resilience(limiter=limiter)):

@@ -49,8 +49,7 @@ def create_study(config: Path, url: str, folder: Path) -> None:
     """The study, as ``stagewise optimize`` creates it (its config signature and trial budget)."""
     sys.path.insert(0, str(folder))
     from stagewise.data import split
-    from stagewise.optimize.config import load_config
-    from stagewise.optimize.study import Study
+    from stagewise.optimize import Study, load_config
 
     cfg = load_config(config, study="bench")
     cfg.settings.storage = url

@@ -54,8 +54,8 @@ def main() -> None:
     from results import Results
 
     import stagewise  # noqa: F401
-    from stagewise.models.lm import get_lm
-    from stagewise.optimize.export import export
+    from stagewise.models import get_lm
+    from stagewise.optimize import export
 
     folder = Path(tempfile.mkdtemp(prefix="stagewise-serve-"))
     program = build()
