@@ -35,7 +35,7 @@ CHEAP, STRONG = "recorded/mistral-7b-chat", "recorded/gpt-4-1106-preview"
 
 @pytest.fixture(scope="module")
 def table():
-    from stagewise.models.replay import OutcomeTable
+    from stagewise.data import OutcomeTable
 
     return OutcomeTable.load(ROUTERBENCH_TEST)
 
@@ -232,3 +232,25 @@ def test_the_margin_pruner_prunes_only_what_a_cheaper_trial_beats_by_the_margin(
     assert asked(0.6, 0.02)  # 0.8 >= 0.6 + 0.15 at no more cost
     assert not asked(0.7, 0.02)  # within the margin
     assert not asked(0.5, 0.005)  # cheaper than every completed trial
+
+
+def test_the_readmes_optimizer_is_one_class_and_one_call_and_a_study_searches_it(table, splits, tmp_path):
+    from stagewise.optimize import optimizers
+
+    from .test_readme_snippets import readme_block
+
+    namespace: dict = {}
+    try:
+        exec(readme_block("class QuickSimba"), namespace)  # as printed
+        assert "quick_simba" in optimizer_names()
+        assert isinstance(get_optimizer("quick_simba"), namespace["QuickSimba"])
+        study = _study(table, splits, tmp_path, {"draft": StageChoices((STRONG,)),
+                                                 "final": StageChoices((CHEAP,), ("none", "quick_simba"), (2,))},
+                       "readme", sampler="grid")
+        study.settings.trials = 2
+        with dspy.context(adapter=dspy.JSONAdapter()):
+            result = study.results(study.run(progress=False))
+        assert set(result.trials["final.optimizer"]) == {"none", "quick_simba"}
+        assert study.cache.misses == 1  # quick_simba compiled once; none compiles nothing
+    finally:
+        optimizers._REGISTRY.pop("quick_simba", None)

@@ -12,6 +12,9 @@ from stagewise.optimize.optimizers import get_optimizer
 
 @dataclass(frozen=True)
 class StageChoices:
+    """A stage's candidates: catalog models, optimizer names (see :func:`~stagewise.optimize.register_optimizer`)
+    and demo counts."""
+
     models: tuple[str, ...]
     optimizers: tuple[str, ...] = ("none",)
     demos: tuple[int, ...] = (0,)
@@ -42,6 +45,7 @@ class TrialChoice:
     routers: dict[str, dict] = field(default_factory=dict)  # router name -> {"decision", "features", "C"}
 
     def params(self) -> dict[str, str | int | float]:
+        """The choice as flat parameters (``<stage>.model``, ``<cascade>.threshold``, ``<router>.decision`` ...)."""
         flat: dict[str, str | int | float] = {}
         for router, decision in self.routers.items():
             flat.update({f"{router}.{key}": value for key, value in decision.items()})
