@@ -156,44 +156,78 @@ class EvaluationReport:
             shares[first] += 1
         return {name: count / len(failed) if len(failed) else 0.0 for name, count in shares.items()}
 
+    @property
+    def examples(self) -> int:
+        """How many examples were evaluated."""
+        return len(self.rows)
+
+    @property
+    def errors(self) -> int:
+        """How many examples ended in an error."""
+        return int(self.rows["error"].notna().sum())
+
+    @property
+    def cost_per_1k_requests(self) -> float:
+        """Mean cost of 1,000 requests, in USD."""
+        return 1000 * self.cost_per_request
+
+    @property
+    def input_tokens_per_request(self) -> float:
+        """Mean input tokens of a request, over every model call it made."""
+        return float(self.rows["input_tokens"].mean())
+
+    @property
+    def output_tokens_per_request(self) -> float:
+        """Mean output tokens of a request."""
+        return float(self.rows["output_tokens"].mean())
+
+    @property
+    def latency_s_mean(self) -> float:
+        """Mean latency of a request, in seconds."""
+        return float(self.rows["latency_s"].mean())
+
+    @property
+    def latency_s_p50(self) -> float:
+        """Median latency of a request, in seconds."""
+        return float(statistics.median(self.rows["latency_s"]))
+
     def summary(self) -> dict[str, Any]:
-        """Scores, failure attribution, cost, tokens and latency of the evaluation, as a dict."""
-        latency = self.rows["latency_s"]
+        """The report's figures as a JSON-ready dict (what ``stagewise evaluate --json`` prints and
+        an exported manifest records); each is also an attribute of the report."""
         return {
-            "examples": len(self.rows),
-            "errors": int(self.rows["error"].notna().sum()),
+            "examples": self.examples,
+            "errors": self.errors,
             "end_to_end": self.quality,
             "stages": self.stage_scores(),
             "macro_f1": dict(self.macro_f1),
             "loss_by_stage": self.loss_by_stage(),
             "cost_per_request_usd": self.cost_per_request,
-            "cost_per_1k_requests_usd": 1000 * self.cost_per_request,
-            "input_tokens_per_request": float(self.rows["input_tokens"].mean()),
-            "output_tokens_per_request": float(self.rows["output_tokens"].mean()),
-            "latency_s_mean": float(latency.mean()),
-            "latency_s_p50": float(statistics.median(latency)),
+            "cost_per_1k_requests_usd": self.cost_per_1k_requests,
+            "input_tokens_per_request": self.input_tokens_per_request,
+            "output_tokens_per_request": self.output_tokens_per_request,
+            "latency_s_mean": self.latency_s_mean,
+            "latency_s_p50": self.latency_s_p50,
         }
 
     def table(self):
         """The summary as a ``rich`` table, to print."""
         from rich.table import Table
 
-        summary = self.summary()
-        table = Table(title=f"evaluation on {summary['examples']} examples ({summary['errors']} errors)")
+        table = Table(title=f"evaluation on {self.examples} examples ({self.errors} errors)")
         table.add_column("measure")
         table.add_column("value", justify="right")
         table.add_column("loses (share of end-to-end failures)", justify="right")
-        losses = summary["loss_by_stage"]
-        for name, score in summary["stages"].items():
-            extra = f" (macro-F1 {summary['macro_f1'][name]:.3f})" if name in summary["macro_f1"] else ""
+        losses = self.loss_by_stage()
+        for name, score in self.stage_scores().items():
+            extra = f" (macro-F1 {self.macro_f1[name]:.3f})" if name in self.macro_f1 else ""
             table.add_row(f"stage {name}", f"{score:.3f}{extra}", f"{losses.get(name, 0):.0%}" if losses else "")
         if self.end_to_end:
-            table.add_row("end to end", f"{summary['end_to_end']:.3f}", "")
-        table.add_row("cost per 1,000 requests", f"${summary['cost_per_1k_requests_usd']:.4f}", "")
+            table.add_row("end to end", f"{self.quality:.3f}", "")
+        table.add_row("cost per 1,000 requests", f"${self.cost_per_1k_requests:.4f}", "")
         table.add_row("tokens in / out per request",
-                      f"{summary['input_tokens_per_request']:.0f} / {summary['output_tokens_per_request']:.0f}", "")
+                      f"{self.input_tokens_per_request:.0f} / {self.output_tokens_per_request:.0f}", "")
         table.add_row("latency per request (mean / median)",
-                      f"{summary['latency_s_mean']:.2f} s / {summary['latency_s_p50']:.2f} s", "")
+                      f"{self.latency_s_mean:.2f} s / {self.latency_s_p50:.2f} s", "")
         return table
 
 

@@ -151,20 +151,20 @@ class Objective:
         report = early if not rest else EvaluationReport(
             pd.concat([early.rows, self.evaluate(program, rest).rows], ignore_index=True),
             self.stage_metrics, self.end_to_end)
-        summary = report.summary()
-        tokens = summary["input_tokens_per_request"] + summary["output_tokens_per_request"]
-        trial.set_user_attr("stages", summary["stages"])
+        stages = report.stage_scores()
+        tokens = report.input_tokens_per_request + report.output_tokens_per_request
+        trial.set_user_attr("stages", stages)
         trial.set_user_attr("tokens_per_request", tokens)
-        trial.set_user_attr("latency_s", summary["latency_s_mean"])
+        trial.set_user_attr("latency_s", report.latency_s_mean)
         metrics = {"quality": report.quality, "cost_per_request": report.cost_per_request,
-                   "cost_per_1k_requests": 1000 * report.cost_per_request, "tokens_per_request": tokens,
-                   "latency_s": summary["latency_s_mean"], **{f"stage.{k}": v for k, v in summary["stages"].items()}}
+                   "cost_per_1k_requests": report.cost_per_1k_requests, "tokens_per_request": tokens,
+                   "latency_s": report.latency_s_mean, **{f"stage.{k}": v for k, v in stages.items()}}
         with tempfile.TemporaryDirectory() as scratch:
             state = Path(scratch) / "program.json"
             state.write_text(json.dumps(state_without_models(program), default=str))
             self.report(TrialRecord(trial.number, "complete", params, metrics, (state,)))
         values = (report.quality, report.cost_per_request)
-        return (*values, summary["latency_s_mean"]) if self.settings.latency else values
+        return (*values, report.latency_s_mean) if self.settings.latency else values
 
     def _pruned(self, study: optuna.Study, trial: optuna.Trial, early: EvaluationReport) -> bool:
         """Ask the study's pruner about the trial's early scores (its user attribute ``early``)."""
