@@ -77,7 +77,7 @@ def route_eval_command(
     """Train a router on recorded outcomes and evaluate it against random, single-model and oracle routing."""
     import json
 
-    from stagewise.models.replay import OutcomeTableError
+    from stagewise.data import OutcomeTableError
     from stagewise.routing.evaluation import RoutingEvalError, plot_report, route_eval
     from stagewise.routing.features import EmbeddingsUnavailableError, FeatureSpecError
     from stagewise.routing.outcomes import load_outcomes

@@ -16,7 +16,6 @@ import json
 import re
 
 from stagewise.data.outcomes import NotRecordedError, OutcomeTable, _snippet
-from stagewise.data.outcomes import OutcomeTableError as OutcomeTableError  # re-exported: stagewise.cli imports it
 from stagewise.models._dspy_compat import (
     InvalidRequestError,
     Message,

@@ -326,7 +326,7 @@ def _read_data(data: _Data, file: Path):
     """The examples of ``[data]``: (examples, fingerprint, report, outcome table or None, FieldMap or None)."""
     replay_table, fields = None, None
     if data.outcomes is not None:
-        from stagewise.models.replay import OutcomeTable
+        from stagewise.data import OutcomeTable
 
         replay_table = OutcomeTable.load(file.parent / data.outcomes)
         examples = [dspy.Example(**{data.prompt_field: prompt}).with_inputs(data.prompt_field)

@@ -319,7 +319,7 @@ def load(directory: str | Path, *, factory: str | Callable | None = None, trust_
     >>> program = stagewise.load("out/best", trust_code=True)          # doctest: +SKIP
     """
     from stagewise.models.lm import get_lm
-    from stagewise.models.replay import OutcomeTable
+    from stagewise.data import OutcomeTable
 
     directory = Path(directory)
     manifest = read_manifest(directory)
