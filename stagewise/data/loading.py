@@ -103,6 +103,8 @@ def _check_field_name(name: object, kind: str) -> None:
 
 @dataclass(frozen=True)
 class SkippedRow:
+    """A row of a data file that was not loaded, and why."""
+
     row: int  # 1-based record number in the file (a CSV header is not counted); for hub data, in the split
     column: str  # the first bad mapped column of the row
     reason: str  # what is wrong with it, and with any other bad column of the row
@@ -130,6 +132,8 @@ class LoadReport:
 
 @dataclass(frozen=True)
 class LoadedData:
+    """The examples of a data file, with what was skipped (``report``) and the data's fingerprint."""
+
     examples: list[dspy.Example]  # the kept rows in file order, inputs marked with `with_inputs`
     report: LoadReport
     fingerprint: str  # sha256 hex of the data and the field mapping

@@ -124,6 +124,7 @@ def track_usage(ledger: UsageLedger | None = None) -> Iterator[UsageLedger]:
 
 @contextmanager
 def stage_scope(name: str) -> Iterator[None]:
+    """Model calls inside the block are recorded under stage ``name``."""
     token = _stage.set(name)
     try:
         yield
@@ -133,6 +134,7 @@ def stage_scope(name: str) -> Iterator[None]:
 
 @contextmanager
 def request_scope(request_id: str) -> Iterator[None]:
+    """Model calls inside the block are recorded under request ``request_id``."""
     token = _request.set(request_id)
     try:
         yield

@@ -318,8 +318,8 @@ def load(directory: str | Path, *, factory: str | Callable | None = None, trust_
     >>> program = stagewise.load("out/best", factory=support.build)   # doctest: +SKIP
     >>> program = stagewise.load("out/best", trust_code=True)          # doctest: +SKIP
     """
-    from stagewise.models.lm import get_lm
     from stagewise.data import OutcomeTable
+    from stagewise.models.lm import get_lm
 
     directory = Path(directory)
     manifest = read_manifest(directory)
