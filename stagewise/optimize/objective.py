@@ -22,7 +22,7 @@ import pandas as pd
 
 from stagewise.metrics.report import PASS, EndToEnd, EvaluationError, EvaluationReport, StageMetric, evaluate
 from stagewise.models.lm import get_lm
-from stagewise.optimize.callbacks import TrialRecord
+from stagewise.optimize.callbacks import StudyCallback, TrialRecord
 from stagewise.optimize.compile import CompileCache, Reflection, compile_stages
 from stagewise.optimize.export import state_without_models
 from stagewise.optimize.optimizers import get_optimizer
@@ -45,7 +45,7 @@ class Objective:
         self.stage_metrics, self.settings, self.cache = stage_metrics, settings, cache
         self.data_fingerprint, self.lm_options, self.catalog = data_fingerprint, lm_options, catalog
         self.thresholds, self.routers, self.decision_stages = thresholds, routers, decision_stages
-        self.report: Callable[[TrialRecord], None] = lambda record: None  # the study's callbacks
+        self.callbacks: list[StudyCallback] = []  # told of each finished trial (Study.run sets them)
         self._lms: dict[str, Any] = {}
         self._classifiers: dict[tuple, Any] = {}
 
@@ -136,7 +136,7 @@ class Objective:
                     trial.set_user_attr(key, value)
                 trial.set_user_attr("same_as", earlier.number)
                 values = objective_values(earlier)
-                self.report(TrialRecord(trial.number, "reused", {**params, "same_as_trial": earlier.number},
+                self._tell(TrialRecord(trial.number, "reused", {**params, "same_as_trial": earlier.number},
                                         {k: values[k] for k in ("quality", "cost_per_request")}))
                 return tuple(earlier.values)
         program = self.program_for(choice)
@@ -145,7 +145,7 @@ class Objective:
         early = self.evaluate(program, head)
         if rest and self._pruned(study, trial, early):
             trial.set_user_attr("pruned_at", len(head))
-            self.report(TrialRecord(trial.number, "pruned", params, {"quality_subset": early.quality,
+            self._tell(TrialRecord(trial.number, "pruned", params, {"quality_subset": early.quality,
                                                                      "cost_per_request": early.cost_per_request}))
             raise optuna.TrialPruned(f"quality {early.quality:.3f} on {len(head)} dev examples is hopeless")
         report = early if not rest else EvaluationReport(
@@ -162,9 +162,13 @@ class Objective:
         with tempfile.TemporaryDirectory() as scratch:
             state = Path(scratch) / "program.json"
             state.write_text(json.dumps(state_without_models(program), default=str))
-            self.report(TrialRecord(trial.number, "complete", params, metrics, (state,)))
+            self._tell(TrialRecord(trial.number, "complete", params, metrics, (state,)))
         values = (report.quality, report.cost_per_request)
         return (*values, report.latency_s_mean) if self.settings.latency else values
+
+    def _tell(self, record: TrialRecord) -> None:
+        for callback in self.callbacks:
+            callback.trial_finished(record)
 
     def _pruned(self, study: optuna.Study, trial: optuna.Trial, early: EvaluationReport) -> bool:
         """Ask the study's pruner about the trial's early scores (its user attribute ``early``)."""

@@ -231,7 +231,7 @@ class Study:
             params["routers"] = json.dumps({r: vars(c) for r, c in self.routers.items()}, default=list)
         objective = storage.within_budget(study, budget, self.objective)
         listeners = [self.tracker, *([ProgressBar()] if progress else []), *callbacks]
-        self.objective.report = lambda record: [listener.trial_finished(record) for listener in listeners]
+        self.objective.callbacks = listeners
 
         def counted(finished: optuna.Study, trial) -> None:
             done = storage.counted(finished)
