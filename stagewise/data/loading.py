@@ -16,8 +16,6 @@ a JSON object in a column of strings). Bad rows are skipped and reported, or ref
 
 from __future__ import annotations
 
-from stagewise.errors import ConfigError
-from stagewise.errors import DataError
 import hashlib
 import json
 import logging
@@ -25,12 +23,15 @@ import math
 import re
 import tempfile
 from collections import Counter
+from collections.abc import Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Literal
+from typing import Any, Literal
 
 import dspy
+
+from stagewise.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,8 @@ class FieldMap:
             for name, column in mapping.items():
                 _check_field_name(name, kind)
                 if not isinstance(column, str) or not column:
-                    raise ConfigError(f"{kind} field {name!r} maps to column {column!r}; a column name is a non-empty string")
+                    raise ConfigError(f"{kind} field {name!r} maps to column {column!r}; "
+                                      "a column name is a non-empty string")
         both = sorted(set(self.inputs) & set(self.labels))
         if both:
             raise ConfigError(f"field(s) {both} are both inputs and labels; a field is one or the other")

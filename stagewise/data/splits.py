@@ -9,17 +9,18 @@ example is an error, never a silently empty list.
 
 from __future__ import annotations
 
-from stagewise.errors import ConfigError
 import hashlib
 import json
 import math
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import dspy
 
 from stagewise.data.loading import DataError
+from stagewise.errors import ConfigError
 
 SPLIT_NAMES = ("train", "dev", "test")
 
