@@ -12,7 +12,7 @@ STAMP := $(VENV)/.stagewise-installed
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
 	-DGGML_BMI2=ON -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test docs bench clean
 
 $(DEMO_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ demo: $(DEMO_STAMP)
 test: install
 	$(BIN)/ruff check stagewise tests benchmarks examples
 	services="$$(bash tests/services.sh)" && eval "$$services" && STAGEWISE_REQUIRE_SERVICES=1 $(BIN)/python -m pytest
+
+# The documentation site (docs/, mkdocs.yml) into site/; --strict: any warning (a broken link, a docstring
+# mkdocstrings cannot render) fails the build. tests/test_docs.py builds it too and runs its code blocks.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 # Every benchmark writes benchmarks/results/NAME.json and exits non-zero when it misses a goal; all of
 # them run, then one table of every figure against its goal (non-zero if any goal was missed).

@@ -1,0 +1,122 @@
+"""The documentation site (docs/, mkdocs.yml): it builds with ``mkdocs build --strict``, its API
+reference has an entry for every public name, and every ```python block of its pages runs as
+printed, in order, one namespace per page.
+
+Blocks run on recorded models (RouterBench outcomes replayed from data/) so they take seconds. A
+block that needs a local model or a long run says so in a comment on its first line
+(``# local model``, ``# slow``) and is still run here. Shell and TOML blocks are not run; the
+TOML of the study-config page is validated against the config's schema.
+"""
+
+import importlib
+import re
+import subprocess
+import sys
+import tomllib
+
+import dspy
+import pytest
+
+from .conftest import ROOT
+
+DOCS = ROOT / "docs"
+PAGES = sorted(DOCS.rglob("*.md"))
+REFERENCE = {  # page of docs/reference/ -> the package it documents
+    "stagewise": "stagewise", "programs": "stagewise.programs", "optimize": "stagewise.optimize",
+    "routing": "stagewise.routing", "runtime": "stagewise.runtime", "models": "stagewise.models",
+    "data": "stagewise.data", "metrics": "stagewise.metrics", "context": "stagewise.context",
+    "signatures": "stagewise.signatures",
+}
+
+
+def blocks(page, language: str) -> list[str]:
+    """The fenced ``language`` blocks of ``page``, in order."""
+    return re.findall(rf"^```{language}\n(.*?)^```$", page.read_text(encoding="utf-8"), flags=re.S | re.M)
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """The site, built as `make docs` builds it (strict: any warning fails the build)."""
+    directory = tmp_path_factory.mktemp("site")
+    mkdocs = ROOT / ".venv" / "bin" / "mkdocs"
+    if not mkdocs.exists():
+        mkdocs = type(ROOT)(sys.executable).with_name("mkdocs")
+    built = subprocess.run([str(mkdocs), "build", "--strict", "--site-dir", str(directory)], cwd=ROOT,
+                           capture_output=True, text=True, timeout=600,
+                           env={**__import__("os").environ, "NO_MKDOCS_2_WARNING": "1"})
+    assert built.returncode == 0, f"mkdocs build --strict failed:\n{built.stdout[-4000:]}\n{built.stderr[-8000:]}"
+    return directory
+
+
+def test_the_site_builds_strictly_with_every_page_of_its_nav(site):
+    for page in PAGES:
+        relative = page.relative_to(DOCS).with_suffix("")
+        built = site / ("index.html" if relative.name == "index" else relative / "index.html")
+        assert built.exists(), f"{page.relative_to(ROOT)} was not built"
+    assert (site / "get-started" / "index.html").exists()
+
+
+@pytest.mark.parametrize("page", sorted(REFERENCE))
+def test_the_python_reference_has_every_public_name_of_the_package(site, page):
+    html = (site / "reference" / page / "index.html").read_text(encoding="utf-8")
+    ids = set(re.findall(r'id="([\w.]+)"', html))
+    names = importlib.import_module(REFERENCE[page]).__all__
+    # a name is rendered under the package, or (lazy or shadowed by a submodule) under the module defining it
+    missing = [name for name in names
+               if f"{REFERENCE[page]}.{name}" not in ids
+               and not any(i.startswith("stagewise.") and i.endswith(f".{name}") for i in ids)]
+    assert not missing, f"docs/reference/{page}.md renders no entry for {missing}"
+
+
+def test_the_generated_reference_pages_hold_the_cli_the_config_keys_and_the_http_api(site):
+    from stagewise.optimize.config import _StudyFile
+
+    cli = (site / "reference" / "cli" / "index.html").read_text(encoding="utf-8")
+    for command in ("stagewise optimize", "stagewise serve", "stagewise worker", "stagewise runs show"):
+        assert f"<code>{command}</code>" in cli, command
+    assert "Usage: stagewise optimize" in cli
+    config = (site / "reference" / "config" / "index.html").read_text(encoding="utf-8")
+    for key in _StudyFile.model_fields:
+        assert f"<code>{key}</code>" in config, key
+    for table in ("[search.stages.NAME]", "[search.routers.NAME]", "[privacy]", "[[metrics.stages]]"):
+        assert table in config, table
+    http = (site / "reference" / "http" / "index.html").read_text(encoding="utf-8")
+    for endpoint in ("POST /v1/run", "GET /v1/budget", "GET /healthz"):
+        assert endpoint in http, endpoint
+    assert "<!-- generated" not in cli + config + http
+
+
+def test_the_study_config_pages_toml_is_a_valid_config():
+    from stagewise.optimize.config import _StudyFile
+
+    (toml,) = blocks(DOCS / "reference" / "config.md", "toml")
+    _StudyFile.model_validate(tomllib.loads(toml))
+
+
+PYTHON_PAGES = [page for page in PAGES if blocks(page, "python")]
+
+
+def test_the_pages_with_code_are_found():
+    assert DOCS / "get-started.md" in PYTHON_PAGES
+
+
+@pytest.mark.parametrize("page", PYTHON_PAGES, ids=lambda page: str(page.relative_to(DOCS)))
+def test_every_python_block_of_a_page_runs_in_order(page, tmp_path, monkeypatch, capsys):
+    """Each block runs as printed, from a scratch folder holding the repository's data/ (what the
+    pages' paths are relative to), so whatever a block writes stays out of the repository."""
+    (tmp_path / "data").symlink_to(ROOT / "data")
+    monkeypatch.chdir(tmp_path)
+    adapter, lm = dspy.settings.adapter, dspy.settings.lm
+    namespace: dict = {"__name__": f"docs_{page.stem.replace('-', '_')}"}
+    try:
+        for number, block in enumerate(blocks(page, "python"), 1):
+            try:
+                exec(compile(block, f"{page.relative_to(ROOT)} (python block {number})", "exec"), namespace)
+            except Exception as exc:
+                where = f"{page.relative_to(ROOT)}: python block {number}"
+                raise AssertionError(f"{where} failed: {exc!r}\n{block}") from exc
+    finally:
+        dspy.configure(adapter=adapter, lm=lm)
+    printed = capsys.readouterr().out
+    if page.name == "get-started.md":
+        assert "recorded/gpt-4-1106-preview" in printed and "per 1k requests" in printed, printed
