@@ -45,8 +45,8 @@ def cli_reference() -> str:
 
     runner, out = CliRunner(), []
     for path, _ in _commands(typer.main.get_command(app)):
-        result = runner.invoke(app, [*path, "--help"], prog_name="stagewise", terminal_width=100,
-                               env={"COLUMNS": "100", "NO_COLOR": "1"})
+        result = runner.invoke(app, [*path, "--help"], prog_name="stagewise", terminal_width=88,
+                               env={"COLUMNS": "88", "NO_COLOR": "1"})
         if result.exit_code != 0:
             raise RuntimeError(f"stagewise {' '.join(path)} --help exited {result.exit_code}: {result.output}")
         title = " ".join(("stagewise", *path))
@@ -151,7 +151,7 @@ MEANINGS = {
         "outcomes": "an outcome table of recorded models (RouterBench, RouteLLM CSV), relative to the config; "
                     "its prompts are the examples and its models replay their recorded answers",
         "prompt_field": "with `outcomes`: the input field the prompts go in",
-        "path": "a CSV, JSON Lines or Parquet file of examples, relative to the config (or `outcomes`)",
+        "path": "a CSV, JSON Lines or Parquet file of examples, relative to the config (instead of `outcomes`)",
         "inputs": "with `path`: input field of the program -> column of the file",
         "labels": "with `path`: label name -> column of the file (what the metrics compare with)",
         "on_bad": "a row missing a column or with an empty value: `skip` it (and report it) or `refuse` the "
