@@ -4,6 +4,7 @@ import pytest
 from typer.testing import CliRunner
 
 from stagewise import cli
+from stagewise.cli.options import console
 from stagewise.models.catalog import ModelCatalog
 
 runner = CliRunner()
@@ -12,7 +13,7 @@ runner = CliRunner()
 @pytest.fixture(autouse=True)
 def _wide_tables(monkeypatch):
     """Rows on one line each, whatever the terminal running the tests."""
-    monkeypatch.setattr(cli.console, "width", 400)
+    monkeypatch.setattr(console, "width", 400)  # the console every command prints its tables to
 
 
 def _table(output: str) -> tuple[list[str], list[list[str]]]:
