@@ -10,6 +10,7 @@ from stagewise.optimize.config import load_config
 from stagewise.optimize.export import export
 
 from .conftest import ROOT
+from .documentation import doc_text
 
 BANKING = ROOT / "examples" / "banking"
 runner = CliRunner()
@@ -43,7 +44,7 @@ def test_the_help_and_the_readme_say_the_file_needs_the_label_columns():
     result = runner.invoke(app, ["evaluate", "--help"], env={"COLUMNS": "400"})
     assert result.exit_code == 0
     assert "the file needs the input columns and every label column the metrics score against" in result.output
-    readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+    readme = " ".join(doc_text().split())
     said = readme.split("`evaluate --data FILE` reads the file with the column maps", 1)[1].split(";", 1)[0]
     assert "needs the input columns and every label column" in said
     example = re.search(r"for the banking example ((?:`\w+`(?:, | and )?)+)", said).group(1)

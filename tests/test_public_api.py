@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from .conftest import ROOT
+from .documentation import doc_text, fenced_blocks
 
 PACKAGES = [
     "stagewise", "stagewise.programs", "stagewise.runtime", "stagewise.optimize", "stagewise.routing",
@@ -85,14 +86,10 @@ def test_import_stagewise_and_its_runtime_stay_light():
     assert json.loads(shown) == [[], ["dspy"]]
 
 
-def _python_blocks(text: str) -> list[str]:
-    return re.findall(r"^```python\n(.*?)^```$", text, flags=re.S | re.M)
-
-
-def test_readme_python_imports_only_public_names():
-    """Each ``from stagewise... import X`` names a package whose ``__all__`` holds X; each
-    ``import stagewise...`` names a package."""
-    blocks = _python_blocks((ROOT / "README.md").read_text(encoding="utf-8"))
+def test_the_documentations_python_imports_only_public_names():
+    """In the README and on every page of docs/, each ``from stagewise... import X`` names a package whose
+    ``__all__`` holds X; each ``import stagewise...`` names a package."""
+    blocks = fenced_blocks(doc_text())
     assert blocks
     problems = []
     for block in blocks:

@@ -8,16 +8,12 @@ import dspy
 import pytest
 
 from .conftest import ROOT
+from .documentation import doc_block
 
 README = ROOT / "README.md"
 
 
-def readme_block(marker: str, language: str = "python") -> str:
-    """The one fenced ``language`` block of README.md that contains ``marker``."""
-    blocks = re.findall(rf"^```{language}\n(.*?)^```$", README.read_text(encoding="utf-8"), flags=re.S | re.M)
-    found = [block for block in blocks if marker in block]
-    assert len(found) == 1, f"README.md has {len(found)} {language} blocks containing {marker!r}"
-    return found[0]
+readme_block = doc_block  # the block may be on a page of docs/ as well as in the README
 
 
 class _Records(logging.Handler):

@@ -272,11 +272,11 @@ def test_serve_options_are_in_help_and_readme_and_a_bad_tokens_file_stops_it(tmp
 
     from stagewise.cli import app
 
-    from .conftest import ROOT
+    from .documentation import doc_text
 
     runner = CliRunner()
     shown = runner.invoke(app, ["serve", "--help"], env={"COLUMNS": "250"}, prog_name="stagewise").output
-    readme = (ROOT / "README.md").read_text()
+    readme = doc_text()
     for option in ("--tokens", "--timeout", "--max-concurrency", "--daily-budget", "--spend", "--redis", "--rate",
                    "--max-body", "--no-auth", "--budget"):
         assert option in shown and re.search(rf"(?<![\w-]){option}\b", readme), option
