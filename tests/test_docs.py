@@ -1,11 +1,10 @@
-"""The documentation site (docs/, mkdocs.yml): it builds with ``mkdocs build --strict``, its API
-reference has an entry for every public name, and every ```python block of its pages runs as
-printed, in order, one namespace per page.
+"""The documentation site (docs/, mkdocs.yml): it builds with ``mkdocs build --strict`` and its API
+reference has an entry for every public name.
 
-Blocks run on recorded models (RouterBench outcomes replayed from data/) so they take seconds. A
-block that needs a local model or a long run says so in a comment on its first line
-(``# local model``, ``# slow``) and is still run here. Shell and TOML blocks are not run; the
-TOML of the study-config page is validated against the config's schema.
+Every fenced block of the pages and of README.md runs through the runner in the repository's root
+conftest.py (Sybil): read its docstring for the rules a page is written to (scratch folder with
+data/ and examples/, python blocks in order, sh blocks with bash, titled blocks are files,
+``<!-- skip: next "why" -->``). ``pytest docs/PAGE.md`` runs one page.
 """
 
 import importlib
