@@ -35,7 +35,7 @@ demo: $(DEMO_STAMP)
 # HTML diff page, from Debian packages when missing and running as root) and prints their URLs.
 # Every service it starts is required (STAGEWISE_REQUIRE_SERVICES=1): a test whose service is missing fails.
 test: install
-	$(BIN)/ruff check stagewise tests benchmarks examples docs
+	$(BIN)/ruff check stagewise tests benchmarks examples docs conftest.py
 	services="$$(bash tests/services.sh)" && eval "$$services" && STAGEWISE_REQUIRE_SERVICES=1 $(BIN)/python -m pytest
 
 # The documentation site (docs/, mkdocs.yml) into site/; --strict: any warning (a broken link, a docstring

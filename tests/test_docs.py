@@ -13,7 +13,6 @@ import subprocess
 import sys
 import tomllib
 
-import dspy
 import pytest
 
 from .conftest import ROOT
@@ -92,32 +91,3 @@ def test_the_study_config_pages_toml_is_a_valid_config():
 
     (toml,) = blocks(DOCS / "reference" / "config.md", "toml")
     _StudyFile.model_validate(tomllib.loads(toml))
-
-
-PYTHON_PAGES = [page for page in PAGES if blocks(page, "python")]
-
-
-def test_the_pages_with_code_are_found():
-    assert DOCS / "get-started.md" in PYTHON_PAGES
-
-
-@pytest.mark.parametrize("page", PYTHON_PAGES, ids=lambda page: str(page.relative_to(DOCS)))
-def test_every_python_block_of_a_page_runs_in_order(page, tmp_path, monkeypatch, capsys):
-    """Each block runs as printed, from a scratch folder holding the repository's data/ (what the
-    pages' paths are relative to), so whatever a block writes stays out of the repository."""
-    (tmp_path / "data").symlink_to(ROOT / "data")
-    monkeypatch.chdir(tmp_path)
-    adapter, lm = dspy.settings.adapter, dspy.settings.lm
-    namespace: dict = {"__name__": f"docs_{page.stem.replace('-', '_')}"}
-    try:
-        for number, block in enumerate(blocks(page, "python"), 1):
-            try:
-                exec(compile(block, f"{page.relative_to(ROOT)} (python block {number})", "exec"), namespace)
-            except Exception as exc:
-                where = f"{page.relative_to(ROOT)}: python block {number}"
-                raise AssertionError(f"{where} failed: {exc!r}\n{block}") from exc
-    finally:
-        dspy.configure(adapter=adapter, lm=lm)
-    printed = capsys.readouterr().out
-    if page.name == "get-started.md":
-        assert "recorded/gpt-4-1106-preview" in printed and "per 1k requests" in printed, printed
