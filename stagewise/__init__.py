@@ -1,28 +1,32 @@
 """stagewise: compile and optimize multi-model LLM pipelines.
 
-The public API (each name is also documented where it lives)::
+The public API (each name is also documented where it lives):
 
-    opt = stagewise.JointOptimizer(metric=..., models={"*": [...]}, ...)   # the search
-    best = opt.compile(program, trainset=train, valset=dev)                # any dspy.Module
-    stagewise.evaluate(best, testset, metric=..., stage_metrics=...)      # the stage-level report
-    stagewise.export(best, "out/best")                                     # JSON, no pickle
-    program = stagewise.load("out/best")                                   # ready to serve
+```python
+opt = stagewise.JointOptimizer(metric=..., models={"*": [...]}, ...)   # the search
+best = opt.compile(program, trainset=train, valset=dev)                # any dspy.Module
+stagewise.evaluate(best, testset, metric=..., stage_metrics=...)      # the stage-level report
+stagewise.export(best, "out/best")                                     # JSON, no pickle
+program = stagewise.load("out/best")                                   # ready to serve
+```
 
-Errors derive from :class:`stagewise.StagewiseError` (see :mod:`stagewise.errors`), in the
-branches :class:`ConfigError` (and :class:`SearchSpaceError`), :class:`DataError`,
-:class:`ModelError`, :class:`ProgramError`, :class:`BudgetError`, :class:`StoreError` and
-:class:`ExportError`.
+Errors derive from [`stagewise.StagewiseError`][stagewise.StagewiseError] (see `stagewise.errors`), in the
+branches [`ConfigError`][stagewise.ConfigError] (and [`SearchSpaceError`][stagewise.SearchSpaceError]),
+[`DataError`][stagewise.DataError], [`ModelError`][stagewise.ModelError], [`ProgramError`][stagewise.ProgramError],
+[`BudgetError`][stagewise.BudgetError], [`StoreError`][stagewise.StoreError] and [`ExportError`][stagewise.ExportError].
 
-The rest of the public API is by package, each listing its names in ``__all__``:
-:mod:`stagewise.programs` (stages and the programs built of them), :mod:`stagewise.signatures`,
-:mod:`stagewise.context`, :mod:`stagewise.models`, :mod:`stagewise.data`, :mod:`stagewise.metrics`,
-:mod:`stagewise.optimize`, :mod:`stagewise.routing` and :mod:`stagewise.runtime` (runs, stores,
-tracing, privacy, resilience, budgets, serving). Anything not in a package's ``__all__`` is internal.
+The rest of the public API is by package, each listing its names in `__all__`:
+[`stagewise.programs`][stagewise.programs] (stages and the programs built of them),
+[`stagewise.signatures`][stagewise.signatures], [`stagewise.context`][stagewise.context],
+[`stagewise.models`][stagewise.models], [`stagewise.data`][stagewise.data], [`stagewise.metrics`][stagewise.metrics],
+[`stagewise.optimize`][stagewise.optimize], [`stagewise.routing`][stagewise.routing] and
+[`stagewise.runtime`][stagewise.runtime] (runs, stores, tracing, privacy, resilience, budgets, serving). Anything not in
+a package's `__all__` is internal.
 
 Importing stagewise makes DSPy and litellm read litellm's bundled model price map instead
 of downloading it at start-up (they retry for seconds on a machine without network).
-Set ``LITELLM_LOCAL_MODEL_COST_MAP=False`` before importing to let them fetch it. The rest
-of the API is imported when first used, so ``import stagewise`` stays fast.
+Set `LITELLM_LOCAL_MODEL_COST_MAP=False` before importing to let them fetch it. The rest
+of the API is imported when first used, so `import stagewise` stays fast.
 """
 
 import os
@@ -65,9 +69,9 @@ def __dir__() -> list[str]:
 
 
 def load(directory, **kwargs):
-    """Rebuild an exported program (``stagewise optimize`` writes ``OUT/best``) with each stage's model.
+    """Rebuild an exported program (`stagewise optimize` writes `OUT/best`) with each stage's model.
 
-    Keyword arguments go to :func:`stagewise.optimize.export.load` (``catalog=``).
+    Keyword arguments go to [`stagewise.optimize.export.load`][stagewise.optimize.export.load] (`catalog=`).
     """
     from stagewise.optimize.export import load as load_program
 
@@ -75,10 +79,10 @@ def load(directory, **kwargs):
 
 
 def export(program, directory, **kwargs):
-    """Write ``program`` to ``directory`` for serving: ``program.json``, ``manifest.json``, its code.
+    """Write `program` to `directory` for serving: `program.json`, `manifest.json`, its code.
 
-    Keyword arguments go to :func:`stagewise.optimize.export.export` (``factory=``,
-    ``factory_kwargs=``, ``metrics=``...). Returns the directory.
+    Keyword arguments go to [`stagewise.optimize.export.export`][stagewise.optimize.export.export] (`factory=`,
+    `factory_kwargs=`, `metrics=`...). Returns the directory.
     """
     from stagewise.optimize.export import export as export_program
 
@@ -86,11 +90,11 @@ def export(program, directory, **kwargs):
 
 
 def evaluate(program, examples, *, metric=None, stage_metrics=None, progress: bool = True):
-    """The stage-level and end-to-end report of ``program`` on labeled ``examples``.
+    """The stage-level and end-to-end report of `program` on labeled `examples`.
 
-    ``metric`` is a DSPy metric ``metric(example, prediction, trace=None)`` (or an
-    :class:`~stagewise.metrics.EndToEnd`); ``stage_metrics`` as for :class:`JointOptimizer`.
-    Returns an :class:`~stagewise.metrics.EvaluationReport` (``.table()``, ``.summary()``).
+    `metric` is a DSPy metric `metric(example, prediction, trace=None)` (or an
+    [`EndToEnd`][stagewise.metrics.EndToEnd]); `stage_metrics` as for `JointOptimizer`.
+    Returns an [`EvaluationReport`][stagewise.metrics.EvaluationReport] (`.table()`, `.summary()`).
     """
     import dspy
 

@@ -1,23 +1,25 @@
-"""The one error tree: every exception stagewise raises derives from :class:`StagewiseError`.
+"""The one error tree: every exception stagewise raises derives from [`StagewiseError`][stagewise.StagewiseError].
 
-Catch ``StagewiseError`` to handle any mistake stagewise can report; catch a branch to handle
+Catch `StagewiseError` to handle any mistake stagewise can report; catch a branch to handle
 one kind. The branches keep a standard-library parent where callers rely on it (a bad config
-value is also a ``ValueError``). Messages name the file, key or value at fault, and never
+value is also a `ValueError`). Messages name the file, key or value at fault, and never
 contain a password. The more specific classes live beside the code that raises them and
-derive from one of these branches::
+derive from one of these branches:
 
-    StagewiseError
-    ├── ConfigError (ValueError)       study configs, pipeline definitions, options
-    │   └── SearchSpaceError           a search space that cannot be searched
-    ├── DataError (ValueError)         datasets, outcome tables, evaluation data
-    ├── ModelError                     the catalog, engines, weights, provider keys, failed calls
-    ├── ProgramError                   a program that cannot run as built (routes, plans, context)
-    ├── BudgetError                    token budgets, spending budgets, rate limits
-    ├── StoreError                     checkpoints, context stores, study storages, connections
-    └── ExportError (ValueError)       exported programs and router files: writing and loading
+```text
+StagewiseError
+├── ConfigError (ValueError)       study configs, pipeline definitions, options
+│   └── SearchSpaceError           a search space that cannot be searched
+├── DataError (ValueError)         datasets, outcome tables, evaluation data
+├── ModelError                     the catalog, engines, weights, provider keys, failed calls
+├── ProgramError                   a program that cannot run as built (routes, plans, context)
+├── BudgetError                    token budgets, spending budgets, rate limits
+├── StoreError                     checkpoints, context stores, study storages, connections
+└── ExportError (ValueError)       exported programs and router files: writing and loading
+```
 
-The ``stagewise`` command prints one line for any ``StagewiseError`` and exits with code 2
-(``stagewise --debug ...`` shows the traceback).
+The `stagewise` command prints one line for any `StagewiseError` and exits with code 2
+(`stagewise --debug ...` shows the traceback).
 """
 
 from __future__ import annotations

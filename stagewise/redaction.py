@@ -1,19 +1,19 @@
 """Keeping secrets out of messages, log lines and stored records.
 
-:func:`redact` takes any text (a URL, an error message, a log line) and replaces with ``***``:
+`redact` takes any text (a URL, an error message, a log line) and replaces with `***`:
 
-- a URL's password: ``postgresql://user:***@host/db``;
+- a URL's password: `postgresql://user:***@host/db`;
 - the value of a secret-named setting, in a query string, a key=value DSN, a header, JSON or
-  an environment listing: ``?password=***``, ``host=db user=x password=***``,
-  ``"client_secret": "***"``, ``OPENAI_API_KEY=***``, ``X-Api-Key: ***``; names such as
-  ``key``, ``token``, ``auth`` or ``signature`` are redacted when their value looks like a
-  token (16 or more letters, digits and ``+/=_.-``);
-- the credentials of an ``Authorization`` header and any ``Bearer`` token;
+  an environment listing: `?password=***`, `host=db user=x password=***`,
+  `"client_secret": "***"`, `OPENAI_API_KEY=***`, `X-Api-Key: ***`; names such as
+  `key`, `token`, `auth` or `signature` are redacted when their value looks like a
+  token (16 or more letters, digits and `+/=_.-`);
+- the credentials of an `Authorization` header and any `Bearer` token;
 - API-key-shaped strings wherever they stand, keeping the prefix that says whose key it was:
-  ``sk-***`` (OpenAI), ``sk-ant-***`` (Anthropic), ``AIza***`` (Google), ``hf_***``
-  (Hugging Face), ``ghp_***`` (GitHub), ``xoxb-***`` (Slack), ``AKIA***`` (AWS), ``gsk_***`` (Groq).
+  `sk-***` (OpenAI), `sk-ant-***` (Anthropic), `AIza***` (Google), `hf_***`
+  (Hugging Face), `ghp_***` (GitHub), `xoxb-***` (Slack), `AKIA***` (AWS), `gsk_***` (Groq).
 
-:class:`RedactingFilter` applies it to every record of a logger or handler it is added to.
+`RedactingFilter` applies it to every record of a logger or handler it is added to.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def _named(match: re.Match) -> str:
 
 
 def redact(text: str) -> str:
-    """``text`` with every password, token and API key in it replaced by ``***`` (see the module)."""
+    """`text` with every password, token and API key in it replaced by `***` (see the module)."""
     if not isinstance(text, str):
         text = str(text)
     text = _URL_AUTHORITY.sub(_userinfo, text)
@@ -87,7 +87,7 @@ def redact(text: str) -> str:
 
 
 def scrub(message: str, url: str) -> str:
-    """An error message with the URL's password removed, wherever a driver quoted it (then :func:`redact`)."""
+    """An error message with the URL's password removed, wherever a driver quoted it (then `redact`)."""
     password = urlsplit(url).password
     message = message.replace(password, MASK) if password else message
     return redact(message)
@@ -97,17 +97,17 @@ class RedactingFilter(logging.Filter):
     """A logging filter that passes every record with its message and traceback redacted.
 
     Add it to a logger (it then sees the records logged on that logger) or to a handler (every
-    record the handler emits): ``handler.addFilter(RedactingFilter())``.
+    record the handler emits): `handler.addFilter(RedactingFilter())`.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        """Rewrite ``record`` in place: its message formatted and redacted, its traceback text redacted."""
+        """Rewrite `record` in place: its message formatted and redacted, its traceback text redacted."""
         redact_log_record(record, redact)
         return True
 
 
 def redact_log_record(record: logging.LogRecord, redact_text) -> None:
-    """Rewrite ``record`` in place with ``redact_text`` (a ``str -> str``) applied to its formatted
+    """Rewrite `record` in place with `redact_text` (a `str -> str`) applied to its formatted
     message, its traceback text and its stack; a record whose arguments do not fit its message is
     left for logging to report."""
     try:
@@ -124,7 +124,7 @@ def redact_log_record(record: logging.LogRecord, redact_text) -> None:
 
 
 def redacted_logger(name: str) -> logging.Logger:
-    """``logging.getLogger(name)`` with a :class:`RedactingFilter` (added once)."""
+    """`logging.getLogger(name)` with a `RedactingFilter` (added once)."""
     logger = logging.getLogger(name)
     if not any(isinstance(f, RedactingFilter) for f in logger.filters):
         logger.addFilter(RedactingFilter())

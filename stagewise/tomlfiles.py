@@ -10,9 +10,9 @@ MAX_TOML_BYTES = 1_000_000  # a config or catalog larger than this is not one a 
 
 
 def read_toml(path, what: str, error: type[Exception]) -> dict[str, Any]:
-    """The parsed file at ``path`` (a Path or a package resource); ``error`` names ``what`` it is
+    """The parsed file at `path` (a Path or a package resource); `error` names `what` it is
     ("catalog file models.toml", "config 'study.toml'") when it is missing, larger than
-    :data:`MAX_TOML_BYTES`, not UTF-8, or not valid TOML."""
+    `MAX_TOML_BYTES`, not UTF-8, or not valid TOML."""
     try:
         size = path.stat().st_size if hasattr(path, "stat") else None
         if size is not None and size > MAX_TOML_BYTES:

@@ -1,4 +1,4 @@
-"""``python -m stagewise.cli ...``: the ``stagewise`` command."""
+"""`python -m stagewise.cli ...`: the `stagewise` command."""
 
 from stagewise.cli import main
 

@@ -1,10 +1,10 @@
-"""The ``stagewise`` typer app: its help conventions, the ``--debug`` option, and the commands in the order
-``stagewise --help`` lists them.
+"""The `stagewise` typer app: its help conventions, the `--debug` option, and the commands in the order
+`stagewise --help` lists them.
 
-Every command is a thin call into the public Python API. Any :class:`~stagewise.errors.StagewiseError`
+Every command is a thin call into the public Python API. Any [`StagewiseError`][stagewise.errors.StagewiseError]
 (a user's mistake: a bad config key, a missing file, an unknown model...) is caught in one place,
-:class:`_Commands`, and printed as one line naming what is at fault, with exit code 2;
-``stagewise --debug COMMAND ...`` (or ``STAGEWISE_DEBUG=1``) shows the traceback instead.
+`_Commands`, and printed as one line naming what is at fault, with exit code 2;
+`stagewise --debug COMMAND ...` (or `STAGEWISE_DEBUG=1`) shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ errors = Console(stderr=True, width=console.width, soft_wrap=True, highlight=Fal
 
 
 def _help_conventions(params: list) -> list:
-    """Typer 0.29 shows every option's type, flags too (``--json <bool>``), and a required argument
-    as ``{config}``: flags get no type (an empty metavar), arguments their name in capitals. Help
-    texts are plain text: a ``[privacy]`` in one is shown, not read as rich markup."""
+    """Typer 0.29 shows every option's type, flags too (`--json <bool>`), and a required argument
+    as `{config}`: flags get no type (an empty metavar), arguments their name in capitals. Help
+    texts are plain text: a `[privacy]` in one is shown, not read as rich markup."""
     for param in params:
         if getattr(param, "help", None) and not getattr(param, "_help_escaped", False):
             param.help, param._help_escaped = escape(param.help), True
@@ -42,7 +42,7 @@ def _help_conventions(params: list) -> list:
 
 
 class _Command(typer.core.TyperCommand):
-    """A command whose help shows flags as flags and ``CONFIG`` (``[CONFIG]`` when optional) in its usage line."""
+    """A command whose help shows flags as flags and `CONFIG` (`[CONFIG]` when optional) in its usage line."""
 
     def get_params(self, ctx):
         return _help_conventions(super().get_params(ctx))
@@ -75,7 +75,7 @@ class _Commands(typer.core.TyperGroup):
 
 
 class _App(typer.Typer):
-    """Every command of the app is a :class:`_Command`."""
+    """Every command of the app is a `_Command`."""
 
     def command(self, *args, cls=None, **kwargs):
         return super().command(*args, cls=cls or _Command, **kwargs)
@@ -83,7 +83,7 @@ class _App(typer.Typer):
 
 app = _App(cls=_Commands, add_completion=False, no_args_is_help=True,
            help="Compile and optimize multi-model LLM pipelines.")
-"""The ``stagewise`` command."""
+"""The `stagewise` command."""
 
 
 @app.callback()
@@ -104,13 +104,13 @@ COMMANDS = {
     "diff": runs.diff_command,
     "replay": runs.replay_command,
 }
-"""Every command of ``stagewise`` by name, in the order its help lists them (the ``runs`` group comes last)."""
+"""Every command of `stagewise` by name, in the order its help lists them (the `runs` group comes last)."""
 
 RUNS_COMMANDS = {"list": runs.runs_list, "show": runs.runs_show}
-"""The commands of ``stagewise runs``."""
+"""The commands of `stagewise runs`."""
 
 runs_app = _App(no_args_is_help=True, help="List and show recorded runs: served requests and run(...) calls.")
-"""``stagewise runs``: a group of :data:`RUNS_COMMANDS`."""
+"""`stagewise runs`: a group of `RUNS_COMMANDS`."""
 
 
 def _register(typer_app: _App, commands: dict) -> None:
@@ -124,5 +124,5 @@ app.add_typer(runs_app, name="runs")
 
 
 def main() -> None:
-    """Run the ``stagewise`` command on ``sys.argv``."""
+    """Run the `stagewise` command on `sys.argv`."""
     app()

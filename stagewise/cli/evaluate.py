@@ -1,4 +1,4 @@
-"""``stagewise evaluate`` (an exported program's report) and ``stagewise route-eval`` (a router trained and
+"""`stagewise evaluate` (an exported program's report) and `stagewise route-eval` (a router trained and
 evaluated on recorded outcomes)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``stagewise models`` (the model catalog) and ``stagewise demo`` (a two-stage chain on the local models)."""
+"""`stagewise models` (the model catalog) and `stagewise demo` (a two-stage chain on the local models)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ DEMO_MESSAGES = [
     "How do I change the email address on my account?",
     "The app crashes every time I open the transfers screen.",
 ]
-"""The customer messages ``stagewise demo`` runs its chain on."""
+"""The customer messages `stagewise demo` runs its chain on."""
 
 
 def list_models(catalog: Path | None = typer.Option(None, help="A user catalog file (TOML) to add "

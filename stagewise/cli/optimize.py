@@ -1,4 +1,4 @@
-"""``stagewise optimize`` (run a study), ``stagewise worker`` (join one) and ``stagewise compare`` (its trials
+"""`stagewise optimize` (run a study), `stagewise worker` (join one) and `stagewise compare` (its trials
 in MLflow)."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ __all__ = ["compare", "optimize", "worker"]
 
 
 def _optimizer(config: Path, *, study: str | None, trials: int | None, storage: str | None, out: Path):
-    """The config and the JointOptimizer it describes, for ``optimize`` and ``worker``."""
+    """The config and the JointOptimizer it describes, for `optimize` and `worker`."""
     from stagewise.optimize.config import load_config
 
     cfg = load_config(config, study=study, trials=trials)

@@ -1,4 +1,4 @@
-"""What several ``stagewise`` commands share: the console they print to, the help texts of their common
+"""What several `stagewise` commands share: the console they print to, the help texts of their common
 options, and how those options' values are read."""
 
 from __future__ import annotations
@@ -21,24 +21,24 @@ console = Console(width=max(shutil.get_terminal_size((160, 24)).columns, 120), s
 # Shared by `optimize` and `worker`: the URLs a study's storage may have.
 STORAGE_HELP = ("The study's Optuna storage URL: sqlite:///path, postgresql://user:password@host/db, "
                 "journal:///path or redis://host:port/db")
-"""The URLs a study's storage may have, shown by ``optimize --storage`` and ``worker --storage``."""
+"""The URLs a study's storage may have, shown by `optimize --storage` and `worker --storage`."""
 
 TRUST_CODE_HELP = ("Import the program's factory from the directory's own code/ (or, for a run, the factory "
                    "its record names). Without it only factories registered as 'stagewise.programs' entry "
                    "points load: nothing a file names runs unless you say so.")
-"""The help of ``--trust-code`` (``evaluate``, ``serve``, ``replay``)."""
+"""The help of `--trust-code` (`evaluate`, `serve`, `replay`)."""
 
 RUNS_STORE_HELP = "Checkpoint store URL (default: $STAGEWISE_RUNS or sqlite:///stagewise-runs.db)."
-"""The help of ``--store`` (``diff``, ``replay``, ``runs list``, ``runs show``)."""
+"""The help of `--store` (`diff`, `replay`, `runs list`, `runs show`)."""
 
 
 def load_catalog(path: Path | None) -> ModelCatalog:
-    """The model catalog, with the user catalog file ``path`` (``--catalog``) added."""
+    """The model catalog, with the user catalog file `path` (`--catalog`) added."""
     return ModelCatalog.load(path)
 
 
 def pairs(items: list[str] | None, option: str, form: str, *, empty: bool = False) -> dict[str, str]:
-    """``NAME=VALUE`` options as a dict (``empty``: VALUE may be empty); a ConfigError names the item at fault."""
+    """`NAME=VALUE` options as a dict (`empty`: VALUE may be empty); a ConfigError names the item at fault."""
     from stagewise.errors import ConfigError
 
     parsed = {}
@@ -51,14 +51,14 @@ def pairs(items: list[str] | None, option: str, form: str, *, empty: bool = Fals
 
 
 def runs_store(url: str | None):
-    """The checkpoint store ``--store`` names (default: $STAGEWISE_RUNS, else sqlite:///stagewise-runs.db)."""
+    """The checkpoint store `--store` names (default: $STAGEWISE_RUNS, else sqlite:///stagewise-runs.db)."""
     from stagewise.runtime.checkpoint import open_checkpoints
 
     return open_checkpoints(url or os.environ.get("STAGEWISE_RUNS"))
 
 
 def progress_bar(console_: Console):
-    """A transient progress bar on ``console_``: description, bar, done of total, time remaining."""
+    """A transient progress bar on `console_`: description, bar, done of total, time remaining."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),

@@ -1,5 +1,5 @@
-"""Recorded runs: ``stagewise diff`` (a run's context per stage), ``stagewise replay`` (a run again from a step,
-changed) and ``stagewise runs list`` / ``stagewise runs show``."""
+"""Recorded runs: `stagewise diff` (a run's context per stage), `stagewise replay` (a run again from a step,
+changed) and `stagewise runs list` / `stagewise runs show`."""
 
 from __future__ import annotations
 
@@ -87,7 +87,7 @@ def replay_command(
 
 
 def _examples(path: Path, stage: str) -> list[dict]:
-    """The few-shot examples in ``path`` (a JSON list of objects, or JSON Lines); a ConfigError names the file."""
+    """The few-shot examples in `path` (a JSON list of objects, or JSON Lines); a ConfigError names the file."""
     import json
 
     from stagewise.errors import ConfigError
@@ -109,7 +109,7 @@ def _examples(path: Path, stage: str) -> list[dict]:
 
 
 def _since(value: str | None) -> str | None:
-    """An ISO 8601 time, or a duration back from now (``30m``, ``2h``, ``7d``), as an ISO UTC time."""
+    """An ISO 8601 time, or a duration back from now (`30m`, `2h`, `7d`), as an ISO UTC time."""
     import re
     from datetime import UTC, datetime, timedelta
 

@@ -1,4 +1,4 @@
-"""``stagewise serve``: an exported program over HTTP."""
+"""`stagewise serve`: an exported program over HTTP."""
 
 from __future__ import annotations
 

@@ -2,10 +2,10 @@
 
 A stage's budget covers the content of its context sections only. The rest of the
 prompt (instructions, demos, field names, and each format's few tokens of framing per
-section) is the caller's ``fixed_tokens``; the model's reply is ``max_output``. Nothing
-is ever cut silently: every compression or truncation :func:`fit` does is a note on
-the section and in :attr:`FitResult.notes`, and what cannot be made to fit is a
-a :class:`TokenBudgetError` naming the stage.
+section) is the caller's `fixed_tokens`; the model's reply is `max_output`. Nothing
+is ever cut silently: every compression or truncation [`fit`][stagewise.context.fit] does is a note on
+the section and in `FitResult.notes`, and what cannot be made to fit is a
+a [`TokenBudgetError`][stagewise.context.TokenBudgetError] naming the stage.
 """
 
 from __future__ import annotations
@@ -42,9 +42,9 @@ class FitResult:
 
 def stage_budget(stage: str, *, configured: int | None, context_window: int, max_output: int,
                  fixed_tokens: int) -> int:
-    """Tokens available to ``stage``'s context sections.
+    """Tokens available to `stage`'s context sections.
 
-    ``min(configured, context_window - max_output - fixed_tokens)``, where no configured
+    `min(configured, context_window - max_output - fixed_tokens)`, where no configured
     budget means the whole window. A result <= 0 is a TokenBudgetError naming the stage.
     """
     if context_window <= 0:
@@ -67,15 +67,15 @@ def stage_budget(stage: str, *, configured: int | None, context_window: int, max
 def fit(sections: Sequence[Section], budget: int, count: Count, *, stage: str,
         compress: Callable[[Section, int], Section] | None = None,
         protected: Sequence[str] = ("query",)) -> FitResult:
-    """``sections`` made to fit ``budget`` tokens (counted with ``count``) for ``stage``.
+    """`sections` made to fit `budget` tokens (counted with `count`) for `stage`.
 
     If they fit, they are returned unchanged. Otherwise the largest non-protected
-    sections are compressed first (``compress(section, max_tokens)``, by default
-    :func:`compress_extractive`), each down to a common level chosen so that together
+    sections are compressed first (`compress(section, max_tokens)`, by default
+    [`compress_extractive`][stagewise.context.compress_extractive]), each down to a common level chosen so that together
     they fit, until the total fits. If compression leaves too much (compressors may
     miss their target), the largest remaining non-protected section is truncated at a
-    word boundary, noted ``"truncated: a -> b tokens"``. A section is protected when its
-    kind or its id is in ``protected``; protected sections are never changed, and if
+    word boundary, noted `"truncated: a -> b tokens"`. A section is protected when its
+    kind or its id is in `protected`; protected sections are never changed, and if
     they alone exceed the budget the result is a TokenBudgetError naming the stage.
 
     The sections' order is kept. A section compressed and then truncated keeps the
@@ -140,13 +140,13 @@ def fit(sections: Sequence[Section], budget: int, count: Count, *, stage: str,
 
 
 def reallocate(total: int, observed: dict[str, float], *, floor: int = 64) -> dict[str, int]:
-    """``total`` tokens re-split across stages in proportion to their ``observed`` usage.
+    """`total` tokens re-split across stages in proportion to their `observed` usage.
 
-    Each stage gets at least ``floor``: stages whose proportional share is under it get
-    exactly ``floor`` and the rest is re-split among the others in proportion. Shares
+    Each stage gets at least `floor`: stages whose proportional share is under it get
+    exactly `floor` and the rest is re-split among the others in proportion. Shares
     are rounded down and the leftover tokens go to the largest remainders, so the
-    result sums to exactly ``total`` (never more). Stages with no observed usage get the
-    floor (all zero: an even split). A ValueError if ``total < floor * len(observed)``
+    result sums to exactly `total` (never more). Stages with no observed usage get the
+    floor (all zero: an even split). A ValueError if `total < floor * len(observed)`
     or a usage is negative or not a number.
     """
     if floor < 0:

@@ -1,36 +1,36 @@
 """Format transformation: how sections look at the point of injection into a prompt.
 
-Each catalog model prefers one of three formats (``ModelSpec.context_format``). Every
-format is lossless: ``parse(render(sections, fmt), fmt)`` gives back each section's
-``(id, kind, content)`` exactly, whatever the content holds (markup characters, ``#``
+Each catalog model prefers one of three formats (`ModelSpec.context_format`). Every
+format is lossless: `parse(render(sections, fmt), fmt)` gives back each section's
+`(id, kind, content)` exactly, whatever the content holds (markup characters, `#`
 lines, colons, blank lines, unicode, the empty string).
 
-``xml``
-    ``<context>`` holding one ``<section id="input.query" kind="query">...</section>``
-    per section, content XML-escaped (``\\r`` as ``&#13;`` so parsers do not fold it
-    into ``\\n``). XML 1.0 cannot carry most C0 control characters, even escaped, so a
+`xml`
+    `<context>` holding one `<section id="input.query" kind="query">...</section>`
+    per section, content XML-escaped (`\\r` as `&#13;` so parsers do not fold it
+    into `\\n`). XML 1.0 cannot carry most C0 control characters, even escaped, so a
     content holding one is refused with a ValueError naming the section.
 
-``markdown``
-    A ``### <id> (<kind>)`` heading, then the content in a backtick fence one longer
+`markdown`
+    A `### <id> (<kind>)` heading, then the content in a backtick fence one longer
     than the longest backtick run inside it (at least three), the CommonMark rule:
-    nothing in the content can close the fence early, and ``#`` lines inside it are
+    nothing in the content can close the fence early, and `#` lines inside it are
     not headings. Sections are separated by a blank line.
 
-``plain``
-    For small models: ``<label>: <content>``, one section per unindented line, with
+`plain`
+    For small models: `<label>: <content>`, one section per unindented line, with
     every further line of the content indented by two spaces (so no content line can
-    pass for a label). The label is the section id followed by ``(<kind>)``, shortened
-    by two lossless rules: the ``input.`` source is dropped (``query`` means
-    ``input.query``: every id has a dot, so a label without one can only be an input),
-    and ``(<kind>)`` is dropped when the kind equals the part of the id after its first
+    pass for a label). The label is the section id followed by `(<kind>)`, shortened
+    by two lossless rules: the `input.` source is dropped (`query` means
+    `input.query`: every id has a dot, so a label without one can only be an input),
+    and `(<kind>)` is dropped when the kind equals the part of the id after its first
     dot (the section name). So the request's query renders as
-    ``query: What is my balance?`` and retrieved passages as
-    ``retrieve.passages (retrieved): ...``.
+    `query: What is my balance?` and retrieved passages as
+    `retrieve.passages (retrieved): ...`.
 
 In the markdown and plain formats the id is part of a one-line label, so an id holding
 whitespace, parentheses or a colon is refused (ValueError naming the section); the ids
-stages produce (``source.name``, ``name~compressed``) never do.
+stages produce (`source.name`, `name~compressed`) never do.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ _PLAIN_INDENT = "  "
 
 
 def render(sections: list[Section], fmt: ContextFormat) -> str:
-    """The sections as prompt text in format ``fmt`` (``"xml"``, ``"markdown"`` or ``"plain"``)."""
+    """The sections as prompt text in format `fmt` (`"xml"`, `"markdown"` or `"plain"`)."""
     if fmt == "xml":
         return _render_xml(sections)
     if fmt == "markdown":
@@ -66,7 +66,7 @@ def render(sections: list[Section], fmt: ContextFormat) -> str:
 
 
 def parse(text: str, fmt: ContextFormat) -> list[tuple[str, str, str]]:
-    """``(id, kind, content)`` of each section in ``text``, the inverse of :func:`render`.
+    """`(id, kind, content)` of each section in `text`, the inverse of [`render`][stagewise.context.render].
 
     Text that is not in the format's shape is a ValueError saying where it breaks.
     """

@@ -1,16 +1,16 @@
 """Granularity transforms: compress a section, truncate it, expand it back, filter, merge.
 
-Token counting is passed in (``count: Callable[[str], int]``, usually the receiving
+Token counting is passed in (`count: Callable[[str], int]`, usually the receiving
 model's tokenizer) so the context layer never depends on the models package. Every
-transform returns a new :class:`Section` and leaves its inputs untouched; the record is
-append-only, so the full text stays available to :func:`expand`.
+transform returns a new [`Section`][stagewise.context.Section] and leaves its inputs untouched; the record is
+append-only, so the full text stays available to [`expand`][stagewise.context.expand].
 
-Naming convention of reduced sections: a shortened version of section ``<name>`` is
-named ``<name>~<how>`` with the same source, where ``<how>`` is ``compressed``
-(extractive), ``summarized`` (a model summary) or ``truncated`` (a cut prefix). Its
+Naming convention of reduced sections: a shortened version of section `<name>` is
+named `<name>~<how>` with the same source, where `<how>` is `compressed`
+(extractive), `summarized` (a model summary) or `truncated` (a cut prefix). Its
 lineage is the one section it was made from and its note says what was done
-(``"extractive: 812 -> 240 tokens"``). Reducing a reduced section appends another
-suffix (``passages~compressed~truncated``), so ids never collide along a chain; the
+(`"extractive: 812 -> 240 tokens"`). Reducing a reduced section appends another
+suffix (`passages~compressed~truncated`), so ids never collide along a chain; the
 same transform applied twice to the same section at different budgets gives the same
 id, so a caller keeping both must rename one.
 """
@@ -37,18 +37,18 @@ _BOUNDARY = re.compile(r"(?:(?<=[.!?…])|(?<=[.!?…][\"'”’)\]]))[ \t]+|[ \
 
 
 def is_reduced(section: Section) -> bool:
-    """Whether ``section`` is a compressed, summarized or truncated version of another."""
+    """Whether `section` is a compressed, summarized or truncated version of another."""
     return "~" in section.name and section.name.rsplit("~", 1)[1] in REDUCTIONS and len(section.lineage) == 1
 
 
 def compress_extractive(section: Section, max_tokens: int, count: Count) -> Section:
-    """The section cut to at most ``max_tokens`` by keeping its most central sentences.
+    """The section cut to at most `max_tokens` by keeping its most central sentences.
 
     Sentences are scored by TF-IDF centrality (mean cosine similarity to the other
     sentences: the ones that say what the rest says) and taken best first while the
     text stays within budget, then emitted in their original order. If no sentence fits
     on its own, the best one is cut at a word boundary. Returns a new section
-    ``<name>~compressed`` of kind ``"summary"``; a section already within budget is
+    `<name>~compressed` of kind `"summary"`; a section already within budget is
     returned unchanged.
     """
     _check_budget(section, max_tokens)
@@ -63,11 +63,11 @@ def compress_extractive(section: Section, max_tokens: int, count: Count) -> Sect
 
 def compress_with_model(section: Section, max_tokens: int, summarize: Callable[[str, int], str],
                         count: Count) -> Section:
-    """The section summarized by a model to at most ``max_tokens``.
+    """The section summarized by a model to at most `max_tokens`.
 
-    ``summarize(text, max_tokens)`` is the caller's LLM stage. A summary still over
-    budget is compressed extractively. Returns a new section ``<name>~summarized`` of
-    kind ``"summary"`` (note ``"model summary: a -> b tokens"``, plus the extractive
+    `summarize(text, max_tokens)` is the caller's LLM stage. A summary still over
+    budget is compressed extractively. Returns a new section `<name>~summarized` of
+    kind `"summary"` (note `"model summary: a -> b tokens"`, plus the extractive
     step if one was needed); a section already within budget is returned unchanged,
     without calling the model. An empty summary of a non-empty text is an error.
     """
@@ -93,9 +93,9 @@ def compress_with_model(section: Section, max_tokens: int, summarize: Callable[[
 
 
 def truncate(section: Section, max_tokens: int, count: Count) -> Section:
-    """The section cut at a word boundary to at most ``max_tokens`` (kind unchanged).
+    """The section cut at a word boundary to at most `max_tokens` (kind unchanged).
 
-    Returns a new section ``<name>~truncated`` noted ``"truncated: a -> b tokens"``; a
+    Returns a new section `<name>~truncated` noted `"truncated: a -> b tokens"`; a
     section already within budget is returned unchanged.
     """
     _check_budget(section, max_tokens)
@@ -109,10 +109,10 @@ def truncate(section: Section, max_tokens: int, count: Count) -> Section:
 
 
 def expand(section: Section, context: Context) -> Section:
-    """The full section ``section`` was reduced from (itself if it is not a reduced version).
+    """The full section `section` was reduced from (itself if it is not a reduced version).
 
     Follows the lineage of compressed, summarized and truncated versions back to the
-    first ancestor that is none of these. That ancestor must be in ``context``.
+    first ancestor that is none of these. That ancestor must be in `context`.
     """
     current = section
     while is_reduced(current):
@@ -125,7 +125,7 @@ def expand(section: Section, context: Context) -> Section:
 
 
 def filter_sections(context: Context, needs: Iterable[str], *, stage: str) -> list[Section]:
-    """Only the sections ``stage`` declares it needs (ids or ``source.*`` patterns), in order.
+    """Only the sections `stage` declares it needs (ids or `source.*` patterns), in order.
 
     A need that matches nothing raises MissingSectionError naming the stage.
     """
@@ -133,7 +133,7 @@ def filter_sections(context: Context, needs: Iterable[str], *, stage: str) -> li
 
 
 def merge(sections: list[Section], *, name: str, source: str, count: Count, fmt: ContextFormat = "markdown") -> Section:
-    """Parallel outputs as one ``stage_output`` section whose body renders them in ``fmt``.
+    """Parallel outputs as one `stage_output` section whose body renders them in `fmt`.
 
     The lineage is every input id, so the merged block traces back to each branch.
     """
@@ -145,7 +145,7 @@ def merge(sections: list[Section], *, name: str, source: str, count: Count, fmt:
 
 
 def cut_at_word(text: str, max_tokens: int, count: Count) -> str:
-    """The longest prefix of ``text`` ending at a word end whose count is <= ``max_tokens``.
+    """The longest prefix of `text` ending at a word end whose count is <= `max_tokens`.
 
     Empty if not even the first word fits. Binary search over word ends, so a long text
     costs O(log words) counts.
@@ -162,8 +162,8 @@ def cut_at_word(text: str, max_tokens: int, count: Count) -> str:
 
 
 def split_sentences(text: str) -> list[tuple[str, str]]:
-    """``(separator_before, sentence)`` pairs: the separator is ``"\\n"`` if a line break
-    preceded the sentence in ``text``, else ``" "`` (``""`` for the first)."""
+    """`(separator_before, sentence)` pairs: the separator is `"\\n"` if a line break
+    preceded the sentence in `text`, else `" "` (`""` for the first)."""
     out: list[tuple[str, str]] = []
     start, separator = 0, ""
     for boundary in [*_BOUNDARY.finditer(text), None]:
@@ -185,7 +185,7 @@ def _check_budget(section: Section, max_tokens: int) -> None:
 
 
 def _extract(text: str, max_tokens: int, count: Count) -> str:
-    """The best sentences of ``text`` in original order within ``max_tokens``."""
+    """The best sentences of `text` in original order within `max_tokens`."""
     sentences = split_sentences(text)
     if not sentences:
         return ""

@@ -1,14 +1,14 @@
 """The canonical context record: what flows between stages, as named, typed sections.
 
-A request's :class:`Context` holds :class:`Section` objects. Each section has a kind
-(query, retrieved, stage output, summary, instruction), the stage that produced it, its
+A request's [`Context`][stagewise.context.Context] holds [`Section`][stagewise.context.Section] objects. Each section
+has a kind (query, retrieved, stage output, summary, instruction), the stage that produced it, its
 content, its token count and its lineage (the ids of the sections it was derived from).
-Sections are addressed as ``"<source>.<name>"`` (``"input.query"``, ``"retrieve.passages"``,
-``"analyze.entities"``), so a stage asks for exactly the sections it needs; a pattern may
-end in ``*`` (``"retrieve.*"``) to take every section of a source.
+Sections are addressed as `"<source>.<name>"` (`"input.query"`, `"retrieve.passages"`,
+`"analyze.entities"`), so a stage asks for exactly the sections it needs; a pattern may
+end in `*` (`"retrieve.*"`) to take every section of a source.
 
 The record is append-only: transforms (compress, filter, merge) add new sections that
-point back at their inputs, so the full context stays available for ``expand`` and for
+point back at their inputs, so the full context stays available for `expand` and for
 tracing a final output back to the inputs that produced it.
 """
 
@@ -41,7 +41,7 @@ class MissingSectionError(ProgramError, LookupError):
 
 @dataclass(frozen=True)
 class Section:
-    """One piece of context. ``id`` is ``"<source>.<name>"``; ``tokens`` is counted at creation."""
+    """One piece of context. `id` is `"<source>.<name>"`; `tokens` is counted at creation."""
 
     name: str
     kind: SectionKind
@@ -84,7 +84,7 @@ class Context:
         return list(self.sections)
 
     def select(self, patterns: list[str] | tuple[str, ...], *, stage: str) -> list[Section]:
-        """The sections matching ``patterns`` (ids, or ``source.*``), in pattern order.
+        """The sections matching `patterns` (ids, or `source.*`), in pattern order.
 
         A pattern that matches nothing is an error naming the stage that asked.
         """
@@ -92,8 +92,8 @@ class Context:
         with self._lock:
             available = list(self.sections)
             for pattern in patterns:
-                # A stage's budget-fitted copies (source ``<stage>~budget``) are its own: a wildcard
-                # (``*.passage``) never picks them up for another stage, or for a retry of the same one.
+                # A stage's budget-fitted copies (source `<stage>~budget`) are its own: a wildcard
+                # (`*.passage`) never picks them up for another stage, or for a retry of the same one.
                 matches = [i for i in available if fnmatch.fnmatchcase(i, pattern)
                            and ("~" not in i.split(".", 1)[0] or "~" in pattern)] if "*" in pattern else (
                     [pattern] if pattern in self.sections else [])
@@ -104,7 +104,7 @@ class Context:
         return list(chosen.values())
 
     def lineage(self, section_id: str) -> list[Section]:
-        """Every section ``section_id`` was derived from, directly or not, nearest first."""
+        """Every section `section_id` was derived from, directly or not, nearest first."""
         seen: dict[str, Section] = {}
         frontier = [section_id]
         while frontier:

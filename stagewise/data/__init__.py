@@ -1,7 +1,7 @@
 """Dataset loading and splitting: files or hub datasets to DSPy examples, with reported skips and fingerprints.
 
 Recorded outcomes of real models (RouterBench, RouteLLM or plain score tables) load as an
-:class:`OutcomeTable` (:mod:`stagewise.data.outcomes`).
+[`OutcomeTable`][stagewise.data.OutcomeTable] (`stagewise.data.outcomes`).
 """
 
 from stagewise.data.loading import (

@@ -1,11 +1,11 @@
 """Loading a dataset file into DSPy examples, with every dropped row accounted for.
 
-A :class:`FieldMap` says which dataset column feeds which program field: input fields,
+A [`FieldMap`][stagewise.data.FieldMap] says which dataset column feeds which program field: input fields,
 and label fields that may belong to different stages (a router's label and the final
-answer can sit in the same row). :func:`load_dataset_file` reads a local CSV, JSON Lines
-(``.jsonl``/``.json``) or Parquet file with the ``datasets`` library, or a hub dataset
-given as ``owner/name``, and returns :class:`LoadedData`: the examples, a
-:class:`LoadReport` of the rows that could not be used and why, and a fingerprint of the
+answer can sit in the same row). [`load_dataset_file`][stagewise.data.load_dataset_file] reads a local CSV, JSON Lines
+(`.jsonl`/`.json`) or Parquet file with the `datasets` library, or a hub dataset
+given as `owner/name`, and returns [`LoadedData`][stagewise.data.LoadedData]: the examples, a
+[`LoadReport`][stagewise.data.LoadReport] of the rows that could not be used and why, and a fingerprint of the
 data and the mapping to record with every run.
 
 A row is bad when one of its mapped cells is missing (None, NaN, an empty or blank
@@ -52,8 +52,8 @@ _EXAMPLES_SHOWN = 5
 class FieldMap:
     """Program field -> dataset column, for the input fields and the label fields.
 
-    ``labels`` may name one label per stage, e.g. ``{"route": "category", "answer": "reply"}``.
-    Field names must be Python identifiers that a ``dspy.Example`` can carry as attributes;
+    `labels` may name one label per stage, e.g. `{"route": "category", "answer": "reply"}`.
+    Field names must be Python identifiers that a `dspy.Example` can carry as attributes;
     one column may feed several fields. The dicts are copied, so later changes to the
     caller's dicts do not change the map.
     """
@@ -134,7 +134,7 @@ class LoadReport:
 
 @dataclass(frozen=True)
 class LoadedData:
-    """The examples of a data file, with what was skipped (``report``) and the data's fingerprint."""
+    """The examples of a data file, with what was skipped (`report`) and the data's fingerprint."""
 
     examples: list[dspy.Example]  # the kept rows in file order, inputs marked with `with_inputs`
     report: LoadReport
@@ -150,17 +150,17 @@ def load_dataset_file(
     on_bad: OnBad = "skip",
     split: str | None = None,
 ) -> LoadedData:
-    """Load ``source`` into examples carrying the mapped fields.
+    """Load `source` into examples carrying the mapped fields.
 
-    ``source`` is a local ``.csv``, ``.jsonl``/``.json`` or ``.parquet`` file, or, when no
-    such path exists and it reads ``owner/name``, a hub dataset (``split`` defaults to
-    ``"train"``; a local file is one split, so ``split`` is refused for it). CSV cells are
-    read as text (``"007"`` stays ``"007"``, ``"NA"`` stays ``"NA"``; only an empty cell is
+    `source` is a local `.csv`, `.jsonl`/`.json` or `.parquet` file, or, when no
+    such path exists and it reads `owner/name`, a hub dataset (`split` defaults to
+    `"train"`; a local file is one split, so `split` is refused for it). CSV cells are
+    read as text (`"007"` stays `"007"`, `"NA"` stays `"NA"`; only an empty cell is
     missing); JSON and Parquet values keep their types. Values are not stripped or changed.
 
     Rows with a missing or malformed mapped value are skipped and listed in the report
-    (``on_bad="skip"``, also logged as a warning) or make the load fail (``"refuse"``).
-    Raises :class:`DataError` for a missing file, an unsupported extension, an unreadable
+    (`on_bad="skip"`, also logged as a warning) or make the load fail (`"refuse"`).
+    Raises [`DataError`][stagewise.DataError] for a missing file, an unsupported extension, an unreadable
     file, a mapped column the data lacks, refused bad rows, or no usable row at all.
     """
     if on_bad not in ("skip", "refuse"):
@@ -197,7 +197,7 @@ def load_dataset_file(
 
 
 def looks_like_hub_name(source: str) -> bool:
-    """``owner/name`` with no data-file extension: a hub dataset, not a (missing) local file."""
+    """`owner/name` with no data-file extension: a hub dataset, not a (missing) local file."""
     return bool(_HUB_NAME.match(source)) and Path(source).suffix.lower() not in _FILE_SUFFIXES
 
 
@@ -272,7 +272,7 @@ def _csv_header(path: Path) -> list[str]:
 
 
 def _read_hub(name: str, split: str, fields: FieldMap) -> tuple[dict[str, list[Any]], str]:
-    """The mapped columns of a hub dataset split, and its ``datasets`` fingerprint."""
+    """The mapped columns of a hub dataset split, and its `datasets` fingerprint."""
     import datasets
 
     try:
@@ -311,7 +311,7 @@ def _kind(value: Any) -> str:
 
 
 def _missing(value: Any, null: str = "null") -> str | None:
-    """Why ``value`` counts as missing, or None when it is present; ``null`` names what None was in the file."""
+    """Why `value` counts as missing, or None when it is present; `null` names what None was in the file."""
     if value is None:
         return f"missing value ({null})"
     if isinstance(value, float) and math.isnan(value):

@@ -1,17 +1,17 @@
 """Outcome tables: recorded outcomes of real models (RouterBench, RouteLLM or a plain score table).
 
-An :class:`OutcomeTable` holds, for each prompt and model, the model's recorded response,
+An [`OutcomeTable`][stagewise.data.OutcomeTable] holds, for each prompt and model, the model's recorded response,
 whether it was correct, and (when recorded) what the call cost. Three formats load:
 
-- RouterBench wide CSV: ``prompt`` (a Python list literal of turns), then per model
-  ``<model>`` (score 0..1), ``<model>|model_response`` and ``<model>|total_cost`` (USD).
-- RouteLLM CSV: ``prompt``, per model ``<model>`` (True/False) and ``<model>_response``.
-- A plain table: ``prompt``, per model a score column ``<model>`` (a number or True/False)
-  and optionally ``<model>|total_cost`` or ``<model>_cost`` (USD); no responses, so it
+- RouterBench wide CSV: `prompt` (a Python list literal of turns), then per model
+  `<model>` (score 0..1), `<model>|model_response` and `<model>|total_cost` (USD).
+- RouteLLM CSV: `prompt`, per model `<model>` (True/False) and `<model>_response`.
+- A plain table: `prompt`, per model a score column `<model>` (a number or True/False)
+  and optionally `<model>|total_cost` or `<model>_cost` (USD); no responses, so it
   trains and evaluates routers but cannot be replayed.
 
-Routers train on these tables (:mod:`stagewise.routing.outcomes`), and the replay engine
-(:class:`~stagewise.models.replay.ReplayEngine`) answers with their recorded responses.
+Routers train on these tables (`stagewise.routing.outcomes`), and the replay engine
+(`ReplayEngine`) answers with their recorded responses.
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ class OutcomeTable:
 
     @classmethod
     def load(cls, path: str | Path, format: TableFormat | None = None) -> OutcomeTable:
-        """The table in the CSV file at ``path``, in ``format`` (detected from the columns when None)."""
+        """The table in the CSV file at `path`, in `format` (detected from the columns when None)."""
         path = Path(path)
         try:
             data = path.read_bytes()
@@ -169,11 +169,11 @@ class OutcomeTable:
         return len(self.prompts)
 
     def find(self, text: str) -> int | None:
-        """The row of the prompt ``text`` (whatever its whitespace), or None."""
+        """The row of the prompt `text` (whatever its whitespace), or None."""
         return self._index.get(prompt_key(text))
 
     def outcome(self, prompt: str, model: str) -> Outcome:
-        """The recorded outcome of ``model`` on ``prompt``; a clear error when there is none."""
+        """The recorded outcome of `model` on `prompt`; a clear error when there is none."""
         if model not in self.models:
             raise NotRecordedError(f"model {model!r} is not in outcome table {self.source!r} (models: {self.models})")
         row = self.find(prompt)
@@ -202,7 +202,7 @@ class OutcomeTable:
 
 
 def detect_format(columns, path: Path) -> TableFormat:
-    """The format a table's ``columns`` say it has: RouterBench, RouteLLM, or else a plain table."""
+    """The format a table's `columns` say it has: RouterBench, RouteLLM, or else a plain table."""
     if any(c.endswith("|model_response") for c in columns):
         return "routerbench"
     if any(c.endswith("_response") and c.removesuffix("_response") in columns for c in columns):

@@ -27,10 +27,10 @@ SPLIT_NAMES = ("train", "dev", "test")
 
 @dataclass(frozen=True)
 class Splits:
-    """Three disjoint lists of the same ``dspy.Example`` objects that were split (not copies).
+    """Three disjoint lists of the same `dspy.Example` objects that were split (not copies).
 
-    ``settings``: how :func:`split` made them (``train``, ``dev``, ``test``, ``seed``,
-    ``stratify_by``), so a study can name the setting in which two splits differ.
+    `settings`: how [`split`][stagewise.data.split] made them (`train`, `dev`, `test`, `seed`,
+    `stratify_by`), so a study can name the setting in which two splits differ.
     """
 
     train: list[dspy.Example]
@@ -51,16 +51,16 @@ def split(
     seed: int,
     stratify_by: str | None = None,
 ) -> Splits:
-    """Shuffle ``examples`` with ``seed`` and cut them into train, dev and test.
+    """Shuffle `examples` with `seed` and cut them into train, dev and test.
 
     The same examples in the same order and the same seed always give the same splits;
     the input sequence is not modified. Fractions must each lie in [0, 1] and sum to 1
     (within 1e-9), else ValueError. A zero fraction gives an empty split; a nonzero one
-    that rounds to no example raises :class:`DataError` naming the split and the sizes.
+    that rounds to no example raises [`DataError`][stagewise.DataError] naming the split and the sizes.
 
-    With ``stratify_by`` (a field every example has), each label value keeps about its
-    share in every split: a label with ``n`` rows gets at least ``floor(n * train)`` of
-    them in train. Label values are compared by ``repr`` for grouping.
+    With `stratify_by` (a field every example has), each label value keeps about its
+    share in every split: a label with `n` rows gets at least `floor(n * train)` of
+    them in train. Label values are compared by `repr` for grouping.
     """
     fractions = {"train": train, "dev": dev, "test": test}
     _check_fractions(fractions)
@@ -122,7 +122,7 @@ def _check_fractions(fractions: dict[str, float]) -> None:
 
 
 def _allocate(n: int, fractions: dict[str, float]) -> dict[str, int]:
-    """Largest-remainder rounding of ``n * fraction``; ties go to the earlier split."""
+    """Largest-remainder rounding of `n * fraction`; ties go to the earlier split."""
     quotas = {name: n * fractions[name] for name in SPLIT_NAMES}
     sizes = {name: math.floor(q) for name, q in quotas.items()}
     # Rounded so that float noise (0.1 * 5 = 0.5000000000000001) does not decide a tie.
@@ -135,7 +135,7 @@ def _allocate(n: int, fractions: dict[str, float]) -> dict[str, int]:
 def _allocate_stratified(
     label_sizes: dict[str, int], fractions: dict[str, float], targets: dict[str, int]
 ) -> dict[str, dict[str, int]]:
-    """Per label and split, a count near ``label size * fraction`` whose split totals are ``targets``.
+    """Per label and split, a count near `label size * fraction` whose split totals are `targets`.
 
     Each cell starts at the floor of its quota; the rows left over go first to the cells
     with the largest fractional quota while their split still needs rows, then to any
@@ -164,7 +164,7 @@ def _allocate_stratified(
 
 
 def _groups(pool: list[dspy.Example], field: str) -> dict[str, list[dspy.Example]]:
-    """Examples by the ``repr`` of their label, labels in sorted order (independent of input order)."""
+    """Examples by the `repr` of their label, labels in sorted order (independent of input order)."""
     groups: dict[str, list[dspy.Example]] = {}
     for position, example in enumerate(pool):
         if field not in example:

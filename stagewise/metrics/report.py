@@ -33,7 +33,7 @@ class EvaluationError(ConfigError):
 
 @dataclass(frozen=True)
 class StageMetric:
-    """Score ``stage``'s output field ``output`` against the examples' ``label`` field."""
+    """Score `stage`'s output field `output` against the examples' `label` field."""
 
     stage: str
     output: str
@@ -50,11 +50,11 @@ class StageMetric:
 
 @dataclass(frozen=True)
 class EndToEnd:
-    """Score the program's final output field ``output`` against the examples' ``label``.
+    """Score the program's final output field `output` against the examples' `label`.
 
-    A metric with ``score_example(example, prediction)`` (such as ``RecordedCorrectness``, or a
-    DSPy metric wrapped in :class:`ProgramMetric`) scores the whole request instead and needs no
-    label (nor an output field).
+    A metric with `score_example(example, prediction)` (such as `RecordedCorrectness`, or a
+    DSPy metric wrapped in [`ProgramMetric`][stagewise.metrics.ProgramMetric]) scores the whole request instead and
+    needs no label (nor an output field).
     """
 
     output: str | None
@@ -73,7 +73,7 @@ class EndToEnd:
 
 
 class ProgramMetric:
-    """A DSPy metric, ``metric(example, prediction, trace=None) -> float | bool``, as an end-to-end scorer."""
+    """A DSPy metric, `metric(example, prediction, trace=None) -> float | bool`, as an end-to-end scorer."""
 
     def __init__(self, metric: Callable):
         if not callable(metric):
@@ -90,15 +90,15 @@ class ProgramMetric:
 
 
 def as_end_to_end(metric: Callable | EndToEnd) -> EndToEnd:
-    """An :class:`EndToEnd` from a DSPy metric (or the EndToEnd itself)."""
+    """An [`EndToEnd`][stagewise.metrics.EndToEnd] from a DSPy metric (or the EndToEnd itself)."""
     return metric if isinstance(metric, EndToEnd) else EndToEnd(None, None, ProgramMetric(metric))
 
 
 def as_stage_metrics(spec: Any) -> list[StageMetric]:
-    """Stage metrics from ``{stage: field}``, ``{stage: {"output", "label", "metric"}}`` or a list of StageMetric.
+    """Stage metrics from `{stage: field}`, `{stage: {"output", "label", "metric"}}` or a list of StageMetric.
 
     A field name alone means the stage's output field and the examples' label of that name,
-    compared by ``normalized_match``.
+    compared by `normalized_match`.
     """
     if spec is None:
         return []
@@ -122,8 +122,8 @@ def as_stage_metrics(spec: Any) -> list[StageMetric]:
 
 @dataclass
 class EvaluationReport:
-    """A program's evaluation: one row per example (``rows``: each stage's score, the end-to-end
-    score, tokens, cost, latency, any error); ``summary()`` as a dict, ``table()`` as a rich table."""
+    """A program's evaluation: one row per example (`rows`: each stage's score, the end-to-end
+    score, tokens, cost, latency, any error); `summary()` as a dict, `table()` as a rich table."""
 
     rows: pd.DataFrame  # one row per example
     stage_metrics: list[StageMetric]
@@ -141,7 +141,7 @@ class EvaluationReport:
         return float(self.rows["cost_usd"].mean())
 
     def stage_scores(self) -> dict[str, float]:
-        """Each stage metric's mean score, by ``stage.output``."""
+        """Each stage metric's mean score, by `stage.output`."""
         return {m.name: float(self.rows[m.name].mean()) for m in self.stage_metrics}
 
     def loss_by_stage(self) -> dict[str, float]:
@@ -192,7 +192,7 @@ class EvaluationReport:
         return float(statistics.median(self.rows["latency_s"]))
 
     def summary(self) -> dict[str, Any]:
-        """The report's figures as a JSON-ready dict (what ``stagewise evaluate --json`` prints and
+        """The report's figures as a JSON-ready dict (what `stagewise evaluate --json` prints and
         an exported manifest records); each is also an attribute of the report."""
         return {
             "examples": self.examples,
@@ -210,7 +210,7 @@ class EvaluationReport:
         }
 
     def table(self):
-        """The summary as a ``rich`` table, to print."""
+        """The summary as a `rich` table, to print."""
         from rich.table import Table
 
         table = Table(title=f"evaluation on {self.examples} examples ({self.errors} errors)")
@@ -260,7 +260,7 @@ def check_metrics(program, examples: list, stage_metrics: list[StageMetric], end
 
 def evaluate(program, examples: list, *, stage_metrics: list[StageMetric] = (), end_to_end: EndToEnd | None = None,
              progress: bool = True, on_result: Callable[[int, dict], None] | None = None) -> EvaluationReport:
-    """Run ``program`` on every example and score it per stage and end to end."""
+    """Run `program` on every example and score it per stage and end to end."""
     import dspy
 
     from stagewise.models.usage import track_usage

@@ -1,8 +1,8 @@
 """Metrics by name, the recorded-correctness metric for replayed models, and an LLM judge.
 
-A metric scores one prediction against one gold value: ``metric(predicted, gold) -> float``
-in [0, 1]. :func:`metric_by_name` resolves the names a config uses. Label metrics
-(``label_accuracy``) also have a corpus form, :func:`macro_f1`, reported beside the mean.
+A metric scores one prediction against one gold value: `metric(predicted, gold) -> float`
+in [0, 1]. [`metric_by_name`][stagewise.metrics.metric_by_name] resolves the names a config uses. Label metrics
+(`label_accuracy`) also have a corpus form, [`macro_f1`][stagewise.metrics.macro_f1], reported beside the mean.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ METRICS: dict[str, Metric] = {
 
 
 def metric_by_name(name: str) -> Metric:
-    """The metric a config names (a key of :data:`METRICS`); a ConfigError lists the names."""
+    """The metric a config names (a key of `METRICS`); a ConfigError lists the names."""
     try:
         return METRICS[name]
     except KeyError:
@@ -63,9 +63,9 @@ class JudgeAnswer(dspy.Signature):
 
 
 class LLMJudge:
-    """A metric scored by a model: ``LLMJudge(lm)(predicted, gold, question=...)``.
+    """A metric scored by a model: `LLMJudge(lm)(predicted, gold, question=...)`.
 
-    The judge's calls are accounted like any other (stage ``judge``); its score is clipped
+    The judge's calls are accounted like any other (stage `judge`); its score is clipped
     to [0, 1].
     """
 
@@ -86,9 +86,9 @@ class RecordedCorrectness:
     """The correctness an outcome table recorded for the model that answered.
 
     For a replayed stage, the recorded score of (prompt, model) is the ground truth the
-    field's references use (RouterBench, RouteLLM). ``metric(prompt, model)`` takes the
+    field's references use (RouterBench, RouteLLM). `metric(prompt, model)` takes the
     prompt and the catalog name of the replayed model; as an end-to-end metric,
-    ``score_example(example, prediction)`` reads the prompt from the example and the model
+    `score_example(example, prediction)` reads the prompt from the example and the model
     from the last stage of the prediction's trace that called a model.
     """
 

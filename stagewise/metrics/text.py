@@ -1,6 +1,6 @@
 """Per-example answer metrics: exact, normalized, token F1 and numeric match.
 
-Each takes ``(predicted, gold)`` strings and returns a score in [0, 1]. Normalization follows
+Each takes `(predicted, gold)` strings and returns a score in [0, 1]. Normalization follows
 SQuAD's evaluation script: lower case, no punctuation, no articles (a, an, the), single spaces.
 """
 
@@ -30,7 +30,7 @@ def exact_match(predicted: str, gold: str) -> float:
 
 
 def normalized_match(predicted: str, gold: str) -> float:
-    """1.0 when the two strings are equal after :func:`normalize`."""
+    """1.0 when the two strings are equal after [`normalize`][stagewise.metrics.normalize]."""
     return float(normalize(predicted) == normalize(gold))
 
 
@@ -47,7 +47,7 @@ def token_f1(predicted: str, gold: str) -> float:
 
 
 def last_number(text: str) -> float | None:
-    """The last number in ``text`` (``"$1,200.50"`` is 1200.5), or None."""
+    """The last number in `text` (`"$1,200.50"` is 1200.5), or None."""
     matches = _NUMBER.findall(str(text))
     if not matches:
         return None
@@ -58,7 +58,7 @@ def last_number(text: str) -> float | None:
 
 
 def numeric_match(predicted: str, gold: str, *, tolerance: float = 1e-6) -> float:
-    """1.0 when the last number in ``predicted`` equals the last number in ``gold``."""
+    """1.0 when the last number in `predicted` equals the last number in `gold`."""
     want, got = last_number(gold), last_number(predicted)
     if want is None:
         raise DataError(f"numeric_match: the gold answer {str(gold)[:60]!r} contains no number")

@@ -1,6 +1,6 @@
 """Models: the catalog, the engines (local llama.cpp, providers, replay) and usage accounting.
 
-:class:`Engine` declares what an in-process model engine must do (see :mod:`stagewise.models.engine`).
+[`Engine`][stagewise.models.Engine] declares what an in-process model engine must do (see `stagewise.models.engine`).
 """
 
 from stagewise.models.catalog import CatalogError, ModelCatalog, ModelSpec, UnknownModelError, default_catalog
@@ -24,7 +24,7 @@ __all__ = [
 
 
 def get_lm(*args, **kwargs):
-    """Build a ``StagewiseLM`` for a catalog model (see :func:`stagewise.models.lm.get_lm`)."""
+    """Build a `StagewiseLM` for a catalog model (see `stagewise.models.lm.get_lm`)."""
     from stagewise.models.lm import get_lm as build  # imports DSPy: keep `import stagewise.models` light
 
     return build(*args, **kwargs)

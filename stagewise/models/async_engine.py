@@ -1,6 +1,6 @@
-"""An async face for stagewise's in-process engines, so ``await lm.acall(...)`` works.
+"""An async face for stagewise's in-process engines, so `await lm.acall(...)` works.
 
-DSPy awaits ``async_engine.complete`` on its async path. The local and replay engines do
+DSPy awaits `async_engine.complete` on its async path. The local and replay engines do
 their work synchronously (llama.cpp, a table lookup), so the async engine runs it in a
 worker thread; the event loop stays free while a model generates.
 """
@@ -15,8 +15,8 @@ from stagewise.models.engine import Engine
 
 
 class ThreadedAsyncEngine:
-    """Wraps a sync :class:`~stagewise.models.engine.Engine`: ``await complete(request)`` runs
-    ``engine.complete`` in a thread."""
+    """Wraps a sync [`Engine`][stagewise.models.engine.Engine]: `await complete(request)` runs
+    `engine.complete` in a thread."""
 
     def __init__(self, engine: Engine):
         self.engine = engine

@@ -1,22 +1,22 @@
 """The model catalog: what each model is, what it costs, and how to reach it.
 
-The catalog is declarative. A TOML file shipped with the package (``catalog.toml``
+The catalog is declarative. A TOML file shipped with the package (`catalog.toml`
 beside this module) lists the built-in models; a user file in the same format adds
-models or replaces built-in entries. Each entry is validated into a :class:`ModelSpec`.
+models or replaces built-in entries. Each entry is validated into a [`ModelSpec`][stagewise.models.ModelSpec].
 
 Prices, in US dollars per million tokens, come from one of four sources, recorded in
-``ModelSpec.price_source``:
+`ModelSpec.price_source`:
 
-- ``litellm``: hosted models are priced from litellm's bundled cost map (the JSON file
-  inside the installed ``litellm`` package), never typed by hand. ``litellm_key`` names
+- `litellm`: hosted models are priced from litellm's bundled cost map (the JSON file
+  inside the installed `litellm` package), never typed by hand. `litellm_key` names
   the entry; context window and maximum output default to the map's values.
-- ``notional``: local models have no bill, but a cost-quality trade-off needs a price.
-  Their price is proportional to parameter count: ``NOTIONAL_INPUT_PER_B`` and
-  ``NOTIONAL_OUTPUT_PER_B`` dollars per million tokens per billion parameters, in line
+- `notional`: local models have no bill, but a cost-quality trade-off needs a price.
+  Their price is proportional to parameter count: `NOTIONAL_INPUT_PER_B` and
+  `NOTIONAL_OUTPUT_PER_B` dollars per million tokens per billion parameters, in line
   with what hosted open-weight models of a given size cost.
-- ``explicit``: a user entry that states ``input_price`` and ``output_price`` (a private
+- `explicit`: a user entry that states `input_price` and `output_price` (a private
   deployment the cost map does not know).
-- ``recorded``: replayed models whose outcome table records the cost of each call
+- `recorded`: replayed models whose outcome table records the cost of each call
   (RouterBench); the listed price is only used when a table records none.
 """
 
@@ -208,7 +208,7 @@ class ModelCatalog:
 
     @classmethod
     def load(cls, user_file: str | Path | None = None) -> ModelCatalog:
-        """Built-in catalog, extended by ``user_file`` (or the ``STAGEWISE_CATALOG`` file)."""
+        """Built-in catalog, extended by `user_file` (or the `STAGEWISE_CATALOG` file)."""
         builtin = resources.files("stagewise.models").joinpath("catalog.toml")
         builtin_label = "stagewise/models/catalog.toml"
         raw = {name: (entry, builtin_label) for name, entry in _entries_from_toml(builtin, builtin_label).items()}
@@ -234,7 +234,7 @@ class ModelCatalog:
         return len(self.specs)
 
     def resolve(self, name: str) -> ModelSpec:
-        """A catalog entry by name, or a spec for a model string DSPy accepts (``openai/gpt-4o``).
+        """A catalog entry by name, or a spec for a model string DSPy accepts (`openai/gpt-4o`).
 
         A model string outside the catalog is priced from litellm's bundled cost map; one that
         the map does not know either needs a user catalog entry (an explicit price).
@@ -259,7 +259,7 @@ class ModelCatalog:
         return self[name].cost(input_tokens, output_tokens)
 
     def by_recorded_name(self, engine_model: str) -> ModelSpec | None:
-        """The replay entry whose table column is ``engine_model``, if any."""
+        """The replay entry whose table column is `engine_model`, if any."""
         return next((s for s in self.specs.values() if s.engine == "replay" and s.model == engine_model), None)
 
 

@@ -1,11 +1,11 @@
 """Constrained decoding: from a request's JSON schema to a llama.cpp grammar that always parses.
 
 A grammar alone does not guarantee parseable output: a small model at temperature 0 often
-loops inside a string until ``max_tokens`` cuts the JSON in half. So before compiling,
-the schema is bounded to the token budget: arrays get ``maxItems`` and strings get
-``maxLength`` so that the longest output the grammar admits fits in ``max_tokens``. Bounds
+loops inside a string until `max_tokens` cuts the JSON in half. So before compiling,
+the schema is bounded to the token budget: arrays get `maxItems` and strings get
+`maxLength` so that the longest output the grammar admits fits in `max_tokens`. Bounds
 already in the schema are kept when they are tighter. The engine first decodes with string
-bounds that assume typical text (``OPTIMISTIC_CHARS_PER_TOKEN``); in the rare case that
+bounds that assume typical text (`OPTIMISTIC_CHARS_PER_TOKEN`); in the rare case that
 output still hits the limit, it decodes again with strict bounds (one character per
 token), which always fit.
 """
@@ -92,11 +92,11 @@ def _walk(node: dict, root: dict, multiplicity: int, strings: dict[int, tuple[di
 
 
 def bound_schema(schema: dict, max_tokens: int, chars_per_token: int = 1) -> dict:
-    """A copy of ``schema`` whose longest admissible JSON fits in ``max_tokens`` tokens.
+    """A copy of `schema` whose longest admissible JSON fits in `max_tokens` tokens.
 
-    Arrays without ``maxItems`` get at most ``DEFAULT_MAX_ITEMS``, halved until every free
-    string can still hold ``MIN_STRING_CHARS`` characters; strings share what is left, at
-    ``chars_per_token`` characters per token. With 1 (strict) the bound always holds, since
+    Arrays without `maxItems` get at most `DEFAULT_MAX_ITEMS`, halved until every free
+    string can still hold `MIN_STRING_CHARS` characters; strings share what is left, at
+    `chars_per_token` characters per token. With 1 (strict) the bound always holds, since
     every token carries at least one character; larger values trust typical text.
     """
     items = DEFAULT_MAX_ITEMS
@@ -130,7 +130,7 @@ def _compile(schema_json: str | None):
 
 
 def grammar_for(schema: dict | None, max_tokens: int, chars_per_token: int = 1):
-    """The llama.cpp grammar for ``schema`` bounded to ``max_tokens`` (None: any JSON). Cached."""
+    """The llama.cpp grammar for `schema` bounded to `max_tokens` (None: any JSON). Cached."""
     if schema is None:
         return _compile(None)
     bounded = bound_schema(schema, max_tokens, chars_per_token)
@@ -138,9 +138,9 @@ def grammar_for(schema: dict | None, max_tokens: int, chars_per_token: int = 1):
 
 
 def check_grammar(vocab, grammar) -> None:
-    """Raise ValueError if llama.cpp refuses ``grammar`` (it would crash the sampler chain).
+    """Raise ValueError if llama.cpp refuses `grammar` (it would crash the sampler chain).
 
-    llama.cpp's parser limits repetitions (for example a user schema's ``maxItems`` of
+    llama.cpp's parser limits repetitions (for example a user schema's `maxItems` of
     thousands); llama-cpp-python compiles such a schema without complaint.
     """
     import llama_cpp

@@ -1,14 +1,16 @@
-"""``StagewiseLM``: a ``dspy.LM`` built from a catalog entry, that accounts for every call.
+"""`StagewiseLM`: a `dspy.LM` built from a catalog entry, that accounts for every call.
 
 One class serves the three kinds of engine: local (llama.cpp, in-process), provider
 (any model string DSPy accepts, through DSPy's own engines) and replay (recorded
 outcome tables). Whatever the engine, each call produces one
-:class:`~stagewise.models.usage.UsageRecord` with tokens, latency, cost and cache hit.
+[`UsageRecord`][stagewise.models.usage.UsageRecord] with tokens, latency, cost and cache hit.
 
-Use :func:`get_lm` to build one by catalog name::
+Use `get_lm` to build one by catalog name:
 
-    lm = get_lm("smollm2-135m")
-    dspy.configure(lm=lm, adapter=dspy.JSONAdapter())
+```python
+lm = get_lm("smollm2-135m")
+dspy.configure(lm=lm, adapter=dspy.JSONAdapter())
+```
 """
 
 from __future__ import annotations
@@ -47,10 +49,10 @@ class MissingAPIKeyError(ModelError, RuntimeError):
 
 
 class StagewiseLM(dspy.LM):
-    """A DSPy LM for one catalog entry. ``lm.usage`` holds the records of its calls.
+    """A DSPy LM for one catalog entry. `lm.usage` holds the records of its calls.
 
-    ``engine``: an :class:`~stagewise.models.engine.Engine` (local, replay, or a user's own), or
-    an engine selection DSPy accepts (``"auto"``, ``"litellm"``) for a provider model.
+    `engine`: an [`Engine`][stagewise.models.engine.Engine] (local, replay, or a user's own), or
+    an engine selection DSPy accepts (`"auto"`, `"litellm"`) for a provider model.
     """
 
     def __init__(self, model: str, *, spec: ModelSpec | dict, engine: Engine | str = "auto", **kwargs: Any):
@@ -141,7 +143,7 @@ class StagewiseLM(dspy.LM):
         return prompt.tokens * max(1, len(outputs)), completion, prompt.encoding
 
     def count_tokens(self, text: str) -> int:
-        """Tokens of ``text`` for this model: its own tokenizer when local, else tiktoken."""
+        """Tokens of `text` for this model: its own tokenizer when local, else tiktoken."""
         tokenize = getattr(self.engine, "tokenize", None)
         if callable(tokenize):
             return len(tokenize(text))
@@ -168,11 +170,11 @@ def get_lm(
     replay_table=None,
     **kwargs: Any,
 ) -> StagewiseLM:
-    """A ready ``dspy.LM`` for a catalog model, or for a model string DSPy accepts (``openai/gpt-4o``).
+    """A ready `dspy.LM` for a catalog model, or for a model string DSPy accepts (`openai/gpt-4o`).
 
     Deterministic by default (temperature 0; local models also decode with a fixed seed).
-    Replayed models need the outcome table to replay (``replay_table``, a
-    :class:`~stagewise.data.OutcomeTable`).
+    Replayed models need the outcome table to replay (`replay_table`, a
+    [`OutcomeTable`][stagewise.data.OutcomeTable]).
     """
     spec = name if isinstance(name, ModelSpec) else (catalog or default_catalog()).resolve(name)
     # Small local models loop until the limit more often than they finish: keep theirs short.

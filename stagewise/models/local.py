@@ -1,12 +1,12 @@
 """The local engine: GGUF models in-process through llama.cpp (llama-cpp-python).
 
-It implements DSPy 3.4's engine protocol (``complete(Request) -> Response``, ``stream``,
-``close``). Typed outputs always parse: when a request carries a JSON schema (DSPy's
+It implements DSPy 3.4's engine protocol (`complete(Request) -> Response`, `stream`,
+`close`). Typed outputs always parse: when a request carries a JSON schema (DSPy's
 JSONAdapter sends the signature's output fields as one, because this engine declares
-``supports_response_schema``), decoding is constrained by a llama.cpp grammar compiled
-from that schema, bounded so that it fits ``max_tokens`` (``stagewise.models.constrained``),
+`supports_response_schema`), decoding is constrained by a llama.cpp grammar compiled
+from that schema, bounded so that it fits `max_tokens` (`stagewise.models.constrained`),
 so the text the adapter parses is complete JSON of the right shape. Greedy constrained
-decoding checks the likeliest token first (``LazyGrammarFilter``): same output, less work.
+decoding checks the likeliest token first (`LazyGrammarFilter`): same output, less work.
 
 A model file is loaded once per process and shared: deep copies of the engine (DSPy
 deep-copies LMs with their programs) return the same engine, and calls into one llama.cpp
@@ -155,10 +155,10 @@ def chat_messages(request) -> list[dict[str, str]]:
 
 
 class LlamaCppEngine:
-    """A DSPy engine running one GGUF model in-process (an :class:`~stagewise.models.engine.Engine`).
+    """A DSPy engine running one GGUF model in-process (an [`Engine`][stagewise.models.engine.Engine]).
 
     Args:
-        weights: a packaged weights id (see ``stagewise.models.weights``) or a .gguf path.
+        weights: a packaged weights id (see `stagewise.models.weights`) or a .gguf path.
         n_ctx: context size in tokens.
         n_threads: CPU threads for llama.cpp (default: up to 4).
         max_tokens: output limit when the request sets none.

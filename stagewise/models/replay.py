@@ -1,10 +1,10 @@
 """Replay of recorded outcomes: real API models, offline, at their real cost.
 
-An :class:`~stagewise.data.outcomes.OutcomeTable` (RouterBench, RouteLLM or a plain score
-table; see :mod:`stagewise.data.outcomes`) holds, for each prompt and model, the model's
+An [`OutcomeTable`][stagewise.data.outcomes.OutcomeTable] (RouterBench, RouteLLM or a plain score
+table; see `stagewise.data.outcomes`) holds, for each prompt and model, the model's
 recorded response, whether it was correct, and (when recorded) what the call cost.
 
-A :class:`ReplayEngine` makes one model of a table a DSPy engine: asked a prompt, it
+A `ReplayEngine` makes one model of a table a DSPy engine: asked a prompt, it
 returns that model's recorded response, never an invented one. Tokens are counted on the
 recorded prompt and response with the catalog's tiktoken encoding; the cost is the
 recorded one, or the catalog price of those tokens when the table records none.
@@ -33,7 +33,7 @@ _FIELD_HEADER = re.compile(r"\[\[ ## \w+ ## \]\]\n")
 
 class ReplayEngine:
     """A DSPy engine that answers with one model's recorded responses from an outcome table (an
-    :class:`~stagewise.models.engine.Engine`)."""
+    [`Engine`][stagewise.models.engine.Engine])."""
 
     supports_response_schema = True
     supported_params = frozenset({"response_format", "temperature", "max_tokens"})

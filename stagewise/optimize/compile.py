@@ -7,11 +7,11 @@ settings, the training data's fingerprint and the models it depends on (for boot
 every stage's model, since the teacher runs the whole program; for labeled demos, none),
 so a stage compiled once is reused by every later trial and every rerun.
 
-DSPy's ``LabeledFewShot`` and ``BootstrapFewShot*`` return predictors with ``lm=None``;
+DSPy's `LabeledFewShot` and `BootstrapFewShot*` return predictors with `lm=None`;
 only the learned state is taken from the compiled copy, so each stage keeps its model.
 
 What each optimizer needs (demos, a teacher, a reflection model, one model for the whole
-program) is declared by its :class:`~stagewise.optimize.optimizers.StageOptimizer`.
+program) is declared by its [`StageOptimizer`][stagewise.optimize.optimizers.StageOptimizer].
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 class CompileCache:
     """Learned stage states as JSON files, keyed by the content that produced them.
 
-    Safe to share among processes (workers sharing ``OUT/compiled``): an entry is written to a
+    Safe to share among processes (workers sharing `OUT/compiled`): an entry is written to a
     temporary file of its own, flushed to disk and renamed over the entry in one step, so a
     reader sees the whole of one writer's entry or none. An entry that cannot be read (cut
     short by a crash, edited by hand) is logged and counted as a miss; the stage is compiled
@@ -69,7 +69,7 @@ class CompileCache:
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:24]
 
     def get(self, key: str) -> dict | None:
-        """The stored state of ``key``, or None (a miss) when there is none or it cannot be read."""
+        """The stored state of `key`, or None (a miss) when there is none or it cannot be read."""
         path = self.directory / f"{key}.json"
         state = None
         try:
@@ -90,7 +90,7 @@ class CompileCache:
         return state
 
     def put(self, key: str, state: dict) -> None:
-        """Store ``state`` as ``key``'s entry, replacing any entry in one step (see the class)."""
+        """Store `state` as `key`'s entry, replacing any entry in one step (see the class)."""
         path = self.directory / f"{key}.json"
         text = json.dumps(state, default=str)
         handle, temporary = tempfile.mkstemp(prefix=f".{key}.", suffix=".partial", dir=self.directory)
@@ -110,7 +110,7 @@ class CompileCache:
 
 
 def _sync_directory(directory: Path) -> None:
-    """Make a rename in ``directory`` durable (POSIX; a no-op where directories cannot be opened)."""
+    """Make a rename in `directory` durable (POSIX; a no-op where directories cannot be opened)."""
     try:
         descriptor = os.open(directory, os.O_RDONLY)
     except OSError:
@@ -126,13 +126,13 @@ _keeping_models: dict[type, type] = {}
 
 
 def _keep_models_on_reset(program):
-    """Make ``program``'s predictors keep their model when an optimizer resets them.
+    """Make `program`'s predictors keep their model when an optimizer resets them.
 
-    DSPy's optimizers reset the student (``reset_copy``: demos, traces and the predictor's
-    ``lm``) before filling in demos, and some then evaluate candidate programs with it
-    (``bootstrap_random_search`` scores every candidate, ``mipro`` its trials). Each stage
+    DSPy's optimizers reset the student (`reset_copy`: demos, traces and the predictor's
+    `lm`) before filling in demos, and some then evaluate candidate programs with it
+    (`bootstrap_random_search` scores every candidate, `mipro` its trials). Each stage
     carries its own model on its predictors, so a reset student has none ("No LM is loaded").
-    Only this copy changes: its predictors get a subclass whose ``reset`` keeps the model.
+    Only this copy changes: its predictors get a subclass whose `reset` keeps the model.
     """
     for predictor in program.predictors():
         cls = type(predictor)
@@ -152,9 +152,9 @@ def _keep_models_on_reset(program):
 
 def compile_stages(program, choice: TrialChoice, trainset: list, metric: Callable, cache: CompileCache,
                    data_fingerprint: str, reflection: Reflection | None = None) -> dict[str, str]:
-    """Apply each stage's optimizer to ``program`` (in place), from the cache when possible.
+    """Apply each stage's optimizer to `program` (in place), from the cache when possible.
 
-    Returns, per stage, ``"cached"``, ``"compiled"`` or ``"none"``.
+    Returns, per stage, `"cached"`, `"compiled"` or `"none"`.
     """
     outcome = {}
     compiled_by: dict[tuple, object] = {}  # one compile per distinct optimizer setting

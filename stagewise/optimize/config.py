@@ -1,9 +1,9 @@
 """The study config file (TOML): program, data, split, metrics, search space, tracking, privacy.
 
-Paths in the file are relative to the file. ``[program] factory`` is ``module:function``
+Paths in the file are relative to the file. `[program] factory` is `module:function`
 returning a fresh program; the config's folder and the working directory are importable.
-Data come from a file (``path`` with ``inputs``/``labels`` column maps) or from the prompts
-of an outcome table (``outcomes``) when the stages replay recorded models.
+Data come from a file (`path` with `inputs`/`labels` column maps) or from the prompts
+of an outcome table (`outcomes`) when the stages replay recorded models.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ class StudyConfig:
                            for m in self.stage_metrics]}
 
     def splits(self):
-        """The seeded train/dev/test split of the examples, as ``[split]`` says."""
+        """The seeded train/dev/test split of the examples, as `[split]` says."""
         from stagewise.data import split
 
         try:
@@ -95,7 +95,8 @@ class StudyConfig:
         return program
 
     def optimizer(self, out_dir: str | Path, *, progress: bool = True):
-        """The :class:`~stagewise.optimize.joint.JointOptimizer` this config describes, writing to ``out_dir``."""
+        """The [`JointOptimizer`][stagewise.optimize.joint.JointOptimizer] this config describes, writing to
+        `out_dir`."""
         from stagewise.optimize.joint import JointOptimizer
 
         settings = self.settings.model_dump(exclude={"name"})
@@ -181,7 +182,8 @@ class _Router(_Table):
 
 
 class _Search(SearchSettings):
-    """``[search]``: the settings of :class:`SearchSettings` (defaults there) and the space."""
+    """`[search]`: the settings of [`SearchSettings`][stagewise.optimize.SearchSettings] (defaults there) and the
+    space."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=False, arbitrary_types_allowed=True)
 
@@ -196,7 +198,7 @@ class _Tracking(_Table):
 
 
 class _Privacy(_Table):
-    """``[privacy]``: what is redacted from what a run keeps (stagewise.runtime.privacy)."""
+    """`[privacy]`: what is redacted from what a run keeps (stagewise.runtime.privacy)."""
 
     detect: list[Literal["email", "credit_card", "phone", "iban"]] = ["email", "credit_card", "phone", "iban"]
     patterns: dict[str, str] = {}
@@ -245,7 +247,7 @@ def _config_error(file: Path, exc: ValidationError) -> ConfigError:
 
 
 def _allowed_keys(path: list[str]) -> list[str]:
-    """The keys the table at ``path`` may have (for the message about an unknown one)."""
+    """The keys the table at `path` may have (for the message about an unknown one)."""
     node: Any = _StudyFile
     parts = iter(path)
     for part in parts:
@@ -261,15 +263,15 @@ def _allowed_keys(path: list[str]) -> list[str]:
 
 
 def _unwrap(annotation):
-    """``X`` for ``X | None``."""
+    """`X` for `X | None`."""
     if get_origin(annotation) is UnionType:
         return next(a for a in get_args(annotation) if a is not type(None))
     return annotation
 
 
 def load_config(path: str | Path, *, study: str | None = None, trials: int | None = None) -> StudyConfig:
-    """The study config at ``path`` (TOML), validated key by key: a :class:`ConfigError` names the
-    file, the table and the key at fault. ``study`` and ``trials`` override ``[search]``'s."""
+    """The study config at `path` (TOML), validated key by key: a [`ConfigError`][stagewise.ConfigError] names the
+    file, the table and the key at fault. `study` and `trials` override `[search]`'s."""
     file = Path(path).resolve()
     raw = read_toml(file, f"config {str(path)!r}", ConfigError)
     try:
@@ -323,7 +325,7 @@ def load_config(path: str | Path, *, study: str | None = None, trials: int | Non
 
 
 def _read_data(data: _Data, file: Path):
-    """The examples of ``[data]``: (examples, fingerprint, report, outcome table or None, FieldMap or None)."""
+    """The examples of `[data]`: (examples, fingerprint, report, outcome table or None, FieldMap or None)."""
     replay_table, fields = None, None
     if data.outcomes is not None:
         from stagewise.data import OutcomeTable

@@ -2,20 +2,20 @@
 
 A program is exported as a directory:
 
-- ``program.json``: DSPy's own JSON state of every predictor (instructions, demos), with
+- `program.json`: DSPy's own JSON state of every predictor (instructions, demos), with
   each predictor's LM state removed: models are rebuilt from the manifest, so loading never
   imports a class named in a file;
-- ``manifest.json``: how to rebuild the program (the factory ``module:function`` and its
+- `manifest.json`: how to rebuild the program (the factory `module:function` and its
   arguments), each stage's model with its engine and prices (and, for replayed models, the
   outcome table), metrics, the dataset fingerprint and package versions. No secrets: a
   hosted model is named with the environment variable of its key, never the key;
-- ``code/``: the factory's source (its module, or its top-level package), like MLflow's code
-  paths, unless it comes from an installed package; ``tables/``: the outcome tables replayed
+- `code/`: the factory's source (its module, or its top-level package), like MLflow's code
+  paths, unless it comes from an installed package; `tables/`: the outcome tables replayed
   models read. Every path in the manifest is relative to the directory, so the directory can
   be copied to another folder or machine and loaded there.
 
-:func:`load` builds the program with a factory the caller trusts (see :mod:`stagewise.optimize.trust`:
-passed in, registered as an entry point, or the export's own ``code/`` with ``trust_code=True``),
+[`load`][stagewise.optimize.load] builds the program with a factory the caller trusts (see `stagewise.optimize.trust`:
+passed in, registered as an entry point, or the export's own `code/` with `trust_code=True`),
 restores the predictor state and sets each stage's model. Files the manifest names (router
 files, outcome tables) must lie inside the directory.
 """
@@ -82,7 +82,7 @@ def stage_models(program) -> dict[str, dict[str, Any]]:
 
 
 def state_without_models(module) -> dict:
-    """DSPy's JSON state of ``module`` (a program or one predictor) with every predictor's LM
+    """DSPy's JSON state of `module` (a program or one predictor) with every predictor's LM
     state removed: models are rebuilt by name, so loading never imports a class named in a file."""
     import dspy
 
@@ -98,12 +98,12 @@ CODE_LIMIT_BYTES = 20_000_000  # a factory's package larger than this belongs in
 def export(program, directory: str | Path, *, factory: str | Callable | None = None,
            factory_kwargs: dict | None = None, factory_path: str | None = None, metrics: dict | None = None,
            data_fingerprint: str | None = None, extra: dict | None = None) -> Path:
-    """Write the program's directory (``program.json``, ``manifest.json``, ``code/``, ``tables/``).
+    """Write the program's directory (`program.json`, `manifest.json`, `code/`, `tables/`).
 
-    ``factory`` rebuilds the program's structure at load time: ``"module:function"``, a
-    function, or ``None`` for the program's own class (constructed with ``factory_kwargs``).
-    ``factory_path`` is a folder to import the factory's module from (a study config's folder).
-    A program chosen by :class:`~stagewise.optimize.joint.JointOptimizer` carries its study,
+    `factory` rebuilds the program's structure at load time: `"module:function"`, a
+    function, or `None` for the program's own class (constructed with `factory_kwargs`).
+    `factory_path` is a folder to import the factory's module from (a study config's folder).
+    A program chosen by [`JointOptimizer`][stagewise.optimize.joint.JointOptimizer] carries its study,
     trial, metrics and data fingerprint, which the manifest records unless given here.
     Returns the directory.
     """
@@ -146,7 +146,7 @@ def export(program, directory: str | Path, *, factory: str | Callable | None = N
 
 
 def _local_path(value: str) -> bool:
-    """An absolute path on this machine (not a URL path such as ``/v1``): it, or its folder, exists."""
+    """An absolute path on this machine (not a URL path such as `/v1`): it, or its folder, exists."""
     if "\n" in value or not value.strip():
         return False
     path = Path(value)
@@ -159,8 +159,8 @@ def _local_path(value: str) -> bool:
 
 
 def _relative_paths(value: Any, directory: Path, key: str = "manifest") -> Any:
-    """``value`` (the manifest) with every absolute path inside ``directory`` made relative to it; an
-    absolute path elsewhere is an :class:`ExportError` naming its key (it would not exist where the
+    """`value` (the manifest) with every absolute path inside `directory` made relative to it; an
+    absolute path elsewhere is an [`ExportError`][stagewise.ExportError] naming its key (it would not exist where the
     directory is copied, and it tells who exported the program where)."""
     if isinstance(value, dict):
         return {name: _relative_paths(item, directory, f"{key}.{name}") for name, item in value.items()}
@@ -191,7 +191,7 @@ def _factory_name(program, factory: str | Callable | None) -> str:
 
 
 def _copy_code(module_name: str, directory: Path) -> str | None:
-    """Copy the factory's module (or its top-level package) into ``directory/code``; None when it is
+    """Copy the factory's module (or its top-level package) into `directory/code`; None when it is
     installed (site-packages) and so importable wherever stagewise is."""
     top = module_name.partition(".")[0]
     spec = importlib.util.find_spec(top)
@@ -244,7 +244,7 @@ class _RouterEntry(BaseModel):
 
 
 class _Manifest(BaseModel):
-    """The fields of ``manifest.json`` that loading reads, with their types."""
+    """The fields of `manifest.json` that loading reads, with their types."""
 
     model_config = ConfigDict(extra="allow")
     format: str
@@ -256,8 +256,8 @@ class _Manifest(BaseModel):
 
 
 def read_json(path: Path, what: str = "") -> Any:
-    """The JSON document at ``path``, with an :class:`ExportError` naming the file when it is missing,
-    larger than :data:`MAX_JSON_BYTES`, not UTF-8, not JSON, or nested too deeply to parse."""
+    """The JSON document at `path`, with an [`ExportError`][stagewise.ExportError] naming the file when it is missing,
+    larger than `MAX_JSON_BYTES`, not UTF-8, not JSON, or nested too deeply to parse."""
     try:
         size = path.stat().st_size
         if size > MAX_JSON_BYTES:
@@ -276,7 +276,7 @@ def read_json(path: Path, what: str = "") -> Any:
 
 
 def read_manifest(directory: str | Path) -> dict[str, Any]:
-    """The export's ``manifest.json``, checked field by field: an :class:`ExportError` names the file
+    """The export's `manifest.json`, checked field by field: an [`ExportError`][stagewise.ExportError] names the file
     and the field at fault."""
     path = Path(directory) / "manifest.json"
     manifest = read_json(path, ": not an exported stagewise program")
@@ -297,7 +297,7 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
 
 
 def inside(directory: Path, relative: str, what: str) -> Path:
-    """``directory / relative``, refused unless it lies inside ``directory`` (no absolute path, no ``..``)."""
+    """`directory / relative`, refused unless it lies inside `directory` (no absolute path, no `..`)."""
     path = (directory / str(relative)).resolve()
     if Path(str(relative)).is_absolute() or not path.is_relative_to(directory.resolve()):
         raise ExportError(f"{str(directory / 'manifest.json')!r}: {what} {str(relative)!r} is outside the directory")
@@ -307,11 +307,11 @@ def inside(directory: Path, relative: str, what: str) -> Path:
 def load(directory: str | Path, *, factory: str | Callable | None = None, trust_code: bool = False, catalog=None):
     """Rebuild an exported program with each stage's model, ready to serve.
 
-    The program's structure comes from a factory the caller trusts: ``factory`` (the callable,
-    or ``"module:function"``), an entry point of the ``stagewise.programs`` group registered for
-    the manifest's factory, or, with ``trust_code=True``, the manifest's factory imported from the
-    directory's own ``code/``. Anything else is an
-    :class:`~stagewise.optimize.trust.UntrustedCodeError` and nothing is imported.
+    The program's structure comes from a factory the caller trusts: `factory` (the callable,
+    or `"module:function"`), an entry point of the `stagewise.programs` group registered for
+    the manifest's factory, or, with `trust_code=True`, the manifest's factory imported from the
+    directory's own `code/`. Anything else is an
+    [`UntrustedCodeError`][stagewise.optimize.trust.UntrustedCodeError] and nothing is imported.
 
     Examples
     --------

@@ -1,25 +1,27 @@
 """The main job as a Python API: jointly search each stage's model, optimizer and demos.
 
-:class:`JointOptimizer` reads like a DSPy optimizer: configure it, then
-``compile(program, trainset=..., valset=...)`` returns the chosen program with every stage's
-model set. ``program`` is any ``dspy.Module``: its predictors are its stages (see
-:mod:`stagewise.programs.predictors`), stagewise's own programs name theirs. ``metric`` is a DSPy
-metric, ``metric(example, prediction, trace=None)``, so existing metrics work unchanged.
+`JointOptimizer` reads like a DSPy optimizer: configure it, then
+`compile(program, trainset=..., valset=...)` returns the chosen program with every stage's
+model set. `program` is any `dspy.Module`: its predictors are its stages (see
+`stagewise.programs.predictors`), stagewise's own programs name theirs. `metric` is a DSPy
+metric, `metric(example, prediction, trace=None)`, so existing metrics work unchanged.
 
 Each trial of an Optuna multi-objective study (quality up, cost per request down) assigns each
 stage a model, compiles each stage with its optimizer and demos (one stage at a time, the others
 keeping their own models: DSPy's optimizers refuse programs whose predictors use different LMs),
-and scores the program on ``valset``. After the search, ``front`` is the Pareto front, ``study``
-the ``optuna.Study`` (open it with ``optuna-dashboard``), and ``select(...)`` builds another
-program from the front. With ``tracking="name"`` every trial is an MLflow run nested under one
-parent run of the experiment ``name``.
+and scores the program on `valset`. After the search, `front` is the Pareto front, `study`
+the `optuna.Study` (open it with `optuna-dashboard`), and `select(...)` builds another
+program from the front. With `tracking="name"` every trial is an MLflow run nested under one
+parent run of the experiment `name`.
 
-Example::
+Example:
 
-    opt = stagewise.JointOptimizer(metric=exact_answer, models={"*": ["smollm2-135m", "gemma3-270m"]},
-                                   optimizers=["none", "labeled_fewshot"], demos=[2, 4], trials=8)
-    best = opt.compile(program, trainset=train, valset=dev)
-    print(opt.front)
+```python
+opt = stagewise.JointOptimizer(metric=exact_answer, models={"*": ["smollm2-135m", "gemma3-270m"]},
+                               optimizers=["none", "labeled_fewshot"], demos=[2, 4], trials=8)
+best = opt.compile(program, trainset=train, valset=dev)
+print(opt.front)
+```
 """
 
 from __future__ import annotations
@@ -47,34 +49,37 @@ class JointOptimizer:
     """Search per-stage models, optimizers and demos of a DSPy program for cost versus quality.
 
     Args:
-        metric: a DSPy metric ``metric(example, prediction, trace=None) -> float | bool`` (or an
-            :class:`~stagewise.metrics.EndToEnd`); higher is better.
-        models: candidate catalog models: ``{"*": [...]}`` for every stage, or per stage name
-            (``{"area": [...], "answer.predict": [...]}``); a stage not named keeps its model.
+        metric: a DSPy metric `metric(example, prediction, trace=None) -> float | bool` (or an
+            [`EndToEnd`][stagewise.metrics.EndToEnd]); higher is better.
+        models: candidate catalog models: `{"*": [...]}` for every stage, or per stage name
+            (`{"area": [...], "answer.predict": [...]}`); a stage not named keeps its model.
         stage_metrics: per stage, how to score its own output against a label column of the
             examples: a field name (the output field and the label have that name), a dict
-            ``{"output": ..., "label": ..., "metric": ...}``, or a list of
-            :class:`~stagewise.metrics.StageMetric`.
-        optimizers: candidate optimizers (``none``, ``labeled_fewshot``, ``bootstrap_fewshot``,
-            ``bootstrap_random_search``, ``mipro``, ``gepa``, ``simba`` or a name given to
-            :func:`~stagewise.optimize.register_optimizer`), for every stage or per stage.
+            `{"output": ..., "label": ..., "metric": ...}`, or a list of
+            [`StageMetric`][stagewise.metrics.StageMetric].
+        optimizers: candidate optimizers (`none`, `labeled_fewshot`, `bootstrap_fewshot`,
+            `bootstrap_random_search`, `mipro`, `gepa`, `simba` or a name given to
+            [`register_optimizer`][stagewise.optimize.register_optimizer]), for every stage or per stage.
         demos: candidate numbers of demos, for every stage or per stage.
         trials: the study's budget of trials (a rerun with the same study name continues it).
-        tracking: an MLflow experiment name; ``None`` logs nothing.
-        study: the study's name (default: the program's class name); storage: an Optuna storage
-            URL (default: SQLite in ``out_dir``); out_dir: where the compiled-stage cache, the
-            study and ``pareto.csv``/``pareto.png`` go (default ``runs/<study>``).
-        min_quality / max_cost_per_1k: how to choose from the front (default: the best quality).
-        sampler: ``"tpe"``, ``"grid"``, ``"random"``, ``"nsga2"`` or any ``optuna.samplers.BaseSampler``.
-        pruner: any ``optuna.pruners.BasePruner``, asked after the first ``prune_on`` dev examples
-            (default: :class:`~stagewise.optimize.MarginPruner` with ``prune_margin``; see
-            :mod:`stagewise.optimize.sampling`).
+        tracking: an MLflow experiment name; `None` logs nothing.
+        study: the study's name (default: the program's class name).
+        storage: an Optuna storage URL (default: SQLite in `out_dir`).
+        out_dir: where the compiled-stage cache, the study and `pareto.csv`/`pareto.png` go
+            (default `runs/<study>`).
+        min_quality: with `max_cost_per_1k`, how to choose from the front (default: the best
+            quality).
+        max_cost_per_1k: see `min_quality`.
+        sampler: `"tpe"`, `"grid"`, `"random"`, `"nsga2"` or any `optuna.samplers.BaseSampler`.
+        pruner: any `optuna.pruners.BasePruner`, asked after the first `prune_on` dev examples
+            (default: [`MarginPruner`][stagewise.optimize.MarginPruner] with `prune_margin`; see
+            `stagewise.optimize.sampling`).
         baseline: per stage, the model of an unoptimized program to compare on the test set.
         fingerprint: an identifier of the data (default: a hash of the splits); keys the
             compiled-stage cache and the study's signature.
         adapter: the DSPy adapter for the search (default: the configured one, else
-            ``dspy.JSONAdapter()``, which local models need for typed outputs).
-        privacy: a :class:`~stagewise.runtime.privacy.PrivacyPolicy`: the artifacts and parameters
+            `dspy.JSONAdapter()`, which local models need for typed outputs).
+        privacy: a [`PrivacyPolicy`][stagewise.runtime.privacy.PrivacyPolicy]: the artifacts and parameters
             logged to MLflow are redacted copies (the exported program is not changed).
     """
 
@@ -130,7 +135,7 @@ class JointOptimizer:
 
     @staticmethod
     def _for(choices: Choices, stage: str, default: Sequence = ()) -> list:
-        """The candidates for ``stage``: per stage (``"*"`` for the rest), or the same for every stage."""
+        """The candidates for `stage`: per stage (`"*"` for the rest), or the same for every stage."""
         if isinstance(choices, Mapping):
             value = choices.get(stage, choices.get("*", default))
         else:
@@ -138,7 +143,7 @@ class JointOptimizer:
         return [value] if isinstance(value, (str, int)) else list(value)
 
     def study_for(self, program: dspy.Module, *, trainset, valset, testset=None, split_settings: dict | None = None):
-        """The :class:`~stagewise.optimize.study.Study` that ``compile`` runs (workers join it too)."""
+        """The [`Study`][stagewise.optimize.study.Study] that `compile` runs (workers join it too)."""
         from stagewise.data import Splits, split_fingerprint
         from stagewise.optimize.settings import StudySettings
         from stagewise.optimize.study import Study
@@ -170,12 +175,12 @@ class JointOptimizer:
 
     def compile(self, program: dspy.Module, *, trainset: Sequence[dspy.Example], valset: Sequence[dspy.Example],
                 testset: Sequence[dspy.Example] | None = None, split_settings: dict | None = None) -> dspy.Module:
-        """Run the search and return the chosen program (a new one: ``program`` is not changed).
+        """Run the search and return the chosen program (a new one: `program` is not changed).
 
-        The chosen program is scored on ``valset`` and, when given, on ``testset`` (``report``);
-        with ``baseline`` the unoptimized program on those models is scored on the test set (else
-        the dev set) for comparison (``baseline_report_``). ``split_settings`` (how the sets were
-        split: ``train``, ``dev``, ``test``, ``seed``, ``stratify_by``) go into the study's
+        The chosen program is scored on `valset` and, when given, on `testset` (`report`);
+        with `baseline` the unoptimized program on those models is scored on the test set (else
+        the dev set) for comparison (`baseline_report_`). `split_settings` (how the sets were
+        split: `train`, `dev`, `test`, `seed`, `stratify_by`) go into the study's
         signature, so a worker with other settings is told which one differs.
         """
         runner = self.study_for(program, trainset=trainset, valset=valset, testset=testset,
@@ -203,7 +208,7 @@ class JointOptimizer:
     def work(self, program: dspy.Module, *, trainset, valset, testset=None, trials: int | None = None,
              split_settings: dict | None = None):
         """Join the study another process created (the same settings and data, checked key by key):
-        run its trials until its budget is spent, or ``trials`` of them; returns the ``optuna.Study``."""
+        run its trials until its budget is spent, or `trials` of them; returns the `optuna.Study`."""
         runner = self.study_for(program, trainset=trainset, valset=valset, testset=testset,
                                 split_settings=split_settings)
         with self._adapter():
@@ -224,7 +229,7 @@ class JointOptimizer:
     @property
     def front(self) -> pd.DataFrame:
         """The Pareto front on the dev split: trial, quality, cost per request and per 1,000
-        requests, latency, and each stage's choices (``<stage>.model``, ...), cheapest first."""
+        requests, latency, and each stage's choices (`<stage>.model`, ...), cheapest first."""
         return self._need().front
 
     @property
@@ -234,7 +239,7 @@ class JointOptimizer:
 
     @property
     def study(self):
-        """The ``optuna.Study`` of the last compile (trial attributes: stage scores, tokens, latency)."""
+        """The `optuna.Study` of the last compile (trial attributes: stage scores, tokens, latency)."""
         self._need()
         return self._study
 
@@ -245,7 +250,7 @@ class JointOptimizer:
         return result.test or result.dev
 
     def log_model(self, directory: str | Path) -> str | None:
-        """Log an exported program (``stagewise.export``) on the study's MLflow run: its JSON files as
+        """Log an exported program (`stagewise.export`) on the study's MLflow run: its JSON files as
         artifacts and the program as an MLflow model from code; returns the model URI (None untracked)."""
         self._need()
         directory = Path(directory)
@@ -254,8 +259,8 @@ class JointOptimizer:
         return tracker.log_program(directory)
 
     def select(self, *, min_quality: float | None = None, max_cost_per_1k: float | None = None) -> dspy.Module:
-        """Another program from the front: the cheapest with quality >= ``min_quality``, or the
-        best under ``max_cost_per_1k`` dollars per 1,000 requests."""
+        """Another program from the front: the cheapest with quality >= `min_quality`, or the
+        best under `max_cost_per_1k` dollars per 1,000 requests."""
         from stagewise.optimize import pareto
 
         result = self._need()
@@ -271,7 +276,7 @@ def _default_name(program: dspy.Module) -> str:
 
 
 def _remember(program: dspy.Module, runner, result, trial: int | None = None) -> None:
-    """What ``stagewise.export`` records about where a chosen program came from."""
+    """What `stagewise.export` records about where a chosen program came from."""
     chosen = int(result.chosen["trial"]) if trial is None else trial
     object.__setattr__(program, "stagewise_provenance", {
         "study": runner.settings.name, "trial": chosen, "data_fingerprint": runner.data_fingerprint,

@@ -2,9 +2,9 @@
 
 MLflow's DSPy flavor saves programs with cloudpickle. Instead, this file is logged as a
 "model from code": MLflow stores this source file and the exported program directory
-(``program.json`` + ``manifest.json``) as artifacts, and rebuilds the model by running this
-file, which loads the program with :func:`stagewise.load`. ``mlflow models serve`` (with
-``--env-manager local``) and ``mlflow.pyfunc.load_model`` both work.
+(`program.json` + `manifest.json`) as artifacts, and rebuilds the model by running this
+file, which loads the program with [`stagewise.load`][stagewise.load]. `mlflow models serve` (with
+`--env-manager local`) and `mlflow.pyfunc.load_model` both work.
 
 Input: a DataFrame whose columns are the program's input fields; output: a DataFrame with
 one row of output fields per input row.

@@ -1,10 +1,10 @@
 """One trial of a study: build the program, set each stage's model, compile, score on dev.
 
-:class:`Objective` is what Optuna calls for each trial. It keeps one LM per model and one
+`Objective` is what Optuna calls for each trial. It keeps one LM per model and one
 trained classifier per setting for the whole study, turns a trial's parameters into a program
-(:meth:`Objective.program_for`), scores it on a small dev subset first (its pruner may stop it
-there, see :mod:`stagewise.optimize.sampling`), then on the rest, and reports the trial to the
-study's callbacks (:class:`~stagewise.optimize.callbacks.TrialRecord`).
+(`Objective.program_for`), scores it on a small dev subset first (its pruner may stop it
+there, see `stagewise.optimize.sampling`), then on the rest, and reports the trial to the
+study's callbacks ([`TrialRecord`][stagewise.optimize.callbacks.TrialRecord]).
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ class Objective:
         return self._classifiers[key]
 
     def program_for(self, choice: TrialChoice):
-        """A fresh program with ``choice``'s models, routers, thresholds and compiled stages."""
+        """A fresh program with `choice`'s models, routers, thresholds and compiled stages."""
         program = self.build()
         found = router_modules(program)
         for name, settings in choice.routers.items():
@@ -106,7 +106,7 @@ class Objective:
         return score, text
 
     def evaluate(self, program, examples) -> EvaluationReport:
-        """The stage-level and end-to-end report of ``program`` on ``examples`` (no progress bar)."""
+        """The stage-level and end-to-end report of `program` on `examples` (no progress bar)."""
         return evaluate(program, examples, stage_metrics=self.stage_metrics, end_to_end=self.end_to_end,
                         progress=False)
 
@@ -126,7 +126,7 @@ class Objective:
     # --- one trial ----------------------------------------------------------------------------
 
     def __call__(self, study: optuna.Study, trial: optuna.Trial) -> tuple[float, ...]:
-        """Score the configuration ``trial`` suggests: (quality, cost per request[, latency])."""
+        """Score the configuration `trial` suggests: (quality, cost per request[, latency])."""
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         choice = suggest(trial, self.space, self.thresholds, self.routers, self.decision_stages)
         params = {**choice.params(), "data_fingerprint": self.data_fingerprint}
@@ -171,7 +171,7 @@ class Objective:
             callback.trial_finished(record)
 
     def _pruned(self, study: optuna.Study, trial: optuna.Trial, early: EvaluationReport) -> bool:
-        """Ask the study's pruner about the trial's early scores (its user attribute ``early``)."""
+        """Ask the study's pruner about the trial's early scores (its user attribute `early`)."""
         trial.set_user_attr("early", {"quality": early.quality, "cost_per_request": early.cost_per_request})
         [frozen] = [t for t in study.get_trials(deepcopy=False) if t.number == trial.number]
         return study.pruner.prune(study, frozen)

@@ -1,25 +1,27 @@
 """Stage optimizers: what a search space's optimizer names mean, and how users add their own.
 
-A :class:`StageOptimizer` wraps one DSPy teleprompter (DSPy's ``Teleprompter``: ``compile(student,
-*, trainset, ...)``) and says what it needs from the study: demos to search, a teacher program,
-a reflection model, one model for the whole program. The study compiles a program with it and
-keeps one stage's learned state (see :mod:`stagewise.optimize.compile`).
+A [`StageOptimizer`][stagewise.optimize.StageOptimizer] wraps one DSPy teleprompter
+(DSPy's `Teleprompter`: `compile(student, *, trainset, ...)`) and says what it needs from the study:
+demos to search, a teacher program, a reflection model, one model for the whole program. The
+study compiles a program with it and keeps one stage's learned state (see `stagewise.optimize.compile`).
 
-Config names (``[search.stages.NAME] optimizers = [...]``, ``JointOptimizer(optimizers=...)``)
-resolve through a registry: ``none``, ``labeled_fewshot``, ``bootstrap_fewshot``,
-``bootstrap_random_search``, ``mipro``, ``gepa`` and ``simba`` are registered here; add yours
-with :func:`register_optimizer` (from the module of your program's factory, so ``stagewise
-optimize`` and its workers see it)::
+Config names (`[search.stages.NAME] optimizers = [...]`, `JointOptimizer(optimizers=...)`)
+resolve through a registry: `none`, `labeled_fewshot`, `bootstrap_fewshot`,
+`bootstrap_random_search`, `mipro`, `gepa` and `simba` are registered here; add yours
+with [`register_optimizer`][stagewise.optimize.register_optimizer] (from the module of your program's
+factory, so `stagewise optimize` and its workers see it):
 
-    class QuickSimba(StageOptimizer):
-        uses_demos = True      # the study searches its demo counts
-        single_model = True    # SIMBA samples the whole program with one model
+```python
+class QuickSimba(StageOptimizer):
+    uses_demos = True      # the study searches its demo counts
+    single_model = True    # SIMBA samples the whole program with one model
 
-        def build(self, setup):
-            return dspy.SIMBA(metric=setup.metric, bsize=min(4, len(setup.trainset)), num_candidates=2,
-                              max_steps=1, max_demos=setup.demos, prompt_model=setup.prompt_model)
+    def build(self, setup):
+        return dspy.SIMBA(metric=setup.metric, bsize=min(4, len(setup.trainset)), num_candidates=2,
+                          max_steps=1, max_demos=setup.demos, prompt_model=setup.prompt_model)
 
-    register_optimizer("quick_simba", QuickSimba)
+register_optimizer("quick_simba", QuickSimba)
+```
 """
 
 from __future__ import annotations
@@ -67,17 +69,17 @@ class OptimizerSetup:
 
 
 class StageOptimizer:
-    """One kind of stage optimization; subclasses set the capabilities and implement :meth:`build`.
+    """One kind of stage optimization; subclasses set the capabilities and implement `build`.
 
     Capabilities (class attributes) tell the study what the optimizer needs:
 
-    - ``compiles``: False only for ``none`` (the stage keeps its prompt);
-    - ``uses_demos``: the trial's demo count is searched for it (0 demos: nothing to compile);
-    - ``model_free``: its result depends on no model (the compile cache leaves models out of the key);
-    - ``needs_teacher``: ``compile`` gets ``teacher=`` (the program with every stage's model);
-    - ``reflection``: ``"required"`` (the study must name a reflection model), ``"optional"`` (used as
-      the prompt model when named) or ``"none"``;
-    - ``single_model``: the teleprompter runs the whole program on one model (``dspy.Module.get_lm``):
+    - `compiles`: False only for `none` (the stage keeps its prompt);
+    - `uses_demos`: the trial's demo count is searched for it (0 demos: nothing to compile);
+    - `model_free`: its result depends on no model (the compile cache leaves models out of the key);
+    - `needs_teacher`: `compile` gets `teacher=` (the program with every stage's model);
+    - `reflection`: `"required"` (the study must name a reflection model), `"optional"` (used as
+      the prompt model when named) or `"none"`;
+    - `single_model`: the teleprompter runs the whole program on one model (`dspy.Module.get_lm`):
       the student is given the stage's model on every predictor; only the stage's state is kept.
     """
 
@@ -93,7 +95,7 @@ class StageOptimizer:
         raise NotImplementedError(f"{type(self).__name__}.build")
 
     def compile(self, student: dspy.Module, *, setup: OptimizerSetup, teacher: dspy.Module | None = None):
-        """Compile ``student`` (a copy of the whole program) and return the compiled program."""
+        """Compile `student` (a copy of the whole program) and return the compiled program."""
         if self.single_model:
             student.set_lm(setup.task_lm)
         kwargs = {"teacher": teacher} if self.needs_teacher and teacher is not None else {}
@@ -111,38 +113,38 @@ class StageOptimizer:
 
 
 class NoOptimizer(StageOptimizer):
-    """``none``: the stage keeps its signature's instructions and no demos."""
+    """`none`: the stage keeps its signature's instructions and no demos."""
 
     compiles = False
     model_free = True
 
 
 class LabeledFewShot(StageOptimizer):
-    """``labeled_fewshot``: ``k`` labeled training examples as demos (``dspy.LabeledFewShot``)."""
+    """`labeled_fewshot`: `k` labeled training examples as demos (`dspy.LabeledFewShot`)."""
 
     uses_demos = True
     model_free = True
 
     def build(self, setup: OptimizerSetup):
-        """``dspy.LabeledFewShot(k=demos)``."""
+        """`dspy.LabeledFewShot(k=demos)`."""
         return dspy.LabeledFewShot(k=setup.demos)
 
 
 class BootstrapFewShot(StageOptimizer):
-    """``bootstrap_fewshot``: demos from the teacher's passing traces (``dspy.BootstrapFewShot``)."""
+    """`bootstrap_fewshot`: demos from the teacher's passing traces (`dspy.BootstrapFewShot`)."""
 
     uses_demos = True
     needs_teacher = True
 
     def build(self, setup: OptimizerSetup):
-        """One round, at most ``demos`` bootstrapped and ``demos`` labeled demos."""
+        """One round, at most `demos` bootstrapped and `demos` labeled demos."""
         return dspy.BootstrapFewShot(metric=setup.metric, max_bootstrapped_demos=setup.demos,
                                      max_labeled_demos=setup.demos, max_rounds=1)
 
 
 class BootstrapRandomSearch(StageOptimizer):
-    """``bootstrap_random_search``: the best of a few bootstrapped demo sets
-    (``dspy.BootstrapFewShotWithRandomSearch``)."""
+    """`bootstrap_random_search`: the best of a few bootstrapped demo sets
+    (`dspy.BootstrapFewShotWithRandomSearch`)."""
 
     uses_demos = True
     needs_teacher = True
@@ -158,7 +160,7 @@ class BootstrapRandomSearch(StageOptimizer):
 
 
 class Mipro(StageOptimizer):
-    """``mipro``: instructions and demos proposed and searched by ``dspy.MIPROv2`` (``auto="light"``).
+    """`mipro`: instructions and demos proposed and searched by `dspy.MIPROv2` (`auto="light"`).
 
     Candidate instructions are written by the study's reflection model when it names one, else by
     the stage's own model; each stage calls its own model.
@@ -168,20 +170,20 @@ class Mipro(StageOptimizer):
     reflection = "optional"
 
     def build(self, setup: OptimizerSetup):
-        """``dspy.MIPROv2`` with the stage's model as task model."""
+        """`dspy.MIPROv2` with the stage's model as task model."""
         return dspy.MIPROv2(metric=setup.metric, prompt_model=setup.prompt_model, task_model=setup.task_lm,
                             auto="light", max_bootstrapped_demos=setup.demos, max_labeled_demos=setup.demos,
                             num_threads=1)
 
 
 class Gepa(StageOptimizer):
-    """``gepa``: instructions evolved by ``dspy.GEPA`` from the program's traces and textual feedback
+    """`gepa`: instructions evolved by `dspy.GEPA` from the program's traces and textual feedback
     (what the metric expected, what the program answered), read by a reflection model."""
 
     reflection = "required"
 
     def build(self, setup: OptimizerSetup):
-        """``dspy.GEPA`` with the reflection's budget of metric calls."""
+        """`dspy.GEPA` with the reflection's budget of metric calls."""
         reflection = setup.reflection
         if reflection is None:
             raise ConfigError("the gepa optimizer needs a reflection model ([search] reflection_model)")
@@ -200,11 +202,11 @@ class Gepa(StageOptimizer):
 
 
 class Simba(StageOptimizer):
-    """``simba``: demos and self-written rules from stochastic mini-batch ascent (``dspy.SIMBA``).
+    """`simba`: demos and self-written rules from stochastic mini-batch ascent (`dspy.SIMBA`).
 
     SIMBA samples the whole program on one model (copies of it at temperature 1.0), so the student
     runs the stage's model on every predictor; the stage's learned demos and rules are kept. Its
-    mini-batch is at most ``bsize`` training examples (fewer when the training split is smaller).
+    mini-batch is at most `bsize` training examples (fewer when the training split is smaller).
     """
 
     uses_demos = True
@@ -215,7 +217,7 @@ class Simba(StageOptimizer):
         self.bsize, self.candidates, self.steps = bsize, candidates, steps
 
     def build(self, setup: OptimizerSetup):
-        """``dspy.SIMBA`` with at most ``demos`` demos per predictor."""
+        """`dspy.SIMBA` with at most `demos` demos per predictor."""
         return dspy.SIMBA(metric=setup.metric, bsize=min(self.bsize, len(setup.trainset)),
                           num_candidates=self.candidates, max_steps=self.steps, max_demos=setup.demos,
                           prompt_model=setup.prompt_model, num_threads=1)
@@ -226,10 +228,10 @@ _NAME = re.compile(r"[a-z][a-z0-9_]*")
 
 
 def register_optimizer(name: str, optimizer: type[StageOptimizer] | StageOptimizer, *, replace: bool = False) -> None:
-    """Make ``name`` an optimizer a search space may name: a :class:`StageOptimizer` subclass
-    (instantiated without arguments) or an instance (``Simba(steps=8)``).
+    """Make `name` an optimizer a search space may name: a [`StageOptimizer`][stagewise.optimize.StageOptimizer]
+    subclass (instantiated without arguments) or an instance (`Simba(steps=8)`).
 
-    Registering a name twice is a :class:`ConfigError` unless ``replace=True``.
+    Registering a name twice is a [`ConfigError`][stagewise.ConfigError] unless `replace=True`.
     """
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise ConfigError(f"optimizer name {name!r}: use lower-case letters, digits and _ (a letter first)")
@@ -249,7 +251,8 @@ def optimizer_names() -> tuple[str, ...]:
 
 
 def get_optimizer(name: str) -> StageOptimizer:
-    """The optimizer registered as ``name``; a :class:`SearchSpaceError` lists the registered ones."""
+    """The optimizer registered as `name`; a [`SearchSpaceError`][stagewise.SearchSpaceError] lists the registered
+    ones."""
     try:
         return _REGISTRY[name]
     except (KeyError, TypeError):

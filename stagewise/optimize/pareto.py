@@ -29,7 +29,7 @@ def pareto_mask(frame: pd.DataFrame, quality: str = "quality", cost: str = "cost
 
 def trials_table(study: optuna.Study) -> pd.DataFrame:
     """One row per configuration the study completed: trial, quality, cost per request and per
-    1,000 requests, latency, each parameter and each stage's score (``stage:<name>``).
+    1,000 requests, latency, each parameter and each stage's score (`stage:<name>`).
 
     A trial that reused an earlier one's scores is left out, and so is a second trial of one
     configuration (workers that draw it at the same moment both run it): the first one stays.
@@ -82,7 +82,7 @@ def select(front_: pd.DataFrame, *, min_quality: float | None = None,
 
 
 def saving_at(front_: pd.DataFrame, share: float = 0.95) -> dict | None:
-    """The cheapest configuration reaching ``share`` of the best quality, and what it saves
+    """The cheapest configuration reaching `share` of the best quality, and what it saves
     against the best-quality configuration (RouterBench's way to read a front)."""
     if front_.empty:
         return None
@@ -96,7 +96,7 @@ def saving_at(front_: pd.DataFrame, share: float = 0.95) -> dict | None:
 
 
 def write(trials: pd.DataFrame, directory: str | Path, *, chosen: int | None = None) -> tuple[Path, Path]:
-    """``pareto.csv`` (the front) and ``pareto.png`` (every trial, the front, the chosen one)."""
+    """`pareto.csv` (the front) and `pareto.png` (every trial, the front, the chosen one)."""
     import matplotlib
 
     matplotlib.use("Agg")  # no screen: render to a file

@@ -1,12 +1,12 @@
 """Samplers and pruning of a study: config names for Optuna's samplers, and the margin pruner.
 
-A study config names a sampler (``[search] sampler = "tpe"``); the Python API takes any
-``optuna.samplers.BaseSampler`` and any ``optuna.pruners.BasePruner``. Each trial is first
-scored on the first ``prune_on`` dev examples; the study then asks its pruner
-(``pruner.prune(study, trial)``) whether to stop the trial there. The trial's early scores are
-in its user attribute ``early`` (``{"quality": ..., "cost_per_request": ...}``): Optuna keeps no
-intermediate values for multi-objective studies, so pruners that read them (``MedianPruner``
-...) never prune here; :class:`MarginPruner`, the default, reads ``early``.
+A study config names a sampler (`[search] sampler = "tpe"`); the Python API takes any
+`optuna.samplers.BaseSampler` and any `optuna.pruners.BasePruner`. Each trial is first
+scored on the first `prune_on` dev examples; the study then asks its pruner
+(`pruner.prune(study, trial)`) whether to stop the trial there. The trial's early scores are
+in its user attribute `early` (`{"quality": ..., "cost_per_request": ...}`): Optuna keeps no
+intermediate values for multi-objective studies, so pruners that read them (`MedianPruner`
+...) never prune here; [`MarginPruner`][stagewise.optimize.MarginPruner], the default, reads `early`.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ SAMPLERS: dict[str, Callable[..., optuna.samplers.BaseSampler]] = {
 
 def make_sampler(spec: str | optuna.samplers.BaseSampler, *, seed: int,
                  grid: Callable[[], dict[str, list]]) -> optuna.samplers.BaseSampler:
-    """The sampler ``spec`` names (``grid()`` gives the grid sampler its search space), or ``spec`` itself."""
+    """The sampler `spec` names (`grid()` gives the grid sampler its search space), or `spec` itself."""
     if isinstance(spec, optuna.samplers.BaseSampler):
         return spec
     if spec not in SAMPLERS:
@@ -41,19 +41,19 @@ def make_sampler(spec: str | optuna.samplers.BaseSampler, *, seed: int,
 
 
 def objective_values(trial: optuna.trial.FrozenTrial) -> dict[str, float]:
-    """A finished trial's objective values by name (``quality``, ``cost_per_request``, maybe ``latency_s``)."""
+    """A finished trial's objective values by name (`quality`, `cost_per_request`, maybe `latency_s`)."""
     return dict(zip(OBJECTIVES, trial.values or ()))
 
 
 class MarginPruner(optuna.pruners.BasePruner):
     """Prune a trial whose early quality is hopeless: a completed trial that cost no more reached at
-    least ``margin`` more quality."""
+    least `margin` more quality."""
 
     def __init__(self, margin: float = 0.15):
         self.margin = margin
 
     def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
-        """True when the trial's ``early`` scores are beaten by ``margin`` at no more cost."""
+        """True when the trial's `early` scores are beaten by `margin` at no more cost."""
         early = trial.user_attrs.get("early")
         if not early:
             return False

@@ -1,8 +1,8 @@
 """A study's settings, parsed and validated once, with their defaults in one place.
 
-:class:`SearchSettings` holds what ``[search]`` of a study config sets (its TOML names:
-``latency_objective`` is ``latency`` here); :class:`StudySettings` adds the study's name. The
-config file, :class:`~stagewise.optimize.JointOptimizer` and :class:`~stagewise.optimize.study.Study`
+[`SearchSettings`][stagewise.optimize.SearchSettings] holds what `[search]` of a study config sets (its TOML names:
+`latency_objective` is `latency` here); [`StudySettings`][stagewise.optimize.StudySettings] adds the study's name. The
+config file, [`JointOptimizer`][stagewise.optimize.JointOptimizer] and [`Study`][stagewise.optimize.study.Study]
 all read their defaults from here.
 """
 
@@ -19,7 +19,7 @@ __all__ = ["DEFAULTS", "SearchSettings", "StudySettings"]
 
 
 class SearchSettings(BaseModel):
-    """How a study searches and selects (``[search]`` of a study config, the stages' space apart)."""
+    """How a study searches and selects (`[search]` of a study config, the stages' space apart)."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, arbitrary_types_allowed=True)
 
@@ -54,7 +54,7 @@ class SearchSettings(BaseModel):
 
 
 class StudySettings(SearchSettings):
-    """:class:`SearchSettings` of one named study."""
+    """[`SearchSettings`][stagewise.optimize.SearchSettings] of one named study."""
 
     name: str
 

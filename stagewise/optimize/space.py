@@ -12,8 +12,8 @@ from stagewise.optimize.optimizers import get_optimizer
 
 @dataclass(frozen=True)
 class StageChoices:
-    """A stage's candidates: catalog models, optimizer names (see :func:`~stagewise.optimize.register_optimizer`)
-    and demo counts."""
+    """A stage's candidates: catalog models, optimizer names (see
+    [`register_optimizer`][stagewise.optimize.register_optimizer]) and demo counts."""
 
     models: tuple[str, ...]
     optimizers: tuple[str, ...] = ("none",)
@@ -25,8 +25,8 @@ DECISIONS = ("llm", "trained")
 
 @dataclass(frozen=True)
 class RouterChoices:
-    """A router's decision: its LLM stage, or a :class:`~stagewise.routing.routers.LabelRouter`
-    trained on the train split's ``label`` field (with these feature and C candidates)."""
+    """A router's decision: its LLM stage, or a [`LabelRouter`][stagewise.routing.routers.LabelRouter]
+    trained on the train split's `label` field (with these feature and C candidates)."""
 
     label: str
     decisions: tuple[str, ...] = DECISIONS
@@ -45,7 +45,7 @@ class TrialChoice:
     routers: dict[str, dict] = field(default_factory=dict)  # router name -> {"decision", "features", "C"}
 
     def params(self) -> dict[str, str | int | float]:
-        """The choice as flat parameters (``<stage>.model``, ``<cascade>.threshold``, ``<router>.decision`` ...)."""
+        """The choice as flat parameters (`<stage>.model`, `<cascade>.threshold`, `<router>.decision` ...)."""
         flat: dict[str, str | int | float] = {}
         for router, decision in self.routers.items():
             flat.update({f"{router}.{key}": value for key, value in decision.items()})
@@ -136,7 +136,7 @@ def suggest(trial, space: dict[str, StageChoices], thresholds: dict[str, tuple[f
             ) -> TrialChoice:
     """Ask an Optuna trial for one point of the space (categorical choices per stage, cascade and router).
 
-    A router decided by a trained classifier leaves its decision stage (``decision_stages``:
+    A router decided by a trained classifier leaves its decision stage (`decision_stages`:
     router -> stage) out of the trial: no model, optimizer or demos are drawn for it.
     """
     chosen_thresholds = {name: trial.suggest_categorical(f"{name}.threshold", list(values))

@@ -1,18 +1,18 @@
 """Where a study lives: any Optuna storage, chosen by URL, shared by every worker of the study.
 
-- ``sqlite:///path.db``: the default, one process (``OUT/optuna.db``);
-- ``postgresql://user:password@host/db``: many workers on many machines;
-- ``journal:///path.log`` (a journal file, for processes on one machine or a shared disk) or
-  ``redis://host:port/db`` (a Redis journal).
+- `sqlite:///path.db`: the default, one process (`OUT/optuna.db`);
+- `postgresql://user:password@host/db`: many workers on many machines;
+- `journal:///path.log` (a journal file, for processes on one machine or a shared disk) or
+  `redis://host:port/db` (a Redis journal).
 
 Database storages keep a heartbeat per running trial: the trial of a worker that died is
-marked failed after ``GRACE_PERIOD`` seconds without one, and run again by the next worker
-(``RetryHeartbeatStaleTrialCallback``), so it is neither lost nor counted twice.
+marked failed after `GRACE_PERIOD` seconds without one, and run again by the next worker
+(`RetryHeartbeatStaleTrialCallback`), so it is neither lost nor counted twice.
 
 Workers share a study on these terms: the study records its config key by key when it is
-created (:func:`open_study`) and a worker whose config differs is refused, naming the keys;
-trials past the study's budget are not run (:func:`within_budget`); the process that created
-the study waits for trials still running elsewhere (:func:`wait_for_others`).
+created (`open_study`) and a worker whose config differs is refused, naming the keys;
+trials past the study's budget are not run (`within_budget`); the process that created
+the study waits for trials still running elsewhere (`wait_for_others`).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ class StorageError(StoreError, ValueError):
 
 
 def open_storage(url: str, *, heartbeat_interval: int = HEARTBEAT_INTERVAL, grace_period: int = GRACE_PERIOD):
-    """The Optuna storage at ``url``; a clear error (without the password) when it cannot be opened."""
+    """The Optuna storage at `url`; a clear error (without the password) when it cannot be opened."""
     scheme = url.split(":", 1)[0].lower()
     try:
         if scheme in ("sqlite", "postgresql", "postgres", "mysql") or scheme.startswith(("postgresql+", "mysql+")):
@@ -71,7 +71,7 @@ def open_storage(url: str, *, heartbeat_interval: int = HEARTBEAT_INTERVAL, grac
 
 
 def study_names(storage) -> list[str]:
-    """The names of the studies in ``storage``."""
+    """The names of the studies in `storage`."""
     return sorted(optuna.study.get_all_study_names(storage))
 
 
@@ -87,10 +87,10 @@ class TrialBudgetSpent(BudgetError):
 
 
 def differences(signature: dict[str, str], study: optuna.Study, *, trials: int | None, create: bool) -> list[str]:
-    """Each key in which ``signature`` differs from ``study``'s, with both values.
+    """Each key in which `signature` differs from `study`'s, with both values.
 
-    ``split.examples`` is left out when a split setting or the data already explains it; the
-    trial budget counts for a worker only (``optimize`` may raise it; a worker's ``--trials``
+    `split.examples` is left out when a split setting or the data already explains it; the
+    trial budget counts for a worker only (`optimize` may raise it; a worker's `--trials`
     caps its own trials and is not the config's)."""
     theirs = study.user_attrs.get(SIGNATURE_ATTR, {})
     keys = sorted(k for k in set(signature) | set(theirs) if signature.get(k) != theirs.get(k))
@@ -107,9 +107,9 @@ def differences(signature: dict[str, str], study: optuna.Study, *, trials: int |
 
 def open_study(name: str, url: str, *, objectives: list[str], sampler, pruner, signature: dict[str, str],
                trials: int | None, create: bool) -> optuna.Study:
-    """The study ``name`` in the storage at ``url``: created (or continued) when ``create``, else
-    joined by a worker. Its config ``signature`` is recorded once; a config that differs from the
-    recorded one, key by key, is a :class:`StorageError` naming the keys."""
+    """The study `name` in the storage at `url`: created (or continued) when `create`, else
+    joined by a worker. Its config `signature` is recorded once; a config that differs from the
+    recorded one, key by key, is a `StorageError` naming the keys."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = open_storage(url)
     if not create and name not in study_names(storage):
@@ -141,7 +141,7 @@ def open_study(name: str, url: str, *, objectives: list[str], sampler, pruner, s
 
 
 def trial_budget(study: optuna.Study, trials: int | None) -> int:
-    """The trials the study may run: ``trials``, else the budget its creator recorded."""
+    """The trials the study may run: `trials`, else the budget its creator recorded."""
     return int(study.user_attrs.get(BUDGET_ATTR, trials)) if trials is None else trials
 
 
@@ -151,8 +151,8 @@ def counted(study: optuna.Study) -> int:
 
 
 def within_budget(study: optuna.Study, budget: int, objective):
-    """``objective`` that first checks the budget: a trial whose number falls past it (workers asked
-    for trials at once) is not run, and stops this worker (:class:`TrialBudgetSpent`)."""
+    """`objective` that first checks the budget: a trial whose number falls past it (workers asked
+    for trials at once) is not run, and stops this worker (`TrialBudgetSpent`)."""
 
     def checked(trial: optuna.Trial):
         earlier = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number

@@ -1,16 +1,16 @@
 """The joint search: one Optuna multi-objective study over per-stage models, optimizers and demos.
 
 Each trial builds the program, assigns each stage's model, applies each stage's optimizer
-(compiled once per content, see ``compile``), and scores the program on the dev split:
-quality up, cost per request down (see :mod:`stagewise.optimize.objective`). A trial is first
+(compiled once per content, see `compile`), and scores the program on the dev split:
+quality up, cost per request down (see `stagewise.optimize.objective`). A trial is first
 scored on a small dev subset and its pruner may stop it there (see
-:mod:`stagewise.optimize.sampling`). The study lives in storage (SQLite by default), so a rerun
+`stagewise.optimize.sampling`). The study lives in storage (SQLite by default), so a rerun
 with the same study name continues it, and workers may join it (see
-:mod:`stagewise.optimize.storage`). Progress goes to callbacks: a progress bar, MLflow (every
-trial an MLflow run nested under the study's), your own (:mod:`stagewise.optimize.callbacks`).
-The chosen program comes from the Pareto front (:mod:`stagewise.optimize.pareto`).
+`stagewise.optimize.storage`). Progress goes to callbacks: a progress bar, MLflow (every
+trial an MLflow run nested under the study's), your own (`stagewise.optimize.callbacks`).
+The chosen program comes from the Pareto front (`stagewise.optimize.pareto`).
 
-:class:`Study` validates the space once, then ties these parts together.
+[`Study`][stagewise.optimize.Study] validates the space once, then ties these parts together.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def _named(metric) -> str:
 
 
 def _recorded(name: str, value):
-    """A model option as the study records it: a secret (a key, a password in an API base URL) as ``***``."""
+    """A model option as the study records it: a secret (a key, a password in an API base URL) as `***`."""
     if not isinstance(value, str):
         return value
     return redact(f"{name}={value}").split("=", 1)[1]
@@ -82,7 +82,7 @@ class StudyResult:
 
 
 class Study:
-    """A study over ``space`` for the programs ``build()`` returns, on train/dev/test splits."""
+    """A study over `space` for the programs `build()` returns, on train/dev/test splits."""
 
     def __init__(self, build: Callable[[], Any], splits, space: dict[str, StageChoices], end_to_end: EndToEnd, *,
                  stage_metrics: Sequence[StageMetric] = (), settings: StudySettings, out_dir: str | Path,
@@ -128,11 +128,11 @@ class Study:
     # --- the objective's parts, for callers that build programs from the study -------------------
 
     def lm(self, model: str):
-        """The study's LM of ``model`` (one per model)."""
+        """The study's LM of `model` (one per model)."""
         return self.objective.lm(model)
 
     def program_for(self, choice):
-        """A fresh program configured as ``choice`` (see :meth:`Objective.program_for`)."""
+        """A fresh program configured as `choice` (see `Objective.program_for`)."""
         return self.objective.program_for(choice)
 
     def choice_of(self, row: pd.Series):
@@ -152,10 +152,10 @@ class Study:
 
     def signature(self) -> dict[str, str]:
         """What a worker must share with the study it joins, key by key: each key is the study
-        config's (``search.prune_on``, ``search.stages.route.models``, ``split.seed`` ...), each
-        value JSON. Not in it: the trial budget (kept apart, since a rerun of ``optimize`` may
-        raise it), the storage, and the selection of the final program (``min_quality``,
-        ``max_cost_per_1k``), which changes no trial."""
+        config's (`search.prune_on`, `search.stages.route.models`, `split.seed` ...), each
+        value JSON. Not in it: the trial budget (kept apart, since a rerun of `optimize` may
+        raise it), the storage, and the selection of the final program (`min_quality`,
+        `max_cost_per_1k`), which changes no trial."""
         keys: dict[str, Any] = {}
         for stage, choices in sorted(self.space.items()):
             keys.update({f"search.stages.{stage}.{name}": value for name, value in vars(choices).items()})
@@ -194,7 +194,7 @@ class Study:
         return grid
 
     def open(self, *, create: bool = True) -> optuna.Study:
-        """The study in its storage: created (or continued) by ``optimize``, joined by a worker."""
+        """The study in its storage: created (or continued) by `optimize`, joined by a worker."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
         settings = self.settings
         return storage.open_study(
@@ -204,7 +204,7 @@ class Study:
             trials=settings.trials, create=create)
 
     def budget(self, study: optuna.Study) -> int:
-        """The trials ``study`` may run: this config's budget, else the one its creator recorded."""
+        """The trials `study` may run: this config's budget, else the one its creator recorded."""
         return storage.trial_budget(study, self.settings.trials)
 
     @staticmethod
@@ -217,10 +217,10 @@ class Study:
         """Run trials until the study's budget is spent, by this process and any workers sharing it.
 
         A trial whose number falls past the budget (workers asked for trials at the same time)
-        is not run: it is marked failed with the note ``over budget``. ``wait`` waits for the
-        trials other workers are still running, so the results include them. ``own_trials``
-        caps the trials this process runs (a worker's ``--trials``). ``callbacks`` hear the
-        study's progress, after the MLflow tracker and (with ``progress``) a progress bar.
+        is not run: it is marked failed with the note `over budget`. `wait` waits for the
+        trials other workers are still running, so the results include them. `own_trials`
+        caps the trials this process runs (a worker's `--trials`). `callbacks` hear the
+        study's progress, after the MLflow tracker and (with `progress`) a progress bar.
         """
         study = self.open(create=create)
         budget = self.budget(study)

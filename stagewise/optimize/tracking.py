@@ -1,11 +1,11 @@
 """MLflow tracking: one parent run per study, one nested run per trial.
 
 The embedded default tracking URI is a SQLite file in the working directory
-(``sqlite:///mlflow.db``); any ``MLFLOW_TRACKING_URI`` overrides it. Only parameters that
+(`sqlite:///mlflow.db`); any `MLFLOW_TRACKING_URI` overrides it. Only parameters that
 describe a configuration are logged (stage models, optimizer settings, data fingerprint):
-never API keys. Under a privacy policy (``[privacy]`` in the study config) the JSON and text
+never API keys. Under a privacy policy (`[privacy]` in the study config) the JSON and text
 artifacts a run logs (a trial's compiled state, whose demos are training examples, the exported
-``program.json``) are logged as redacted copies, and parameter values are redacted too; the
+`program.json`) are logged as redacted copies, and parameter values are redacted too; the
 files on disk, and the MLflow model (the program itself, demos included), are not changed.
 """
 
@@ -29,15 +29,15 @@ _TEXT_SUFFIXES = (".csv", ".txt", ".md", ".toml", ".jsonl", ".log")
 
 
 def tracking_uri() -> str:
-    """``MLFLOW_TRACKING_URI``, else ``mlflow.db`` (SQLite) in the working directory."""
+    """`MLFLOW_TRACKING_URI`, else `mlflow.db` (SQLite) in the working directory."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
 class Tracker(StudyCallback):
-    """Logs a study to MLflow. ``Tracker(None)`` (no experiment) logs nothing.
+    """Logs a study to MLflow. `Tracker(None)` (no experiment) logs nothing.
 
-    As a :class:`~stagewise.optimize.callbacks.StudyCallback` it logs each finished trial as a run
-    nested under the study's (``study()`` opens that parent run).
+    As a [`StudyCallback`][stagewise.optimize.callbacks.StudyCallback] it logs each finished trial as a run
+    nested under the study's (`study()` opens that parent run).
 
     Nothing touches MLflow until the study starts: a config that fails validation leaves no
     experiment (and no database file) behind.
@@ -57,7 +57,7 @@ class Tracker(StudyCallback):
 
     @contextmanager
     def _private(self, paths: list[Path]) -> Iterator[list[Path]]:
-        """The files to log: ``paths``, or redacted copies of the JSON and text ones under a policy."""
+        """The files to log: `paths`, or redacted copies of the JSON and text ones under a policy."""
         if self.privacy is None or not paths:
             yield [Path(p) for p in paths]
             return
@@ -100,7 +100,7 @@ class Tracker(StudyCallback):
             yield
 
     def trial_finished(self, record: TrialRecord) -> None:
-        """Log ``record`` as a nested run (see :meth:`trial`)."""
+        """Log `record` as a nested run (see `trial`)."""
         self.trial(record.number, record.params, record.metrics, record.state, list(record.artifacts))
 
     def trial(self, number: int, params: dict[str, Any], metrics: dict[str, float], state: str,
@@ -135,7 +135,7 @@ class Tracker(StudyCallback):
     def log_program(self, directory: Path) -> str | None:
         """Log an exported program as an MLflow model on the study's run (from code, no pickle).
 
-        Returns its model URI (``mlflow.pyfunc.load_model(uri)``, ``mlflow models serve -m uri``).
+        Returns its model URI (`mlflow.pyfunc.load_model(uri)`, `mlflow models serve -m uri`).
         """
         if self.experiment is None or self.parent_id is None:
             return None

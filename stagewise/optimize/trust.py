@@ -1,17 +1,17 @@
 """What stagewise trusts: code runs only from where the operator said.
 
 An exported directory's manifest and a checkpointed run's record name the factory that
-rebuilds their program (``"module:function"``). A name read from a file or a database is
-data, not an instruction: :func:`trusted_factory` imports it only when the caller trusts it,
-in one of three ways (the opt-in MLflow and Hugging Face use for remote code):
+rebuilds their program (`"module:function"`). A name read from a file or a database is
+data, not an instruction: [`trusted_factory`][stagewise.optimize.trusted_factory] imports it only when the caller trusts
+it, in one of three ways (the opt-in MLflow and Hugging Face use for remote code):
 
-- the caller passes the factory (``stagewise.load(dir, factory=build)``);
-- an installed package registers it as an entry point in the ``stagewise.programs`` group
-  (``[project.entry-points."stagewise.programs"] support = "support:build"``): installing a
+- the caller passes the factory (`stagewise.load(dir, factory=build)`);
+- an installed package registers it as an entry point in the `stagewise.programs` group
+  (`[project.entry-points."stagewise.programs"] support = "support:build"`): installing a
   package is already trusting its code;
-- the caller trusts the directory's own code (``trust_code=True``, ``--trust-code``): the
-  factory is imported from the export's ``code/`` folder, which is on ``sys.path`` for that
-  import only. A folder named in the file is never put on ``sys.path``.
+- the caller trusts the directory's own code (`trust_code=True`, `--trust-code`): the
+  factory is imported from the export's `code/` folder, which is on `sys.path` for that
+  import only. A folder named in the file is never put on `sys.path`.
 """
 
 from __future__ import annotations
@@ -38,12 +38,12 @@ class UntrustedCodeError(ExportError):
 
 
 def import_factory(path: str, folder: str | Path | None = None) -> Callable:
-    """The callable named ``module:function``; with ``folder``, importable from there too (for this
-    import only: the folder does not stay on ``sys.path``).
+    """The callable named `module:function`; with `folder`, importable from there too (for this
+    import only: the folder does not stay on `sys.path`).
 
     This imports whatever it is given: call it with names the operator wrote (a study config, a
     command-line option), never with a name read from an export or a runs store (see
-    :func:`trusted_factory`).
+    [`trusted_factory`][stagewise.optimize.trusted_factory]).
     """
     module_name, _, attribute = path.partition(":")
     if not module_name or not attribute:
@@ -65,7 +65,7 @@ def import_factory(path: str, folder: str | Path | None = None) -> Callable:
 
 
 def registered_factories() -> dict[str, str]:
-    """Entry points of the ``stagewise.programs`` group: their name and their ``module:function`` value,
+    """Entry points of the `stagewise.programs` group: their name and their `module:function` value,
     each mapped to the value (a manifest may name either)."""
     found = {}
     for point in entry_points(group=ENTRY_POINT_GROUP):
@@ -76,12 +76,12 @@ def registered_factories() -> dict[str, str]:
 
 def trusted_factory(name: str, *, where: str, factory: str | Callable | None = None,
                     code: Path | None = None, trust_code: bool = False) -> Callable:
-    """The factory that rebuilds a program ``where`` (an export or a run) names ``name``, if trusted.
+    """The factory that rebuilds a program `where` (an export or a run) names `name`, if trusted.
 
-    ``factory`` (a callable, or ``"module:function"`` the caller wrote) wins; then an entry point
-    registered for ``name``; then, with ``trust_code``, ``name`` itself, imported from ``code`` (the
-    export's own ``code/`` folder) when given. Otherwise an :class:`UntrustedCodeError` naming the
-    options, and nothing is imported.
+    `factory` (a callable, or `"module:function"` the caller wrote) wins; then an entry point
+    registered for `name`; then, with `trust_code`, `name` itself, imported from `code` (the
+    export's own `code/` folder) when given. Otherwise an [`UntrustedCodeError`][stagewise.optimize.UntrustedCodeError]
+    naming the options, and nothing is imported.
     """
     if factory is not None:
         return factory if callable(factory) else import_factory(factory)

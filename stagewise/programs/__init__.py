@@ -1,36 +1,47 @@
 """Programs users compose pipelines from: every one a dspy.Module whose stages are named.
 
-- :class:`Stage`: one step, a DSPy module fed from context sections; :class:`StageConfigError`
+- [`Stage`][stagewise.programs.Stage]: one step, a DSPy module fed from context sections;
+[`StageConfigError`][stagewise.programs.StageConfigError]
   when a program is assembled wrongly;
-- :class:`Chain`: steps in order; :class:`Retrieve` over a :class:`DocumentIndex`: a local
+- [`Chain`][stagewise.programs.Chain]: steps in order; [`Retrieve`][stagewise.programs.Retrieve] over a
+[`DocumentIndex`][stagewise.programs.DocumentIndex]: a local
   TF-IDF retrieval step;
-- :class:`FanOut`: concurrent branches on one baseline context, then an :class:`Aggregator`
-  (:class:`MajorityVote`, :class:`WeightedVote`, :class:`DisagreementReport`,
-  :class:`MergeProfile`, :class:`LLMAggregate`); :class:`BaselineMismatchError`;
-- :class:`Router`: an LLM or trained classifier picks a route, each route a program
-  (:class:`UnknownRouteError`);
-- :class:`Cascade`: cheapest model first, a scorer accepts or escalates;
-- :class:`Hierarchy`: a planner delegates to each :class:`Specialist`, a synthesizer combines
-  (:class:`PlanError`);
-- :class:`Pipeline`: the base of every program (subclasses implement ``execute(run)`` on a
-  :class:`Run`, logging a :class:`StageRun` per stage); :class:`Trace` and :class:`StageTrace`:
-  what ``prediction.trace`` holds.
+- [`FanOut`][stagewise.programs.FanOut]: concurrent branches on one baseline context, then an
+[`Aggregator`][stagewise.programs.Aggregator]
+  ([`MajorityVote`][stagewise.programs.MajorityVote], [`WeightedVote`][stagewise.programs.WeightedVote],
+  [`DisagreementReport`][stagewise.programs.DisagreementReport], [`MergeProfile`][stagewise.programs.MergeProfile],
+  [`LLMAggregate`][stagewise.programs.LLMAggregate]);
+  [`BaselineMismatchError`][stagewise.programs.BaselineMismatchError];
+- [`Router`][stagewise.programs.Router]: an LLM or trained classifier picks a route, each route a program
+  ([`UnknownRouteError`][stagewise.programs.UnknownRouteError]);
+- [`Cascade`][stagewise.programs.Cascade]: cheapest model first, a scorer accepts or escalates;
+- [`Hierarchy`][stagewise.programs.Hierarchy]: a planner delegates to each
+[`Specialist`][stagewise.programs.Specialist], a synthesizer combines
+  ([`PlanError`][stagewise.programs.PlanError]);
+- [`Pipeline`][stagewise.programs.Pipeline]: the base of every program (subclasses implement `execute(run)` on a
+  [`Run`][stagewise.programs.Run], logging a [`StageRun`][stagewise.programs.StageRun] per stage);
+  [`Trace`][stagewise.programs.Trace] and [`StageTrace`][stagewise.programs.StageTrace]: what `prediction.trace` holds.
 
-Any ``dspy.Module`` (a plain DSPy program too):
+Any `dspy.Module` (a plain DSPy program too):
 
-- :func:`stages_of` finds its stages by name (a :class:`Stage` or a :class:`PredictorStage`);
-  :func:`named` the ones asked for; :func:`set_models` and :func:`set_demos` set their models and
-  few-shot examples; :func:`observed_call` calls it with its predictors reported as stages.
+- [`stages_of`][stagewise.programs.stages_of] finds its stages by name (a [`Stage`][stagewise.programs.Stage] or a
+[`PredictorStage`][stagewise.programs.PredictorStage]);
+  [`named`][stagewise.programs.named] the ones asked for; [`set_models`][stagewise.programs.set_models] and
+  [`set_demos`][stagewise.programs.set_demos] set their models and few-shot examples;
+  [`observed_call`][stagewise.programs.observed_call] calls it with its predictors reported as stages.
 
 Execution-time layers (the runtime's checkpoints, tracing, stores, resilience) plug in here:
 
-- :class:`Observer`: hooks around each request, stage (:class:`StageEvent`) and step
-  (:class:`StepEvent`, of a :data:`StepKind`); install with :func:`observing`; a program's own
-  steps report with :func:`stepping`;
-- :class:`CallGuard`: how each stage's model call is made; install with :func:`guarding`.
+- [`Observer`][stagewise.programs.Observer]: hooks around each request, stage
+([`StageEvent`][stagewise.programs.StageEvent]) and step
+  ([`StepEvent`][stagewise.programs.StepEvent], of a [`StepKind`][stagewise.programs.StepKind]); install with
+  [`observing`][stagewise.programs.observing]; a program's own steps report with
+  [`stepping`][stagewise.programs.stepping];
+- [`CallGuard`][stagewise.programs.CallGuard]: how each stage's model call is made; install with
+[`guarding`][stagewise.programs.guarding].
 
-Programs nest; ``program.set_models({"stage": "model"})`` assigns models by stage name, and
-``program(query=...)`` returns a prediction with the request's ``trace``.
+Programs nest; `program.set_models({"stage": "model"})` assigns models by stage name, and
+`program(query=...)` returns a prediction with the request's `trace`.
 """
 
 from stagewise.programs.cascade import Cascade

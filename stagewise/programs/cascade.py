@@ -1,10 +1,10 @@
 """Cascade: the cheapest model first; a scorer accepts its answer or escalates to the next.
 
-The scorer is an LLM verifier stage (e.g. the ``Verify`` signature: ``correct`` and
-``confidence`` outputs), a :class:`~stagewise.routing.contracts.Scorer` (an object with
-``correct_probability(queries, answers)``, such as the trained
-:class:`~stagewise.routing.routers.CascadeScorer`), or a classifier of texts with
-``predict_proba`` whose second column is the probability that the answer is right: it reads the
+The scorer is an LLM verifier stage (e.g. the `Verify` signature: `correct` and
+`confidence` outputs), a [`Scorer`][stagewise.routing.contracts.Scorer] (an object with
+`correct_probability(queries, answers)`, such as the trained
+[`CascadeScorer`][stagewise.routing.routers.CascadeScorer]), or a classifier of texts with
+`predict_proba` whose second column is the probability that the answer is right: it reads the
 query and the answer joined by a blank line. The last tier's answer is accepted whatever its
 score.
 """
@@ -40,7 +40,7 @@ class Cascade(Pipeline):
 
     def _score(self, run: Run, tier: Pipeline, answer: Any) -> float:
         if isinstance(self.scorer, Stage):
-            # The verifier reads the query and this tier's answer (``<tier>.<answer>`` as "answer").
+            # The verifier reads the query and this tier's answer (`<tier>.<answer>` as "answer").
             text = as_text(answer)
             run.context.add(Section(name="candidate", kind="stage_output", source=self.name,
                                     content=text, tokens=default_count(text),
@@ -61,8 +61,8 @@ class Cascade(Pipeline):
         return step.outputs
 
     def _run_tiers(self, run: Run, forced: dict) -> dict[str, Any]:
-        """The tiers in order until one is accepted; ``forced`` (``{"accept": True}`` or ``{"escalate":
-        True}``, from ``replay --accept/--escalate``) decides the first tier without scoring it."""
+        """The tiers in order until one is accepted; `forced` (`{"accept": True}` or
+        `{"escalate": True}`, from `replay --accept/--escalate`) decides the first tier without scoring it."""
         scores = []
         for position, tier in enumerate(self.tiers):
             outputs = tier.execute(run)
@@ -84,7 +84,7 @@ class Cascade(Pipeline):
 
 
 def _is_scorer(scorer: Any) -> bool:
-    """``scorer`` follows the :class:`~stagewise.routing.contracts.Scorer` contract."""
+    """`scorer` follows the [`Scorer`][stagewise.routing.contracts.Scorer] contract."""
     from stagewise.routing.contracts import Scorer  # loads stagewise.routing: only for a scorer that is no Stage
 
     return isinstance(scorer, Scorer)

@@ -11,7 +11,7 @@ from stagewise.programs.stage import Pipeline, StageConfigError
 class Chain(Pipeline):
     """Runs its steps in order. Each step reads the sections it needs from the shared context
     (never a concatenated string) and adds its outputs to it. The chain's outputs are the
-    last step's, or the fields named in ``outputs`` as ``{"answer": "generate.answer"}``."""
+    last step's, or the fields named in `outputs` as `{"answer": "generate.answer"}`."""
 
     def __init__(self, name: str, steps: list[Pipeline], *, outputs: dict[str, str] | None = None):
         super().__init__()

@@ -6,11 +6,11 @@ comparable. Branches run in worker threads (each with a copy of the caller's con
 variables, so usage is accounted per stage and request). Their new sections are merged
 back, and an aggregator turns the branch outputs into the fan-out's outputs:
 
-- :class:`MajorityVote`: the most frequent value of a field (ties: the earlier branch);
-- :class:`WeightedVote`: votes weighted by a confidence field;
-- :class:`DisagreementReport`: the majority value and which branches differed from it;
-- :class:`MergeProfile`: one structured profile from every branch's fields (multi-aspect);
-- :class:`LLMAggregate`: an LLM stage that reads all candidates and writes one answer.
+- [`MajorityVote`][stagewise.programs.MajorityVote]: the most frequent value of a field (ties: the earlier branch);
+- [`WeightedVote`][stagewise.programs.WeightedVote]: votes weighted by a confidence field;
+- [`DisagreementReport`][stagewise.programs.DisagreementReport]: the majority value and which branches differed from it;
+- [`MergeProfile`][stagewise.programs.MergeProfile]: one structured profile from every branch's fields (multi-aspect);
+- [`LLMAggregate`][stagewise.programs.LLMAggregate]: an LLM stage that reads all candidates and writes one answer.
 """
 
 from __future__ import annotations
@@ -43,15 +43,15 @@ def _fingerprint(sections: list[Section]) -> str:
 
 
 class Aggregator:
-    """Turns ``{branch: outputs}`` into the fan-out's outputs. May run stages of its own."""
+    """Turns `{branch: outputs}` into the fan-out's outputs. May run stages of its own."""
 
     def aggregate(self, outputs: dict[str, dict[str, Any]], run: Run, fanout: FanOut) -> dict[str, Any]:
         raise NotImplementedError
 
 
 class MajorityVote(Aggregator):
-    """The most frequent value of ``field`` across the branches (ties: the earlier branch), with
-    the ``votes`` per value and the ``agreement`` (the winner's share of the branches)."""
+    """The most frequent value of `field` across the branches (ties: the earlier branch), with
+    the `votes` per value and the `agreement` (the winner's share of the branches)."""
 
     def __init__(self, field: str):
         self.field = field
@@ -71,8 +71,8 @@ class MajorityVote(Aggregator):
 
 
 class WeightedVote(MajorityVote):
-    """The value of ``field`` whose branches' ``weight`` field (a number, e.g. ``confidence``) sums
-    highest (ties: the earlier branch), with the total ``weights`` per value."""
+    """The value of `field` whose branches' `weight` field (a number, e.g. `confidence`) sums
+    highest (ties: the earlier branch), with the total `weights` per value."""
 
     def __init__(self, field: str, weight: str = "confidence"):
         super().__init__(field)
@@ -92,8 +92,8 @@ class WeightedVote(MajorityVote):
 
 
 class DisagreementReport(MajorityVote):
-    """A :class:`MajorityVote` that also names the ``dissenters``: the branches whose value differs
-    from the majority's."""
+    """A [`MajorityVote`][stagewise.programs.MajorityVote] that also names the `dissenters`: the branches whose value
+    differs from the majority's."""
 
     def aggregate(self, outputs, run, fanout):
         result = super().aggregate(outputs, run, fanout)
@@ -103,7 +103,7 @@ class DisagreementReport(MajorityVote):
 
 
 class MergeProfile(Aggregator):
-    """One profile from every branch: ``{"profile": {field: value, ...}}`` plus the fields
+    """One profile from every branch: `{"profile": {field: value, ...}}` plus the fields
     themselves. Two branches writing the same field is an error (ambiguous profile)."""
 
     def aggregate(self, outputs, run, fanout):
@@ -119,10 +119,10 @@ class MergeProfile(Aggregator):
 
 
 class LLMAggregate(Aggregator):
-    """An LLM stage (e.g. the ``Aggregate`` signature) over all candidates of ``field``.
+    """An LLM stage (e.g. the `Aggregate` signature) over all candidates of `field`.
 
-    The candidates are merged into one section ``<fanout>.candidates`` that the stage reads
-    (its ``candidates`` input by default)."""
+    The candidates are merged into one section `<fanout>.candidates` that the stage reads
+    (its `candidates` input by default)."""
 
     def __init__(self, stage: Stage, field: str = "answer"):
         self.stage, self.field = stage, field
@@ -138,7 +138,7 @@ class LLMAggregate(Aggregator):
 
 
 class FanOut(Pipeline):
-    """Runs ``branches`` concurrently on the same baseline context, then aggregates.
+    """Runs `branches` concurrently on the same baseline context, then aggregates.
 
     Args:
         baseline: section patterns every branch must see identically (default: the whole

@@ -2,10 +2,10 @@
 
 The planner sees the query, the specialists' capability descriptions and the constraints,
 never their documents. Each specialist runs on a context of its own: its sub-task as the
-query plus its own documents (``<specialist>-docs.context``), nothing from the others. The
+query plus its own documents (`<specialist>-docs.context`), nothing from the others. The
 plan is validated: an unknown specialist, an empty plan or a plan over the sub-task budget
-is either an error (:class:`PlanError`) or sent back to the planner with the reason, by
-``policy``.
+is either an error ([`PlanError`][stagewise.programs.PlanError]) or sent back to the planner with the reason, by
+`policy`.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ class PlanError(ProgramError, ValueError):
 
 @dataclass
 class Specialist:
-    """One specialist of a :class:`Hierarchy`: the program that does its sub-tasks, the capability
-    ``description`` the planner reads, and its own ``documents`` (which only it sees)."""
+    """One specialist of a [`Hierarchy`][stagewise.programs.Hierarchy]: the program that does its sub-tasks, the
+    capability `description` the planner reads, and its own `documents` (which only it sees)."""
 
     program: Pipeline
     description: str
@@ -37,11 +37,11 @@ class Specialist:
 
 
 class Hierarchy(Pipeline):
-    """A ``planner`` stage splits the request into sub-tasks (at most ``max_subtasks``), each run by
-    one of the ``specialists`` on its own context; the ``synthesizer`` stage combines their answers.
+    """A `planner` stage splits the request into sub-tasks (at most `max_subtasks`), each run by
+    one of the `specialists` on its own context; the `synthesizer` stage combines their answers.
 
-    An invalid plan is sent back to the planner with the reason (``policy="replan"``, at most
-    ``max_replans`` times) or raises :class:`PlanError` (``policy="error"``).
+    An invalid plan is sent back to the planner with the reason (`policy="replan"`, at most
+    `max_replans` times) or raises [`PlanError`][stagewise.programs.PlanError] (`policy="error"`).
     """
 
     def __init__(self, name: str, planner: Stage, specialists: dict[str, Specialist], synthesizer: Stage, *,
@@ -63,9 +63,9 @@ class Hierarchy(Pipeline):
     def _constrain_planner(self) -> None:
         """Type the plan so a schema-following model can only name real specialists, within budget.
 
-        When the planner's ``subtasks`` output is a list of objects with a ``specialist`` field,
-        that field becomes a ``Literal`` of the specialists' names and the list gets 1 to
-        ``max_subtasks`` items. Models that honour the JSON schema (local models, structured
+        When the planner's `subtasks` output is a list of objects with a `specialist` field,
+        that field becomes a `Literal` of the specialists' names and the list gets 1 to
+        `max_subtasks` items. Models that honour the JSON schema (local models, structured
         outputs) then cannot produce an invalid plan; the validation below still guards the rest.
         """
         signature = self.planner.signature

@@ -1,10 +1,10 @@
 """Plain DSPy programs observed like stagewise ones: a run around the call, each predictor a stage.
 
-A stagewise program opens a :class:`~stagewise.programs.run.Run` when it is called, and each of
+A stagewise program opens a [`Run`][stagewise.programs.run.Run] when it is called, and each of
 its stages reports to the observers (checkpoints, spans, the context store, a cost monitor). A
-plain ``dspy.Module`` does neither. :func:`observed_call` gives it both: it opens a run over the
-inputs, and a DSPy callback turns each call of a named predictor (``area``, ``answer.predict``:
-see :func:`~stagewise.programs.predictors.stages_of`) into a stage event, with the predictor's
+plain `dspy.Module` does neither. [`observed_call`][stagewise.programs.observed_call] gives it both: it opens a run over
+the inputs, and a DSPy callback turns each call of a named predictor (`area`, `answer.predict`:
+see [`stages_of`][stagewise.programs.predictors.stages_of]) into a stage event, with the predictor's
 outputs as the sections it added. A predictor's call cannot be skipped from a callback, so a
 resumed plain program calls its predictors again (its record is complete all the same).
 """
@@ -27,8 +27,8 @@ __all__ = ["observed_call"]
 
 
 def observed_call(program: dspy.Module, inputs: dict[str, Any]) -> dspy.Prediction:
-    """``program(**inputs)``, observed: a stagewise program as it is; a plain DSPy program inside a
-    run whose predictor calls are stage events for the observers installed with ``observing``."""
+    """`program(**inputs)`, observed: a stagewise program as it is; a plain DSPy program inside a
+    run whose predictor calls are stage events for the observers installed with `observing`."""
     if isinstance(program, Pipeline) or current_run() is not None:
         return program(**inputs)
     stages = {id(s.predictor): s for s in stages_of(program).values() if isinstance(s, PredictorStage)}

@@ -1,21 +1,22 @@
-"""Any ``dspy.Module`` is a pipeline: each of its predictors is a stage.
+"""Any `dspy.Module` is a pipeline: each of its predictors is a stage.
 
-stagewise's own programs name their stages (``Stage("route", ...)``). A plain DSPy program's
-stages are its predictors, named by their attribute path as ``named_predictors()`` gives it:
-``area``, ``answer.predict`` for a ``ChainOfThought`` member, ``hops[1]`` for a list. The two
-nest freely: a stagewise ``Stage`` inside a plain module is one stage under its own name (the
-predictors of its step belong to it), and a plain module can be a ``Stage``'s step.
+stagewise's own programs name their stages (`Stage("route", ...)`). A plain DSPy program's
+stages are its predictors, named by their attribute path as `named_predictors()` gives it:
+`area`, `answer.predict` for a `ChainOfThought` member, `hops[1]` for a list. The two
+nest freely: a stagewise `Stage` inside a plain module is one stage under its own name (the
+predictors of its step belong to it), and a plain module can be a `Stage`'s step.
 
-- :func:`stages_of` finds every stage of a program (a :class:`~stagewise.programs.stage.Stage`
-  or a :class:`PredictorStage`), by name;
-- :func:`set_models` assigns each stage's model by name, whatever kind of program it is;
-- :func:`stage_outputs` reads what each plain predictor answered from a DSPy trace (the
-  ``(predictor, inputs, prediction)`` triples DSPy's metrics receive as ``trace``).
+- [`stages_of`][stagewise.programs.stages_of] finds every stage of a program (a
+[`Stage`][stagewise.programs.stage.Stage]
+  or a [`PredictorStage`][stagewise.programs.PredictorStage]), by name;
+- [`set_models`][stagewise.programs.set_models] assigns each stage's model by name, whatever kind of program it is;
+- `stage_outputs` reads what each plain predictor answered from a DSPy trace (the
+  `(predictor, inputs, prediction)` triples DSPy's metrics receive as `trace`).
 
-A plain predictor's model calls are accounted under its stage name: :func:`stages_of` marks
+A plain predictor's model calls are accounted under its stage name: [`stages_of`][stagewise.programs.stages_of] marks
 each predictor with its name, and the usage ledger reads the innermost marked predictor among
 DSPy's calling modules when no stagewise stage is running
-(:func:`~stagewise.models.usage.current_stage`).
+(`current_stage`).
 """
 
 from __future__ import annotations
@@ -56,9 +57,9 @@ class PredictorStage:
 
 
 def stages_of(program: dspy.Module) -> dict[str, Any]:
-    """Every stage of ``program`` by name: stagewise stages and plain predictors, nested ones included.
+    """Every stage of `program` by name: stagewise stages and plain predictors, nested ones included.
 
-    Raises :class:`~stagewise.errors.ConfigError` when ``program`` is not a DSPy module, or when
+    Raises [`ConfigError`][stagewise.errors.ConfigError] when `program` is not a DSPy module, or when
     two stages share a name.
     """
     from stagewise.programs.stage import Stage
@@ -85,7 +86,7 @@ def stages_of(program: dspy.Module) -> dict[str, Any]:
 
 
 def named(program: dspy.Module, names: Iterable[str], what: str) -> dict[str, Any]:
-    """The stages ``names`` of ``program``; a ConfigError lists the stages it has when one is unknown."""
+    """The stages `names` of `program`; a ConfigError lists the stages it has when one is unknown."""
     stages = stages_of(program)
     unknown = sorted(set(names) - set(stages))
     if unknown:
@@ -95,10 +96,10 @@ def named(program: dspy.Module, names: Iterable[str], what: str) -> dict[str, An
 
 
 def set_models(program: dspy.Module, models: dict[str, Any], *, catalog=None) -> dspy.Module:
-    """Give each named stage its model (a catalog name, a model string or a ``dspy.LM``); returns ``program``.
+    """Give each named stage its model (a catalog name, a model string or a `dspy.LM`); returns `program`.
 
     A recorded model named for a stage whose current model replays an outcome table replays the
-    same table (``replay --model answer=recorded/gpt-4-1106-preview`` on a recorded program).
+    same table (`replay --model answer=recorded/gpt-4-1106-preview` on a recorded program).
     """
     from stagewise.models.lm import get_lm
 
@@ -119,7 +120,7 @@ def set_models(program: dspy.Module, models: dict[str, Any], *, catalog=None) ->
 
 
 def set_demos(program: dspy.Module, demos: dict[str, list[dict]]) -> dspy.Module:
-    """Give each named stage these few-shot examples (dicts of its fields) instead of its own; returns ``program``."""
+    """Give each named stage these few-shot examples (dicts of its fields) instead of its own; returns `program`."""
     from stagewise.programs.stage import Stage
 
     stages = named(program, demos, "set_demos")

@@ -26,15 +26,15 @@ class DocumentIndex:
         self.matrix = self.vectorizer.fit_transform(self.documents)
 
     def search(self, query: str, k: int = 3) -> list[tuple[str, str, float]]:
-        """The ``k`` best (id, document, score) for ``query``, best first."""
+        """The `k` best (id, document, score) for `query`, best first."""
         scores = (self.matrix @ self.vectorizer.transform([query]).T).toarray().ravel()
         best = np.argsort(-scores, kind="stable")[:k]
         return [(self.ids[i], self.documents[i], float(scores[i])) for i in best]
 
 
 class Retrieve(Pipeline):
-    """Adds the ``k`` best passages for the query section as ``retrieved`` sections
-    ``<name>.passage_1`` ... ``<name>.passage_k``, each derived from the query."""
+    """Adds the `k` best passages for the query section as `retrieved` sections
+    `<name>.passage_1` ... `<name>.passage_k`, each derived from the query."""
 
     def __init__(self, name: str, index: DocumentIndex, *, query: str = "input.query", k: int = 3):
         super().__init__()

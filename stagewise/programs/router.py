@@ -1,14 +1,14 @@
 """Router: a routing decision sends each query to one of several routes, each a program.
 
-The decision is an LLM stage (e.g. the ``RoutingDecision`` signature, with ``route`` and
-``confidence`` outputs) or any object with ``predict(texts) -> labels`` (a scikit-learn
-classifier such as :class:`~stagewise.routing.routers.LabelRouter`; its ``predict_proba``
+The decision is an LLM stage (e.g. the `RoutingDecision` signature, with `route` and
+`confidence` outputs) or any object with `predict(texts) -> labels` (a scikit-learn
+classifier such as [`LabelRouter`][stagewise.routing.routers.LabelRouter]; its `predict_proba`
 gives the confidence when it has one). The route taken and its confidence are part of the
 result.
 
 A router built with an LLM stage can swap in a trained classifier later
-(:meth:`Router.use_classifier`): the classifier then stands in for the stage, and writes its
-label under the stage's name, so the stage's metrics score the classifier. An optimization
+([`Router.use_classifier`][stagewise.programs.Router.use_classifier]): the classifier then stands in for the stage, and
+writes its label under the stage's name, so the stage's metrics score the classifier. An optimization
 study uses this to search "LLM router or trained classifier" as one choice.
 """
 
@@ -31,9 +31,9 @@ class UnknownRouteError(ProgramError, LookupError):
 
 class Router(Pipeline):
     """Args:
-        decide: a Stage whose outputs include ``route`` (and ``confidence``), or a classifier.
+        decide: a Stage whose outputs include `route` (and `confidence`), or a classifier.
         routes: route label -> program.
-        descriptions: route label -> what it handles; given to an LLM router as ``routes``.
+        descriptions: route label -> what it handles; given to an LLM router as `routes`.
         query: the section the decision reads (a classifier gets its text).
         field: the decision stage's output that names the route.
     """
@@ -51,7 +51,7 @@ class Router(Pipeline):
         self.stages()
 
     def use_classifier(self, classifier: Any | None) -> Router:
-        """Decide with ``classifier`` (``predict(texts) -> labels``) instead of the LLM stage; None: the stage again."""
+        """Decide with `classifier` (`predict(texts) -> labels`) instead of the LLM stage; None: the stage again."""
         if classifier is None and not isinstance(self.decide, Stage):
             raise StageConfigError(f"router {self.name!r} has no decision stage to return to")
         if classifier is not None and not callable(getattr(classifier, "predict", None)):

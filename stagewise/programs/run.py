@@ -1,6 +1,6 @@
 """The state of one request while a program runs: its context, usage ledger and stage log.
 
-A top-level program call opens a :class:`Run`; nested programs and stages find it through a
+A top-level program call opens a [`Run`][stagewise.programs.Run]; nested programs and stages find it through a
 context variable, so a route can be a chain and a fan-out branch a cascade without passing
 state around. Fan-out branches run in worker threads with a copy of the context variables
 and a forked run (their own copy of the context), merged back when they finish.
@@ -36,8 +36,8 @@ class StageRun:
 class Run:
     """One request's state while a program runs: its context, usage ledger and stage log.
 
-    A :class:`~stagewise.programs.Pipeline` subclass's ``execute(run)`` reads and adds sections
-    through ``run.context`` and logs what each stage did with ``run.log``.
+    A [`Pipeline`][stagewise.programs.Pipeline] subclass's `execute(run)` reads and adds sections
+    through `run.context` and logs what each stage did with `run.log`.
     """
 
     request_id: str
@@ -55,7 +55,7 @@ class Run:
             self.stages.append(stage_run)
 
     def fork(self, context: Context | None = None) -> Run:
-        """A run over ``context`` (default: a copy of this one's), sharing the ledger and the stage log."""
+        """A run over `context` (default: a copy of this one's), sharing the ledger and the stage log."""
         forked = Run(self.request_id, self.context.copy() if context is None else context, self.ledger, self.stages,
                      self.executions, self.run_id, degraded=self.degraded)
         forked._lock = self._lock
@@ -84,9 +84,9 @@ def use_run(run: Run) -> Iterator[Run]:
 class StageEvent:
     """One execution of a stage in a run, as observers see it.
 
-    ``key`` tells repeated executions of one stage apart (``name#0``, ``name#1``). The stage
-    fills ``outputs``, ``added`` (the sections it added to the context) and ``log`` before the
-    observers' ``stage`` context managers exit.
+    `key` tells repeated executions of one stage apart (`name#0`, `name#1`). The stage
+    fills `outputs`, `added` (the sections it added to the context) and `log` before the
+    observers' `stage` context managers exit.
     """
 
     stage: Any
@@ -105,12 +105,12 @@ StepKind = Literal["route", "retrieve", "fanout", "cascade", "plan"]  # the kind
 @dataclass
 class StepEvent:
     """One execution of a step that is not a stage's model call, as observers see it: a router's
-    decision (``kind="route"``), a retrieval (``"retrieve"``), a fan-out's branches and their
-    aggregation (``"fanout"``), a cascade's acceptance (``"cascade"``) or a hierarchy's plan (``"plan"``).
+    decision (`kind="route"`), a retrieval (`"retrieve"`), a fan-out's branches and their
+    aggregation (`"fanout"`), a cascade's acceptance (`"cascade"`) or a hierarchy's plan (`"plan"`).
 
-    ``key`` is ``<kind>:<name>#n``. The step fills ``decision`` (what it decided and why: the
+    `key` is `<kind>:<name>#n`. The step fills `decision` (what it decided and why: the
     route with the classifier's probabilities, the scores against the threshold, the votes),
-    ``outputs`` and ``added`` (the sections it produced) before the observers' ``step`` context
+    `outputs` and `added` (the sections it produced) before the observers' `step` context
     managers exit.
     """
 
@@ -123,7 +123,7 @@ class StepEvent:
     outputs: dict | None = None
     added: list[Section] = field(default_factory=list)
     restored: dict | None = None  # outputs an observer restored (a resumed or replayed run): the step reuses them
-    forced: dict | None = None  # a decision an observer imposes (``replay --route``, ``--accept``, ``--escalate``)
+    forced: dict | None = None  # a decision an observer imposes (`replay --route`, `--accept`, `--escalate`)
 
     @property
     def name(self) -> str:
@@ -157,7 +157,7 @@ class Observer:
         return None
 
     def force(self, event: StepEvent) -> dict | None:
-        """A decision to impose on this step (``{"route": "billing"}``, ``{"accept": True}``), or None."""
+        """A decision to impose on this step (`{"route": "billing"}`, `{"accept": True}`), or None."""
         return None
 
 
@@ -170,7 +170,7 @@ def observers() -> tuple[Observer, ...]:
 
 @contextmanager
 def observing(*added: Observer) -> Iterator[None]:
-    """Program calls inside this block report to ``added`` (on top of any already observing)."""
+    """Program calls inside this block report to `added` (on top of any already observing)."""
     token = _observers.set((*_observers.get(), *added))
     try:
         yield
@@ -180,7 +180,7 @@ def observing(*added: Observer) -> Iterator[None]:
 
 class CallGuard:
     """Decides how a stage's model call is made (retries, fallbacks, limits, budgets): the runtime's
-    resilience layer implements it. ``attempt(lm)`` runs the stage on ``lm`` (None: its own model)."""
+    resilience layer implements it. `attempt(lm)` runs the stage on `lm` (None: its own model)."""
 
     def call(self, stage: Any, run: Run, attempt: Callable[[Any], dict]) -> dict:
         return attempt(None)
@@ -195,7 +195,7 @@ def current_guard() -> CallGuard | None:
 
 @contextmanager
 def guarding(guard: CallGuard | None) -> Iterator[None]:
-    """Stage calls inside this block go through ``guard``."""
+    """Stage calls inside this block go through `guard`."""
     token = _guard.set(guard)
     try:
         yield
@@ -205,7 +205,7 @@ def guarding(guard: CallGuard | None) -> Iterator[None]:
 
 @contextmanager
 def stepping(run: Run, owner: Any, kind: StepKind, reads: list[str] | tuple[str, ...] = ()) -> Iterator[StepEvent]:
-    """Report one step of ``owner`` (a Router, Retrieve, FanOut or Cascade) to the observers; the
+    """Report one step of `owner` (a Router, Retrieve, FanOut or Cascade) to the observers; the
     step fills the event it gets."""
     event = StepEvent(owner, run, kind, stage_key(run, f"{kind}:{getattr(owner, 'name', kind)}"), list(reads))
     watchers = observers()
@@ -224,7 +224,7 @@ def stepping(run: Run, owner: Any, kind: StepKind, reads: list[str] | tuple[str,
 
 
 def stage_key(run: Run, name: str) -> str:
-    """``name#n``: the n-th execution of stage ``name`` in this run."""
+    """`name#n`: the n-th execution of stage `name` in this run."""
     with run._lock:
         count = run.executions.get(name, 0)
         run.executions[name] = count + 1
@@ -238,7 +238,7 @@ QUERY_FIELDS = ("query", "question", "prompt", "message", "ticket", "task")
 
 @contextmanager
 def open_run(inputs: dict, count) -> Iterator[Run]:
-    """A new run whose context holds the request's inputs as sections ``input.<field>``."""
+    """A new run whose context holds the request's inputs as sections `input.<field>`."""
     context = Context()
     for name, value in inputs.items():
         text = value if isinstance(value, str) else str(value)

@@ -1,16 +1,16 @@
 """Stages and the base of every program.
 
-A :class:`Pipeline` is a ``dspy.Module`` that runs on a request's context. Calling one
-(``program(query=...)``) opens a run, executes, and returns a ``dspy.Prediction`` of its
-outputs, with the request's trace on ``prediction.trace``. Inside another program it joins
+A [`Pipeline`][stagewise.programs.Pipeline] is a `dspy.Module` that runs on a request's context. Calling one
+(`program(query=...)`) opens a run, executes, and returns a `dspy.Prediction` of its
+outputs, with the request's trace on `prediction.trace`. Inside another program it joins
 the current run instead, so programs nest.
 
-A :class:`Stage` is one named step: a DSPy module (a ``Predict`` of any signature) whose
+A [`Stage`][stagewise.programs.Stage] is one named step: a DSPy module (a `Predict` of any signature) whose
 input fields are filled from context sections. Each input field takes the sections named by
-a pattern (default ``"*.<field>"``: a section of that name from any source); they are fitted
+a pattern (default `"*.<field>"`: a section of that name from any source); they are fitted
 to the stage's token budget (compressed, or truncated with a note, never silently cut) and
 rendered in the format the stage's model prefers (XML, Markdown or plain, from the
-catalog). Each output field becomes a section ``"<stage>.<field>"`` whose lineage is every
+catalog). Each output field becomes a section `"<stage>.<field>"` whose lineage is every
 section the stage received.
 """
 
@@ -64,7 +64,7 @@ def _toml_table(path: Path, table: str) -> dict[str, Any]:
 
 
 class Pipeline(dspy.Module):
-    """Base of every stagewise program. Subclasses implement ``execute(run) -> outputs``."""
+    """Base of every stagewise program. Subclasses implement `execute(run) -> outputs`."""
 
     name: str
 
@@ -106,7 +106,7 @@ class Pipeline(dspy.Module):
     def set_models(self, models: dict[str, Any] | str | Path, *, catalog=None) -> Pipeline:
         """Assign each stage's model by stage name: a catalog name, a model string or a dspy.LM.
 
-        ``models`` may be a TOML file with a ``[models]`` table (``stage = "model"``), so the
+        `models` may be a TOML file with a `[models]` table (`stage = "model"`), so the
         models of a pipeline change without editing code.
         """
         from stagewise.models.lm import get_lm
@@ -119,7 +119,7 @@ class Pipeline(dspy.Module):
         return self
 
     def set_budgets(self, budgets: dict[str, int | None] | str | Path) -> Pipeline:
-        """Each stage's context budget in tokens, by stage name (or a TOML file's ``[budgets]``)."""
+        """Each stage's context budget in tokens, by stage name (or a TOML file's `[budgets]`)."""
         if isinstance(budgets, (str, Path)):
             budgets = _toml_table(Path(budgets), "budgets")
         stages = self._named(budgets, "set_budgets")
@@ -130,8 +130,8 @@ class Pipeline(dspy.Module):
         return self
 
     def rebudget(self, total: int, traces: list[Any], *, floor: int = 64) -> dict[str, int]:
-        """Re-split ``total`` context tokens across the LLM stages from the usage observed in
-        ``traces`` (mean input tokens per request), set the budgets, and return them."""
+        """Re-split `total` context tokens across the LLM stages from the usage observed in
+        `traces` (mean input tokens per request), set the budgets, and return them."""
         llm_stages = {name for name, stage in self.stages().items()}
         used: dict[str, list[int]] = {name: [] for name in llm_stages}
         for trace in traces:
@@ -149,12 +149,12 @@ class Stage(Pipeline):
 
     Args:
         name: unique within a program; names the stage's output sections and trace entry.
-        step: a signature (wrapped in ``dspy.Predict``) or any DSPy module.
-        inputs: per input field, the section pattern(s) to fill it from (default ``"*.<field>"``).
+        step: a signature (wrapped in `dspy.Predict`) or any DSPy module.
+        inputs: per input field, the section pattern(s) to fill it from (default `"*.<field>"`).
         kind: the kind of the sections this stage produces.
         budget: tokens for this stage's context sections (capped by its model's window).
         summarizer: an LM to compress over-budget context with (default: extractive, no model).
-        lm: the stage's model (or set it later with ``Pipeline.set_models``).
+        lm: the stage's model (or set it later with `Pipeline.set_models`).
     """
 
     def __init__(
@@ -259,14 +259,14 @@ class Stage(Pipeline):
         return guard.call(self, run, lambda lm: self._attempt(run, lm))
 
     def estimate(self, run: Run, lm: dspy.BaseLM | None = None) -> tuple[int, int]:
-        """(input tokens, maximum output tokens) of this stage's call on ``lm``, before making it."""
+        """(input tokens, maximum output tokens) of this stage's call on `lm`, before making it."""
         lm, spec, count = self._model(lm)
         sections = [s for patterns in self.inputs.values() for s in run.context.select(patterns, stage=self.name)]
         max_output = (getattr(lm, "kwargs", {}) or {}).get("max_tokens") or (spec.max_output if spec else 0)
         return self._fixed_tokens(count) + sum(s.tokens for s in sections), int(max_output or 0)
 
     def _step_for(self, lm: dspy.BaseLM | None):
-        """The stage's module, on ``lm`` when it is not the stage's own model (a fallback)."""
+        """The stage's module, on `lm` when it is not the stage's own model (a fallback)."""
         if lm is None or lm is self.lm:
             return self.step
         step = self.step.deepcopy()  # requests share the program: never swap the model in place
@@ -292,7 +292,7 @@ class Stage(Pipeline):
             for original, new in zip(sections, fitted.sections):
                 if new is not original:
                     # The fitted copy belongs to this stage: later stages asking for the original
-                    # (``retrieve.*``) still get the original; lineage and expand lead back to it.
+                    # (`retrieve.*`) still get the original; lineage and expand lead back to it.
                     replaced[original.id] = run.context.add(replace(new, source=f"{self.name}~budget",
                                                                     name=original.id, lineage=(original.id,)))
             selected = {field: [replaced.get(s.id, s) for s in group] for field, group in selected.items()}

@@ -1,7 +1,7 @@
 """The trace of one request: per stage, its model, tokens, latency, cost and context received.
 
 Built from the run's stage log and the usage records of the calls made under each stage,
-so the numbers are the accounted ones. ``lineage(section_id)`` walks a final output back
+so the numbers are the accounted ones. `lineage(section_id)` walks a final output back
 through every stage to the request inputs that produced it.
 """
 
@@ -35,8 +35,8 @@ class StageTrace:
 
 @dataclass(frozen=True)
 class Trace:
-    """The trace of one request (``prediction.trace``): a :class:`StageTrace` per stage execution,
-    in order, and the request's context; ``trace["stage"]`` is that stage's entry."""
+    """The trace of one request (`prediction.trace`): a [`StageTrace`][stagewise.programs.StageTrace] per stage
+    execution, in order, and the request's context; `trace["stage"]` is that stage's entry."""
 
     request_id: str
     stages: tuple[StageTrace, ...]
@@ -47,7 +47,7 @@ class Trace:
         records = run.ledger.records
         entries = []
         for stage_run in run.stages:
-            # Calls made under the stage, and under its helpers (``<stage>:compress``).
+            # Calls made under the stage, and under its helpers (`<stage>:compress`).
             own = [r for r in records
                    if r.stage == stage_run.stage or (r.stage or "").startswith(f"{stage_run.stage}:")]
             entries.append(StageTrace(
@@ -69,7 +69,7 @@ class Trace:
         return pd.DataFrame([asdict(s) for s in self.stages])
 
     def lineage(self, section_id: str) -> list[Section]:
-        """Every section ``section_id`` was derived from, through every stage, back to the inputs."""
+        """Every section `section_id` was derived from, through every stage, back to the inputs."""
         return self.context.lineage(section_id)
 
     @property

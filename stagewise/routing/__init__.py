@@ -1,9 +1,10 @@
 """Trained routers and cascade scorers, and their offline evaluation on recorded outcomes.
 
-What a router or a scorer must do is declared in :mod:`stagewise.routing.contracts`:
-:class:`Decider` (predicts a label for each text: a Router's decision), :class:`Scorer` (predicts
-the probability that an answer is right: a Cascade's scorer) and :class:`OutcomeLearner` (trains on
-recorded outcomes: what :func:`route_eval` evaluates).
+What a router or a scorer must do is declared in `stagewise.routing.contracts`:
+[`Decider`][stagewise.routing.Decider] (predicts a label for each text: a Router's decision),
+[`Scorer`][stagewise.routing.Scorer] (predicts the probability that an answer is right: a Cascade's scorer) and
+[`OutcomeLearner`][stagewise.routing.OutcomeLearner] (trains on recorded outcomes: what
+[`route_eval`][stagewise.routing.route_eval] evaluates).
 """
 
 from stagewise.routing.contracts import Decider, OutcomeLearner, Scorer

@@ -1,18 +1,18 @@
 """What a router or a scorer must do to be used by stagewise: three declared contracts.
 
-- :class:`Decider`: predicts a label for each text (a route, or the model to call). A
-  :class:`~stagewise.programs.router.Router` takes one as its ``decide`` (or
-  ``use_classifier``). The trained routers (:class:`~stagewise.routing.routers.LabelRouter`,
-  ``QualityRouter``, ``WinRouter``, ``ZeroRouter``) are Deciders.
-- :class:`Scorer`: predicts the probability that an answer to a query is right. A
-  :class:`~stagewise.programs.cascade.Cascade` takes one as its ``scorer``; the trained
-  :class:`~stagewise.routing.routers.CascadeScorer` is one.
-- :class:`OutcomeLearner`: trains on recorded outcomes and says how much each query needs
-  each model. :func:`~stagewise.routing.evaluation.route_eval` trains and evaluates one (every
-  router and scorer of :mod:`stagewise.routing.routers` but the label router is one).
+- [`Decider`][stagewise.routing.Decider]: predicts a label for each text (a route, or the model to call). A
+  [`Router`][stagewise.programs.router.Router] takes one as its `decide` (or
+  `use_classifier`). The trained routers ([`LabelRouter`][stagewise.routing.routers.LabelRouter],
+  `QualityRouter`, `WinRouter`, `ZeroRouter`) are Deciders.
+- [`Scorer`][stagewise.routing.Scorer]: predicts the probability that an answer to a query is right. A
+  [`Cascade`][stagewise.programs.cascade.Cascade] takes one as its `scorer`; the trained
+  [`CascadeScorer`][stagewise.routing.routers.CascadeScorer] is one.
+- [`OutcomeLearner`][stagewise.routing.OutcomeLearner]: trains on recorded outcomes and says how much each query needs
+  each model. [`route_eval`][stagewise.routing.evaluation.route_eval] trains and evaluates one (every
+  router and scorer of `stagewise.routing.routers` but the label router is one).
 
 The protocols are structural: a class satisfies one by having its members, no base class
-needed. ``Scorer`` and ``OutcomeLearner`` are checked at run time (``isinstance``), which
+needed. `Scorer` and `OutcomeLearner` are checked at run time (`isinstance`), which
 only looks for the members' names.
 """
 
@@ -32,9 +32,9 @@ __all__ = ["Decider", "OutcomeLearner", "Scorer"]
 class Decider(Protocol):
     """Predicts a label for each text: the route to take, or the model to call.
 
-    ``predict(texts)`` returns one label per text, in order (a list or an array of strings). A
-    Decider may also have ``predict_proba(texts)`` (one row of probabilities per text) and
-    ``classes_`` (the label of each column): a Router then reports the highest probability as
+    `predict(texts)` returns one label per text, in order (a list or an array of strings). A
+    Decider may also have `predict_proba(texts)` (one row of probabilities per text) and
+    `classes_` (the label of each column): a Router then reports the highest probability as
     its confidence, and every label's probability.
     """
 
@@ -47,7 +47,7 @@ class Decider(Protocol):
 class Scorer(Protocol):
     """Predicts the probability that an answer to a query is right.
 
-    ``correct_probability(queries, answers)`` returns, for each (query, answer) pair, a number
+    `correct_probability(queries, answers)` returns, for each (query, answer) pair, a number
     in [0, 1]: the probability that the answer is right. A Cascade accepts a tier's answer when
     it reaches the cascade's threshold, and escalates to the next tier otherwise.
     """
@@ -59,23 +59,23 @@ class Scorer(Protocol):
 
 @runtime_checkable
 class OutcomeLearner(Protocol):
-    """Trains on recorded outcomes (an :class:`~stagewise.routing.outcomes.Outcomes` table) and
-    says how much each query needs each model: what ``route_eval`` trains and evaluates.
+    """Trains on recorded outcomes (an [`Outcomes`][stagewise.routing.outcomes.Outcomes] table) and
+    says how much each query needs each model: what `route_eval` trains and evaluates.
 
-    - ``fit_outcomes(outcomes, weak, strong)``: trains on the table's prompts and scores (a
-      scorer on the ``weak`` model's recorded responses); returns the fitted learner.
-    - ``route_values(outcomes, weak, strong)``: for each row of ``outcomes``, with ``weak`` and
-      ``strong`` named, how much the query needs the strong model rather than the weak one, shape
+    - `fit_outcomes(outcomes, weak, strong)`: trains on the table's prompts and scores (a
+      scorer on the `weak` model's recorded responses); returns the fitted learner.
+    - `route_values(outcomes, weak, strong)`: for each row of `outcomes`, with `weak` and
+      `strong` named, how much the query needs the strong model rather than the weak one, shape
       (n,) (the highest go to the strong model first); without them, each model's predicted
       quality, shape (n, m) in the table's model order (a lambda sweep trades it for cost).
-    - ``pairwise``: True when it routes between two models only (a weak and a strong one), even
+    - `pairwise`: True when it routes between two models only (a weak and a strong one), even
       on a table of more models.
-    - ``reads_queries``: False when its choice reads no query (the zero router): evaluation then
+    - `reads_queries`: False when its choice reads no query (the zero router): evaluation then
       scores the best fixed mix of single models instead of its route values.
-    - ``get_params``: scikit-learn's; ``route_eval`` fits a fresh copy (``sklearn.base.clone``)
-      on each training part. Subclassing ``sklearn.base.BaseEstimator`` provides it.
+    - `get_params`: scikit-learn's; `route_eval` fits a fresh copy (`sklearn.base.clone`)
+      on each training part. Subclassing `sklearn.base.BaseEstimator` provides it.
 
-    A learner that is also a :class:`Scorer` is evaluated as a cascade: the weak model has
+    A learner that is also a [`Scorer`][stagewise.routing.Scorer] is evaluated as a cascade: the weak model has
     answered every query before the scorer reads its answer, so an escalation adds the strong
     model's call to the weak one's instead of replacing it.
     """
@@ -84,11 +84,11 @@ class OutcomeLearner(Protocol):
     reads_queries: bool
 
     def fit_outcomes(self, outcomes: Outcomes, weak: str | None = None, strong: str | None = None) -> Any:
-        """Trained on ``outcomes``; returns the fitted learner."""
+        """Trained on `outcomes`; returns the fitted learner."""
         ...
 
     def route_values(self, outcomes: Outcomes, weak: str | None = None, strong: str | None = None) -> np.ndarray:
-        """(n,) need of the strong model when ``weak``/``strong`` are named, else (n, m) predicted quality."""
+        """(n,) need of the strong model when `weak`/`strong` are named, else (n, m) predicted quality."""
         ...
 
     def get_params(self, deep: bool = True) -> dict:

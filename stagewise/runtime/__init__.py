@@ -2,28 +2,38 @@
 context diffs and replay, the privacy policy that redacts what they keep, resilience, budgets,
 tenants and serving.
 
-- runs: :func:`run`, :func:`resume` and :func:`replay` (:class:`RunReplayError`); the
-  :class:`Checkpointer` observer they install;
-- checkpoints: :class:`CheckpointStore`, :func:`open_checkpoints`; :class:`CheckpointError`,
-  :class:`UnknownRunError`, :class:`CorruptCheckpointError`, :class:`StoreConnectionError`;
-- the context store: :class:`ContextStore`, :func:`open_context_store`, :class:`ContextRecorder`
-  and :func:`shared`;
-- traces and diffs: :class:`Tracer`, :func:`tracer_provider`; :func:`diff_text`, :func:`diff_html`
-  and :func:`run_page`;
-- privacy: :class:`PrivacyPolicy`, :func:`protecting`, :func:`current_privacy`,
-  :class:`PrivacyScope`, :class:`PrivacyFilter`, :class:`Finding`;
-- resilience (install with ``stagewise.programs.guarding``): :class:`Resilience`, each stage's
-  :class:`StagePolicy` and its :class:`FailureMode`, :class:`Breakers`, :class:`RateLimiter` with
-  its :class:`Limit` and :class:`LimitPolicy`, :func:`deadline_scope`, :func:`is_retryable`;
-  :class:`StageFailed`, :class:`RateLimited`, :class:`DeadlineExceeded`;
-- budgets: :class:`Budget`, :class:`SpendStore`, :func:`open_spend_store`, :func:`tenant_scope`,
-  :func:`current_tenant`; :class:`BudgetExceeded`;
-- other observers: :class:`StageCache` and :class:`CostMonitor` (its :class:`CostAlert`);
-- serving: :func:`create_app` (the ``stagewise serve`` app) and its callers, each a
-  :class:`Tenant` (:func:`read_tokens` reads a tokens file).
+- runs: [`run`][stagewise.runtime.run], [`resume`][stagewise.runtime.resume] and [`replay`][stagewise.runtime.replay]
+([`RunReplayError`][stagewise.runtime.RunReplayError]); the
+  [`Checkpointer`][stagewise.runtime.Checkpointer] observer they install;
+- checkpoints: [`CheckpointStore`][stagewise.runtime.CheckpointStore],
+[`open_checkpoints`][stagewise.runtime.open_checkpoints]; [`CheckpointError`][stagewise.runtime.CheckpointError],
+  [`UnknownRunError`][stagewise.runtime.UnknownRunError],
+  [`CorruptCheckpointError`][stagewise.runtime.CorruptCheckpointError],
+  [`StoreConnectionError`][stagewise.runtime.StoreConnectionError];
+- the context store: [`ContextStore`][stagewise.runtime.ContextStore],
+[`open_context_store`][stagewise.runtime.open_context_store], [`ContextRecorder`][stagewise.runtime.ContextRecorder]
+  and [`shared`][stagewise.runtime.shared];
+- traces and diffs: [`Tracer`][stagewise.runtime.Tracer], [`tracer_provider`][stagewise.runtime.tracer_provider];
+[`diff_text`][stagewise.runtime.diff_text], [`diff_html`][stagewise.runtime.diff_html]
+  and `run_page`;
+- privacy: [`PrivacyPolicy`][stagewise.runtime.PrivacyPolicy], [`protecting`][stagewise.runtime.protecting],
+[`current_privacy`][stagewise.runtime.current_privacy],
+  [`PrivacyScope`][stagewise.runtime.PrivacyScope], [`PrivacyFilter`][stagewise.runtime.PrivacyFilter],
+  [`Finding`][stagewise.runtime.Finding];
+- resilience (install with `stagewise.programs.guarding`): `Resilience`, each stage's
+  `StagePolicy` and its `FailureMode`, `Breakers`, `RateLimiter` with
+  its `Limit` and `LimitPolicy`, `deadline_scope`, `is_retryable`;
+  `StageFailed`, `RateLimited`, `DeadlineExceeded`;
+- budgets: [`Budget`][stagewise.runtime.Budget], [`SpendStore`][stagewise.runtime.SpendStore],
+[`open_spend_store`][stagewise.runtime.open_spend_store], [`tenant_scope`][stagewise.runtime.tenant_scope],
+  [`current_tenant`][stagewise.runtime.current_tenant]; [`BudgetExceeded`][stagewise.runtime.BudgetExceeded];
+- other observers: [`StageCache`][stagewise.runtime.StageCache] and [`CostMonitor`][stagewise.runtime.CostMonitor] (its
+[`CostAlert`][stagewise.runtime.CostAlert]);
+- serving: `create_app` (the `stagewise serve` app) and its callers, each a
+  [`Tenant`][stagewise.runtime.Tenant] ([`read_tokens`][stagewise.runtime.read_tokens] reads a tokens file).
 
-The resilience names and :func:`create_app` are imported when first used (they load pybreaker,
-tenacity and FastAPI), so ``import stagewise.runtime`` does not pay for them.
+The resilience names and `create_app` are imported when first used (they load pybreaker,
+tenacity and FastAPI), so `import stagewise.runtime` does not pay for them.
 """
 
 from stagewise.runtime.budgets import (

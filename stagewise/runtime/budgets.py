@@ -1,20 +1,21 @@
 """Cost budgets that hold under concurrency and restarts: per request, and per tenant per day.
 
-Before each model call, :class:`Budget` *reserves* the call's worst-case cost (its input tokens
-and ``max_tokens`` of output at the model's prices) against the request's budget and its
+Before each model call, [`Budget`][stagewise.runtime.Budget] *reserves* the call's worst-case cost (its input tokens
+and `max_tokens` of output at the model's prices) against the request's budget and its
 tenant's daily budget, atomically; after the call it *settles* the reservation to what the call
 cost. A call that failed or never answered (a timed-out request) stays charged its estimate: the
 provider may bill it. Concurrent requests of one tenant, parallel branches of one request and
 server processes sharing a store therefore never spend more than the budget, whatever their
 timing.
 
-A tenant's daily spend lives in a :class:`SpendStore`, chosen by URL (:func:`open_spend_store`):
+A tenant's daily spend lives in a [`SpendStore`][stagewise.runtime.SpendStore], chosen by URL
+([`open_spend_store`][stagewise.runtime.open_spend_store]):
 
-- ``None``: in process memory, under a lock (forgotten on restart);
-- ``sqlite:///path/spend.db``: a SQLite file; every reservation is one ``BEGIN IMMEDIATE``
+- `None`: in process memory, under a lock (forgotten on restart);
+- `sqlite:///path/spend.db`: a SQLite file; every reservation is one `BEGIN IMMEDIATE`
   transaction, so processes sharing the file share the spend;
-- ``redis://host:port/db``: Redis, each reservation one Lua script (atomic across processes);
-  keys ``stagewise:spend:<tenant>:<day>`` expire after a week.
+- `redis://host:port/db`: Redis, each reservation one Lua script (atomic across processes);
+  keys `stagewise:spend:<tenant>:<day>` expire after a week.
 
 Amounts are stored as integer nano-dollars (1e-9 USD) so that sums are exact. Days are UTC dates.
 """
@@ -50,7 +51,7 @@ def to_units(usd: float) -> int:
 
 
 def today() -> str:
-    """The current UTC date, ``YYYY-MM-DD``: the day a tenant's budget counts."""
+    """The current UTC date, `YYYY-MM-DD`: the day a tenant's budget counts."""
     return dt.datetime.now(dt.UTC).date().isoformat()
 
 
@@ -68,7 +69,7 @@ _tenant: contextvars.ContextVar[str | None] = contextvars.ContextVar("stagewise_
 
 @contextmanager
 def tenant_scope(tenant: str | None):
-    """Calls inside the block are charged to ``tenant``'s daily budget."""
+    """Calls inside the block are charged to `tenant`'s daily budget."""
     token = _tenant.set(tenant)
     try:
         yield
@@ -77,7 +78,7 @@ def tenant_scope(tenant: str | None):
 
 
 def current_tenant() -> str | None:
-    """The tenant set by the innermost :func:`tenant_scope`, if any."""
+    """The tenant set by the innermost [`tenant_scope`][stagewise.runtime.tenant_scope], if any."""
     return _tenant.get()
 
 
@@ -86,22 +87,22 @@ def current_tenant() -> str | None:
 class SpendStore:
     """Where tenants' daily spend is kept (integer nano-dollars per tenant and UTC day).
 
-    Contract: :meth:`reserve` checks and adds in one atomic step, for every thread and every
-    process sharing the store; :meth:`add` adjusts (a settlement: actual minus reserved, which may
-    be negative); :meth:`spent` reads. Methods are thread safe. A store that cannot be reached
-    raises :class:`~stagewise.errors.StoreError` (or the driver's error, e.g. ``redis.RedisError``).
+    Contract: `reserve` checks and adds in one atomic step, for every thread and every
+    process sharing the store; `add` adjusts (a settlement: actual minus reserved, which may
+    be negative); `spent` reads. Methods are thread safe. A store that cannot be reached
+    raises [`StoreError`][stagewise.errors.StoreError] (or the driver's error, e.g. `redis.RedisError`).
     """
 
     def reserve(self, tenant: str, day: str, amount: int, limit: int) -> int | None:
-        """Add ``amount`` unless the day's spend would go over ``limit``: None when added, else the spend."""
+        """Add `amount` unless the day's spend would go over `limit`: None when added, else the spend."""
         raise NotImplementedError
 
     def add(self, tenant: str, day: str, amount: int) -> None:
-        """Add ``amount`` (may be negative) to the tenant's day, without a limit."""
+        """Add `amount` (may be negative) to the tenant's day, without a limit."""
         raise NotImplementedError
 
     def spent(self, tenant: str, day: str) -> int:
-        """The tenant's spend (settled and reserved) on ``day``."""
+        """The tenant's spend (settled and reserved) on `day`."""
         raise NotImplementedError
 
 
@@ -117,7 +118,7 @@ class MemorySpendStore(SpendStore):
             del self._spent[key]
 
     def reserve(self, tenant: str, day: str, amount: int, limit: int) -> int | None:
-        """See :meth:`SpendStore.reserve`."""
+        """See [`SpendStore.reserve`][stagewise.runtime.SpendStore.reserve]."""
         with self._lock:
             self._prune(day)
             spent = self._spent.get((tenant, day), 0)
@@ -127,18 +128,18 @@ class MemorySpendStore(SpendStore):
             return None
 
     def add(self, tenant: str, day: str, amount: int) -> None:
-        """See :meth:`SpendStore.add`."""
+        """See [`SpendStore.add`][stagewise.runtime.SpendStore.add]."""
         with self._lock:
             self._spent[(tenant, day)] = self._spent.get((tenant, day), 0) + amount
 
     def spent(self, tenant: str, day: str) -> int:
-        """See :meth:`SpendStore.spent`."""
+        """See [`SpendStore.spent`][stagewise.runtime.SpendStore.spent]."""
         with self._lock:
             return self._spent.get((tenant, day), 0)
 
 
 class SQLiteSpendStore(SpendStore):
-    """A SQLite file: table ``stagewise_spend(tenant, day, nano_usd)``; shared by processes on one machine."""
+    """A SQLite file: table `stagewise_spend(tenant, day, nano_usd)`; shared by processes on one machine."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -175,15 +176,15 @@ class SQLiteSpendStore(SpendStore):
                 raise StoreError(f"the spend store {str(self.path)!r}: {exc}") from None
 
     def reserve(self, tenant: str, day: str, amount: int, limit: int) -> int | None:
-        """See :meth:`SpendStore.reserve`."""
+        """See [`SpendStore.reserve`][stagewise.runtime.SpendStore.reserve]."""
         return self._transaction(tenant, day, amount, limit)
 
     def add(self, tenant: str, day: str, amount: int) -> None:
-        """See :meth:`SpendStore.add`."""
+        """See [`SpendStore.add`][stagewise.runtime.SpendStore.add]."""
         self._transaction(tenant, day, amount, None)
 
     def spent(self, tenant: str, day: str) -> int:
-        """See :meth:`SpendStore.spent`."""
+        """See [`SpendStore.spent`][stagewise.runtime.SpendStore.spent]."""
         with self._lock:
             try:
                 row = self._db.execute("SELECT nano_usd FROM stagewise_spend WHERE tenant = ? AND day = ?",
@@ -205,7 +206,7 @@ return {1, spent + amount}
 
 class RedisSpendStore(SpendStore):
     """Redis, shared by every process using it; each reservation is one Lua script. Calls time out
-    after ``socket_timeout_s`` (a stalled Redis fails the call instead of hanging it)."""
+    after `socket_timeout_s` (a stalled Redis fails the call instead of hanging it)."""
 
     def __init__(self, url: str, *, socket_timeout_s: float = 2.0) -> None:
         self.url = url
@@ -218,21 +219,21 @@ class RedisSpendStore(SpendStore):
         return f"stagewise:spend:{tenant}:{day}"
 
     def reserve(self, tenant: str, day: str, amount: int, limit: int) -> int | None:
-        """See :meth:`SpendStore.reserve`."""
+        """See [`SpendStore.reserve`][stagewise.runtime.SpendStore.reserve]."""
         ok, spent = self._script(keys=[self._key(tenant, day)], args=[amount, limit])
         return None if int(ok) == 1 else int(spent)
 
     def add(self, tenant: str, day: str, amount: int) -> None:
-        """See :meth:`SpendStore.add`."""
+        """See [`SpendStore.add`][stagewise.runtime.SpendStore.add]."""
         self._script(keys=[self._key(tenant, day)], args=[amount, -1])
 
     def spent(self, tenant: str, day: str) -> int:
-        """See :meth:`SpendStore.spent`."""
+        """See [`SpendStore.spent`][stagewise.runtime.SpendStore.spent]."""
         return int(self._client.get(self._key(tenant, day)) or 0)
 
 
 def open_spend_store(url: str | None) -> SpendStore:
-    """The spend store at ``url``: None (memory), ``sqlite:///path`` or ``redis://...`` (see the module)."""
+    """The spend store at `url`: None (memory), `sqlite:///path` or `redis://...` (see the module)."""
     if not url:
         return MemorySpendStore()
     if url.startswith("sqlite:///"):
@@ -246,7 +247,8 @@ def open_spend_store(url: str | None) -> SpendStore:
 
 @dataclass(frozen=True)
 class Reservation:
-    """A call's reserved worst case: what :meth:`Budget.settle` replaces with what it cost."""
+    """A call's reserved worst case: what [`Budget.settle`][stagewise.runtime.Budget.settle] replaces with what it
+    cost."""
 
     tenant: str | None
     day: str
@@ -258,9 +260,10 @@ class Reservation:
 class Budget:
     """A cost budget per request and per tenant per day (USD, nominal costs), reserved before each call.
 
-    ``per_tenant_day_usd`` is every tenant's daily budget unless ``tenant_day_usd`` names its own;
-    ``store`` keeps the spend (a :class:`SpendStore` or a URL for :func:`open_spend_store`).
-    Thread safe; with a shared store (SQLite, Redis), safe across processes.
+    `per_tenant_day_usd` is every tenant's daily budget unless `tenant_day_usd` names its own;
+    `store` keeps the spend (a [`SpendStore`][stagewise.runtime.SpendStore] or a URL for
+    [`open_spend_store`][stagewise.runtime.open_spend_store]). Thread safe; with a shared store (SQLite, Redis), safe
+    across processes.
     """
 
     def __init__(self, per_request_usd: float | None = None, per_tenant_day_usd: float | None = None, *,
@@ -276,18 +279,19 @@ class Budget:
         self._lock = threading.Lock()
 
     def tenant_limit(self, tenant: str | None) -> float | None:
-        """The tenant's daily budget (its own, else ``per_tenant_day_usd``); None: unlimited."""
+        """The tenant's daily budget (its own, else `per_tenant_day_usd`); None: unlimited."""
         if not tenant:
             return None
         return self.tenant_day_usd.get(tenant, self.per_tenant_day_usd)
 
     def tenant_spent(self, tenant: str, day: str | None = None) -> float:
-        """What the tenant spent (and has reserved) on ``day`` (default: today, UTC), in USD."""
+        """What the tenant spent (and has reserved) on `day` (default: today, UTC), in USD."""
         return self.store.spent(tenant, day or today()) / NANO
 
     def reserve(self, stage: str, run, estimate_usd: float) -> Reservation:
-        """Reserve a call's worst case for ``run``'s request and the current tenant, or raise
-        :class:`BudgetExceeded` (with the request's partial results) when it does not fit."""
+        """Reserve a call's worst case for `run`'s request and the current tenant, or raise
+        [`BudgetExceeded`][stagewise.runtime.BudgetExceeded] (with the request's partial results) when it does not
+        fit."""
         ledger, tenant, day = run.ledger, current_tenant(), today()
         problem = None
         with self._lock:  # the request's check and reservation are one step for its parallel branches

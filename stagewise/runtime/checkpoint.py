@@ -3,17 +3,17 @@
 After every stage a run writes a checkpoint: a plain, versioned JSON record (like LangGraph's
 checkpoints) of the run so far. Record version 1:
 
-- ``run_id``, ``status`` (``running``, ``failed``, ``completed``), ``updated`` (UTC, ISO 8601);
-- ``program``: how to rebuild the program (``{"factory", "kwargs"}`` or
-  ``{"export": dir}``), when known; ``models``: each stage's model;
-- ``inputs``; ``steps``: the completed stage executions in order, each with its ``key``
-  (``stage#n``), outputs, the context sections it added and received, notes, tokens, cost,
-  latency and model; ``error`` and ``position`` of a failed run (the stage it failed at);
-  ``outputs`` of a completed one.
+- `run_id`, `status` (`running`, `failed`, `completed`), `updated` (UTC, ISO 8601);
+- `program`: how to rebuild the program (`{"factory", "kwargs"}` or
+  `{"export": dir}`), when known; `models`: each stage's model;
+- `inputs`; `steps`: the completed stage executions in order, each with its `key`
+  (`stage#n`), outputs, the context sections it added and received, notes, tokens, cost,
+  latency and model; `error` and `position` of a failed run (the stage it failed at);
+  `outputs` of a completed one.
 
-Stores share one small interface and are chosen by URL: ``sqlite:///path.db`` (the embedded
-default), ``postgresql://user:password@host/db``, ``memory://name`` (one process). Each save
-appends a row, so a run's history is kept; ``load`` returns its latest record.
+Stores share one small interface and are chosen by URL: `sqlite:///path.db` (the embedded
+default), `postgresql://user:password@host/db`, `memory://name` (one process). Each save
+appends a row, so a run's history is kept; `load` returns its latest record.
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ class _Record(_Row):
 
 
 class CheckpointStore(ABC):
-    """Where checkpoints live: ``save`` appends one, ``load`` reads a run's latest."""
+    """Where checkpoints live: `save` appends one, `load` reads a run's latest."""
 
     url: str
 
@@ -119,8 +119,9 @@ class CheckpointStore(ABC):
         self._append(record["run_id"], record["status"], record["updated"], json.dumps(record, default=str))
 
     def load(self, run_id: str) -> dict:
-        """The latest checkpoint of ``run_id``, checked field by field before anything reads it: a
-        :class:`CorruptCheckpointError` names the run, the store and the field at fault."""
+        """The latest checkpoint of `run_id`, checked field by field before anything reads it: a
+        [`CorruptCheckpointError`][stagewise.runtime.CorruptCheckpointError] names the run, the store and the field at
+        fault."""
         text = self._latest(run_id)
         if text is None:
             raise UnknownRunError(f"no run {run_id!r} in the checkpoint store {redact(self.url)}")
@@ -154,9 +155,9 @@ class CheckpointStore(ABC):
 
     def find(self, *, since: str | None = None, status: str | None = None, stage: str | None = None,
              limit: int = 50) -> list[dict]:
-        """The latest runs (newest first) updated at or after ``since`` (an ISO 8601 UTC time), with
-        ``status``, and, with ``stage``, that executed that stage; each with its stages, calls, tokens
-        and cost. A run whose checkpoint cannot be read is listed with status ``unreadable``."""
+        """The latest runs (newest first) updated at or after `since` (an ISO 8601 UTC time), with
+        `status`, and, with `stage`, that executed that stage; each with its stages, calls, tokens
+        and cost. A run whose checkpoint cannot be read is listed with status `unreadable`."""
         if status is not None and status not in ("running", "failed", "completed"):
             raise StoreError(f"status {status!r}: expected running, failed or completed")
         scanned = self._summaries(min(limit * 20, 10_000) if stage else limit * 4 if (since or status) else limit)
@@ -188,7 +189,7 @@ class CheckpointStore(ABC):
 
 
 class MemoryCheckpoints(CheckpointStore):
-    """In one process; stores of the same ``memory://name`` share their records."""
+    """In one process; stores of the same `memory://name` share their records."""
 
     _shared: dict[str, dict[str, list[tuple[str, str, str]]]] = {}
 
@@ -218,7 +219,8 @@ class SQLiteCheckpoints(CheckpointStore):
     """A SQLite file (WAL mode: readers never block the writing run).
 
     The file is created by the first checkpoint written to it: looking a run up in a store that
-    does not exist is an :class:`UnknownRunError` that says so, and leaves no empty file behind.
+    does not exist is an [`UnknownRunError`][stagewise.runtime.UnknownRunError] that says so, and leaves no empty file
+    behind.
     """
 
     def __init__(self, url: str):
@@ -328,7 +330,7 @@ class PostgresCheckpoints(CheckpointStore):
 
 
 def open_checkpoints(url: str | None = None) -> CheckpointStore:
-    """The checkpoint store at ``url`` (default: ``sqlite:///stagewise-runs.db``)."""
+    """The checkpoint store at `url` (default: `sqlite:///stagewise-runs.db`)."""
     url = url or DEFAULT_URL
     scheme = url.split(":", 1)[0].lower()
     if scheme == "sqlite":

@@ -12,7 +12,7 @@ class StoreConnectionError(StoreError, ConnectionError):
 
 
 def connect_postgres(url: str, what: str, table: str, ddl: list[str]):
-    """An autocommit connection, with ``table`` created by ``ddl`` (under an advisory lock: processes
+    """An autocommit connection, with `table` created by `ddl` (under an advisory lock: processes
     opening the store at once must not race on CREATE TABLE)."""
     import psycopg
 
@@ -28,8 +28,8 @@ def connect_postgres(url: str, what: str, table: str, ddl: list[str]):
 
 
 def connect_redis(url: str, what: str, *, shown: str | None = None, socket_timeout: float | None = None):
-    """A Redis client that answered a ping (bytes responses, as pybreaker needs); ``shown``: the URL
-    the user gave, when ``url`` is a cleaned-up form of it. ``socket_timeout``: seconds a command may
+    """A Redis client that answered a ping (bytes responses, as pybreaker needs); `shown`: the URL
+    the user gave, when `url` is a cleaned-up form of it. `socket_timeout`: seconds a command may
     wait for Redis before it fails (None: redis-py's default)."""
     import redis
 

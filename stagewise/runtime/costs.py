@@ -1,9 +1,9 @@
 """Cost per request, per stage, and an alert when a request costs far more than usual.
 
-:class:`CostMonitor` observes program calls: it records each request's cost by stage and flags a
-request whose cost is above the ``quantile`` of the recent costs of the same program times
-``factor`` (once at least ``min_history`` requests are known). An alert goes to the log
-(warning) and to ``callback(alert)``.
+[`CostMonitor`][stagewise.runtime.CostMonitor] observes program calls: it records each request's cost by stage and flags
+a request whose cost is above the `quantile` of the recent costs of the same program times
+`factor` (once at least `min_history` requests are known). An alert goes to the log
+(warning) and to `callback(alert)`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class CostAlert:
-    """A request that cost more than ``threshold_usd``: its program, id, cost and cost by stage."""
+    """A request that cost more than `threshold_usd`: its program, id, cost and cost by stage."""
 
     program: str
     request_id: str
@@ -39,9 +39,9 @@ class CostAlert:
 
 
 class CostMonitor(Observer):
-    """Records each request's cost by stage (``last``, ``history``) and raises a :class:`CostAlert`
-    (logged, appended to ``alerts``, passed to ``callback``) for a request above the ``quantile`` of
-    the last ``window`` requests' costs times ``factor``, once ``min_history`` are known."""
+    """Records each request's cost by stage (`last`, `history`) and raises a [`CostAlert`][stagewise.runtime.CostAlert]
+    (logged, appended to `alerts`, passed to `callback`) for a request above the `quantile` of
+    the last `window` requests' costs times `factor`, once `min_history` are known."""
 
     def __init__(self, program: str = "program", *, window: int = 500, quantile: float = 0.99, factor: float = 1.5,
                  min_history: int = 20, callback: Callable[[CostAlert], None] | None = None):

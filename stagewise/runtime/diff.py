@@ -7,7 +7,7 @@ For each stage execution of a run, from its checkpoint:
   with the tokens each saved; the original is *removed* from that stage's view;
 - added: the sections the stage produced (with the tokens each cost).
 
-``diff_text`` renders it for the terminal, ``diff_html`` as a standalone HTML page (inline CSS,
+`diff_text` renders it for the terminal, `diff_html` as a standalone HTML page (inline CSS,
 no scripts, no external resources).
 """
 
@@ -33,7 +33,7 @@ class StageDiff:
 
     @property
     def title(self) -> str:
-        """``stage answer#0 (model, tokens, cost)`` or ``route support#0: {"route": ...}``."""
+        """`stage answer#0 (model, tokens, cost)` or `route support#0: {"route": ...}`."""
         if self.kind == "stage":
             return (f"stage {self.key} ({self.model or 'no model'}, {self.input_tokens} in / {self.output_tokens} "
                     f"out tokens, ${self.cost_usd:.6f})")
@@ -140,7 +140,8 @@ def diff_html(record: dict) -> str:
 
 def diff_parts(record: dict) -> list[str]:
     """The HTML of a run's context diff (a summary, then one table per stage execution, then any error),
-    for a page of its own (:func:`diff_html`) or inside another (``stagewise runs show --html``)."""
+    for a page of its own ([`diff_html`][stagewise.runtime.diff_html]) or inside another
+    (`stagewise runs show --html`)."""
     esc = html.escape
     diffs = run_diff(record)
     parts = [f"<p id='summary'>{_counted(diffs)}; {sum(d.tokens_added for d in diffs)} tokens added, "
@@ -180,7 +181,7 @@ def diff_parts(record: dict) -> list[str]:
 
 
 def decision_text(decision: dict) -> str:
-    """A step's decision in one line: ``route='cards' confidence=0.92 by=LabelRouter ...``."""
+    """A step's decision in one line: `route='cards' confidence=0.92 by=LabelRouter ...`."""
     import json
 
     shown = []
@@ -191,7 +192,7 @@ def decision_text(decision: dict) -> str:
 
 
 def _counted(diffs: list[StageDiff]) -> str:
-    """``3 stage executions`` (``, 2 other steps`` when routes, retrievals... were recorded too)."""
+    """`3 stage executions` (`, 2 other steps` when routes, retrievals... were recorded too)."""
     stages = sum(1 for d in diffs if d.kind == "stage")
     others = len(diffs) - stages
     return f"{stages} stage executions" + (f", {others} other steps" if others else "")

@@ -1,31 +1,31 @@
 """Personal data kept out of what a run stores: a redaction policy applied before anything leaves a request.
 
-A :class:`PrivacyPolicy` says what is personal data and what becomes of it:
+A [`PrivacyPolicy`][stagewise.runtime.PrivacyPolicy] says what is personal data and what becomes of it:
 
-- built-in detectors, each on or off: ``email`` addresses, ``credit_card`` numbers (13 to 19
-  digits, spaces or dashes between groups, Luhn-checked), ``phone`` numbers (validated with
-  ``phonenumbers``, Google's libphonenumber: international numbers of any country, national ones
-  of ``phone_regions``) and ``iban`` account numbers (the country's length and the ISO 13616
+- built-in detectors, each on or off: `email` addresses, `credit_card` numbers (13 to 19
+  digits, spaces or dashes between groups, Luhn-checked), `phone` numbers (validated with
+  `phonenumbers`, Google's libphonenumber: international numbers of any country, national ones
+  of `phone_regions`) and `iban` account numbers (the country's length and the ISO 13616
   mod-97 checksum);
-- custom regular expressions, each with its name: ``ORDER_ID = "ORD-\\d{6}"``;
-- fields, by name, whose whole value is dropped (``<DROPPED>``) or replaced by a keyed hash
-  (``<HASH:16 hex digits>``, HMAC-SHA256 under a secret key: equal values give equal hashes, so
+- custom regular expressions, each with its name: `ORDER_ID = "ORD-\\d{6}"`;
+- fields, by name, whose whole value is dropped (`<DROPPED>`) or replaced by a keyed hash
+  (`<HASH:16 hex digits>`, HMAC-SHA256 under a secret key: equal values give equal hashes, so
   stored runs can still be joined, but nobody without the key can test a guess).
 
-A match is replaced by the ``replacement`` format, ``<{entity}>`` by default: ``<EMAIL>``,
-``<CREDIT_CARD>``, ``<PHONE>``, ``<IBAN>``, ``<ORDER_ID>``.
+A match is replaced by the `replacement` format, `<{entity}>` by default: `<EMAIL>`,
+`<CREDIT_CARD>`, `<PHONE>`, `<IBAN>`, `<ORDER_ID>`.
 
-Where it applies: ``run(program, inputs, privacy=policy)`` (and ``resume``, ``replay``) or
-``with protecting(policy):`` make every record of the run pass through the policy once, at the
-point where it leaves the request: checkpoints (:class:`~stagewise.runtime.runs.Checkpointer`),
-the context store (:class:`~stagewise.runtime.store.ContextRecorder`, ``shared(store)``), spans
-with content (:class:`~stagewise.runtime.tracing.Tracer`), and log records made while the run
+Where it applies: `run(program, inputs, privacy=policy)` (and `resume`, `replay`) or
+`with protecting(policy):` make every record of the run pass through the policy once, at the
+point where it leaves the request: checkpoints ([`Checkpointer`][stagewise.runtime.runs.Checkpointer]),
+the context store ([`ContextRecorder`][stagewise.runtime.store.ContextRecorder], `shared(store)`), spans
+with content ([`Tracer`][stagewise.runtime.tracing.Tracer]), and log records made while the run
 runs. The model still sees the original text: the policy changes what is kept, never what is
 asked. The values of dropped and hashed fields are also replaced wherever they appear in the
 run's texts (a prompt quoting an input field, a later stage's section).
 
 Why not presidio-analyzer: its recognizers for these four entities are regular expressions with
-the same checks (Luhn, mod-97, ``phonenumbers``), but importing any of them imports its NLP
+the same checks (Luhn, mod-97, `phonenumbers`), but importing any of them imports its NLP
 engines (spaCy, and transformers with torch when installed: 7.9 s and 490 MB here), its e-mail
 check fetches the Public Suffix List from the network on first use, and its phone recognizer
 scans the whole text once per region: the four take 8 to 19 ms per KB of a request's text here,
@@ -100,7 +100,7 @@ def luhn_valid(digits: str) -> bool:
 
 
 def iban_valid(text: str) -> bool:
-    """Whether ``text`` (spaces and dashes allowed) is an IBAN: its country's length and a mod-97 of 1."""
+    """Whether `text` (spaces and dashes allowed) is an IBAN: its country's length and a mod-97 of 1."""
     compact = re.sub(r"[ -]", "", text).upper()
     if IBAN_LENGTHS.get(compact[:2]) != len(compact) or not compact.isalnum():
         return False
@@ -110,7 +110,7 @@ def iban_valid(text: str) -> bool:
 
 @dataclass(frozen=True)
 class Finding:
-    """One piece of personal data in a text: what it is and where (``text[start:end]``)."""
+    """One piece of personal data in a text: what it is and where (`text[start:end]`)."""
 
     entity: str
     start: int
@@ -120,10 +120,10 @@ class Finding:
 class PrivacyPolicy:
     """What is personal data in a run's records, and what it becomes (see the module).
 
-    ``detect`` names the built-in detectors that are on (:data:`DETECTORS`); ``patterns`` maps a
-    name to a regular expression; ``drop`` and ``hash`` name input/output fields (and context
-    sections of that name); ``hash_key`` keys the hash (required when ``hash`` names a field).
-    ``replacement`` is a format with ``{entity}``. A policy is immutable and thread-safe.
+    `detect` names the built-in detectors that are on (`DETECTORS`); `patterns` maps a
+    name to a regular expression; `drop` and `hash` name input/output fields (and context
+    sections of that name); `hash_key` keys the hash (required when `hash` names a field).
+    `replacement` is a format with `{entity}`. A policy is immutable and thread-safe.
     """
 
     def __init__(self, *, detect: tuple[str, ...] | list[str] = DETECTORS, patterns: Mapping[str, str] | None = None,
@@ -160,9 +160,9 @@ class PrivacyPolicy:
     @classmethod
     def from_config(cls, table: Mapping[str, Any], *, where: str = "[privacy]",
                     environ: Mapping[str, str] | None = None) -> PrivacyPolicy:
-        """A policy from a ``[privacy]`` TOML table (keys: ``detect``, ``patterns``, ``drop``, ``hash``,
-        ``hash_key_env``, ``replacement``, ``phone_regions``); a :class:`ConfigError` names the bad key.
-        The hash key is read from the environment variable ``hash_key_env`` names, never from the file."""
+        """A policy from a `[privacy]` TOML table (keys: `detect`, `patterns`, `drop`, `hash`,
+        `hash_key_env`, `replacement`, `phone_regions`); a [`ConfigError`][stagewise.ConfigError] names the bad key.
+        The hash key is read from the environment variable `hash_key_env` names, never from the file."""
         environ = os.environ if environ is None else environ
         if not isinstance(table, Mapping):
             raise ConfigError(f"{where} must be a table, not {type(table).__name__}")
@@ -210,8 +210,8 @@ class PrivacyPolicy:
 
     @classmethod
     def from_option(cls, value: str, *, environ: Mapping[str, str] | None = None) -> PrivacyPolicy:
-        """A policy from a command-line option (``--redact``): ``all``, detector names separated by
-        commas (``email,credit_card``), or a TOML file whose ``[privacy]`` table says the rest."""
+        """A policy from a command-line option (`--redact`): `all`, detector names separated by
+        commas (`email,credit_card`), or a TOML file whose `[privacy]` table says the rest."""
         value = value.strip()
         if value.endswith(".toml"):
             from pathlib import Path
@@ -233,7 +233,7 @@ class PrivacyPolicy:
     # --- finding ---------------------------------------------------------------------------------
 
     def findings(self, text: str) -> list[Finding]:
-        """The personal data in ``text``, in order, without overlaps (the earlier, then longer, wins)."""
+        """The personal data in `text`, in order, without overlaps (the earlier, then longer, wins)."""
         found: list[Finding] = []
         if "email" in self.detect and "@" in text:
             found += [Finding("EMAIL", m.start(), m.end()) for m in _EMAIL.finditer(text)]
@@ -251,7 +251,7 @@ class PrivacyPolicy:
     # --- applying ----------------------------------------------------------------------------------
 
     def text(self, text: str, known: Mapping[str, str] | None = None) -> str:
-        """``text`` with every finding replaced (and every ``known`` value, longest first, by its marker)."""
+        """`text` with every finding replaced (and every `known` value, longest first, by its marker)."""
         if not isinstance(text, str) or not text:
             return text
         if known:
@@ -269,7 +269,7 @@ class PrivacyPolicy:
         return "".join(parts)
 
     def marker(self, field: str, value: Any) -> Any:
-        """What a value of ``field`` becomes: ``<DROPPED>``, its keyed hash, or the value (other fields)."""
+        """What a value of `field` becomes: `<DROPPED>`, its keyed hash, or the value (other fields)."""
         if field in self.drop:
             return self.replacement.format(entity="DROPPED")
         if field in self.hash:
@@ -280,7 +280,7 @@ class PrivacyPolicy:
         return value
 
     def value(self, value: Any, field: str | None = None, known: Mapping[str, str] | None = None) -> Any:
-        """Any JSON-like value redacted: a named field's marker, strings by :meth:`text`, lists and
+        """Any JSON-like value redacted: a named field's marker, strings by `text`, lists and
         dicts item by item (a dict's keys are the field names of its values)."""
         if field is not None and (field in self.drop or field in self.hash):
             return self.marker(field, value)
@@ -299,7 +299,7 @@ class PrivacyPolicy:
     apply = value
 
     def sensitive(self, fields: Mapping[str, Any]) -> dict[str, str]:
-        """The string values of dropped and hashed fields in ``fields``, each with its marker."""
+        """The string values of dropped and hashed fields in `fields`, each with its marker."""
         known = {}
         for name, v in fields.items():
             if (name in self.drop or name in self.hash) and isinstance(v, str) and len(v) >= 3:
@@ -426,7 +426,7 @@ class PrivacyScope:
         self._lock = threading.Lock()  # fan-out branches learn concurrently
 
     def learn(self, fields: Mapping[str, Any]) -> None:
-        """Remember the sensitive values among ``fields`` (a request's inputs, a stage's outputs)."""
+        """Remember the sensitive values among `fields` (a request's inputs, a stage's outputs)."""
         found = self.policy.sensitive(fields)
         if found:
             with self._lock:
@@ -437,15 +437,16 @@ class PrivacyScope:
             return dict(self.known)
 
     def text(self, text: str) -> str:
-        """:meth:`PrivacyPolicy.text` with the values learnt so far."""
+        """[`PrivacyPolicy.text`][stagewise.runtime.PrivacyPolicy.text] with the values learnt so far."""
         return self.policy.text(text, self._known())
 
     def value(self, value: Any, field: str | None = None) -> Any:
-        """:meth:`PrivacyPolicy.value` with the values learnt so far."""
+        """[`PrivacyPolicy.value`][stagewise.runtime.PrivacyPolicy.value] with the values learnt so far."""
         return self.policy.value(value, field, self._known())
 
     def record(self, fields: Mapping[str, Any]) -> dict:
-        """:meth:`PrivacyPolicy.record` with the values learnt so far (and ``fields``' own)."""
+        """[`PrivacyPolicy.record`][stagewise.runtime.PrivacyPolicy.record] with the values learnt so far (and `fields`'
+        own)."""
         self.learn(fields)
         return self.policy.record(fields, self._known())
 
@@ -454,13 +455,13 @@ _scope: ContextVar[PrivacyScope | None] = ContextVar("stagewise_privacy", defaul
 
 
 def current_privacy() -> PrivacyScope | None:
-    """The scope of the policy the current request runs under (``protecting``), or None."""
+    """The scope of the policy the current request runs under (`protecting`), or None."""
     return _scope.get()
 
 
 def privacy_scope(policy: PrivacyPolicy | PrivacyScope | None) -> PrivacyScope | None:
-    """The scope an observer writes through: the current request's when it runs under ``policy`` (or
-    ``policy`` is None), else a new one for ``policy``."""
+    """The scope an observer writes through: the current request's when it runs under `policy` (or
+    `policy` is None), else a new one for `policy`."""
     if isinstance(policy, PrivacyScope):
         return policy
     current = _scope.get()
@@ -471,7 +472,7 @@ def privacy_scope(policy: PrivacyPolicy | PrivacyScope | None) -> PrivacyScope |
 
 @contextmanager
 def protecting(policy: PrivacyPolicy | None) -> Iterator[PrivacyScope | None]:
-    """Requests in this block keep their records through ``policy`` (None: no change): the observers
+    """Requests in this block keep their records through `policy` (None: no change): the observers
     that write them find it, and log records made in the block (this thread, its tasks and the
     threads that copy its context) are redacted when they are made."""
     if policy is None:
@@ -511,10 +512,10 @@ def _install_log_redaction() -> None:
 
 
 class PrivacyFilter(logging.Filter):
-    """A logging filter that redacts every record it passes with ``policy`` (whatever request made it).
+    """A logging filter that redacts every record it passes with `policy` (whatever request made it).
 
     Add it to a handler to keep personal data out of everything the handler writes, including
-    records made outside any request: ``handler.addFilter(PrivacyFilter(policy))``.
+    records made outside any request: `handler.addFilter(PrivacyFilter(policy))`.
     """
 
     def __init__(self, policy: PrivacyPolicy):
@@ -522,7 +523,7 @@ class PrivacyFilter(logging.Filter):
         self.policy = policy
 
     def filter(self, record: logging.LogRecord) -> bool:
-        """Rewrite ``record`` in place (message, traceback, stack) and pass it."""
+        """Rewrite `record` in place (message, traceback, stack) and pass it."""
         scope = _scope.get()
         redact_log_record(record, scope.text if scope is not None and scope.policy is self.policy
                            else self.policy.text)

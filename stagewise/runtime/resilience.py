@@ -1,25 +1,25 @@
 """Resilience of stage calls: retries, fallback models, circuit breakers, a shared rate limiter, budgets.
 
-Install a :class:`Resilience` guard around program calls (``with guarding(resilience): ...``,
-as ``stagewise serve`` does). For every stage call it applies the stage's :class:`StagePolicy`,
-whose ``mode`` is a :class:`FailureMode` (or its string):
+Install a `Resilience` guard around program calls (`with guarding(resilience): ...`,
+as `stagewise serve` does). For every stage call it applies the stage's `StagePolicy`,
+whose `mode` is a `FailureMode` (or its string):
 
-- ``retry``: retryable errors only (rate limits, timeouts, 5xx, lost connections) are retried
+- `retry`: retryable errors only (rate limits, timeouts, 5xx, lost connections) are retried
   with exponential backoff and jitter (tenacity); anything else fails the request;
-- ``fallback``: after the retries, the next model of ``fallbacks`` is called, with the context
+- `fallback`: after the retries, the next model of `fallbacks` is called, with the context
   rendered in its own format and fitted to its own budget (the stage runs again on it);
-- ``skip``: when every model failed, the stage's outputs are empty and the request goes on,
-  marked degraded (``prediction.degraded``);
-- ``fail``: the first error fails the request.
+- `skip`: when every model failed, the stage's outputs are empty and the request goes on,
+  marked degraded (`prediction.degraded`);
+- `fail`: the first error fails the request.
 
 A circuit breaker per provider endpoint (pybreaker: closed, open, half-open with one probe call)
-stops calls to an endpoint after ``fail_max`` failures for ``reset_s`` seconds; with a Redis URL
-its state is shared by every process. A :class:`RateLimiter` counts requests and tokens per
+stops calls to an endpoint after `fail_max` failures for `reset_s` seconds; with a Redis URL
+its state is shared by every process. A `RateLimiter` counts requests and tokens per
 provider in a sliding window across stages and processes (Redis when configured) and queues or
-sheds a call before the provider's limit (:class:`LimitPolicy`). A :class:`Budget` (``stagewise.runtime.budgets``)
-reserves each call's worst-case cost before it and settles it after, and stops a request before
-the call that would exceed its cost budget (or its tenant's daily budget), keeping the partial
-results. Inside :func:`deadline_scope`, no call starts after the deadline (:class:`DeadlineExceeded`).
+sheds a call before the provider's limit (`LimitPolicy`). A [`Budget`][stagewise.runtime.Budget]
+(`stagewise.runtime.budgets`) reserves each call's worst-case cost before it and settles it after, and stops a request
+before the call that would exceed its cost budget (or its tenant's daily budget), keeping the partial
+results. Inside `deadline_scope`, no call starts after the deadline (`DeadlineExceeded`).
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ RETRYABLE_NAMES = ("timeout", "connection", "transport", "ratelimit", "serviceun
 
 
 class StageFailed(ModelError, RuntimeError):
-    """Every model a stage may use failed; ``errors`` says how, per model."""
+    """Every model a stage may use failed; `errors` says how, per model."""
 
     def __init__(self, stage: str, errors: list[str]):
         super().__init__(f"stage {stage!r} failed on every model: " + "; ".join(errors))
@@ -71,7 +71,7 @@ class StageFailed(ModelError, RuntimeError):
 
 
 class RateLimited(BudgetError, RuntimeError):
-    """A call shed by the rate limiter (policy ``shed``, or waited longer than ``max_wait_s``)."""
+    """A call shed by the rate limiter (policy `shed`, or waited longer than `max_wait_s`)."""
 
 
 def is_retryable(exc: BaseException) -> bool:
@@ -100,21 +100,21 @@ def is_retryable(exc: BaseException) -> bool:
 
 
 class FailureMode(StrEnum):
-    """What a :class:`StagePolicy` does when a stage's model call fails (see the module).
+    """What a `StagePolicy` does when a stage's model call fails (see the module).
 
-    A member equals its string (``FailureMode.SKIP == "skip"``), so the strings of a TOML file or
+    A member equals its string (`FailureMode.SKIP == "skip"`), so the strings of a TOML file or
     of the command line work wherever a mode is expected.
     """
 
     RETRY = "retry"  # retry retryable errors on the stage's own model, then fail the request
-    FALLBACK = "fallback"  # after the retries, the next model of ``fallbacks``
+    FALLBACK = "fallback"  # after the retries, the next model of `fallbacks`
     SKIP = "skip"  # as FALLBACK; when every model failed, empty outputs and a degraded request
     FAIL = "fail"  # the first error fails the request (no retry)
 
 
 @dataclass(frozen=True)
 class StagePolicy:
-    """How a stage's failed calls are handled: ``mode`` (a :class:`FailureMode` or its string:
+    """How a stage's failed calls are handled: `mode` (a `FailureMode` or its string:
     retry, fallback, skip, fail) and its retries. A string mode is stored as its FailureMode."""
 
     mode: FailureMode = FailureMode.RETRY
@@ -148,12 +148,12 @@ def provider_of(lm) -> str:
 class EndpointBreaker(pybreaker.CircuitBreaker):
     """pybreaker's circuit breaker for one endpoint, with a half-open state that admits one probe.
 
-    pybreaker's ``calling()`` releases its lock before the guarded block runs, so in the half-open
+    pybreaker's `calling()` releases its lock before the guarded block runs, so in the half-open
     state every concurrent caller goes through, and it counts an excluded error as a success
     (which closes a half-open circuit). Here, when the reset timeout has passed, exactly one call
     (across processes, with Redis) becomes the probe; the others are refused with
-    :class:`pybreaker.CircuitBreakerError` until the probe ends. Only retryable errors
-    (:func:`is_retryable`: rate limits, timeouts, 5xx, lost connections) count as failures; any
+    `pybreaker.CircuitBreakerError` until the probe ends. Only retryable errors
+    (`is_retryable`: rate limits, timeouts, 5xx, lost connections) count as failures; any
     other error (a 4xx client error, a parse error) neither opens nor closes the circuit, and
     leaves the failure count as it was. A probe that fails so reopens the circuit; one that succeeds
     closes it; one that ends in a client error leaves it half-open for the next call to probe.
@@ -190,7 +190,7 @@ class EndpointBreaker(pybreaker.CircuitBreaker):
 
     def _admit(self) -> str | None:
         """None for a call in the closed state, the probe token for the half-open probe; raises
-        :class:`pybreaker.CircuitBreakerError` for a call that may not reach the endpoint."""
+        `pybreaker.CircuitBreakerError` for a call that may not reach the endpoint."""
         with self._lock:
             state = self.current_state
             if state == pybreaker.STATE_CLOSED:
@@ -217,7 +217,7 @@ class EndpointBreaker(pybreaker.CircuitBreaker):
             return token
 
     def _failed(self, exc: BaseException, probe: bool) -> None:
-        """Count a retryable failure; raises CircuitBreakerError (from ``exc``) when it opens the circuit."""
+        """Count a retryable failure; raises CircuitBreakerError (from `exc`) when it opens the circuit."""
         with self._lock:
             self._inc_counter()
             state = self.current_state
@@ -239,7 +239,7 @@ class EndpointBreaker(pybreaker.CircuitBreaker):
 
     @contextmanager
     def calling(self):
-        """Run the ``with`` block as one call to the endpoint, by the rules above."""
+        """Run the `with` block as one call to the endpoint, by the rules above."""
         token = self._admit()
         try:
             yield
@@ -254,7 +254,7 @@ class EndpointBreaker(pybreaker.CircuitBreaker):
                 self._release_probe(token)
 
     def call(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """``func(*args, **kwargs)`` as one call to the endpoint (see :meth:`calling`)."""
+        """`func(*args, **kwargs)` as one call to the endpoint (see `calling`)."""
         with self.calling():
             return func(*args, **kwargs)
 
@@ -266,12 +266,12 @@ return 0
 
 
 class Breakers:
-    """One :class:`EndpointBreaker` per endpoint; shared through Redis when ``redis_url`` is given.
+    """One `EndpointBreaker` per endpoint; shared through Redis when `redis_url` is given.
 
-    ``fail_max`` retryable failures in a row open an endpoint's circuit for ``reset_s`` seconds;
-    then one probe call goes through (one in every process sharing the Redis). ``probe_lease_s``
+    `fail_max` retryable failures in a row open an endpoint's circuit for `reset_s` seconds;
+    then one probe call goes through (one in every process sharing the Redis). `probe_lease_s`
     bounds how long a probe may hold its slot: a process that dies mid-probe frees it then.
-    A Redis command waits at most ``socket_timeout_s`` (a stalled Redis fails the call, not hangs it).
+    A Redis command waits at most `socket_timeout_s` (a stalled Redis fails the call, not hangs it).
     """
 
     def __init__(self, fail_max: int = 3, reset_s: float = 30.0, redis_url: str | None = None,
@@ -290,7 +290,7 @@ class Breakers:
         self._lock = threading.Lock()
 
     def __call__(self, endpoint: str) -> EndpointBreaker:
-        """The breaker of ``endpoint`` (created on first use)."""
+        """The breaker of `endpoint` (created on first use)."""
         with self._lock:
             if endpoint not in self._breakers:
                 storage = None
@@ -303,7 +303,7 @@ class Breakers:
             return self._breakers[endpoint]
 
     def state(self, endpoint: str) -> str:
-        """``closed``, ``open`` or ``half-open``: the state the endpoint's circuit is stored in."""
+        """`closed`, `open` or `half-open`: the state the endpoint's circuit is stored in."""
         return self(endpoint).current_state
 
 
@@ -346,33 +346,33 @@ return redis.call('ZCARD', KEYS[1])
 
 @dataclass
 class Limit:
-    """A rate limit per window: at most ``requests`` calls and ``tokens`` tokens (0: no limit)."""
+    """A rate limit per window: at most `requests` calls and `tokens` tokens (0: no limit)."""
 
     requests: int = 0
     tokens: int = 0
 
 
 class LimitPolicy(StrEnum):
-    """What a :class:`RateLimiter` does with a call when its window is full. A member equals its
-    string (``LimitPolicy.SHED == "shed"``), so ``policy="shed"`` works too."""
+    """What a `RateLimiter` does with a call when its window is full. A member equals its
+    string (`LimitPolicy.SHED == "shed"`), so `policy="shed"` works too."""
 
-    QUEUE = "queue"  # wait for room, at most ``max_wait_s``; then RateLimited
+    QUEUE = "queue"  # wait for room, at most `max_wait_s`; then RateLimited
     SHED = "shed"  # refuse at once: RateLimited
 
 
 class RateLimiter:
-    """Requests and tokens per provider per ``window_s`` (60: per minute), across stages and processes.
+    """Requests and tokens per provider per `window_s` (60: per minute), across stages and processes.
 
     A call holds its slot while it is in flight and is counted from the moment it ends, so a
     provider never sees more than the limit in any window of its own, however long a call takes
-    to leave (``lease_s`` bounds the hold of a process that died mid-call). ``policy="queue"``
-    waits for room (at most ``max_wait_s``), ``"shed"`` refuses at once (:class:`RateLimited`); see
-    :class:`LimitPolicy`.
+    to leave (`lease_s` bounds the hold of a process that died mid-call). `policy="queue"`
+    waits for room (at most `max_wait_s`), `"shed"` refuses at once (`RateLimited`); see
+    `LimitPolicy`.
 
-    Keys ("providers") may be many (``stagewise serve`` keys by tenant or client address): in
+    Keys ("providers") may be many (`stagewise serve` keys by tenant or client address): in
     process, a key whose window is empty is dropped, and the whole table is swept when it holds
-    more than ``max_keys``; in Redis each key expires with its window. A Redis command waits at
-    most ``socket_timeout_s``; a Redis error reaches the caller (``redis.RedisError``).
+    more than `max_keys`; in Redis each key expires with its window. A Redis command waits at
+    most `socket_timeout_s`; a Redis error reaches the caller (`redis.RedisError`).
     """
 
     def __init__(self, limits: dict[str, Limit], *, window_s: float = 60.0,
@@ -401,7 +401,7 @@ class RateLimiter:
             del self._local[key]
 
     def blocked(self, key: str) -> bool:
-        """Whether the next call on ``key`` would be refused now, without counting one."""
+        """Whether the next call on `key` would be refused now, without counting one."""
         limit = self.limits.get(key) or self.limits.get("*")
         if limit is None or not limit.requests:
             return False
@@ -453,7 +453,7 @@ class RateLimiter:
 
     @contextmanager
     def slot(self, provider: str, tokens: int = 0):
-        """Hold room for one call of ``tokens`` while it runs; yields the seconds waited for it."""
+        """Hold room for one call of `tokens` while it runs; yields the seconds waited for it."""
         limit = self.limits.get(provider) or self.limits.get("*")
         if limit is None:
             yield 0.0
@@ -493,8 +493,8 @@ _deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("stagew
 
 @contextmanager
 def deadline_scope(deadline: float | None):
-    """Model calls inside the block are refused (:class:`DeadlineExceeded`) once ``time.monotonic()``
-    passes ``deadline``; None: no deadline. A call already on its way is not interrupted."""
+    """Model calls inside the block are refused (`DeadlineExceeded`) once `time.monotonic()`
+    passes `deadline`; None: no deadline. A call already on its way is not interrupted."""
     token = _deadline.set(deadline)
     try:
         yield
@@ -512,11 +512,11 @@ def _check_deadline(stage: str) -> None:
 
 @dataclass
 class Resilience(CallGuard):
-    """The call guard: each stage call under its :class:`StagePolicy`, breakers, limiter and budget.
+    """The call guard: each stage call under its `StagePolicy`, breakers, limiter and budget.
 
-    Install it with ``with guarding(resilience): ...``. Errors of the guard's own stores (Redis,
-    SQLite) and :class:`BudgetExceeded`, :class:`RateLimited` and :class:`DeadlineExceeded` reach the
-    caller as they are; a model's failures become :class:`StageFailed` (or a degraded result).
+    Install it with `with guarding(resilience): ...`. Errors of the guard's own stores (Redis,
+    SQLite) and [`BudgetExceeded`][stagewise.runtime.BudgetExceeded], `RateLimited` and `DeadlineExceeded` reach the
+    caller as they are; a model's failures become `StageFailed` (or a degraded result).
     """
 
     policies: dict[str, StagePolicy] = field(default_factory=dict)  # stage name -> policy
@@ -535,7 +535,7 @@ class Resilience(CallGuard):
         return self._lms[name]
 
     def call(self, stage, run: Run, attempt: Callable[[Any], dict]) -> dict:
-        """Run ``stage``'s call (``attempt``) under its policy: its own model, then its fallbacks."""
+        """Run `stage`'s call (`attempt`) under its policy: its own model, then its fallbacks."""
         policy = self.policies.get(stage.name, self.default)
         models = [stage.lm] + ([self._lm(m) for m in policy.fallbacks]
                                if policy.mode in (FailureMode.FALLBACK, FailureMode.SKIP) else [])

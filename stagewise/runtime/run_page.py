@@ -1,8 +1,8 @@
-"""One standalone HTML page per recorded run (``stagewise runs show RUN_ID --html FILE``).
+"""One standalone HTML page per recorded run (`stagewise runs show RUN_ID --html FILE`).
 
 The page shows the run's inputs and outputs (or its error), its steps as a timeline (each with
 its model, tokens, cost, latency and notes, a bar as long as its share of the run's model time),
-and the context diff of :mod:`stagewise.runtime.diff`. Inline CSS, no scripts, no external
+and the context diff of `stagewise.runtime.diff`. Inline CSS, no scripts, no external
 resources: it opens anywhere, offline, and can be attached to a ticket.
 """
 
@@ -25,7 +25,7 @@ dd{margin:0;white-space:pre-wrap}
 
 
 def run_page(record: dict) -> str:
-    """The page of a checkpointed run ``record`` (as ``CheckpointStore.load`` returns it)."""
+    """The page of a checkpointed run `record` (as `CheckpointStore.load` returns it)."""
     esc = html.escape
     steps = record["steps"]
     longest = max((step.get("latency_s") or 0.0 for step in steps), default=0.0) or 1.0

@@ -1,10 +1,10 @@
 """Checkpointed runs: run a program with a checkpoint after every stage, resume a failed run.
 
-``run(program, inputs, store=URL)`` gives the run an id and writes a checkpoint (see
-:mod:`stagewise.runtime.checkpoint`) after every stage. ``resume(run_id, store=URL)`` runs it
+`run(program, inputs, store=URL)` gives the run an id and writes a checkpoint (see
+`stagewise.runtime.checkpoint`) after every stage. `resume(run_id, store=URL)` runs it
 again from its checkpoint: every stage execution the checkpoint holds is restored (its
 outputs and context sections, no model call), so the run restarts at the stage that failed.
-A stage execution is recognized by its key, ``stage#n`` (its n-th execution in the run).
+A stage execution is recognized by its key, `stage#n` (its n-th execution in the run).
 """
 
 from __future__ import annotations
@@ -87,9 +87,9 @@ def private_step(scope: PrivacyScope | None, step: dict) -> dict:
 
 
 class Checkpointer(Observer):
-    """Writes a checkpoint after every stage of a run; restores the steps of ``restore_from``.
+    """Writes a checkpoint after every stage of a run; restores the steps of `restore_from`.
 
-    With ``privacy`` (or inside ``protecting(policy)``) every input, output, section, note and
+    With `privacy` (or inside `protecting(policy)`) every input, output, section, note and
     error message is redacted once, as it is added to the record: the store never receives it.
     """
 
@@ -222,18 +222,18 @@ class Checkpointer(Observer):
 
 
 def origin_of(program) -> dict | None:
-    """How to rebuild ``program``: set by ``stagewise.load`` (an export) or given to ``run``."""
+    """How to rebuild `program`: set by `stagewise.load` (an export) or given to `run`."""
     return getattr(program, "stagewise_origin", None)
 
 
 def run(program, inputs: dict, *, store: str | CheckpointStore | None = None, run_id: str | None = None,
         origin: dict | None = None, privacy: PrivacyPolicy | None = None):
-    """Call ``program(**inputs)`` with a checkpoint after every stage; the prediction has ``run_id``.
+    """Call `program(**inputs)` with a checkpoint after every stage; the prediction has `run_id`.
 
-    ``origin`` (``{"factory": "module:function", "kwargs": {}}``) lets ``resume`` and ``stagewise
-    replay`` rebuild the program without it being passed in, from a factory they trust (:func:`rebuild`).
-    ``privacy`` redacts what the run keeps (checkpoints, and the context store, spans and log records
-    of observers around it: see :mod:`stagewise.runtime.privacy`); the program sees ``inputs`` as given.
+    `origin` (`{"factory": "module:function", "kwargs": {}}`) lets `resume` and
+    `stagewise replay` rebuild the program without it being passed in, from a factory they trust (`rebuild`).
+    `privacy` redacts what the run keeps (checkpoints, and the context store, spans and log records
+    of observers around it: see `stagewise.runtime.privacy`); the program sees `inputs` as given.
     """
     with _opened(store) as store:
         run_id = run_id or uuid.uuid4().hex[:16]
@@ -259,11 +259,11 @@ def _opened(store: str | CheckpointStore | None):
 
 
 def rebuild(record: dict, models: dict[str, str] | None = None, *, factory=None, trust_code: bool = False):
-    """The program of a checkpointed run, with its stages' models (``models`` overrides some).
+    """The program of a checkpointed run, with its stages' models (`models` overrides some).
 
     A run's record names how its program was built, but a name read from a runs store is never
-    imported on its own word: the factory must be passed (``factory``), registered as an entry
-    point, or trusted explicitly (``trust_code``), as for :func:`stagewise.load`.
+    imported on its own word: the factory must be passed (`factory`), registered as an entry
+    point, or trusted explicitly (`trust_code`), as for [`stagewise.load`][stagewise.load].
     """
     from stagewise.optimize.export import load
     from stagewise.optimize.trust import trusted_factory
@@ -290,8 +290,8 @@ def resume(run_id: str, *, store: str | CheckpointStore | None = None, program=N
            trust_code: bool = False, privacy: PrivacyPolicy | None = None):
     """Run a checkpointed run again from its checkpoint: completed stages are restored, not called.
 
-    The program is ``program``, or rebuilt as :func:`rebuild` says (``factory``, ``trust_code``).
-    ``privacy`` as for :func:`run`; a run stored under a policy resumes from its redacted inputs.
+    The program is `program`, or rebuilt as `rebuild` says (`factory`, `trust_code`).
+    `privacy` as for [`run`][stagewise.runtime.run]; a run stored under a policy resumes from its redacted inputs.
     """
     with _opened(store) as store:
         record = store.load(run_id)
@@ -315,17 +315,17 @@ def replay(run_id: str, stage: str, *, store: str | CheckpointStore | None = Non
            overrides: dict[str, str] | None = None, models: dict[str, str] | None = None, program=None,
            factory=None, trust_code: bool = False, privacy: PrivacyPolicy | None = None,
            decisions: dict[str, dict] | None = None, demos: dict[str, list[dict]] | None = None):
-    """Run a stored run again from ``stage``: earlier stages' stored outputs are reused, the
-    stage and everything after it run for real, with ``overrides`` (an input field, or a
+    """Run a stored run again from `stage`: earlier stages' stored outputs are reused, the
+    stage and everything after it run for real, with `overrides` (an input field, or a
     section id an earlier stage or step produced, a retrieved passage included, to a new value),
-    ``models`` (stage -> model) and ``decisions`` (a router or cascade's name -> the decision it
-    must take: ``{"support": {"route": "billing"}}``, ``{"verify": {"accept": True}}`` or
-    ``{"escalate": True}``) and ``demos`` (stage -> the few-shot examples it gets instead of its own,
-    each a dict of its fields). ``stage`` may name a router, a retrieval or a cascade too.
-    The program is ``program``, or rebuilt as :func:`rebuild` says (``factory``, ``trust_code``).
+    `models` (stage -> model) and `decisions` (a router or cascade's name -> the decision it
+    must take: `{"support": {"route": "billing"}}`, `{"verify": {"accept": True}}` or
+    `{"escalate": True}`) and `demos` (stage -> the few-shot examples it gets instead of its own,
+    each a dict of its fields). `stage` may name a router, a retrieval or a cascade too.
+    The program is `program`, or rebuilt as `rebuild` says (`factory`, `trust_code`).
 
-    Returns ``(original record, prediction, new record)``; the new run's id is
-    ``<run_id>-replay-<n>``. ``privacy`` as for :func:`run` (the new run's record is redacted).
+    Returns `(original record, prediction, new record)`; the new run's id is
+    `<run_id>-replay-<n>`. `privacy` as for [`run`][stagewise.runtime.run] (the new run's record is redacted).
     """
     with _opened(store) as store:
         return _replay(store, run_id, stage, overrides, models, program,
@@ -346,7 +346,7 @@ def _replay(store: CheckpointStore, run_id: str, stage: str, overrides, models, 
     # recorded when it ends: replaying from it starts where it began.
     position = min(position, original["steps"][position].get("began_at", position))
     if original["steps"][position].get("kind") == "retrieve":
-        # From a retrieval: its passages are kept (and may be edited, as ``passage_2`` or ``retrieve.passage_2``);
+        # From a retrieval: its passages are kept (and may be edited, as `passage_2` or `retrieve.passage_2`);
         # everything after it runs again.
         named = original["steps"][position]["stage"]
         overrides = {(f"{named}.{target}" if "." not in target and target not in original["inputs"] else target): value

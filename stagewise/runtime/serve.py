@@ -1,27 +1,27 @@
-"""An HTTP API over an exported program (FastAPI): ``stagewise serve DIR``.
+"""An HTTP API over an exported program (FastAPI): `stagewise serve DIR`.
 
-- ``POST /v1/run``: a JSON object with the program's input fields (no others) -> its outputs,
+- `POST /v1/run`: a JSON object with the program's input fields (no others) -> its outputs,
   a per-stage trace summary (model, tokens, cost, latency) and the request's cost;
-- ``GET /v1/budget``: the caller's tenant, its spend today and its daily budget;
-- ``GET /healthz`` (no token, no store: it answers while Redis is down); the OpenAPI schema at
-  ``/openapi.json`` (and ``/docs``).
+- `GET /v1/budget`: the caller's tenant, its spend today and its daily budget;
+- `GET /healthz` (no token, no store: it answers while Redis is down); the OpenAPI schema at
+  `/openapi.json` (and `/docs`).
 
-Callers are tenants (:mod:`stagewise.runtime.tenants`): a bearer token names one, compared in
-constant time; ``token=None`` and no ``tenants`` serves without authentication (``--no-auth``),
-each client address then being its own tenant. Limits: bodies over ``max_body`` bytes are
+Callers are tenants (`stagewise.runtime.tenants`): a bearer token names one, compared in
+constant time; `token=None` and no `tenants` serves without authentication (`--no-auth`),
+each client address then being its own tenant. Limits: bodies over `max_body` bytes are
 refused; each tenant has a request rate (failed authentications are rate limited per client
-address); at most ``max_concurrency`` requests run at once (503 ``overloaded`` with
-``Retry-After``); a request still running after ``timeout_s`` is answered 504 and makes no
+address); at most `max_concurrency` requests run at once (503 `overloaded` with
+`Retry-After`); a request still running after `timeout_s` is answered 504 and makes no
 further model call (a call already on its way is abandoned, finished in the background and
 charged). Each model call's worst case is reserved against the request's and the tenant's daily
-budget before it is made (:mod:`stagewise.runtime.budgets`).
+budget before it is made (`stagewise.runtime.budgets`).
 
-Every error is JSON, ``{"error": {"code": ..., "message": ...}}``, with a stable code and a
-message that never holds a secret or an exception's class name: ``invalid_json`` (400),
-``invalid_request`` (422), ``body_too_large`` (413), ``unauthorized`` (401), ``not_found`` (404),
-``method_not_allowed`` (405), ``rate_limited`` (429), ``budget_exceeded`` (402, with the partial
-results), ``upstream_failed`` (503), ``overloaded`` (503), ``store_unavailable`` (503: Redis or the
-spend store does not answer), ``deadline_exceeded`` (504), ``internal_error`` (500).
+Every error is JSON, `{"error": {"code": ..., "message": ...}}`, with a stable code and a
+message that never holds a secret or an exception's class name: `invalid_json` (400),
+`invalid_request` (422), `body_too_large` (413), `unauthorized` (401), `not_found` (404),
+`method_not_allowed` (405), `rate_limited` (429), `budget_exceeded` (402, with the partial
+results), `upstream_failed` (503), `overloaded` (503), `store_unavailable` (503: Redis or the
+spend store does not answer), `deadline_exceeded` (504), `internal_error` (500).
 """
 
 
@@ -127,7 +127,7 @@ def _hashed(text: str) -> str:
 
 
 def input_fields(program, manifest: dict) -> list[str]:
-    """The request fields: the manifest's evaluation inputs, else the ``input.*`` sections the stages read."""
+    """The request fields: the manifest's evaluation inputs, else the `input.*` sections the stages read."""
     evaluation = manifest.get("evaluation") or {}
     if evaluation.get("inputs"):
         return list(evaluation["inputs"])
@@ -174,23 +174,23 @@ def create_app(directory: str | Path, *, token: str | None = None, tenants: list
                auth_failures_per_minute: int = 10, runs: str | CheckpointStore | None = None,
                tracer: Observer | None = None, privacy: PrivacyPolicy | None = None,
                context_store: str | ContextStore | None = None) -> FastAPI:
-    """The app serving the exported program in ``directory`` (see the module for its endpoints and limits).
+    """The app serving the exported program in `directory` (see the module for its endpoints and limits).
 
-    ``token`` (one tenant, named by its hashed credential) and ``tenants`` (from a tokens file) are
+    `token` (one tenant, named by its hashed credential) and `tenants` (from a tokens file) are
     the accepted bearer tokens; neither: no authentication, each client address its own tenant.
-    A tenant's ``daily_budget_usd`` is added to ``resilience.budget`` (a :class:`Budget` in process
-    memory is made when there is none). ``redis_url`` shares the rate limits among every server
-    process using it. ``timeout_s``: each request's deadline; ``max_concurrency``: requests running
+    A tenant's `daily_budget_usd` is added to `resilience.budget` (a [`Budget`][stagewise.runtime.Budget] in process
+    memory is made when there is none). `redis_url` shares the rate limits among every server
+    process using it. `timeout_s`: each request's deadline; `max_concurrency`: requests running
     at once (each in its own worker thread, held until its last model call has returned). The
-    program is loaded with :func:`stagewise.load` (``factory`` and ``trust_code`` as there).
+    program is loaded with [`stagewise.load`][stagewise.load] (`factory` and `trust_code` as there).
 
-    ``runs`` (a checkpoint store or its URL) records every request as a run, checkpointed after
-    every stage; its id comes back in the ``X-Stagewise-Run`` header and the body's ``run_id``, so
-    ``stagewise diff``, ``replay`` and ``runs show`` find it. ``tracer`` (a
-    :class:`~stagewise.runtime.tracing.Tracer`) exports each request's spans, as children of the
-    caller's trace when the request carries a W3C ``traceparent`` header. ``context_store`` (a
-    context store or its URL) mirrors every section a request's stages add. ``privacy`` (a
-    :class:`~stagewise.runtime.privacy.PrivacyPolicy`) redacts what is kept of each request: the
+    `runs` (a checkpoint store or its URL) records every request as a run, checkpointed after
+    every stage; its id comes back in the `X-Stagewise-Run` header and the body's `run_id`, so
+    `stagewise diff`, `replay` and `runs show` find it. `tracer` (a
+    [`Tracer`][stagewise.runtime.tracing.Tracer]) exports each request's spans, as children of the
+    caller's trace when the request carries a W3C `traceparent` header. `context_store` (a
+    context store or its URL) mirrors every section a request's stages add. `privacy` (a
+    [`PrivacyPolicy`][stagewise.runtime.privacy.PrivacyPolicy]) redacts what is kept of each request: the
     run, the context store, spans and log records; the program and the caller see the original text.
     """
     from stagewise.errors import ConfigError

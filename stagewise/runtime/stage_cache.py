@@ -1,7 +1,7 @@
 """Stage results cached by (stage, model, inputs, compiled program version).
 
 A request that is retried after a failure does not repeat the stages that already succeeded:
-:class:`StageCache` restores a stage's outputs and context sections when the same stage, on the
+[`StageCache`][stagewise.runtime.StageCache] restores a stage's outputs and context sections when the same stage, on the
 same model, with the same compiled state (instructions, demos), is given the same inputs. The
 cache is in-process and bounded (least recently used entries go first).
 """
@@ -27,8 +27,8 @@ def _version(stage) -> str:
 
 class StageCache(Observer):
     """Restores a stage's outputs and sections when the same stage, on the same model, with the same
-    compiled state, is given the same inputs (see the module); at most ``max_entries``, least
-    recently used first out. ``hits`` and ``misses`` count lookups."""
+    compiled state, is given the same inputs (see the module); at most `max_entries`, least
+    recently used first out. `hits` and `misses` count lookups."""
 
     def __init__(self, max_entries: int = 10_000):
         self.max_entries = max_entries

@@ -1,15 +1,15 @@
 """The shared context store: namespaced state of runs, by run, stage and kind.
 
-Every write is an append to an entry (``run``, ``stage``, ``kind``, ``key``), so writers never
-overwrite each other: ``get`` reads an entry's latest value, ``values`` all of them in write
+Every write is an append to an entry (`run`, `stage`, `kind`, `key`), so writers never
+overwrite each other: `get` reads an entry's latest value, `values` all of them in write
 order. Parallel branches of a run, and other processes, share state through it; a
-:class:`ContextRecorder` mirrors every section a stage adds, so any later stage (or a
+[`ContextRecorder`][stagewise.runtime.ContextRecorder] mirrors every section a stage adds, so any later stage (or a
 debugging session) can read what came before. Backends, chosen by URL:
 
-- ``sqlite:///path.db`` (default): one file, transactions;
-- ``redis://host:port/db?ttl=SECONDS``: short-lived state, every entry of a run expiring
-  ``ttl`` seconds after its last write (default one day);
-- ``postgresql://user:password@host/db``: long-lived state.
+- `sqlite:///path.db` (default): one file, transactions;
+- `redis://host:port/db?ttl=SECONDS`: short-lived state, every entry of a run expiring
+  `ttl` seconds after its last write (default one day);
+- `postgresql://user:password@host/db`: long-lived state.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ DEFAULT_TTL = 86_400
 
 class ContextStore(ABC):
     """Append-only entries by run, stage, kind and key (see the module): a backend implements
-    ``append`` and ``entries``; ``values`` and ``get`` read an entry through them."""
+    `append` and `entries`; `values` and `get` read an entry through them."""
 
     url: str
 
@@ -45,14 +45,14 @@ class ContextStore(ABC):
     @abstractmethod
     def entries(self, run: str, stage: str | None = None, kind: str | None = None) -> list[dict]:
         """Every write of a run (optionally one stage's or kind's), in write order:
-        ``{"stage", "kind", "key", "value"}``."""
+        `{"stage", "kind", "key", "value"}`."""
 
     def values(self, run: str, stage: str, kind: str, key: str) -> list[Any]:
         """Every value written to an entry, in write order."""
         return [e["value"] for e in self.entries(run, stage, kind) if e["key"] == key]
 
     def get(self, run: str, stage: str, kind: str, key: str, default: Any = None) -> Any:
-        """An entry's latest value, else ``default``."""
+        """An entry's latest value, else `default`."""
         found = self.values(run, stage, kind, key)
         return found[-1] if found else default
 
@@ -128,7 +128,7 @@ class PostgresContextStore(ContextStore):
 
 
 class RedisContextStore(ContextStore):
-    """One Redis list per run (RPUSH is atomic); the run's list expires ``ttl`` seconds after its last write."""
+    """One Redis list per run (RPUSH is atomic); the run's list expires `ttl` seconds after its last write."""
 
     def __init__(self, url: str):
         self.url = url
@@ -155,7 +155,7 @@ class RedisContextStore(ContextStore):
 
 
 def open_context_store(url: str | None = None) -> ContextStore:
-    """The context store at ``url`` (see the module for the schemes; default ``sqlite:///stagewise-context.db``)."""
+    """The context store at `url` (see the module for the schemes; default `sqlite:///stagewise-context.db`)."""
     url = url or DEFAULT_URL
     scheme = url.split(":", 1)[0].lower()
     if scheme == "sqlite":
@@ -169,9 +169,9 @@ def open_context_store(url: str | None = None) -> ContextStore:
 
 
 class ContextRecorder(Observer):
-    """Mirrors every section a stage adds into ``store``, under the run's id (or request id).
+    """Mirrors every section a stage adds into `store`, under the run's id (or request id).
 
-    With ``privacy`` (or inside ``protecting(policy)``, as ``run(..., privacy=...)`` is) each
+    With `privacy` (or inside `protecting(policy)`, as `run(..., privacy=...)` is) each
     section's content and note are redacted before they are written.
     """
 
@@ -211,13 +211,13 @@ class ContextRecorder(Observer):
 
 
 class Shared:
-    """The store as seen from inside a run: ``shared(store).append(...)`` in a stage or a branch."""
+    """The store as seen from inside a run: `shared(store).append(...)` in a stage or a branch."""
 
     def __init__(self, store: ContextStore, run: str):
         self.store, self.run = store, run
 
     def append(self, stage: str, kind: str, key: str, value: Any) -> None:
-        """Append ``value`` to the run's entry (redacted under the run's privacy policy, if any)."""
+        """Append `value` to the run's entry (redacted under the run's privacy policy, if any)."""
         scope = current_privacy()
         self.store.append(self.run, stage, kind, key, scope.value(value, key) if scope is not None else value)
 
@@ -229,7 +229,7 @@ class Shared:
 
 
 def shared(store: ContextStore) -> Shared:
-    """The current run's namespace of ``store`` (call inside a program run)."""
+    """The current run's namespace of `store` (call inside a program run)."""
     run = current_run()
     if run is None:
         raise RuntimeError("shared(store) reads the current run: call it while a program runs")

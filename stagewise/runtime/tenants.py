@@ -1,17 +1,19 @@
-"""Who may call ``stagewise serve``: tenants, their bearer tokens, daily budgets and rates.
+"""Who may call `stagewise serve`: tenants, their bearer tokens, daily budgets and rates.
 
-A tokens file (``stagewise serve --tokens FILE``) is TOML, one table per tenant::
+A tokens file (`stagewise serve --tokens FILE`) is TOML, one table per tenant:
 
-    [tenants.acme]
-    token_env = "ACME_TOKEN"      # the token in this environment variable ...
-    daily_budget_usd = 2.50       # optional: else --daily-budget (none: unlimited)
-    rate = 120                    # optional: requests per minute, else --rate
+```toml
+[tenants.acme]
+token_env = "ACME_TOKEN"      # the token in this environment variable ...
+daily_budget_usd = 2.50       # optional: else --daily-budget (none: unlimited)
+rate = 120                    # optional: requests per minute, else --rate
 
-    [tenants.globex]
-    token = "a-long-random-token" # ... or in the file itself (keep the file private)
+[tenants.globex]
+token = "a-long-random-token" # ... or in the file itself (keep the file private)
+```
 
 A request's bearer token is compared with every tenant's in constant time
-(:func:`hmac.compare_digest`, all of them, whichever matches). Tenant names appear in budget
+(`hmac.compare_digest`, all of them, whichever matches). Tenant names appear in budget
 messages, logs and store keys; tokens never do.
 """
 
@@ -47,7 +49,8 @@ class Tenant:
 
 
 def read_tokens(path: str | Path) -> list[Tenant]:
-    """The tenants of a tokens file (see the module); a :class:`ConfigError` names the file and key at fault."""
+    """The tenants of a tokens file (see the module); a [`ConfigError`][stagewise.ConfigError] names the file and key at
+    fault."""
     path = Path(path)
     where = f"tokens file {str(path)!r}"
     document = read_toml(path, where, ConfigError)
@@ -98,7 +101,7 @@ def read_tokens(path: str | Path) -> list[Tenant]:
 
 
 def match_token(tenants: list[Tenant], given: str) -> Tenant | None:
-    """The tenant whose token is ``given``, comparing with every tenant's in constant time."""
+    """The tenant whose token is `given`, comparing with every tenant's in constant time."""
     found = None
     for tenant in tenants:
         if hmac.compare_digest(tenant.token.encode(), given.encode()) and tenant.token:

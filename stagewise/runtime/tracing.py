@@ -1,18 +1,18 @@
 """OpenTelemetry traces of program runs, following the GenAI semantic conventions.
 
-One span per request (``invoke_workflow {program}``), one per stage (``stage {name}``) under
-it, and one per model call (``{operation} {model}``, operation ``chat``) under its stage, with
-``gen_ai.operation.name``, ``gen_ai.provider.name``, ``gen_ai.request.model``,
-``gen_ai.usage.input_tokens`` and ``gen_ai.usage.output_tokens``, plus stagewise's cost, cache
+One span per request (`invoke_workflow {program}`), one per stage (`stage {name}`) under
+it, and one per model call (`{operation} {model}`, operation `chat`) under its stage, with
+`gen_ai.operation.name`, `gen_ai.provider.name`, `gen_ai.request.model`,
+`gen_ai.usage.input_tokens` and `gen_ai.usage.output_tokens`, plus stagewise's cost, cache
 and latency. A stage span refers to the context it read: the section ids it received and
-``stagewise.context.ref`` (``<run>/<stage>`` in the context store, when one records the run).
-Prompts and responses (``gen_ai.input.messages`` / ``gen_ai.output.messages``) are recorded
-only with ``capture_content=True``. Under a privacy policy (``Tracer(privacy=...)``, or a run with
-``privacy=``) they are redacted, the model calls' spans being written when their stage ends (its
+`stagewise.context.ref` (`<run>/<stage>` in the context store, when one records the run).
+Prompts and responses (`gen_ai.input.messages` / `gen_ai.output.messages`) are recorded
+only with `capture_content=True`. Under a privacy policy (`Tracer(privacy=...)`, or a run with
+`privacy=`) they are redacted, the model calls' spans being written when their stage ends (its
 outputs known), and exception messages and stack traces on spans are redacted too.
 
-``tracer_provider("console" | "otlp" | "memory" | "mlflow")`` builds a provider with that
-exporter; ``"mlflow"`` sends the spans to the MLflow tracking URI's traces, beside the runs.
+`tracer_provider("console" | "otlp" | "memory" | "mlflow")` builds a provider with that
+exporter; `"mlflow"` sends the spans to the MLflow tracking URI's traces, beside the runs.
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ OPERATION = "chat"
 
 def tracer_provider(exporter: Literal["console", "otlp", "memory", "mlflow"] = "console", *,
                     endpoint: str | None = None) -> tuple[TracerProvider, object]:
-    """A provider exporting to ``console``, ``otlp`` (HTTP; ``endpoint`` or OTEL_EXPORTER_OTLP_ENDPOINT),
-    ``memory`` (tests) or ``mlflow`` (the tracking URI's traces). Returns (provider, exporter)."""
+    """A provider exporting to `console`, `otlp` (HTTP; `endpoint` or OTEL_EXPORTER_OTLP_ENDPOINT),
+    `memory` (tests) or `mlflow` (the tracking URI's traces). Returns (provider, exporter)."""
     provider = TracerProvider(resource=Resource.create({"service.name": "stagewise"}))
     if exporter == "console":
         sink = ConsoleSpanExporter(out=sys.stdout)  # its default is the stdout of when OpenTelemetry was imported
@@ -107,7 +107,7 @@ class _CallSpans(UsageLedger):
 
 @contextmanager
 def _errors_redacted(span, scope: PrivacyScope | None):
-    """Record an exception on ``span`` with its message and stack trace redacted (with a scope)."""
+    """Record an exception on `span` with its message and stack trace redacted (with a scope)."""
     try:
         yield
     except BaseException as exc:

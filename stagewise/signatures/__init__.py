@@ -1,13 +1,18 @@
 """Typed DSPy signatures for stage roles. Docstrings are the models' instructions.
 
-- :class:`QueryAnalysis`: what kind of request it is, before anyone answers it;
-- :class:`RoutingDecision`: the route for a :class:`~stagewise.programs.Router` stage;
-- :class:`SpecialistAnswer`: an answer from the context given; :class:`Summarize`: a compression;
-- :class:`Review`: a verdict on an answer before it reaches the user; :class:`Verify`: whether
-  an answer is correct (a :class:`~stagewise.programs.Cascade` verifier);
-- :class:`Plan` (a list of :class:`SubTask`, each for one specialist) and :class:`Synthesize`:
-  a :class:`~stagewise.programs.Hierarchy`'s planner and synthesizer;
-- :class:`Aggregate`: one answer from a fan-out's candidates (:class:`~stagewise.programs.LLMAggregate`).
+- [`QueryAnalysis`][stagewise.signatures.QueryAnalysis]: what kind of request it is, before anyone answers it;
+- [`RoutingDecision`][stagewise.signatures.RoutingDecision]: the route for a [`Router`][stagewise.programs.Router]
+stage;
+- [`SpecialistAnswer`][stagewise.signatures.SpecialistAnswer]: an answer from the context given;
+[`Summarize`][stagewise.signatures.Summarize]: a compression;
+- [`Review`][stagewise.signatures.Review]: a verdict on an answer before it reaches the user;
+[`Verify`][stagewise.signatures.Verify]: whether
+  an answer is correct (a [`Cascade`][stagewise.programs.Cascade] verifier);
+- [`Plan`][stagewise.signatures.Plan] (a list of [`SubTask`][stagewise.signatures.SubTask], each for one specialist) and
+[`Synthesize`][stagewise.signatures.Synthesize]:
+  a [`Hierarchy`][stagewise.programs.Hierarchy]'s planner and synthesizer;
+- [`Aggregate`][stagewise.signatures.Aggregate]: one answer from a fan-out's candidates
+([`LLMAggregate`][stagewise.programs.LLMAggregate]).
 
 Users write their own signatures the same way; the programs take any signature.
 """
