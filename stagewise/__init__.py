@@ -72,6 +72,16 @@ def load(directory, **kwargs):
     """Rebuild an exported program (`stagewise optimize` writes `OUT/best`) with each stage's model.
 
     Keyword arguments go to [`stagewise.optimize.export.load`][stagewise.optimize.export.load] (`catalog=`).
+
+    Raises:
+        ExportError: `directory` is not an exported program, or its files cannot be loaded.
+
+    Examples:
+        >>> import stagewise
+        >>> stagewise.load("no/such/dir")
+        Traceback (most recent call last):
+        ...
+        stagewise.errors.ExportError: 'no/such/dir/manifest.json' does not exist: not an exported stagewise program
     """
     from stagewise.optimize.export import load as load_program
 

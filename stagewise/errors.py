@@ -31,7 +31,21 @@ __all__ = [
 
 
 class StagewiseError(Exception):
-    """Base of every error stagewise raises on purpose."""
+    """Base of every error stagewise raises on purpose.
+
+    Examples:
+        Every branch is a `StagewiseError`, and keeps its standard-library parent:
+
+        >>> import stagewise
+        >>> from stagewise.data import split
+        >>> try:
+        ...     split([], train=0.5, dev=0.5, test=0.5, seed=0)
+        ... except stagewise.ConfigError as error:
+        ...     print(isinstance(error, stagewise.StagewiseError), isinstance(error, ValueError))
+        ...     print(error)
+        True True
+        split fractions train=0.5, dev=0.5, test=0.5 sum to 1.5, not 1
+    """
 
 
 class ConfigError(StagewiseError, ValueError):

@@ -107,9 +107,11 @@ class RedactingFilter(logging.Filter):
 
 
 def redact_log_record(record: logging.LogRecord, redact_text) -> None:
-    """Rewrite `record` in place with `redact_text` (a `str -> str`) applied to its formatted
-    message, its traceback text and its stack; a record whose arguments do not fit its message is
-    left for logging to report."""
+    """Rewrite `record` in place with `redact_text` (a `str -> str`) applied.
+
+    It applies to the record's formatted message, its traceback text and its stack; a record whose
+    arguments do not fit its message is left for logging to report.
+    """
     try:
         message = record.getMessage()
     except Exception:  # noqa: BLE001 - a record whose arguments do not fit: logging reports it itself

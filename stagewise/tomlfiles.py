@@ -1,5 +1,7 @@
-"""Reading the TOML files users write (catalogs, study configs, pipeline configs), with errors
-that say which file is missing or malformed, and a size bound on what is read."""
+"""Reading the TOML files users write: catalogs, study configs, pipeline configs.
+
+Errors say which file is missing or malformed, and what is read is bounded in size.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +12,12 @@ MAX_TOML_BYTES = 1_000_000  # a config or catalog larger than this is not one a 
 
 
 def read_toml(path, what: str, error: type[Exception]) -> dict[str, Any]:
-    """The parsed file at `path` (a Path or a package resource); `error` names `what` it is
-    ("catalog file models.toml", "config 'study.toml'") when it is missing, larger than
-    `MAX_TOML_BYTES`, not UTF-8, or not valid TOML."""
+    """The parsed file at `path` (a Path or a package resource).
+
+    Raises:
+        error: Naming `what` the file is ("catalog file models.toml", "config 'study.toml'"), when
+            it is missing, larger than `MAX_TOML_BYTES`, not UTF-8, or not valid TOML.
+    """
     try:
         size = path.stat().st_size if hasattr(path, "stat") else None
         if size is not None and size > MAX_TOML_BYTES:

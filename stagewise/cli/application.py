@@ -1,5 +1,6 @@
-"""The `stagewise` typer app: its help conventions, the `--debug` option, and the commands in the order
-`stagewise --help` lists them.
+"""The `stagewise` typer app: its help conventions, the `--debug` option, and its commands.
+
+The commands are added in the order `stagewise --help` lists them.
 
 Every command is a thin call into the public Python API. Any [`StagewiseError`][stagewise.errors.StagewiseError]
 (a user's mistake: a bad config key, a missing file, an unknown model...) is caught in one place,
@@ -28,9 +29,12 @@ errors = Console(stderr=True, width=console.width, soft_wrap=True, highlight=Fal
 
 
 def _help_conventions(params: list) -> list:
-    """Typer 0.29 shows every option's type, flags too (`--json <bool>`), and a required argument
+    """Help conventions: flags get no type, arguments their name in capitals.
+
+    Typer 0.29 shows every option's type, flags too (`--json <bool>`), and a required argument
     as `{config}`: flags get no type (an empty metavar), arguments their name in capitals. Help
-    texts are plain text: a `[privacy]` in one is shown, not read as rich markup."""
+    texts are plain text: a `[privacy]` in one is shown, not read as rich markup.
+    """
     for param in params:
         if getattr(param, "help", None) and not getattr(param, "_help_escaped", False):
             param.help, param._help_escaped = escape(param.help), True

@@ -1,5 +1,8 @@
-"""`stagewise evaluate` (an exported program's report) and `stagewise route-eval` (a router trained and
-evaluated on recorded outcomes)."""
+"""`stagewise evaluate` and `stagewise route-eval`.
+
+`stagewise evaluate` prints an exported program's report; `stagewise route-eval` a router trained and
+evaluated on recorded outcomes.
+"""
 
 from __future__ import annotations
 

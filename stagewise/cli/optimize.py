@@ -1,5 +1,4 @@
-"""`stagewise optimize` (run a study), `stagewise worker` (join one) and `stagewise compare` (its trials
-in MLflow)."""
+"""`stagewise optimize` (run a study), `stagewise worker` (join one) and `stagewise compare` (its trials in MLflow)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,8 @@
-"""What several `stagewise` commands share: the console they print to, the help texts of their common
-options, and how those options' values are read."""
+"""What several `stagewise` commands share.
+
+The console they print to, the help texts of their common options, and how those options' values
+are read.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,8 @@
-"""Recorded runs: `stagewise diff` (a run's context per stage), `stagewise replay` (a run again from a step,
-changed) and `stagewise runs list` / `stagewise runs show`."""
+"""Recorded runs: `stagewise diff`, `stagewise replay`, `stagewise runs list` and `stagewise runs show`.
+
+`stagewise diff` shows a run's context per stage; `stagewise replay` runs a run again from a step,
+changed.
+"""
 
 from __future__ import annotations
 

@@ -60,7 +60,6 @@ def serve(
                                                              "Responses are unchanged."),
 ) -> None:
     """Serve an exported program over HTTP: POST /v1/run, GET /v1/budget, GET /healthz, OpenAPI at /openapi.json."""
-
     import uvicorn
 
     from stagewise.errors import ConfigError

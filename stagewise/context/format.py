@@ -1,4 +1,4 @@
-"""Format transformation: how sections look at the point of injection into a prompt.
+r"""Format transformation: how sections look at the point of injection into a prompt.
 
 Each catalog model prefers one of three formats (`ModelSpec.context_format`). Every
 format is lossless: `parse(render(sections, fmt), fmt)` gives back each section's
@@ -7,8 +7,8 @@ lines, colons, blank lines, unicode, the empty string).
 
 `xml`
     `<context>` holding one `<section id="input.query" kind="query">...</section>`
-    per section, content XML-escaped (`\\r` as `&#13;` so parsers do not fold it
-    into `\\n`). XML 1.0 cannot carry most C0 control characters, even escaped, so a
+    per section, content XML-escaped (`\r` as `&#13;` so parsers do not fold it
+    into `\n`). XML 1.0 cannot carry most C0 control characters, even escaped, so a
     content holding one is refused with a ValueError naming the section.
 
 `markdown`
@@ -55,7 +55,18 @@ _PLAIN_INDENT = "  "
 
 
 def render(sections: list[Section], fmt: ContextFormat) -> str:
-    """The sections as prompt text in format `fmt` (`"xml"`, `"markdown"` or `"plain"`)."""
+    """The sections as prompt text in format `fmt` (`"xml"`, `"markdown"` or `"plain"`).
+
+    Examples:
+        >>> from stagewise.context import Section, render
+        >>> query = Section(name="query", kind="query", source="input", content="Where is my card?", tokens=6)
+        >>> print(render([query], "xml"))
+        <context>
+        <section id="input.query" kind="query">Where is my card?</section>
+        </context>
+        >>> print(render([query], "plain"))
+        query: Where is my card?
+    """
     if fmt == "xml":
         return _render_xml(sections)
     if fmt == "markdown":

@@ -162,8 +162,11 @@ def cut_at_word(text: str, max_tokens: int, count: Count) -> str:
 
 
 def split_sentences(text: str) -> list[tuple[str, str]]:
-    """`(separator_before, sentence)` pairs: the separator is `"\\n"` if a line break
-    preceded the sentence in `text`, else `" "` (`""` for the first)."""
+    r"""The sentences of `text`, as `(separator_before, sentence)` pairs.
+
+    The separator is `"\n"` if a line break preceded the sentence in `text`, else `" "` (`""` for
+    the first).
+    """
     out: list[tuple[str, str]] = []
     start, separator = 0, ""
     for boundary in [*_BOUNDARY.finditer(text), None]:

@@ -53,6 +53,7 @@ class Section:
 
     @property
     def id(self) -> str:
+        """The section's id, `"<source>.<name>"`."""
         return f"{self.source}.{self.name}"
 
     def derive(self, **changes) -> Section:
@@ -81,6 +82,7 @@ class Context:
         return self.sections[section_id]
 
     def ids(self) -> list[str]:
+        """Every section's id, in the order the sections were added."""
         return list(self.sections)
 
     def select(self, patterns: list[str] | tuple[str, ...], *, stage: str) -> list[Section]:
@@ -118,5 +120,6 @@ class Context:
         return list(seen.values())
 
     def copy(self) -> Context:
+        """A new context holding the same sections (the sections themselves are shared)."""
         with self._lock:
             return Context(dict(self.sections))

@@ -37,8 +37,10 @@ TableFormat = Literal["routerbench", "routellm", "plain"]
 
 
 class NotRecordedError(ModelError, LookupError):
-    """The table records no outcome for a prompt and model (an unknown prompt or model, or an empty
-    cell): a replay request it cannot answer."""
+    """The table records no outcome for a prompt and model: a replay request it cannot answer.
+
+    The prompt or the model is unknown, or the cell is empty.
+    """
 
 
 class OutcomeTableError(DataError):
@@ -214,8 +216,11 @@ _COST_SUFFIXES = ("|total_cost", "_cost")
 
 
 def _plain_models(frame: pd.DataFrame, path: Path) -> list[str]:
-    """A plain table's model columns: every column of scores (numbers or True/False), and every
-    column with a cost column beside it (an empty one is then a model with no scores)."""
+    """A plain table's model columns.
+
+    Every column of scores (numbers or True/False), and every column with a cost column beside it
+    (an empty one is then a model with no scores).
+    """
     models = []
     for column in frame.columns:
         if column == "prompt" or column.endswith(_COST_SUFFIXES):

@@ -39,6 +39,7 @@ class Splits:
     settings: dict[str, Any] | None = field(default=None, compare=False)
 
     def sizes(self) -> dict[str, int]:
+        """The number of examples of each split, `{"train": ..., "dev": ..., "test": ...}`."""
         return {"train": len(self.train), "dev": len(self.dev), "test": len(self.test)}
 
 
@@ -55,12 +56,23 @@ def split(
 
     The same examples in the same order and the same seed always give the same splits;
     the input sequence is not modified. Fractions must each lie in [0, 1] and sum to 1
-    (within 1e-9), else ValueError. A zero fraction gives an empty split; a nonzero one
+    (within 1e-9), else [`ConfigError`][stagewise.ConfigError] (a `ValueError`).
+    A zero fraction gives an empty split; a nonzero one
     that rounds to no example raises [`DataError`][stagewise.DataError] naming the split and the sizes.
 
     With `stratify_by` (a field every example has), each label value keeps about its
     share in every split: a label with `n` rows gets at least `floor(n * train)` of
     them in train. Label values are compared by `repr` for grouping.
+
+    Examples:
+        >>> import dspy
+        >>> from stagewise.data import split
+        >>> examples = [dspy.Example(text=f"question {i}").with_inputs("text") for i in range(10)]
+        >>> splits = split(examples, train=0.6, dev=0.2, test=0.2, seed=0)
+        >>> splits.sizes()
+        {'train': 6, 'dev': 2, 'test': 2}
+        >>> splits == split(examples, train=0.6, dev=0.2, test=0.2, seed=0)
+        True
     """
     fractions = {"train": train, "dev": dev, "test": test}
     _check_fractions(fractions)

@@ -41,10 +41,12 @@ class StageMetric:
     metric: str | Metric = "normalized_match"
 
     def scorer(self) -> Metric:
+        """The metric: `metric` itself, or the one it names (see `metric_by_name`)."""
         return metric_by_name(self.metric) if isinstance(self.metric, str) else self.metric
 
     @property
     def name(self) -> str:
+        """The scored field's name in reports, `"<stage>.<output>"`."""
         return f"{self.stage}.{self.output}"
 
 
@@ -62,6 +64,7 @@ class EndToEnd:
     metric: str | Metric = "normalized_match"
 
     def score(self, example, prediction) -> float:
+        """The score of one prediction (0 when it has no `output` field)."""
         metric = self.scorer()
         if hasattr(metric, "score_example"):
             return float(metric.score_example(example, prediction))
@@ -69,6 +72,7 @@ class EndToEnd:
         return metric(str(value), example[self.label]) if value is not None else 0.0
 
     def scorer(self) -> Metric:
+        """The metric: `metric` itself, or the one it names (see `metric_by_name`)."""
         return metric_by_name(self.metric) if isinstance(self.metric, str) else self.metric
 
 
@@ -83,6 +87,7 @@ class ProgramMetric:
         self.name = getattr(metric, "__qualname__", type(metric).__name__)
 
     def score_example(self, example, prediction) -> float:
+        """The DSPy metric's value for one example and prediction, as a float."""
         return float(self.metric(example, prediction))
 
     def __repr__(self) -> str:
@@ -122,8 +127,10 @@ def as_stage_metrics(spec: Any) -> list[StageMetric]:
 
 @dataclass
 class EvaluationReport:
-    """A program's evaluation: one row per example (`rows`: each stage's score, the end-to-end
-    score, tokens, cost, latency, any error); `summary()` as a dict, `table()` as a rich table."""
+    """A program's evaluation: one row per example, `summary()` as a dict, `table()` as a rich table.
+
+    `rows` holds each example's stage scores, end-to-end score, tokens, cost, latency and any error.
+    """
 
     rows: pd.DataFrame  # one row per example
     stage_metrics: list[StageMetric]
@@ -192,8 +199,11 @@ class EvaluationReport:
         return float(statistics.median(self.rows["latency_s"]))
 
     def summary(self) -> dict[str, Any]:
-        """The report's figures as a JSON-ready dict (what `stagewise evaluate --json` prints and
-        an exported manifest records); each is also an attribute of the report."""
+        """The report's figures as a JSON-ready dict.
+
+        This is what `stagewise evaluate --json` prints and an exported manifest records; each
+        figure is also an attribute of the report.
+        """
         return {
             "examples": self.examples,
             "errors": self.errors,

@@ -54,7 +54,7 @@ def metric_by_name(name: str) -> Metric:
 class JudgeAnswer(dspy.Signature):
     """Grade the answer against the reference answer for the question. Score 1 when it says
     the same thing as the reference (wording may differ), 0 when it is wrong or missing the
-    point, in between when it is partly right."""
+    point, in between when it is partly right."""  # noqa: D205, D209 (the model's instruction, as written)
 
     question: str = dspy.InputField()
     reference: str = dspy.InputField()
@@ -75,6 +75,7 @@ class LLMJudge:
         self.grade.lm = lm
 
     def __call__(self, predicted: str, gold: str, *, question: str = "") -> float:
+        """The judge's grade of `predicted` against `gold` (for `question`), clipped to [0, 1]."""
         from stagewise.models.usage import stage_scope
 
         with stage_scope("judge"), dspy.context(adapter=dspy.JSONAdapter()):
@@ -96,12 +97,22 @@ class RecordedCorrectness:
         self.table, self.prompt = table, prompt
 
     def score_example(self, example, prediction) -> float:
+        """The recorded score of the example's prompt for the model of the trace's last calling stage.
+
+        Raises:
+            ConfigError: No stage of the request called a model.
+        """
         answered = [s for s in prediction.trace.stages if s.calls and s.model]
         if not answered:
             raise ConfigError("recorded_correctness: no stage of this request called a model")
         return self(example[self.prompt], answered[-1].model)
 
     def __call__(self, prompt: str, model: str) -> float:
+        """The recorded score of `prompt` for the replayed catalog model `model`.
+
+        Raises:
+            ConfigError: `model` is not a replayed model.
+        """
         from stagewise.models.catalog import default_catalog
 
         spec = default_catalog().resolve(model)

@@ -16,7 +16,8 @@ from stagewise.models.engine import Engine
 
 class ThreadedAsyncEngine:
     """Wraps a sync [`Engine`][stagewise.models.engine.Engine]: `await complete(request)` runs
-    `engine.complete` in a thread."""
+    `engine.complete` in a thread.
+    """
 
     def __init__(self, engine: Engine):
         self.engine = engine

@@ -164,7 +164,7 @@ class ModelSpec(BaseModel):
 
 @cache
 def litellm_cost_map() -> dict[str, dict]:
-    """litellm's bundled price map, read from the installed package without importing litellm."""
+    """Litellm's bundled price map, read from the installed package without importing litellm."""
     spec = importlib.util.find_spec("litellm")  # locate, not import: importing litellm takes seconds
     if spec is None or not spec.submodule_search_locations:
         raise ImportError("litellm is not installed; it is a dependency of stagewise: pip install stagewise")

@@ -18,8 +18,7 @@ __all__ = ["Engine"]
 
 
 class Engine(Protocol):
-    """A model engine: one request in, one response out (DSPy 3.4's engine protocol), plus what
-    stagewise adds.
+    """A model engine: one request in, one response out (DSPy 3.4's engine protocol), plus what stagewise adds.
 
     - `complete(request)`: answers one DSPy lm15 `Request` with one lm15 `Response`.
       It checks the request first (`validate_request` of `stagewise.models._dspy_compat`).

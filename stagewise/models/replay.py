@@ -33,7 +33,8 @@ _FIELD_HEADER = re.compile(r"\[\[ ## \w+ ## \]\]\n")
 
 class ReplayEngine:
     """A DSPy engine that answers with one model's recorded responses from an outcome table (an
-    [`Engine`][stagewise.models.engine.Engine])."""
+    [`Engine`][stagewise.models.engine.Engine]).
+    """
 
     supports_response_schema = True
     supported_params = frozenset({"response_format", "temperature", "max_tokens"})

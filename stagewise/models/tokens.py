@@ -49,6 +49,13 @@ def encoding_for(name: str) -> tiktoken.Encoding:
 
 
 def count_tokens(text: str, tokenizer: str) -> TokenCount:
+    """The tokens of `text` in `tokenizer`'s encoding (a tiktoken name), and the encoding used.
+
+    Examples:
+        >>> from stagewise.models.tokens import count_tokens
+        >>> count_tokens("Where is my new card?", "cl100k_base").tokens
+        6
+    """
     encoding = encoding_for(tokenizer)
     return TokenCount(len(encoding.encode(text, disallowed_special=())), encoding.name)
 

@@ -30,9 +30,12 @@ _capture: ContextVar[bool] = ContextVar("stagewise_capture_content", default=Fal
 
 @dataclass(frozen=True)
 class UsageRecord:
-    """One model call. `cost_usd` is the call's nominal cost; a cache hit (answered from DSPy's
-    cache, no model called) keeps the nominal tokens and cost of the call it replays, and
-    `spent_usd` is what was actually spent (zero for a cache hit)."""
+    """One model call.
+
+    `cost_usd` is the call's nominal cost; a cache hit (answered from DSPy's cache, no model called)
+    keeps the nominal tokens and cost of the call it replays, and `spent_usd` is what was actually
+    spent (zero for a cache hit).
+    """
 
     model: str
     engine: str
@@ -81,8 +84,7 @@ class UsageLedger:
         return pd.DataFrame([{**asdict(r), "spent_usd": r.spent_usd} for r in self.records], columns=columns)
 
     def totals(self, by: str | list[str] | None = None) -> pd.DataFrame:
-        """Calls, tokens, latency, nominal cost and spending summed per `by`
-        (`stage`, `request_id`, `model`)."""
+        """Calls, tokens, latency, nominal cost and spending summed per `by` (`stage`, `request_id`, `model`)."""
         frame = self.to_dataframe()
         frame["calls"] = 1
         frame["cache_hits"] = frame["cache_hit"].astype(int)
@@ -147,7 +149,8 @@ STAGE_MARK = "_stagewise_stage"  # set on a plain DSPy predictor: the stage its 
 
 def current_stage() -> str | None:
     """The stage a model call made now belongs to: the innermost stagewise stage running, else the
-    innermost marked plain predictor among DSPy's calling modules (see `stages_of`), else None."""
+    innermost marked plain predictor among DSPy's calling modules (see `stages_of`), else None.
+    """
     name = _stage.get()
     if name is not None:
         return name

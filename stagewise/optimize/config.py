@@ -96,7 +96,8 @@ class StudyConfig:
 
     def optimizer(self, out_dir: str | Path, *, progress: bool = True):
         """The [`JointOptimizer`][stagewise.optimize.joint.JointOptimizer] this config describes, writing to
-        `out_dir`."""
+        `out_dir`.
+        """
         from stagewise.optimize.joint import JointOptimizer
 
         settings = self.settings.model_dump(exclude={"name"})
@@ -183,7 +184,8 @@ class _Router(_Table):
 
 class _Search(SearchSettings):
     """`[search]`: the settings of [`SearchSettings`][stagewise.optimize.SearchSettings] (defaults there) and the
-    space."""
+    space.
+    """
 
     model_config = ConfigDict(extra="forbid", populate_by_name=False, arbitrary_types_allowed=True)
 
@@ -271,7 +273,8 @@ def _unwrap(annotation):
 
 def load_config(path: str | Path, *, study: str | None = None, trials: int | None = None) -> StudyConfig:
     """The study config at `path` (TOML), validated key by key: a [`ConfigError`][stagewise.ConfigError] names the
-    file, the table and the key at fault. `study` and `trials` override `[search]`'s."""
+    file, the table and the key at fault. `study` and `trials` override `[search]`'s.
+    """
     file = Path(path).resolve()
     raw = read_toml(file, f"config {str(path)!r}", ConfigError)
     try:

@@ -57,7 +57,8 @@ def _versions() -> dict[str, str]:
 
 def stage_models(program) -> dict[str, dict[str, Any]]:
     """Each stage's model as the manifest records it (catalog entry, engine, prices); a decision
-    stage a trained classifier stands in for names the router whose classifier it is."""
+    stage a trained classifier stands in for names the router whose classifier it is.
+    """
     described = {}
     stood_in = {router.stand_in: name for name, router in router_modules(program).items() if router.stand_in}
     for name, stage in stages_of(program).items():
@@ -83,7 +84,8 @@ def stage_models(program) -> dict[str, dict[str, Any]]:
 
 def state_without_models(module) -> dict:
     """DSPy's JSON state of `module` (a program or one predictor) with every predictor's LM
-    state removed: models are rebuilt by name, so loading never imports a class named in a file."""
+    state removed: models are rebuilt by name, so loading never imports a class named in a file.
+    """
     import dspy
 
     state = module.dump_state()
@@ -161,7 +163,8 @@ def _local_path(value: str) -> bool:
 def _relative_paths(value: Any, directory: Path, key: str = "manifest") -> Any:
     """`value` (the manifest) with every absolute path inside `directory` made relative to it; an
     absolute path elsewhere is an [`ExportError`][stagewise.ExportError] naming its key (it would not exist where the
-    directory is copied, and it tells who exported the program where)."""
+    directory is copied, and it tells who exported the program where).
+    """
     if isinstance(value, dict):
         return {name: _relative_paths(item, directory, f"{key}.{name}") for name, item in value.items()}
     if isinstance(value, (list, tuple)):
@@ -192,7 +195,8 @@ def _factory_name(program, factory: str | Callable | None) -> str:
 
 def _copy_code(module_name: str, directory: Path) -> str | None:
     """Copy the factory's module (or its top-level package) into `directory/code`; None when it is
-    installed (site-packages) and so importable wherever stagewise is."""
+    installed (site-packages) and so importable wherever stagewise is.
+    """
     top = module_name.partition(".")[0]
     spec = importlib.util.find_spec(top)
     origin = Path(spec.origin) if spec is not None and spec.origin else None
@@ -257,7 +261,8 @@ class _Manifest(BaseModel):
 
 def read_json(path: Path, what: str = "") -> Any:
     """The JSON document at `path`, with an [`ExportError`][stagewise.ExportError] naming the file when it is missing,
-    larger than `MAX_JSON_BYTES`, not UTF-8, not JSON, or nested too deeply to parse."""
+    larger than `MAX_JSON_BYTES`, not UTF-8, not JSON, or nested too deeply to parse.
+    """
     try:
         size = path.stat().st_size
         if size > MAX_JSON_BYTES:
@@ -277,7 +282,8 @@ def read_json(path: Path, what: str = "") -> Any:
 
 def read_manifest(directory: str | Path) -> dict[str, Any]:
     """The export's `manifest.json`, checked field by field: an [`ExportError`][stagewise.ExportError] names the file
-    and the field at fault."""
+    and the field at fault.
+    """
     path = Path(directory) / "manifest.json"
     manifest = read_json(path, ": not an exported stagewise program")
     if not isinstance(manifest, dict):
@@ -313,7 +319,7 @@ def load(directory: str | Path, *, factory: str | Callable | None = None, trust_
     directory's own `code/`. Anything else is an
     [`UntrustedCodeError`][stagewise.optimize.trust.UntrustedCodeError] and nothing is imported.
 
-    Examples
+    Examples:
     --------
     >>> program = stagewise.load("out/best", factory=support.build)   # doctest: +SKIP
     >>> program = stagewise.load("out/best", trust_code=True)          # doctest: +SKIP

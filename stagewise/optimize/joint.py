@@ -15,7 +15,6 @@ program from the front. With `tracking="name"` every trial is an MLflow run nest
 parent run of the experiment `name`.
 
 Example:
-
 ```python
 opt = stagewise.JointOptimizer(metric=exact_answer, models={"*": ["smollm2-135m", "gemma3-270m"]},
                                optimizers=["none", "labeled_fewshot"], demos=[2, 4], trials=8)
@@ -81,6 +80,22 @@ class JointOptimizer:
             `dspy.JSONAdapter()`, which local models need for typed outputs).
         privacy: a [`PrivacyPolicy`][stagewise.runtime.privacy.PrivacyPolicy]: the artifacts and parameters
             logged to MLflow are redacted copies (the exported program is not changed).
+
+    Raises:
+        ConfigError: `models` is not a non-empty mapping.
+
+    Examples:
+        Configuring the search builds nothing yet; `space` shows each stage's candidates:
+
+        >>> import stagewise
+        >>> from stagewise.programs import Chain, Stage
+        >>> program = Chain("support", [Stage("area", "message -> area"), Stage("reply", "message, area -> reply")])
+        >>> opt = stagewise.JointOptimizer(metric=lambda example, prediction, trace=None: 1.0,
+        ...                                models={"*": ["recorded/gpt-4-1106-preview", "recorded/claude-v2"]},
+        ...                                optimizers=["none", "labeled_fewshot"], demos=[2])
+        >>> opt.space(program)["reply"]
+        StageChoices(models=('recorded/gpt-4-1106-preview', 'recorded/claude-v2'),
+                     optimizers=('none', 'labeled_fewshot'), demos=(2,))
     """
 
     def __init__(self, *, metric: Callable | EndToEnd, models: Mapping[str, Sequence[str]],
@@ -208,7 +223,8 @@ class JointOptimizer:
     def work(self, program: dspy.Module, *, trainset, valset, testset=None, trials: int | None = None,
              split_settings: dict | None = None):
         """Join the study another process created (the same settings and data, checked key by key):
-        run its trials until its budget is spent, or `trials` of them; returns the `optuna.Study`."""
+        run its trials until its budget is spent, or `trials` of them; returns the `optuna.Study`.
+        """
         runner = self.study_for(program, trainset=trainset, valset=valset, testset=testset,
                                 split_settings=split_settings)
         with self._adapter():
@@ -229,7 +245,8 @@ class JointOptimizer:
     @property
     def front(self) -> pd.DataFrame:
         """The Pareto front on the dev split: trial, quality, cost per request and per 1,000
-        requests, latency, and each stage's choices (`<stage>.model`, ...), cheapest first."""
+        requests, latency, and each stage's choices (`<stage>.model`, ...), cheapest first.
+        """
         return self._need().front
 
     @property
@@ -251,7 +268,8 @@ class JointOptimizer:
 
     def log_model(self, directory: str | Path) -> str | None:
         """Log an exported program (`stagewise.export`) on the study's MLflow run: its JSON files as
-        artifacts and the program as an MLflow model from code; returns the model URI (None untracked)."""
+        artifacts and the program as an MLflow model from code; returns the model URI (None untracked).
+        """
         self._need()
         directory = Path(directory)
         tracker = self.runner_.tracker
@@ -260,7 +278,8 @@ class JointOptimizer:
 
     def select(self, *, min_quality: float | None = None, max_cost_per_1k: float | None = None) -> dspy.Module:
         """Another program from the front: the cheapest with quality >= `min_quality`, or the
-        best under `max_cost_per_1k` dollars per 1,000 requests."""
+        best under `max_cost_per_1k` dollars per 1,000 requests.
+        """
         from stagewise.optimize import pareto
 
         result = self._need()

@@ -143,8 +143,7 @@ class BootstrapFewShot(StageOptimizer):
 
 
 class BootstrapRandomSearch(StageOptimizer):
-    """`bootstrap_random_search`: the best of a few bootstrapped demo sets
-    (`dspy.BootstrapFewShotWithRandomSearch`)."""
+    """`bootstrap_random_search`: the best of a few bootstrapped demo sets (`dspy.BootstrapFewShotWithRandomSearch`)."""
 
     uses_demos = True
     needs_teacher = True
@@ -178,7 +177,8 @@ class Mipro(StageOptimizer):
 
 class Gepa(StageOptimizer):
     """`gepa`: instructions evolved by `dspy.GEPA` from the program's traces and textual feedback
-    (what the metric expected, what the program answered), read by a reflection model."""
+    (what the metric expected, what the program answered), read by a reflection model.
+    """
 
     reflection = "required"
 
@@ -228,10 +228,30 @@ _NAME = re.compile(r"[a-z][a-z0-9_]*")
 
 
 def register_optimizer(name: str, optimizer: type[StageOptimizer] | StageOptimizer, *, replace: bool = False) -> None:
-    """Make `name` an optimizer a search space may name: a [`StageOptimizer`][stagewise.optimize.StageOptimizer]
-    subclass (instantiated without arguments) or an instance (`Simba(steps=8)`).
+    """Make `name` an optimizer a search space may name.
 
-    Registering a name twice is a [`ConfigError`][stagewise.ConfigError] unless `replace=True`.
+    Args:
+        name: the name configs use (`optimizers = ["name"]`).
+        optimizer: a [`StageOptimizer`][stagewise.optimize.StageOptimizer] subclass (instantiated without
+            arguments) or an instance (`Simba(steps=8)`).
+        replace: replace an optimizer registered under `name`; without it, registering a name twice
+            is a [`ConfigError`][stagewise.ConfigError].
+
+    Raises:
+        ConfigError: `name` is not lower-case letters, digits and `_` (a letter first), `optimizer` is
+            not a `StageOptimizer`, or `name` is already registered and `replace` is false.
+
+    Examples:
+        `register_optimizer("long_simba", Simba(steps=8))` makes `long_simba` a name configs may use.
+        A name is registered once:
+
+        >>> from stagewise.optimize import Simba, get_optimizer, register_optimizer
+        >>> type(get_optimizer("simba")).__name__
+        'Simba'
+        >>> register_optimizer("simba", Simba(steps=8))
+        Traceback (most recent call last):
+        ...
+        stagewise.errors.ConfigError: optimizer 'simba' is already registered ...
     """
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise ConfigError(f"optimizer name {name!r}: use lower-case letters, digits and _ (a letter first)")
@@ -252,7 +272,8 @@ def optimizer_names() -> tuple[str, ...]:
 
 def get_optimizer(name: str) -> StageOptimizer:
     """The optimizer registered as `name`; a [`SearchSpaceError`][stagewise.SearchSpaceError] lists the registered
-    ones."""
+    ones.
+    """
     try:
         return _REGISTRY[name]
     except (KeyError, TypeError):

@@ -53,7 +53,8 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
 
 def front(trials: pd.DataFrame) -> pd.DataFrame:
     """The trials Pareto-optimal in quality and cost, cheapest first (latency, when a study
-    optimizes it too, is a column: the cost-quality front is what selection reads)."""
+    optimizes it too, is a column: the cost-quality front is what selection reads).
+    """
     if trials.empty:
         return trials
     return trials[pareto_mask(trials)].sort_values(["cost_per_request", "quality"], ascending=[True, False])
@@ -83,7 +84,8 @@ def select(front_: pd.DataFrame, *, min_quality: float | None = None,
 
 def saving_at(front_: pd.DataFrame, share: float = 0.95) -> dict | None:
     """The cheapest configuration reaching `share` of the best quality, and what it saves
-    against the best-quality configuration (RouterBench's way to read a front)."""
+    against the best-quality configuration (RouterBench's way to read a front).
+    """
     if front_.empty:
         return None
     best = front_.sort_values(["quality", "cost_per_request"], ascending=[False, True]).iloc[0]

@@ -47,7 +47,8 @@ def objective_values(trial: optuna.trial.FrozenTrial) -> dict[str, float]:
 
 class MarginPruner(optuna.pruners.BasePruner):
     """Prune a trial whose early quality is hopeless: a completed trial that cost no more reached at
-    least `margin` more quality."""
+    least `margin` more quality.
+    """
 
     def __init__(self, margin: float = 0.15):
         self.margin = margin

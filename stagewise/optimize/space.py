@@ -1,5 +1,6 @@
 """The search space of a study: per stage, candidate models, optimizers and demo counts;
-per cascade, acceptance thresholds; per router, an LLM decision stage or a trained classifier."""
+per cascade, acceptance thresholds; per router, an LLM decision stage or a trained classifier.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from stagewise.optimize.optimizers import get_optimizer
 @dataclass(frozen=True)
 class StageChoices:
     """A stage's candidates: catalog models, optimizer names (see
-    [`register_optimizer`][stagewise.optimize.register_optimizer]) and demo counts."""
+    [`register_optimizer`][stagewise.optimize.register_optimizer]) and demo counts.
+    """
 
     models: tuple[str, ...]
     optimizers: tuple[str, ...] = ("none",)
@@ -26,7 +28,8 @@ DECISIONS = ("llm", "trained")
 @dataclass(frozen=True)
 class RouterChoices:
     """A router's decision: its LLM stage, or a [`LabelRouter`][stagewise.routing.routers.LabelRouter]
-    trained on the train split's `label` field (with these feature and C candidates)."""
+    trained on the train split's `label` field (with these feature and C candidates).
+    """
 
     label: str
     decisions: tuple[str, ...] = DECISIONS

@@ -91,7 +91,8 @@ def differences(signature: dict[str, str], study: optuna.Study, *, trials: int |
 
     `split.examples` is left out when a split setting or the data already explains it; the
     trial budget counts for a worker only (`optimize` may raise it; a worker's `--trials`
-    caps its own trials and is not the config's)."""
+    caps its own trials and is not the config's).
+    """
     theirs = study.user_attrs.get(SIGNATURE_ATTR, {})
     keys = sorted(k for k in set(signature) | set(theirs) if signature.get(k) != theirs.get(k))
     explained = [k for k in keys if k == "data" or (k.startswith("split.") and k != "split.examples")]
@@ -107,9 +108,11 @@ def differences(signature: dict[str, str], study: optuna.Study, *, trials: int |
 
 def open_study(name: str, url: str, *, objectives: list[str], sampler, pruner, signature: dict[str, str],
                trials: int | None, create: bool) -> optuna.Study:
-    """The study `name` in the storage at `url`: created (or continued) when `create`, else
-    joined by a worker. Its config `signature` is recorded once; a config that differs from the
-    recorded one, key by key, is a `StorageError` naming the keys."""
+    """The study `name` in the storage at `url`: created (or continued) when `create`, else joined by a worker.
+
+    Its config `signature` is recorded once; a config that differs from the recorded one, key by
+    key, is a `StorageError` naming the keys.
+    """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = open_storage(url)
     if not create and name not in study_names(storage):
@@ -152,7 +155,8 @@ def counted(study: optuna.Study) -> int:
 
 def within_budget(study: optuna.Study, budget: int, objective):
     """`objective` that first checks the budget: a trial whose number falls past it (workers asked
-    for trials at once) is not run, and stops this worker (`TrialBudgetSpent`)."""
+    for trials at once) is not run, and stops this worker (`TrialBudgetSpent`).
+    """
 
     def checked(trial: optuna.Trial):
         earlier = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number
@@ -166,8 +170,11 @@ def within_budget(study: optuna.Study, budget: int, objective):
 
 
 def wait_for_others(study: optuna.Study, objective, timeout_s: float = 900) -> None:
-    """Until no trial is running elsewhere. A dead worker's trial turns failed after its grace period
-    and is queued again (RetryHeartbeatStaleTrialCallback): queued trials left over are run here."""
+    """Until no trial is running elsewhere.
+
+    A dead worker's trial turns failed after its grace period and is queued again
+    (RetryHeartbeatStaleTrialCallback): queued trials left over are run here.
+    """
     from optuna.storages import fail_stale_trials
 
     deadline = time.monotonic() + timeout_s

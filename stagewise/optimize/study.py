@@ -155,7 +155,8 @@ class Study:
         config's (`search.prune_on`, `search.stages.route.models`, `split.seed` ...), each
         value JSON. Not in it: the trial budget (kept apart, since a rerun of `optimize` may
         raise it), the storage, and the selection of the final program (`min_quality`,
-        `max_cost_per_1k`), which changes no trial."""
+        `max_cost_per_1k`), which changes no trial.
+        """
         keys: dict[str, Any] = {}
         for stage, choices in sorted(self.space.items()):
             keys.update({f"search.stages.{stage}.{name}": value for name, value in vars(choices).items()})

@@ -66,7 +66,8 @@ def import_factory(path: str, folder: str | Path | None = None) -> Callable:
 
 def registered_factories() -> dict[str, str]:
     """Entry points of the `stagewise.programs` group: their name and their `module:function` value,
-    each mapped to the value (a manifest may name either)."""
+    each mapped to the value (a manifest may name either).
+    """
     found = {}
     for point in entry_points(group=ENTRY_POINT_GROUP):
         value = point.value.replace(" ", "")

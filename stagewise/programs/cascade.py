@@ -62,7 +62,8 @@ class Cascade(Pipeline):
 
     def _run_tiers(self, run: Run, forced: dict) -> dict[str, Any]:
         """The tiers in order until one is accepted; `forced` (`{"accept": True}` or
-        `{"escalate": True}`, from `replay --accept/--escalate`) decides the first tier without scoring it."""
+        `{"escalate": True}`, from `replay --accept/--escalate`) decides the first tier without scoring it.
+        """
         scores = []
         for position, tier in enumerate(self.tiers):
             outputs = tier.execute(run)

@@ -9,9 +9,28 @@ from stagewise.programs.stage import Pipeline, StageConfigError
 
 
 class Chain(Pipeline):
-    """Runs its steps in order. Each step reads the sections it needs from the shared context
-    (never a concatenated string) and adds its outputs to it. The chain's outputs are the
-    last step's, or the fields named in `outputs` as `{"answer": "generate.answer"}`."""
+    """Runs its steps in order.
+
+    Each step reads the sections it needs from the shared context (never a concatenated string) and
+    adds its outputs to it. The chain's outputs are the last step's, or the fields named in
+    `outputs` as `{"answer": "generate.answer"}`.
+
+    Args:
+        name: the chain's name.
+        steps: the programs to run, in order (stages or other programs).
+        outputs: the chain's output fields, each from a section `"<stage>.<field>"` (default: the
+            last step's outputs).
+
+    Raises:
+        StageConfigError: `steps` is empty, or two stages have the same name.
+
+    Examples:
+        >>> from stagewise.programs import Chain, Stage
+        >>> support = Chain("support", [Stage("area", "message -> area"),
+        ...                             Stage("reply", "message, area -> reply")])
+        >>> list(support.stages())
+        ['area', 'reply']
+    """
 
     def __init__(self, name: str, steps: list[Pipeline], *, outputs: dict[str, str] | None = None):
         super().__init__()

@@ -51,7 +51,8 @@ class Aggregator:
 
 class MajorityVote(Aggregator):
     """The most frequent value of `field` across the branches (ties: the earlier branch), with
-    the `votes` per value and the `agreement` (the winner's share of the branches)."""
+    the `votes` per value and the `agreement` (the winner's share of the branches).
+    """
 
     def __init__(self, field: str):
         self.field = field
@@ -72,7 +73,8 @@ class MajorityVote(Aggregator):
 
 class WeightedVote(MajorityVote):
     """The value of `field` whose branches' `weight` field (a number, e.g. `confidence`) sums
-    highest (ties: the earlier branch), with the total `weights` per value."""
+    highest (ties: the earlier branch), with the total `weights` per value.
+    """
 
     def __init__(self, field: str, weight: str = "confidence"):
         super().__init__(field)
@@ -93,7 +95,8 @@ class WeightedVote(MajorityVote):
 
 class DisagreementReport(MajorityVote):
     """A [`MajorityVote`][stagewise.programs.MajorityVote] that also names the `dissenters`: the branches whose value
-    differs from the majority's."""
+    differs from the majority's.
+    """
 
     def aggregate(self, outputs, run, fanout):
         result = super().aggregate(outputs, run, fanout)
@@ -103,8 +106,10 @@ class DisagreementReport(MajorityVote):
 
 
 class MergeProfile(Aggregator):
-    """One profile from every branch: `{"profile": {field: value, ...}}` plus the fields
-    themselves. Two branches writing the same field is an error (ambiguous profile)."""
+    """One profile from every branch: `{"profile": {field: value, ...}}` plus the fields themselves.
+
+    Two branches writing the same field is an error (ambiguous profile).
+    """
 
     def aggregate(self, outputs, run, fanout):
         profile: dict[str, Any] = {}
@@ -122,7 +127,8 @@ class LLMAggregate(Aggregator):
     """An LLM stage (e.g. the `Aggregate` signature) over all candidates of `field`.
 
     The candidates are merged into one section `<fanout>.candidates` that the stage reads
-    (its `candidates` input by default)."""
+    (its `candidates` input by default).
+    """
 
     def __init__(self, stage: Stage, field: str = "answer"):
         self.stage, self.field = stage, field

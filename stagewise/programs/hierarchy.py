@@ -29,7 +29,8 @@ class PlanError(ProgramError, ValueError):
 @dataclass
 class Specialist:
     """One specialist of a [`Hierarchy`][stagewise.programs.Hierarchy]: the program that does its sub-tasks, the
-    capability `description` the planner reads, and its own `documents` (which only it sees)."""
+    capability `description` the planner reads, and its own `documents` (which only it sees).
+    """
 
     program: Pipeline
     description: str

@@ -28,7 +28,8 @@ __all__ = ["observed_call"]
 
 def observed_call(program: dspy.Module, inputs: dict[str, Any]) -> dspy.Prediction:
     """`program(**inputs)`, observed: a stagewise program as it is; a plain DSPy program inside a
-    run whose predictor calls are stage events for the observers installed with `observing`."""
+    run whose predictor calls are stage events for the observers installed with `observing`.
+    """
     if isinstance(program, Pipeline) or current_run() is not None:
         return program(**inputs)
     stages = {id(s.predictor): s for s in stages_of(program).values() if isinstance(s, PredictorStage)}

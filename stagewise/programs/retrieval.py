@@ -33,8 +33,10 @@ class DocumentIndex:
 
 
 class Retrieve(Pipeline):
-    """Adds the `k` best passages for the query section as `retrieved` sections
-    `<name>.passage_1` ... `<name>.passage_k`, each derived from the query."""
+    """Adds the `k` best passages for the query section as `retrieved` sections.
+
+    The sections are `<name>.passage_1` ... `<name>.passage_k`, each derived from the query.
+    """
 
     def __init__(self, name: str, index: DocumentIndex, *, query: str = "input.query", k: int = 3):
         super().__init__()

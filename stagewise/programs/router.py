@@ -31,11 +31,11 @@ class UnknownRouteError(ProgramError, LookupError):
 
 class Router(Pipeline):
     """Args:
-        decide: a Stage whose outputs include `route` (and `confidence`), or a classifier.
-        routes: route label -> program.
-        descriptions: route label -> what it handles; given to an LLM router as `routes`.
-        query: the section the decision reads (a classifier gets its text).
-        field: the decision stage's output that names the route.
+    decide: a Stage whose outputs include `route` (and `confidence`), or a classifier.
+    routes: route label -> program.
+    descriptions: route label -> what it handles; given to an LLM router as `routes`.
+    query: the section the decision reads (a classifier gets its text).
+    field: the decision stage's output that names the route.
     """
 
     def __init__(self, name: str, decide: Stage | Any, routes: dict[str, Pipeline], *,

@@ -180,7 +180,8 @@ def observing(*added: Observer) -> Iterator[None]:
 
 class CallGuard:
     """Decides how a stage's model call is made (retries, fallbacks, limits, budgets): the runtime's
-    resilience layer implements it. `attempt(lm)` runs the stage on `lm` (None: its own model)."""
+    resilience layer implements it. `attempt(lm)` runs the stage on `lm` (None: its own model).
+    """
 
     def call(self, stage: Any, run: Run, attempt: Callable[[Any], dict]) -> dict:
         return attempt(None)
@@ -206,7 +207,8 @@ def guarding(guard: CallGuard | None) -> Iterator[None]:
 @contextmanager
 def stepping(run: Run, owner: Any, kind: StepKind, reads: list[str] | tuple[str, ...] = ()) -> Iterator[StepEvent]:
     """Report one step of `owner` (a Router, Retrieve, FanOut or Cascade) to the observers; the
-    step fills the event it gets."""
+    step fills the event it gets.
+    """
     event = StepEvent(owner, run, kind, stage_key(run, f"{kind}:{getattr(owner, 'name', kind)}"), list(reads))
     watchers = observers()
     restorer = None

@@ -131,7 +131,8 @@ class Pipeline(dspy.Module):
 
     def rebudget(self, total: int, traces: list[Any], *, floor: int = 64) -> dict[str, int]:
         """Re-split `total` context tokens across the LLM stages from the usage observed in
-        `traces` (mean input tokens per request), set the budgets, and return them."""
+        `traces` (mean input tokens per request), set the budgets, and return them.
+        """
         llm_stages = {name for name, stage in self.stages().items()}
         used: dict[str, list[int]] = {name: [] for name in llm_stages}
         for trace in traces:
@@ -155,6 +156,12 @@ class Stage(Pipeline):
         budget: tokens for this stage's context sections (capped by its model's window).
         summarizer: an LM to compress over-budget context with (default: extractive, no model).
         lm: the stage's model (or set it later with `Pipeline.set_models`).
+
+    Examples:
+        >>> from stagewise.programs import Stage
+        >>> area = Stage("area", "message -> area", budget=512)
+        >>> area.inputs
+        {'message': ['*.message']}
     """
 
     def __init__(

@@ -18,7 +18,8 @@ from stagewise.programs.run import Run
 @dataclass(frozen=True)
 class StageTrace:
     """One stage execution in a request's trace: its model, calls, tokens, latency and cost, the
-    section ids it received and produced, and the notes of its context transforms."""
+    section ids it received and produced, and the notes of its context transforms.
+    """
 
     stage: str
     model: str | None
@@ -36,7 +37,8 @@ class StageTrace:
 @dataclass(frozen=True)
 class Trace:
     """The trace of one request (`prediction.trace`): a [`StageTrace`][stagewise.programs.StageTrace] per stage
-    execution, in order, and the request's context; `trace["stage"]` is that stage's entry."""
+    execution, in order, and the request's context; `trace["stage"]` is that stage's entry.
+    """
 
     request_id: str
     stages: tuple[StageTrace, ...]

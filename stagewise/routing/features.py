@@ -56,7 +56,8 @@ def parse_features(spec: str) -> tuple[str, ...]:
 
 def split_pairs(X) -> tuple[list[str], list[str]]:
     """(texts the query features read, texts the answer checks read), queries and responses cut to
-    `MAX_TEXT_CHARS` (the checks cut their own, so that their length feature counts every character)."""
+    `MAX_TEXT_CHARS` (the checks cut their own, so that their length feature counts every character).
+    """
     items = _rows(X)
     if items and isinstance(items[0], (tuple, list, np.ndarray)):
         pairs = as_pairs(items)
@@ -67,7 +68,8 @@ def split_pairs(X) -> tuple[list[str], list[str]]:
 
 def as_pairs(X) -> list[tuple]:
     """Each row of `X` as a (query, response) pair; [`DataError`][stagewise.errors.DataError] naming the first
-    row that is not one."""
+    row that is not one.
+    """
     pairs = [tuple(x) if isinstance(x, (tuple, list, np.ndarray)) else (x,) for x in _rows(X)]
     for row, pair in enumerate(pairs):
         if len(pair) != 2:
@@ -278,7 +280,8 @@ def find_equations(text: str) -> list[tuple[str, str]]:
 
 def arithmetic(expression: str) -> float | None:
     """The value of + - * / arithmetic on numbers, or None if it is anything else or longer than
-    `MAX_EXPRESSION_CHARS` (never eval; no nesting depth raises)."""
+    `MAX_EXPRESSION_CHARS` (never eval; no nesting depth raises).
+    """
     if not isinstance(expression, str):
         raise DataError(f"arithmetic reads a string, not {type(expression).__name__}")
     if len(expression) > MAX_EXPRESSION_CHARS:

@@ -72,13 +72,15 @@ class Outcomes:
 def load_outcomes(path: str | Path, *, format: TableFormat | None = None,
                   catalog: ModelCatalog | None = None) -> Outcomes:
     """The recorded outcomes in the outcome table at `path` (see
-    [`outcomes_from_table`][stagewise.routing.outcomes_from_table])."""
+    [`outcomes_from_table`][stagewise.routing.outcomes_from_table]).
+    """
     return outcomes_from_table(OutcomeTable.load(path, format), catalog)
 
 
 def outcomes_from_table(table: OutcomeTable, catalog: ModelCatalog | None = None) -> Outcomes:
     """An outcome table as routing evaluation reads it: the prompts every model has a score for, each
-    model's score, answer and cost there (the recorded cost, else the catalog's price of its tokens)."""
+    model's score, answer and cost there (the recorded cost, else the catalog's price of its tokens).
+    """
     catalog = catalog or default_catalog()
     scores = table.scores.to_numpy(dtype=float)
     for j, model in enumerate(table.models):

@@ -42,7 +42,8 @@ def save_router(router, path: str | Path) -> Path:
 
 def load_router(path: str | Path):
     """The router saved at `path`; a [`RouterFileError`][stagewise.routing.RouterFileError] if the file is missing, not
-    a skops file, or asks for any type outside the default-trusted ones and `TRUSTED_TYPES`."""
+    a skops file, or asks for any type outside the default-trusted ones and `TRUSTED_TYPES`.
+    """
     path = Path(path)
     if not path.is_file():
         raise RouterFileError(f"router file {str(path)!r} does not exist")

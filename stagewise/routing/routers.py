@@ -87,7 +87,8 @@ class _OutcomeRouter(_TextEstimator):
 
     def route_values(self, outcomes: Outcomes, weak: str | None = None, strong: str | None = None) -> np.ndarray:
         """With `weak` and `strong`: the predicted quality gap, strong minus weak, per prompt of
-        `outcomes`; without: each model's predicted quality, (n, m)."""
+        `outcomes`; without: each model's predicted quality, (n, m).
+        """
         quality = self.predict_quality(outcomes.prompts)
         if weak is None or strong is None:
             return quality

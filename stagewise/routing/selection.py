@@ -247,7 +247,8 @@ def default_router(train: Outcomes, *, weak: str | None = None, strong: str | No
                    candidates: list[str] | tuple[str, ...] | None = None, chosen: str | None = None,
                    metric: str = "aiq", inner_folds: int = INNER_FOLDS, seed: int = 0):
     """The default router trained on all of `train`: the spec cross-validation on `train` chooses
-    (or `chosen`, when that was already done), fitted on every row. Returns (router, selection or None)."""
+    (or `chosen`, when that was already done), fitted on every row. Returns (router, selection or None).
+    """
     from stagewise.routing.routers import make_router
 
     if two_model_mode(train, weak, strong):

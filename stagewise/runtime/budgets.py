@@ -205,8 +205,10 @@ return {1, spent + amount}
 
 
 class RedisSpendStore(SpendStore):
-    """Redis, shared by every process using it; each reservation is one Lua script. Calls time out
-    after `socket_timeout_s` (a stalled Redis fails the call instead of hanging it)."""
+    """Redis, shared by every process using it; each reservation is one Lua script.
+
+    Calls time out after `socket_timeout_s` (a stalled Redis fails the call instead of hanging it).
+    """
 
     def __init__(self, url: str, *, socket_timeout_s: float = 2.0) -> None:
         self.url = url
@@ -248,7 +250,8 @@ def open_spend_store(url: str | None) -> SpendStore:
 @dataclass(frozen=True)
 class Reservation:
     """A call's reserved worst case: what [`Budget.settle`][stagewise.runtime.Budget.settle] replaces with what it
-    cost."""
+    cost.
+    """
 
     tenant: str | None
     day: str
@@ -291,7 +294,8 @@ class Budget:
     def reserve(self, stage: str, run, estimate_usd: float) -> Reservation:
         """Reserve a call's worst case for `run`'s request and the current tenant, or raise
         [`BudgetExceeded`][stagewise.runtime.BudgetExceeded] (with the request's partial results) when it does not
-        fit."""
+        fit.
+        """
         ledger, tenant, day = run.ledger, current_tenant(), today()
         problem = None
         with self._lock:  # the request's check and reservation are one step for its parallel branches
@@ -329,7 +333,8 @@ class Budget:
 
     def settle(self, reservation: Reservation, cost_usd: float) -> None:
         """Replace the reservation by what the call cost (its estimate for a call that failed; 0 for a
-        call that was never made). The call's recorded cost is in the request's ledger by now."""
+        call that was never made). The call's recorded cost is in the request's ledger by now.
+        """
         self._release(reservation.ledger, reservation.estimate_usd)
         if reservation.units:
             delta = to_units(cost_usd) - reservation.units

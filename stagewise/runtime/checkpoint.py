@@ -121,7 +121,8 @@ class CheckpointStore(ABC):
     def load(self, run_id: str) -> dict:
         """The latest checkpoint of `run_id`, checked field by field before anything reads it: a
         [`CorruptCheckpointError`][stagewise.runtime.CorruptCheckpointError] names the run, the store and the field at
-        fault."""
+        fault.
+        """
         text = self._latest(run_id)
         if text is None:
             raise UnknownRunError(f"no run {run_id!r} in the checkpoint store {redact(self.url)}")
@@ -157,7 +158,8 @@ class CheckpointStore(ABC):
              limit: int = 50) -> list[dict]:
         """The latest runs (newest first) updated at or after `since` (an ISO 8601 UTC time), with
         `status`, and, with `stage`, that executed that stage; each with its stages, calls, tokens
-        and cost. A run whose checkpoint cannot be read is listed with status `unreadable`."""
+        and cost. A run whose checkpoint cannot be read is listed with status `unreadable`.
+        """
         if status is not None and status not in ("running", "failed", "completed"):
             raise StoreError(f"status {status!r}: expected running, failed or completed")
         scanned = self._summaries(min(limit * 20, 10_000) if stage else limit * 4 if (since or status) else limit)

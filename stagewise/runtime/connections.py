@@ -1,5 +1,4 @@
-"""Connections of the runtime's stores to PostgreSQL and Redis, with errors that name the URL
-without its password."""
+"""Connections of the runtime's stores to PostgreSQL and Redis, with errors that name the URL without its password."""
 
 from __future__ import annotations
 
@@ -13,7 +12,8 @@ class StoreConnectionError(StoreError, ConnectionError):
 
 def connect_postgres(url: str, what: str, table: str, ddl: list[str]):
     """An autocommit connection, with `table` created by `ddl` (under an advisory lock: processes
-    opening the store at once must not race on CREATE TABLE)."""
+    opening the store at once must not race on CREATE TABLE).
+    """
     import psycopg
 
     try:
@@ -30,7 +30,8 @@ def connect_postgres(url: str, what: str, table: str, ddl: list[str]):
 def connect_redis(url: str, what: str, *, shown: str | None = None, socket_timeout: float | None = None):
     """A Redis client that answered a ping (bytes responses, as pybreaker needs); `shown`: the URL
     the user gave, when `url` is a cleaned-up form of it. `socket_timeout`: seconds a command may
-    wait for Redis before it fails (None: redis-py's default)."""
+    wait for Redis before it fails (None: redis-py's default).
+    """
     import redis
 
     shown = shown or url

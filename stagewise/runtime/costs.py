@@ -41,7 +41,8 @@ class CostAlert:
 class CostMonitor(Observer):
     """Records each request's cost by stage (`last`, `history`) and raises a [`CostAlert`][stagewise.runtime.CostAlert]
     (logged, appended to `alerts`, passed to `callback`) for a request above the `quantile` of
-    the last `window` requests' costs times `factor`, once `min_history` are known."""
+    the last `window` requests' costs times `factor`, once `min_history` are known.
+    """
 
     def __init__(self, program: str = "program", *, window: int = 500, quantile: float = 0.99, factor: float = 1.5,
                  min_history: int = 20, callback: Callable[[CostAlert], None] | None = None):

@@ -87,7 +87,8 @@ def run_diff(record: dict) -> list[StageDiff]:
 
 def diff_text(record: dict) -> str:
     """The context diff of a checkpointed run, for the terminal: per stage, what it received,
-    transformed, removed from its view and added, and each step's branches."""
+    transformed, removed from its view and added, and each step's branches.
+    """
     diffs = run_diff(record)
     lines = [f"run {record['run_id']} ({record['status']}): {_counted(diffs)}"]
     for diff in diffs:
@@ -141,7 +142,8 @@ def diff_html(record: dict) -> str:
 def diff_parts(record: dict) -> list[str]:
     """The HTML of a run's context diff (a summary, then one table per stage execution, then any error),
     for a page of its own ([`diff_html`][stagewise.runtime.diff_html]) or inside another
-    (`stagewise runs show --html`)."""
+    (`stagewise runs show --html`).
+    """
     esc = html.escape
     diffs = run_diff(record)
     parts = [f"<p id='summary'>{_counted(diffs)}; {sum(d.tokens_added for d in diffs)} tokens added, "

@@ -1,4 +1,4 @@
-"""Personal data kept out of what a run stores: a redaction policy applied before anything leaves a request.
+r"""Personal data kept out of what a run stores: a redaction policy applied before anything leaves a request.
 
 A [`PrivacyPolicy`][stagewise.runtime.PrivacyPolicy] says what is personal data and what becomes of it:
 
@@ -7,7 +7,7 @@ A [`PrivacyPolicy`][stagewise.runtime.PrivacyPolicy] says what is personal data 
   `phonenumbers`, Google's libphonenumber: international numbers of any country, national ones
   of `phone_regions`) and `iban` account numbers (the country's length and the ISO 13616
   mod-97 checksum);
-- custom regular expressions, each with its name: `ORDER_ID = "ORD-\\d{6}"`;
+- custom regular expressions, each with its name: `ORDER_ID = "ORD-\d{6}"`;
 - fields, by name, whose whole value is dropped (`<DROPPED>`) or replaced by a keyed hash
   (`<HASH:16 hex digits>`, HMAC-SHA256 under a secret key: equal values give equal hashes, so
   stored runs can still be joined, but nobody without the key can test a guess).
@@ -162,7 +162,8 @@ class PrivacyPolicy:
                     environ: Mapping[str, str] | None = None) -> PrivacyPolicy:
         """A policy from a `[privacy]` TOML table (keys: `detect`, `patterns`, `drop`, `hash`,
         `hash_key_env`, `replacement`, `phone_regions`); a [`ConfigError`][stagewise.ConfigError] names the bad key.
-        The hash key is read from the environment variable `hash_key_env` names, never from the file."""
+        The hash key is read from the environment variable `hash_key_env` names, never from the file.
+        """
         environ = os.environ if environ is None else environ
         if not isinstance(table, Mapping):
             raise ConfigError(f"{where} must be a table, not {type(table).__name__}")
@@ -211,7 +212,8 @@ class PrivacyPolicy:
     @classmethod
     def from_option(cls, value: str, *, environ: Mapping[str, str] | None = None) -> PrivacyPolicy:
         """A policy from a command-line option (`--redact`): `all`, detector names separated by
-        commas (`email,credit_card`), or a TOML file whose `[privacy]` table says the rest."""
+        commas (`email,credit_card`), or a TOML file whose `[privacy]` table says the rest.
+        """
         value = value.strip()
         if value.endswith(".toml"):
             from pathlib import Path
@@ -281,7 +283,8 @@ class PrivacyPolicy:
 
     def value(self, value: Any, field: str | None = None, known: Mapping[str, str] | None = None) -> Any:
         """Any JSON-like value redacted: a named field's marker, strings by `text`, lists and
-        dicts item by item (a dict's keys are the field names of its values)."""
+        dicts item by item (a dict's keys are the field names of its values).
+        """
         if field is not None and (field in self.drop or field in self.hash):
             return self.marker(field, value)
         if isinstance(value, str):
@@ -418,7 +421,8 @@ def _phones(text: str, regions: tuple[str, ...], taken: list[Finding]) -> list[F
 class PrivacyScope:
     """A policy as one request applies it: it remembers the values of the dropped and hashed fields
     seen so far (inputs, stage outputs), so that they are replaced wherever a later text quotes them.
-    Every observer of the request (checkpoints, context store, spans, logs) writes through it."""
+    Every observer of the request (checkpoints, context store, spans, logs) writes through it.
+    """
 
     def __init__(self, policy: PrivacyPolicy):
         self.policy = policy
@@ -446,7 +450,8 @@ class PrivacyScope:
 
     def record(self, fields: Mapping[str, Any]) -> dict:
         """[`PrivacyPolicy.record`][stagewise.runtime.PrivacyPolicy.record] with the values learnt so far (and `fields`'
-        own)."""
+        own).
+        """
         self.learn(fields)
         return self.policy.record(fields, self._known())
 
@@ -461,7 +466,8 @@ def current_privacy() -> PrivacyScope | None:
 
 def privacy_scope(policy: PrivacyPolicy | PrivacyScope | None) -> PrivacyScope | None:
     """The scope an observer writes through: the current request's when it runs under `policy` (or
-    `policy` is None), else a new one for `policy`."""
+    `policy` is None), else a new one for `policy`.
+    """
     if isinstance(policy, PrivacyScope):
         return policy
     current = _scope.get()
@@ -474,7 +480,8 @@ def privacy_scope(policy: PrivacyPolicy | PrivacyScope | None) -> PrivacyScope |
 def protecting(policy: PrivacyPolicy | None) -> Iterator[PrivacyScope | None]:
     """Requests in this block keep their records through `policy` (None: no change): the observers
     that write them find it, and log records made in the block (this thread, its tasks and the
-    threads that copy its context) are redacted when they are made."""
+    threads that copy its context) are redacted when they are made.
+    """
     if policy is None:
         yield _scope.get()
         return
@@ -493,7 +500,8 @@ _installed = False
 
 def _install_log_redaction() -> None:
     """Wrap the log record factory once: a record made under a policy is redacted as it is made,
-    whichever logger or handler sees it later."""
+    whichever logger or handler sees it later.
+    """
     global _installed
     with _factory_lock:
         if _installed:

@@ -115,7 +115,8 @@ class FailureMode(StrEnum):
 @dataclass(frozen=True)
 class StagePolicy:
     """How a stage's failed calls are handled: `mode` (a `FailureMode` or its string:
-    retry, fallback, skip, fail) and its retries. A string mode is stored as its FailureMode."""
+    retry, fallback, skip, fail) and its retries. A string mode is stored as its FailureMode.
+    """
 
     mode: FailureMode = FailureMode.RETRY
     fallbacks: tuple[str, ...] = ()  # catalog names, tried in order after the stage's own model
@@ -190,7 +191,8 @@ class EndpointBreaker(pybreaker.CircuitBreaker):
 
     def _admit(self) -> str | None:
         """None for a call in the closed state, the probe token for the half-open probe; raises
-        `pybreaker.CircuitBreakerError` for a call that may not reach the endpoint."""
+        `pybreaker.CircuitBreakerError` for a call that may not reach the endpoint.
+        """
         with self._lock:
             state = self.current_state
             if state == pybreaker.STATE_CLOSED:
@@ -231,7 +233,8 @@ class EndpointBreaker(pybreaker.CircuitBreaker):
 
     def _succeeded(self, probe: bool) -> None:
         """Reset the failure count; the probe's success closes the circuit (a call admitted before the
-        circuit opened says nothing about the endpoint now)."""
+        circuit opened says nothing about the endpoint now).
+        """
         with self._lock:
             self._state_storage.reset_counter()
             if probe:
@@ -353,8 +356,10 @@ class Limit:
 
 
 class LimitPolicy(StrEnum):
-    """What a `RateLimiter` does with a call when its window is full. A member equals its
-    string (`LimitPolicy.SHED == "shed"`), so `policy="shed"` works too."""
+    """What a `RateLimiter` does with a call when its window is full.
+
+    A member equals its string (`LimitPolicy.SHED == "shed"`), so `policy="shed"` works too.
+    """
 
     QUEUE = "queue"  # wait for room, at most `max_wait_s`; then RateLimited
     SHED = "shed"  # refuse at once: RateLimited
@@ -494,7 +499,8 @@ _deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("stagew
 @contextmanager
 def deadline_scope(deadline: float | None):
     """Model calls inside the block are refused (`DeadlineExceeded`) once `time.monotonic()`
-    passes `deadline`; None: no deadline. A call already on its way is not interrupted."""
+    passes `deadline`; None: no deadline. A call already on its way is not interrupted.
+    """
     token = _deadline.set(deadline)
     try:
         yield

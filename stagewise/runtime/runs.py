@@ -78,7 +78,8 @@ def private_section(scope: PrivacyScope | None, record: dict) -> dict:
 
 def private_step(scope: PrivacyScope | None, step: dict) -> dict:
     """A checkpoint step with its outputs, sections and notes redacted (idempotent: a stored step
-    restored into a new run passes through again)."""
+    restored into a new run passes through again).
+    """
     if scope is None:
         return step
     return {**step, "outputs": scope.record(step["outputs"]),

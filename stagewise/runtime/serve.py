@@ -150,7 +150,8 @@ def input_fields(program, manifest: dict) -> list[str]:
 
 def _stages_used(prediction, ledger) -> list[dict]:
     """Per stage: model, tokens, cost, latency (and notes); from a stagewise program's trace, else from
-    the usage records of the request (a plain DSPy program: its predictors' calls, by stage name)."""
+    the usage records of the request (a plain DSPy program: its predictors' calls, by stage name).
+    """
     trace = getattr(prediction, "trace", None)
     if trace is not None:
         return [{"stage": s.stage, "model": s.model, "input_tokens": s.input_tokens, "output_tokens": s.output_tokens,
@@ -257,7 +258,8 @@ def create_app(directory: str | Path, *, token: str | None = None, tenants: list
 
     def authenticate(request: Request) -> Tenant:
         """The caller's tenant (a route dependency; a plain function, so FastAPI runs it, and its
-        Redis calls, in a worker thread)."""
+        Redis calls, in a worker thread).
+        """
         address = request.client.host if request.client else "unknown"
         try:
             if not authenticated:  # the address, never a header the client sets

@@ -28,7 +28,8 @@ def _version(stage) -> str:
 class StageCache(Observer):
     """Restores a stage's outputs and sections when the same stage, on the same model, with the same
     compiled state, is given the same inputs (see the module); at most `max_entries`, least
-    recently used first out. `hits` and `misses` count lookups."""
+    recently used first out. `hits` and `misses` count lookups.
+    """
 
     def __init__(self, max_entries: int = 10_000):
         self.max_entries = max_entries

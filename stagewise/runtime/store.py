@@ -34,7 +34,8 @@ DEFAULT_TTL = 86_400
 
 class ContextStore(ABC):
     """Append-only entries by run, stage, kind and key (see the module): a backend implements
-    `append` and `entries`; `values` and `get` read an entry through them."""
+    `append` and `entries`; `values` and `get` read an entry through them.
+    """
 
     url: str
 
@@ -45,7 +46,8 @@ class ContextStore(ABC):
     @abstractmethod
     def entries(self, run: str, stage: str | None = None, kind: str | None = None) -> list[dict]:
         """Every write of a run (optionally one stage's or kind's), in write order:
-        `{"stage", "kind", "key", "value"}`."""
+        `{"stage", "kind", "key", "value"}`.
+        """
 
     def values(self, run: str, stage: str, kind: str, key: str) -> list[Any]:
         """Every value written to an entry, in write order."""

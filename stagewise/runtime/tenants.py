@@ -50,7 +50,8 @@ class Tenant:
 
 def read_tokens(path: str | Path) -> list[Tenant]:
     """The tenants of a tokens file (see the module); a [`ConfigError`][stagewise.ConfigError] names the file and key at
-    fault."""
+    fault.
+    """
     path = Path(path)
     where = f"tokens file {str(path)!r}"
     document = read_toml(path, where, ConfigError)

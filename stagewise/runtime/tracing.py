@@ -41,7 +41,8 @@ OPERATION = "chat"
 def tracer_provider(exporter: Literal["console", "otlp", "memory", "mlflow"] = "console", *,
                     endpoint: str | None = None) -> tuple[TracerProvider, object]:
     """A provider exporting to `console`, `otlp` (HTTP; `endpoint` or OTEL_EXPORTER_OTLP_ENDPOINT),
-    `memory` (tests) or `mlflow` (the tracking URI's traces). Returns (provider, exporter)."""
+    `memory` (tests) or `mlflow` (the tracking URI's traces). Returns (provider, exporter).
+    """
     provider = TracerProvider(resource=Resource.create({"service.name": "stagewise"}))
     if exporter == "console":
         sink = ConsoleSpanExporter(out=sys.stdout)  # its default is the stdout of when OpenTelemetry was imported
