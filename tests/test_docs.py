@@ -65,7 +65,7 @@ def test_the_python_reference_has_every_public_name_of_the_package(site, page):
                and not any(i.startswith("stagewise.") and i.endswith(f".{name}") for i in ids)]
     assert not missing, f"docs/reference/{page}.md renders no entry for {missing}"
     roles = sorted(set(re.findall(r":(?:class|func|mod|meth|attr|data|exc):", html)))
-    assert not roles, f"Sphinx roles shown as written (docs/griffe_roles.py turns them into code): {roles}"
+    assert not roles, f"Sphinx roles shown as written (docstrings are Google style, Markdown): {roles}"
 
 
 def test_the_generated_reference_pages_hold_the_cli_the_config_keys_and_the_http_api(site):
