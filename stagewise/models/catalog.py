@@ -256,6 +256,7 @@ class ModelCatalog:
                          api_key_env=PROVIDER_KEY_ENV.get(provider), tokenizer=tokenizer)
 
     def price_of(self, name: str, input_tokens: int, output_tokens: int) -> float:
+        """The USD cost of a call to model `name` with these token counts."""
         return self[name].cost(input_tokens, output_tokens)
 
     def by_recorded_name(self, engine_model: str) -> ModelSpec | None:

@@ -224,6 +224,7 @@ class LazyGrammarFilter:
             array.size, array.sorted = 1, False
 
     def close(self) -> None:
+        """Free the shadow grammar sampler (idempotent)."""
         if self._shadow is not None:
             self._llama_cpp.llama_sampler_free(self._shadow)
             self._shadow = None

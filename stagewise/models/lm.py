@@ -63,6 +63,7 @@ class StagewiseLM(dspy.LM):
     # dspy.BaseLM.__call__ and acall (DSPy 3.4.1), with a clock and a usage record around execute().
     @with_callbacks
     def __call__(self, prompt=None, *, messages=None, **kwargs):
+        """Call the model as `dspy.LM` does, and add a usage record for the call."""
         call = self._prepared(prepare(self, prompt, messages, kwargs), messages)
         started = time.perf_counter()
         result = execute(self, call)
@@ -71,6 +72,7 @@ class StagewiseLM(dspy.LM):
 
     @with_callbacks
     async def acall(self, prompt=None, *, messages=None, **kwargs):
+        """Call the model asynchronously as `dspy.LM` does, and add a usage record for the call."""
         import asyncio
 
         prepared = await asyncio.to_thread(prepare, self, prompt, messages, kwargs, asynchronous=True)
@@ -150,11 +152,13 @@ class StagewiseLM(dspy.LM):
         return count_tokens(text, self.spec.tokenizer).tokens
 
     def copy(self, **kwargs):
+        """A copy as `dspy.LM.copy` makes it, accounting into the same usage ledger."""
         copied = super().copy(**kwargs)
         copied.usage = self.usage  # copies (DSPy makes many) account into one ledger
         return copied
 
     def dump_state(self):
+        """DSPy's LM state plus the catalog entry (`spec`), which names an API key variable, never a key."""
         state = super().dump_state()
         state["spec"] = self.spec.model_dump(mode="json")  # names an API key variable, never a key
         return state

@@ -177,14 +177,25 @@ class LlamaCppEngine:
 
     @property
     def model(self) -> _SharedModel:
+        """The loaded model, shared by the process; loaded on first use."""
         if self._model is None:
             self._model = shared_model(weights_path(self.weights), self.n_ctx, self.n_threads)
         return self._model
 
     def tokenize(self, text: str) -> list[int]:
+        """The model's token ids for `text` (no BOS token)."""
         return self.model.llama.tokenize(text.encode("utf-8"), add_bos=False, special=True)
 
     def complete(self, request) -> Response:
+        """Generate a response to `request`, greedy and seeded by default.
+
+        With a JSON response format, decoding is grammar-constrained to the schema, bounded to fit
+        `max_tokens`; output cut at the limit is decoded again with strict bounds. Every attempt's
+        tokens are accounted for.
+
+        Raises:
+            InvalidRequestError: the schema cannot fit `max_tokens` or llama.cpp cannot compile its grammar.
+        """
         validate_request(request)
         config = request.config
         constrained, schema = schema_of(config.response_format)
@@ -233,6 +244,7 @@ class LlamaCppEngine:
             return model.llama.create_chat_completion(**kwargs)
 
     def stream(self, request):
+        """The events of the complete response (no token streaming)."""
         return response_to_events(self.complete(request))
 
     def close(self) -> None:
@@ -242,8 +254,10 @@ class LlamaCppEngine:
         return self
 
     def dump_state(self) -> dict:
+        """A JSON-able state: weights, context size and output limit (not the thread count)."""
         return {"weights": self.weights, "n_ctx": self.n_ctx, "max_tokens": self.max_tokens}
 
     @classmethod
     def load_state(cls, state: dict) -> LlamaCppEngine:
+        """The engine `dump_state` describes."""
         return cls(state["weights"], n_ctx=state.get("n_ctx", DEFAULT_CONTEXT), max_tokens=state.get("max_tokens", 512))

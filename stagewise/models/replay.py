@@ -32,8 +32,16 @@ _FIELD_HEADER = re.compile(r"\[\[ ## \w+ ## \]\]\n")
 
 
 class ReplayEngine:
-    """A DSPy engine that answers with one model's recorded responses from an outcome table (an
-    [`Engine`][stagewise.models.engine.Engine]).
+    """A DSPy engine that answers with one model's recorded responses from an outcome table.
+
+    It is an [`Engine`][stagewise.models.engine.Engine]; `get_lm` builds one for a `recorded/<model>` name.
+
+    Args:
+        table: the outcome table.
+        spec: the catalog entry; its `model` names the table column to answer from.
+
+    Raises:
+        NotRecordedError: the table has no column `spec.model`.
     """
 
     supports_response_schema = True
@@ -62,6 +70,15 @@ class ReplayEngine:
         raise NotRecordedError(f"prompt not in outcome table {self.table.source!r}: {_snippet(text)}")
 
     def complete(self, request) -> Response:
+        """The recorded response to the request's prompt, with recorded cost and counted tokens.
+
+        The prompt is the last user message, or one of its input fields. With a JSON response format,
+        the response is wrapped as the value of the schema's single text field.
+
+        Raises:
+            InvalidRequestError: the prompt is not in the table (reaches the caller as DSPy's
+                `LMInvalidRequestError`).
+        """
         validate_request(request)
         try:
             outcome = self.table.outcome(self._recorded_prompt(request), self.spec.model)
@@ -85,6 +102,7 @@ class ReplayEngine:
         )
 
     def stream(self, request):
+        """The events of the complete response (no token streaming)."""
         return response_to_events(self.complete(request))
 
     def close(self) -> None:
@@ -94,10 +112,12 @@ class ReplayEngine:
         return self  # the table is read-only and can be large
 
     def dump_state(self) -> dict:
+        """A JSON-able state: the table's source and the catalog name."""
         return {"table": self.table.source, "model": self.spec.name}
 
     @classmethod
     def load_state(cls, state: dict) -> ReplayEngine:
+        """The engine `dump_state` describes (the catalog name is looked up in the default catalog)."""
         from stagewise.models.catalog import default_catalog
 
         return cls(OutcomeTable.load(state["table"]), default_catalog()[state["model"]])

@@ -26,6 +26,7 @@ _encodings: dict[str, tiktoken.Encoding] = {}
 
 @dataclass(frozen=True)
 class TokenCount:
+    """A token count and the encoding (or tokenizer) that counted it."""
     tokens: int
     encoding: str
 

