@@ -95,8 +95,11 @@ class StudyConfig:
         return program
 
     def optimizer(self, out_dir: str | Path, *, progress: bool = True):
-        """The [`JointOptimizer`][stagewise.optimize.joint.JointOptimizer] this config describes, writing to
-        `out_dir`.
+        """The [`JointOptimizer`][stagewise.optimize.joint.JointOptimizer] this config describes.
+
+        Args:
+            out_dir: where the compiled-stage cache, the study and `pareto.csv`/`pareto.png` go.
+            progress: show a progress bar while trials run.
         """
         from stagewise.optimize.joint import JointOptimizer
 
@@ -183,8 +186,9 @@ class _Router(_Table):
 
 
 class _Search(SearchSettings):
-    """`[search]`: the settings of [`SearchSettings`][stagewise.optimize.SearchSettings] (defaults there) and the
-    space.
+    """`[search]`: the search space and the settings of [`SearchSettings`][stagewise.optimize.SearchSettings].
+
+    The settings' defaults are those of `SearchSettings`.
     """
 
     model_config = ConfigDict(extra="forbid", populate_by_name=False, arbitrary_types_allowed=True)
@@ -272,8 +276,12 @@ def _unwrap(annotation):
 
 
 def load_config(path: str | Path, *, study: str | None = None, trials: int | None = None) -> StudyConfig:
-    """The study config at `path` (TOML), validated key by key: a [`ConfigError`][stagewise.ConfigError] names the
-    file, the table and the key at fault. `study` and `trials` override `[search]`'s.
+    """The study config at `path` (TOML), validated key by key.
+
+    `study` and `trials` override `[search]`'s.
+
+    Raises:
+        ConfigError: the file is missing or invalid; the message names the file, the table and the key at fault.
     """
     file = Path(path).resolve()
     raw = read_toml(file, f"config {str(path)!r}", ConfigError)

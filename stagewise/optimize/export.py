@@ -56,8 +56,9 @@ def _versions() -> dict[str, str]:
 
 
 def stage_models(program) -> dict[str, dict[str, Any]]:
-    """Each stage's model as the manifest records it (catalog entry, engine, prices); a decision
-    stage a trained classifier stands in for names the router whose classifier it is.
+    """Each stage's model as the manifest records it (catalog entry, engine, prices).
+
+    A decision stage a trained classifier stands in for names the router whose classifier it is.
     """
     described = {}
     stood_in = {router.stand_in: name for name, router in router_modules(program).items() if router.stand_in}
@@ -83,8 +84,9 @@ def stage_models(program) -> dict[str, dict[str, Any]]:
 
 
 def state_without_models(module) -> dict:
-    """DSPy's JSON state of `module` (a program or one predictor) with every predictor's LM
-    state removed: models are rebuilt by name, so loading never imports a class named in a file.
+    """DSPy's JSON state of `module` (a program or one predictor) with every predictor's LM state removed.
+
+    Models are rebuilt by name, so loading never imports a class named in a file.
     """
     import dspy
 
@@ -161,9 +163,10 @@ def _local_path(value: str) -> bool:
 
 
 def _relative_paths(value: Any, directory: Path, key: str = "manifest") -> Any:
-    """`value` (the manifest) with every absolute path inside `directory` made relative to it; an
-    absolute path elsewhere is an [`ExportError`][stagewise.ExportError] naming its key (it would not exist where the
-    directory is copied, and it tells who exported the program where).
+    """`value` (the manifest) with every absolute path inside `directory` made relative to it.
+
+    An absolute path elsewhere is an [`ExportError`][stagewise.ExportError] naming its key (it would not exist
+    where the directory is copied, and it tells who exported the program where).
     """
     if isinstance(value, dict):
         return {name: _relative_paths(item, directory, f"{key}.{name}") for name, item in value.items()}
@@ -194,8 +197,9 @@ def _factory_name(program, factory: str | Callable | None) -> str:
 
 
 def _copy_code(module_name: str, directory: Path) -> str | None:
-    """Copy the factory's module (or its top-level package) into `directory/code`; None when it is
-    installed (site-packages) and so importable wherever stagewise is.
+    """Copy the factory's module (or its top-level package) into `directory/code`.
+
+    Returns None, copying nothing, when it is installed (site-packages) and so importable wherever stagewise is.
     """
     top = module_name.partition(".")[0]
     spec = importlib.util.find_spec(top)
@@ -260,8 +264,11 @@ class _Manifest(BaseModel):
 
 
 def read_json(path: Path, what: str = "") -> Any:
-    """The JSON document at `path`, with an [`ExportError`][stagewise.ExportError] naming the file when it is missing,
-    larger than `MAX_JSON_BYTES`, not UTF-8, not JSON, or nested too deeply to parse.
+    """The JSON document at `path`.
+
+    Raises:
+        ExportError: naming the file, when it is missing, larger than `MAX_JSON_BYTES`, not UTF-8, not JSON,
+            or nested too deeply to parse.
     """
     try:
         size = path.stat().st_size
@@ -281,8 +288,10 @@ def read_json(path: Path, what: str = "") -> Any:
 
 
 def read_manifest(directory: str | Path) -> dict[str, Any]:
-    """The export's `manifest.json`, checked field by field: an [`ExportError`][stagewise.ExportError] names the file
-    and the field at fault.
+    """The export's `manifest.json`, checked field by field.
+
+    Raises:
+        ExportError: the manifest is unreadable or invalid; the message names the file and the field at fault.
     """
     path = Path(directory) / "manifest.json"
     manifest = read_json(path, ": not an exported stagewise program")

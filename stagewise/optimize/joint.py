@@ -222,8 +222,13 @@ class JointOptimizer:
 
     def work(self, program: dspy.Module, *, trainset, valset, testset=None, trials: int | None = None,
              split_settings: dict | None = None):
-        """Join the study another process created (the same settings and data, checked key by key):
-        run its trials until its budget is spent, or `trials` of them; returns the `optuna.Study`.
+        """Join the study another process created and run its trials.
+
+        The settings and data must be the same, checked key by key. Trials run until the study's budget
+        is spent, or `trials` of them.
+
+        Returns:
+            The `optuna.Study`.
         """
         runner = self.study_for(program, trainset=trainset, valset=valset, testset=testset,
                                 split_settings=split_settings)
@@ -244,8 +249,10 @@ class JointOptimizer:
 
     @property
     def front(self) -> pd.DataFrame:
-        """The Pareto front on the dev split: trial, quality, cost per request and per 1,000
-        requests, latency, and each stage's choices (`<stage>.model`, ...), cheapest first.
+        """The Pareto front on the dev split, cheapest first.
+
+        Columns: trial, quality, cost per request and per 1,000 requests, latency, and each stage's
+        choices (`<stage>.model`, ...).
         """
         return self._need().front
 
@@ -267,8 +274,12 @@ class JointOptimizer:
         return result.test or result.dev
 
     def log_model(self, directory: str | Path) -> str | None:
-        """Log an exported program (`stagewise.export`) on the study's MLflow run: its JSON files as
-        artifacts and the program as an MLflow model from code; returns the model URI (None untracked).
+        """Log an exported program (`stagewise.export`) on the study's MLflow run.
+
+        Its JSON files are logged as artifacts and the program as an MLflow model from code.
+
+        Returns:
+            The model URI, or None when the study is not tracked.
         """
         self._need()
         directory = Path(directory)
@@ -277,8 +288,11 @@ class JointOptimizer:
         return tracker.log_program(directory)
 
     def select(self, *, min_quality: float | None = None, max_cost_per_1k: float | None = None) -> dspy.Module:
-        """Another program from the front: the cheapest with quality >= `min_quality`, or the
-        best under `max_cost_per_1k` dollars per 1,000 requests.
+        """Another program from the front.
+
+        Args:
+            min_quality: select the cheapest with quality >= `min_quality`.
+            max_cost_per_1k: select the best costing at most this many dollars per 1,000 requests.
         """
         from stagewise.optimize import pareto
 

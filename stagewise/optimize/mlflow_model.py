@@ -18,7 +18,9 @@ from mlflow.pyfunc import PythonModel
 
 
 class StagewiseProgram(PythonModel):
+    """The MLflow pyfunc model of an exported program (the `program` artifact)."""
     def load_context(self, context) -> None:
+        """Load the exported program (trusting its code: MLflow runs this file) and a JSON adapter."""
         import dspy
 
         import stagewise
@@ -29,6 +31,7 @@ class StagewiseProgram(PythonModel):
         self.adapter = dspy.JSONAdapter()
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        """Run the program on each row (columns: input fields); one row of output fields per input row."""
         import dspy
 
         rows = []

@@ -176,8 +176,9 @@ class Mipro(StageOptimizer):
 
 
 class Gepa(StageOptimizer):
-    """`gepa`: instructions evolved by `dspy.GEPA` from the program's traces and textual feedback
-    (what the metric expected, what the program answered), read by a reflection model.
+    """`gepa`: instructions evolved by `dspy.GEPA` from the program's traces and textual feedback.
+
+    The feedback (what the metric expected, what the program answered) is read by a reflection model.
     """
 
     reflection = "required"
@@ -271,8 +272,10 @@ def optimizer_names() -> tuple[str, ...]:
 
 
 def get_optimizer(name: str) -> StageOptimizer:
-    """The optimizer registered as `name`; a [`SearchSpaceError`][stagewise.SearchSpaceError] lists the registered
-    ones.
+    """The optimizer registered as `name`.
+
+    Raises:
+        SearchSpaceError: no optimizer is registered as `name`; the message lists the registered ones.
     """
     try:
         return _REGISTRY[name]

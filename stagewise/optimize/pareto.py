@@ -28,8 +28,10 @@ def pareto_mask(frame: pd.DataFrame, quality: str = "quality", cost: str = "cost
 
 
 def trials_table(study: optuna.Study) -> pd.DataFrame:
-    """One row per configuration the study completed: trial, quality, cost per request and per
-    1,000 requests, latency, each parameter and each stage's score (`stage:<name>`).
+    """One row per configuration the study completed.
+
+    Columns: trial, quality, cost per request and per 1,000 requests, latency, each parameter and
+    each stage's score (`stage:<name>`).
 
     A trial that reused an earlier one's scores is left out, and so is a second trial of one
     configuration (workers that draw it at the same moment both run it): the first one stays.
@@ -52,8 +54,9 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
 
 
 def front(trials: pd.DataFrame) -> pd.DataFrame:
-    """The trials Pareto-optimal in quality and cost, cheapest first (latency, when a study
-    optimizes it too, is a column: the cost-quality front is what selection reads).
+    """The trials Pareto-optimal in quality and cost, cheapest first.
+
+    Latency, when a study optimizes it too, is a column: the cost-quality front is what selection reads.
     """
     if trials.empty:
         return trials
@@ -83,8 +86,9 @@ def select(front_: pd.DataFrame, *, min_quality: float | None = None,
 
 
 def saving_at(front_: pd.DataFrame, share: float = 0.95) -> dict | None:
-    """The cheapest configuration reaching `share` of the best quality, and what it saves
-    against the best-quality configuration (RouterBench's way to read a front).
+    """The cheapest configuration reaching `share` of the best quality, and what it saves.
+
+    The saving is against the best-quality configuration (RouterBench's way to read a front).
     """
     if front_.empty:
         return None

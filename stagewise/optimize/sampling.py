@@ -46,8 +46,12 @@ def objective_values(trial: optuna.trial.FrozenTrial) -> dict[str, float]:
 
 
 class MarginPruner(optuna.pruners.BasePruner):
-    """Prune a trial whose early quality is hopeless: a completed trial that cost no more reached at
-    least `margin` more quality.
+    """Prune a trial whose early quality is hopeless.
+
+    Hopeless: a completed trial that cost no more reached at least `margin` more quality.
+
+    Args:
+        margin: the quality lead that makes a trial hopeless.
     """
 
     def __init__(self, margin: float = 0.15):

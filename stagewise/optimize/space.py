@@ -1,5 +1,7 @@
-"""The search space of a study: per stage, candidate models, optimizers and demo counts;
-per cascade, acceptance thresholds; per router, an LLM decision stage or a trained classifier.
+"""The search space of a study.
+
+Per stage, candidate models, optimizers and demo counts; per cascade, acceptance thresholds;
+per router, an LLM decision stage or a trained classifier.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ from stagewise.optimize.optimizers import get_optimizer
 
 @dataclass(frozen=True)
 class StageChoices:
-    """A stage's candidates: catalog models, optimizer names (see
-    [`register_optimizer`][stagewise.optimize.register_optimizer]) and demo counts.
+    """A stage's candidates: catalog models, optimizer names and demo counts.
+
+    Optimizer names are those registered (see [`register_optimizer`][stagewise.optimize.register_optimizer]).
     """
 
     models: tuple[str, ...]
@@ -27,8 +30,10 @@ DECISIONS = ("llm", "trained")
 
 @dataclass(frozen=True)
 class RouterChoices:
-    """A router's decision: its LLM stage, or a [`LabelRouter`][stagewise.routing.routers.LabelRouter]
-    trained on the train split's `label` field (with these feature and C candidates).
+    """A router's decision candidates: its LLM stage, or a trained classifier.
+
+    The classifier is a [`LabelRouter`][stagewise.routing.routers.LabelRouter] trained on the train split's
+    `label` field, with these feature and C candidates.
     """
 
     label: str
@@ -91,6 +96,11 @@ def cascades(program) -> dict:
 
 
 def validate_thresholds(thresholds: dict[str, tuple[float, ...]], program) -> None:
+    """Check cascade thresholds against the program.
+
+    Raises:
+        SearchSpaceError: a name is not one of the program's cascades, or its values are empty or outside [0, 1].
+    """
     found = cascades(program)
     for name, values in thresholds.items():
         if name not in found:
@@ -108,6 +118,13 @@ def router_modules(program) -> dict:
 
 
 def validate_routers(choices: dict[str, RouterChoices], program, label_fields: set[str]) -> None:
+    """Check router choices against the program and the examples' fields.
+
+    Raises:
+        SearchSpaceError: a name is not one of the program's routers; a decision is unknown or none is given;
+            `llm` is asked of a router without an LLM decision stage; `trained` is asked without the label field
+            in the examples; a feature spec is invalid; or a C value is not > 0.
+    """
     from stagewise.programs import Stage
     from stagewise.routing.features import parse_features
 

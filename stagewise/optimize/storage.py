@@ -154,8 +154,10 @@ def counted(study: optuna.Study) -> int:
 
 
 def within_budget(study: optuna.Study, budget: int, objective):
-    """`objective` that first checks the budget: a trial whose number falls past it (workers asked
-    for trials at once) is not run, and stops this worker (`TrialBudgetSpent`).
+    """`objective`, checking the trial budget first.
+
+    A trial whose number falls past the budget (workers asked for trials at once) is not run, and
+    stops this worker (`TrialBudgetSpent`).
     """
 
     def checked(trial: optuna.Trial):

@@ -151,8 +151,9 @@ class Study:
         return self.settings.storage or f"sqlite:///{(self.out_dir / 'optuna.db').resolve()}"
 
     def signature(self) -> dict[str, str]:
-        """What a worker must share with the study it joins, key by key: each key is the study
-        config's (`search.prune_on`, `search.stages.route.models`, `split.seed` ...), each
+        """What a worker must share with the study it joins, key by key.
+
+        Each key is the study config's (`search.prune_on`, `search.stages.route.models`, `split.seed` ...), each
         value JSON. Not in it: the trial budget (kept apart, since a rerun of `optimize` may
         raise it), the storage, and the selection of the final program (`min_quality`,
         `max_cost_per_1k`), which changes no trial.

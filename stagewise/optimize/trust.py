@@ -38,8 +38,10 @@ class UntrustedCodeError(ExportError):
 
 
 def import_factory(path: str, folder: str | Path | None = None) -> Callable:
-    """The callable named `module:function`; with `folder`, importable from there too (for this
-    import only: the folder does not stay on `sys.path`).
+    """The callable named `module:function`.
+
+    With `folder`, it is importable from there too (for this import only: the folder does not stay
+    on `sys.path`).
 
     This imports whatever it is given: call it with names the operator wrote (a study config, a
     command-line option), never with a name read from an export or a runs store (see
@@ -65,8 +67,9 @@ def import_factory(path: str, folder: str | Path | None = None) -> Callable:
 
 
 def registered_factories() -> dict[str, str]:
-    """Entry points of the `stagewise.programs` group: their name and their `module:function` value,
-    each mapped to the value (a manifest may name either).
+    """Entry points of the `stagewise.programs` group, by name and by value, each mapped to the value.
+
+    The value is `module:function`; a manifest may name either.
     """
     found = {}
     for point in entry_points(group=ENTRY_POINT_GROUP):
