@@ -22,6 +22,24 @@ if TYPE_CHECKING:
 
 
 class Cascade(Pipeline):
+    """The tiers in order, cheapest first, until the scorer accepts one's answer.
+
+    A tier's answer is accepted when its score (the probability that it is right) reaches
+    `threshold`; the last tier's answer is accepted whatever its score. The outputs are the
+    accepted tier's, plus `tier` (its name), `escalations` and `scores`.
+
+    Args:
+        name: the cascade's name (its trace entry and step key).
+        tiers: at least two programs, each producing the `answer` field.
+        scorer: an LLM verifier stage (outputs `correct` and `confidence`), a
+            [`Scorer`][stagewise.routing.contracts.Scorer], or a classifier with `predict_proba(texts)`.
+        threshold: the score in [0, 1] a tier's answer needs to be accepted.
+        answer: the tiers' output field that is scored.
+        query: the section the scorer reads with the answer.
+
+    Raises:
+        StageConfigError: fewer than two tiers, a threshold outside [0, 1], or a scorer of none of the three kinds.
+    """
     def __init__(self, name: str, tiers: list[Pipeline], scorer: Stage | Scorer | Any, *, threshold: float = 0.5,
                  answer: str = "answer", query: str = "input.query"):
         super().__init__()
@@ -54,6 +72,7 @@ class Cascade(Pipeline):
         return float(self.scorer.predict_proba(["\n\n".join((query.content, as_text(answer)))])[0][1])
 
     def execute(self, run: Run) -> dict[str, Any]:
+        """Run this step in `run` and return its outputs (it reports to the observers as a step)."""
         with stepping(run, self, "cascade", [self.query]) as step:
             step.outputs = self._run_tiers(run, step.forced or {})
             step.decision = {"accepted": step.outputs["tier"], "escalations": step.outputs["escalations"],
@@ -61,8 +80,10 @@ class Cascade(Pipeline):
         return step.outputs
 
     def _run_tiers(self, run: Run, forced: dict) -> dict[str, Any]:
-        """The tiers in order until one is accepted; `forced` (`{"accept": True}` or
-        `{"escalate": True}`, from `replay --accept/--escalate`) decides the first tier without scoring it.
+        """The tiers in order until one is accepted.
+
+        `forced` (`{"accept": True}` or `{"escalate": True}`, from `replay --accept/--escalate`) decides
+        the first tier without scoring it.
         """
         scores = []
         for position, tier in enumerate(self.tiers):

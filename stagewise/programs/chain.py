@@ -42,6 +42,7 @@ class Chain(Pipeline):
         self.stages()  # duplicate stage names are an error now, not at the first request
 
     def execute(self, run: Run) -> dict[str, Any]:
+        """Run the steps in order in `run`; the outputs are the last step's, or the `outputs` sections."""
         last: dict[str, Any] = {}
         for step in self.steps:
             last = step.execute(run)

@@ -46,12 +46,23 @@ class Aggregator:
     """Turns `{branch: outputs}` into the fan-out's outputs. May run stages of its own."""
 
     def aggregate(self, outputs: dict[str, dict[str, Any]], run: Run, fanout: FanOut) -> dict[str, Any]:
+        """The fan-out's outputs from each branch's outputs.
+
+        Args:
+            outputs: each branch's outputs, by branch name.
+            run: the request's run (an aggregator may add sections or run stages in it).
+            fanout: the fan-out aggregating.
+        """
         raise NotImplementedError
 
 
 class MajorityVote(Aggregator):
-    """The most frequent value of `field` across the branches (ties: the earlier branch), with
-    the `votes` per value and the `agreement` (the winner's share of the branches).
+    """The most frequent value of `field` across the branches (ties: the earlier branch).
+
+    The outputs are `field`, the `votes` per value and the `agreement` (the winner's share of the branches).
+
+    Args:
+        field: the branches' output field to vote on.
     """
 
     def __init__(self, field: str):
@@ -64,6 +75,7 @@ class MajorityVote(Aggregator):
         return {branch: out[self.field] for branch, out in outputs.items()}
 
     def aggregate(self, outputs, run, fanout):
+        """The winning value, the votes and the agreement; a branch without `field` is a `StageConfigError`."""
         values = self._values(outputs, fanout)
         counts = Counter(as_text(v) for v in values.values())
         best = max(counts.values())
@@ -72,8 +84,13 @@ class MajorityVote(Aggregator):
 
 
 class WeightedVote(MajorityVote):
-    """The value of `field` whose branches' `weight` field (a number, e.g. `confidence`) sums
-    highest (ties: the earlier branch), with the total `weights` per value.
+    """The value of `field` whose branches' `weight` field sums highest (ties: the earlier branch).
+
+    The outputs are `field` and the total `weights` per value. A weight that is not a number counts as 0.
+
+    Args:
+        field: the branches' output field to vote on.
+        weight: the branches' numeric output field that weighs their vote.
     """
 
     def __init__(self, field: str, weight: str = "confidence"):
@@ -81,6 +98,7 @@ class WeightedVote(MajorityVote):
         self.weight = weight
 
     def aggregate(self, outputs, run, fanout):
+        """The winning value and the weights; a branch without `field` is a `StageConfigError`."""
         values = self._values(outputs, fanout)
         totals: dict[str, float] = defaultdict(float)
         first: dict[str, Any] = {}
@@ -94,11 +112,13 @@ class WeightedVote(MajorityVote):
 
 
 class DisagreementReport(MajorityVote):
-    """A [`MajorityVote`][stagewise.programs.MajorityVote] that also names the `dissenters`: the branches whose value
-    differs from the majority's.
+    """A [`MajorityVote`][stagewise.programs.MajorityVote] that also names the `dissenters`.
+
+    The dissenters are the branches whose value differs from the majority's.
     """
 
     def aggregate(self, outputs, run, fanout):
+        """The majority vote's outputs plus `dissenters`."""
         result = super().aggregate(outputs, run, fanout)
         majority = as_text(result[self.field])
         result["dissenters"] = [b for b, out in outputs.items() if as_text(out[self.field]) != majority]
@@ -112,6 +132,7 @@ class MergeProfile(Aggregator):
     """
 
     def aggregate(self, outputs, run, fanout):
+        """`profile` and each branch's fields; a field from two branches is a `StageConfigError`."""
         profile: dict[str, Any] = {}
         owner: dict[str, str] = {}
         for branch, out in outputs.items():
@@ -128,12 +149,17 @@ class LLMAggregate(Aggregator):
 
     The candidates are merged into one section `<fanout>.candidates` that the stage reads
     (its `candidates` input by default).
+
+    Args:
+        stage: the aggregating stage.
+        field: the branches' output field whose values are the candidates.
     """
 
     def __init__(self, stage: Stage, field: str = "answer"):
         self.stage, self.field = stage, field
 
     def aggregate(self, outputs, run, fanout):
+        """Add the `<fanout>.candidates` section and return the stage's outputs on it."""
         candidates = [Section(name=branch, kind="stage_output", source=fanout.name,
                               content=as_text(out.get(self.field)), tokens=0)
                       for branch, out in outputs.items()]
@@ -146,9 +172,20 @@ class LLMAggregate(Aggregator):
 class FanOut(Pipeline):
     """Runs `branches` concurrently on the same baseline context, then aggregates.
 
+    Each branch runs in a worker thread on its own copy of the context; the sections the
+    branches add join the request's context, and the aggregator's outputs are added as
+    `<name>.<field>` sections.
+
     Args:
+        name: the fan-out's name (its sections, trace entry and step key).
+        branches: at least two programs, by branch name.
+        aggregator: turns the branches' outputs into the fan-out's.
         baseline: section patterns every branch must see identically (default: the whole
             context at the fork).
+        max_workers: threads to run the branches on (default: one per branch).
+
+    Raises:
+        StageConfigError: fewer than two branches.
     """
 
     def __init__(self, name: str, branches: dict[str, Pipeline], aggregator: Aggregator,
@@ -172,6 +209,11 @@ class FanOut(Pipeline):
         return tuple(i for i, section in run.context.sections.items() if section.source in sources)
 
     def execute(self, run: Run) -> dict[str, Any]:
+        """Run the branches and aggregate their outputs in `run`.
+
+        Raises:
+            BaselineMismatchError: a branch does not see the baseline context the others see.
+        """
         with stepping(run, self, "fanout") as step:
             step.outputs = self._execute(run, step)
         return step.outputs

@@ -28,8 +28,10 @@ class PlanError(ProgramError, ValueError):
 
 @dataclass
 class Specialist:
-    """One specialist of a [`Hierarchy`][stagewise.programs.Hierarchy]: the program that does its sub-tasks, the
-    capability `description` the planner reads, and its own `documents` (which only it sees).
+    """One specialist of a [`Hierarchy`][stagewise.programs.Hierarchy].
+
+    It holds the `program` that does its sub-tasks, the capability `description` the planner reads,
+    and its own `documents` (which only it sees).
     """
 
     program: Pipeline
@@ -38,11 +40,25 @@ class Specialist:
 
 
 class Hierarchy(Pipeline):
-    """A `planner` stage splits the request into sub-tasks (at most `max_subtasks`), each run by
-    one of the `specialists` on its own context; the `synthesizer` stage combines their answers.
+    """A planner splits the request into sub-tasks for specialists; a synthesizer combines their answers.
 
-    An invalid plan is sent back to the planner with the reason (`policy="replan"`, at most
-    `max_replans` times) or raises [`PlanError`][stagewise.programs.PlanError] (`policy="error"`).
+    Each sub-task (at most `max_subtasks`) is run by one of the `specialists` on its own context:
+    the sub-task and the specialist's documents. An invalid plan is sent back to the planner with
+    the reason (`policy="replan"`, at most `max_replans` times) or raises
+    [`PlanError`][stagewise.programs.PlanError] (`policy="error"`).
+
+    Args:
+        name: the hierarchy's name (its sections, trace entry and step key).
+        planner: the stage whose `subtasks` output lists `specialist` and `task` pairs.
+        specialists: the specialists, by the name the planner uses.
+        synthesizer: the stage that reads the results and answers.
+        max_subtasks: the most sub-tasks a plan may have.
+        constraints: extra planning instructions, after the sub-task budget.
+        policy: `"replan"` or `"error"`, for an invalid plan.
+        max_replans: how many times the planner may plan again (with `policy="replan"`).
+
+    Raises:
+        StageConfigError: no specialists, or an unknown policy.
     """
 
     def __init__(self, name: str, planner: Stage, specialists: dict[str, Specialist], synthesizer: Stage, *,
@@ -129,6 +145,11 @@ class Hierarchy(Pipeline):
         return outputs
 
     def execute(self, run: Run) -> dict[str, Any]:
+        """Plan, run each sub-task on its specialist, then return the synthesizer's outputs.
+
+        Raises:
+            PlanError: the plan is invalid and may not be (or was not successfully) replanned.
+        """
         with stepping(run, self, "plan", [f"{self.planner.name}.subtasks"]) as step:
             subtasks = self._plan(run)
             step.decision = {"subtasks": [{"specialist": t.specialist, "task": t.task} for t in subtasks]}

@@ -27,8 +27,10 @@ __all__ = ["observed_call"]
 
 
 def observed_call(program: dspy.Module, inputs: dict[str, Any]) -> dspy.Prediction:
-    """`program(**inputs)`, observed: a stagewise program as it is; a plain DSPy program inside a
-    run whose predictor calls are stage events for the observers installed with `observing`.
+    """`program(**inputs)`, observed.
+
+    A stagewise program is called as it is; a plain DSPy program is called inside a run whose
+    predictor calls are stage events for the observers installed with `observing`.
     """
     if isinstance(program, Pipeline) or current_run() is not None:
         return program(**inputs)

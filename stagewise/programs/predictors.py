@@ -45,10 +45,12 @@ class PredictorStage:
 
     @property
     def signature(self) -> type[dspy.Signature]:
+        """The predictor's signature."""
         return self.predictor.signature
 
     @property
     def lm(self) -> dspy.BaseLM | None:
+        """The predictor's model (None: DSPy's configured one)."""
         return self.predictor.lm
 
     @lm.setter

@@ -15,7 +15,15 @@ from stagewise.programs.stage import Pipeline, StageConfigError, default_count
 
 
 class DocumentIndex:
-    """TF-IDF index (word uni- and bigrams, sublinear tf) over a list of documents."""
+    """TF-IDF index (word uni- and bigrams, sublinear tf, English stop words) over a list of documents.
+
+    Args:
+        documents: the documents to index.
+        ids: an id per document (default: its position, `"0"`, `"1"`, ...).
+
+    Raises:
+        ConfigError: `documents` is empty.
+    """
 
     def __init__(self, documents: Sequence[str], *, ids: Sequence[str] | None = None):
         if not documents:
@@ -36,6 +44,16 @@ class Retrieve(Pipeline):
     """Adds the `k` best passages for the query section as `retrieved` sections.
 
     The sections are `<name>.passage_1` ... `<name>.passage_k`, each derived from the query.
+    The outputs are `{"passages": [...]}`.
+
+    Args:
+        name: the stage's name (its sections, trace entry and step key).
+        index: the index to search.
+        query: the section whose content is the search query.
+        k: how many passages to add.
+
+    Raises:
+        StageConfigError: `k` is less than 1.
     """
 
     def __init__(self, name: str, index: DocumentIndex, *, query: str = "input.query", k: int = 3):
@@ -45,6 +63,7 @@ class Retrieve(Pipeline):
         self.name, self.index, self.query, self.k = name, index, query, k
 
     def execute(self, run: Run) -> dict[str, Any]:
+        """Search the index for the query section and add the passages to `run`'s context."""
         [query] = run.context.select([self.query], stage=self.name)
         with stepping(run, self, "retrieve", [query.id]) as step:
             if step.restored is not None:  # resumed or replayed: the stored passages (maybe edited), restored

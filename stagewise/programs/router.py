@@ -30,12 +30,19 @@ class UnknownRouteError(ProgramError, LookupError):
 
 
 class Router(Pipeline):
-    """Args:
-    decide: a Stage whose outputs include `route` (and `confidence`), or a classifier.
-    routes: route label -> program.
-    descriptions: route label -> what it handles; given to an LLM router as `routes`.
-    query: the section the decision reads (a classifier gets its text).
-    field: the decision stage's output that names the route.
+    """A decision sends the query to one of `routes`; the outputs are the route's plus `route` and `confidence`.
+
+    Args:
+        name: the router's name (its sections, trace entry and step key).
+        decide: a Stage whose outputs include `route` (and `confidence`), or a classifier
+            (`predict(texts) -> labels`).
+        routes: route label -> program.
+        descriptions: route label -> what it handles; given to an LLM router as `routes`.
+        query: the section the decision reads (a classifier gets its text).
+        field: the decision stage's output that names the route.
+
+    Raises:
+        StageConfigError: no routes, or `decide` is neither a Stage nor has `predict`.
     """
 
     def __init__(self, name: str, decide: Stage | Any, routes: dict[str, Pipeline], *,
@@ -95,6 +102,11 @@ class Router(Pipeline):
         return label, confidence, why
 
     def execute(self, run: Run) -> dict[str, Any]:
+        """Decide the route (or take a forced or restored one), then run it in `run`.
+
+        Raises:
+            UnknownRouteError: the decision names a route that does not exist.
+        """
         with stepping(run, self, "route", [self.query]) as step:
             if step.forced and "route" in step.forced:
                 label, confidence, why = str(step.forced["route"]), None, {"by": "forced (replay --route)"}

@@ -51,6 +51,7 @@ class Run:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def log(self, stage_run: StageRun) -> None:
+        """Append what a stage did to the stage log (thread-safe)."""
         with self._lock:
             self.stages.append(stage_run)
 
@@ -66,11 +67,13 @@ _current: ContextVar[Run | None] = ContextVar("stagewise_run", default=None)
 
 
 def current_run() -> Run | None:
+    """The run of the program call in progress in this context, or None."""
     return _current.get()
 
 
 @contextmanager
 def use_run(run: Run) -> Iterator[Run]:
+    """Make `run` the current run inside this block."""
     token = _current.set(run)
     try:
         yield run
@@ -104,9 +107,11 @@ StepKind = Literal["route", "retrieve", "fanout", "cascade", "plan"]  # the kind
 
 @dataclass
 class StepEvent:
-    """One execution of a step that is not a stage's model call, as observers see it: a router's
-    decision (`kind="route"`), a retrieval (`"retrieve"`), a fan-out's branches and their
-    aggregation (`"fanout"`), a cascade's acceptance (`"cascade"`) or a hierarchy's plan (`"plan"`).
+    """One execution of a step that is not a stage's model call, as observers see it.
+
+    The step is a router's decision (`kind="route"`), a retrieval (`"retrieve"`), a fan-out's
+    branches and their aggregation (`"fanout"`), a cascade's acceptance (`"cascade"`) or a
+    hierarchy's plan (`"plan"`).
 
     `key` is `<kind>:<name>#n`. The step fills `decision` (what it decided and why: the
     route with the classifier's probabilities, the scores against the threshold, the votes),
@@ -127,6 +132,7 @@ class StepEvent:
 
     @property
     def name(self) -> str:
+        """The owner's name (its class name if it has none)."""
         return getattr(self.owner, "name", type(self.owner).__name__)
 
 
@@ -165,6 +171,7 @@ _observers: ContextVar[tuple[Observer, ...]] = ContextVar("stagewise_observers",
 
 
 def observers() -> tuple[Observer, ...]:
+    """The observers program calls report to in this context, outermost first."""
     return _observers.get()
 
 
@@ -179,11 +186,19 @@ def observing(*added: Observer) -> Iterator[None]:
 
 
 class CallGuard:
-    """Decides how a stage's model call is made (retries, fallbacks, limits, budgets): the runtime's
-    resilience layer implements it. `attempt(lm)` runs the stage on `lm` (None: its own model).
+    """Decides how a stage's model call is made (retries, fallbacks, limits, budgets).
+
+    The runtime's resilience layer implements it. This base class makes one attempt on the stage's own model.
     """
 
     def call(self, stage: Any, run: Run, attempt: Callable[[Any], dict]) -> dict:
+        """The stage's outputs, from one or more calls of `attempt`.
+
+        Args:
+            stage: the stage to call.
+            run: the request's run.
+            attempt: runs the stage on a model and returns its outputs (None: the stage's own model).
+        """
         return attempt(None)
 
 
@@ -191,6 +206,7 @@ _guard: ContextVar[CallGuard | None] = ContextVar("stagewise_guard", default=Non
 
 
 def current_guard() -> CallGuard | None:
+    """The guard stage calls go through in this context, or None."""
     return _guard.get()
 
 
@@ -206,8 +222,9 @@ def guarding(guard: CallGuard | None) -> Iterator[None]:
 
 @contextmanager
 def stepping(run: Run, owner: Any, kind: StepKind, reads: list[str] | tuple[str, ...] = ()) -> Iterator[StepEvent]:
-    """Report one step of `owner` (a Router, Retrieve, FanOut or Cascade) to the observers; the
-    step fills the event it gets.
+    """Report one step of `owner` (a Router, Retrieve, FanOut, Cascade or Hierarchy) to the observers.
+
+    The step fills the event it gets; the event carries what an observer restored or forced.
     """
     event = StepEvent(owner, run, kind, stage_key(run, f"{kind}:{getattr(owner, 'name', kind)}"), list(reads))
     watchers = observers()

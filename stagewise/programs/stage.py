@@ -42,6 +42,7 @@ class StageConfigError(ConfigError):
 
 
 def default_count(text: str) -> int:
+    """Tokens of `text` in tiktoken's cl100k_base (for sections no model counted)."""
     return count_tokens(text, "cl100k_base").tokens
 
 
@@ -69,9 +70,16 @@ class Pipeline(dspy.Module):
     name: str
 
     def execute(self, run: Run) -> dict[str, Any]:
+        """Run this program in `run`: read and add context sections, and return the outputs."""
         raise NotImplementedError
 
     def forward(self, **inputs: Any) -> dspy.Prediction:
+        """Run the program on `inputs` (the request's input fields).
+
+        Inside a run already (a nested program), it runs in that run. At the top level, it opens a
+        run and the prediction carries `trace` (a [`Trace`][stagewise.programs.Trace]), `context`
+        and `degraded` (the stages a resilience policy skipped) as attributes besides its fields.
+        """
         run = current_run()
         if run is not None:
             return dspy.Prediction(**self.execute(run))
@@ -130,8 +138,14 @@ class Pipeline(dspy.Module):
         return self
 
     def rebudget(self, total: int, traces: list[Any], *, floor: int = 64) -> dict[str, int]:
-        """Re-split `total` context tokens across the LLM stages from the usage observed in
-        `traces` (mean input tokens per request), set the budgets, and return them.
+        """Re-split `total` context tokens across the LLM stages from the usage observed in `traces`.
+
+        The usage is each stage's mean input tokens per request. The budgets are set, and returned.
+
+        Args:
+            total: the context tokens to share.
+            traces: request traces (`prediction.trace`).
+            floor: the fewest tokens a stage gets.
         """
         llm_stages = {name for name, stage in self.stages().items()}
         used: dict[str, list[int]] = {name: [] for name in llm_stages}
@@ -196,6 +210,11 @@ class Stage(Pipeline):
 
     @property
     def signature(self) -> type[dspy.Signature]:
+        """The signature of the stage's (first) predictor.
+
+        Raises:
+            StageConfigError: the stage's module has no predictor.
+        """
         predictors = self.step.predictors()
         if not predictors:
             raise StageConfigError(f"stage {self.name!r}: its module has no predictor")
@@ -203,6 +222,7 @@ class Stage(Pipeline):
 
     @property
     def lm(self) -> dspy.BaseLM | None:
+        """The stage's model (None: DSPy's configured one); setting it sets every predictor's."""
         return self.step.predictors()[0].lm
 
     @lm.setter
@@ -239,6 +259,11 @@ class Stage(Pipeline):
         return lambda section, max_tokens: compress_with_model(section, max_tokens, with_model, count)
 
     def execute(self, run: Run) -> dict[str, Any]:
+        """Call the model on the stage's input sections, fitted to its budget, and add its outputs as sections.
+
+        Observers may restore the outputs instead of the call; the call goes through the current
+        guard (retries, fallbacks), if any.
+        """
         watchers = observers()
         if not watchers:
             return self._execute(run)

@@ -17,8 +17,10 @@ from stagewise.programs.run import Run
 
 @dataclass(frozen=True)
 class StageTrace:
-    """One stage execution in a request's trace: its model, calls, tokens, latency and cost, the
-    section ids it received and produced, and the notes of its context transforms.
+    """One stage execution in a request's trace.
+
+    It holds the stage's model, calls, tokens, latency and cost, the section ids it received and
+    produced, and the notes of its context transforms.
     """
 
     stage: str
@@ -36,8 +38,10 @@ class StageTrace:
 
 @dataclass(frozen=True)
 class Trace:
-    """The trace of one request (`prediction.trace`): a [`StageTrace`][stagewise.programs.StageTrace] per stage
-    execution, in order, and the request's context; `trace["stage"]` is that stage's entry.
+    """The trace of one request (`prediction.trace`).
+
+    It holds a [`StageTrace`][stagewise.programs.StageTrace] per stage execution, in order, and the
+    request's context; `trace["stage"]` is that stage's (first) entry.
     """
 
     request_id: str
@@ -46,6 +50,7 @@ class Trace:
 
     @classmethod
     def of(cls, run: Run) -> Trace:
+        """The trace of `run`: its stage log with the usage records of each stage's calls (and its helpers')."""
         records = run.ledger.records
         entries = []
         for stage_run in run.stages:
@@ -68,6 +73,7 @@ class Trace:
         raise KeyError(f"no stage {stage!r} in this trace (stages: {[s.stage for s in self.stages]})")
 
     def to_dataframe(self) -> pd.DataFrame:
+        """One row per stage execution."""
         return pd.DataFrame([asdict(s) for s in self.stages])
 
     def lineage(self, section_id: str) -> list[Section]:
@@ -76,6 +82,7 @@ class Trace:
 
     @property
     def total_cost(self) -> float:
+        """The nominal cost of the request's calls, in USD."""
         return sum(s.cost_usd for s in self.stages)
 
     def __str__(self) -> str:
