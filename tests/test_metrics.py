@@ -129,6 +129,17 @@ def test_failed_requests_stay_in_the_report(routellm):
     assert report.rows["answer.answer"].iloc[1] == 0.0
 
 
+
+def test_a_printed_report_table_is_the_table_as_text(routellm, capsys):
+    """`print(report.table())`, as a notebook or script does, shows the table, not a rich object's repr."""
+    stage = Stage("answer", "prompt -> answer", lm=get_lm("recorded/gpt-4-1106-preview", replay_table=routellm))
+    examples = [dspy.Example(prompt=routellm.prompts[0], answer="x").with_inputs("prompt")]
+    report = evaluate(stage, examples, stage_metrics=[StageMetric("answer", "answer", "answer")], progress=False)
+    print(report.table())
+    printed = capsys.readouterr().out
+    assert "evaluation on 1 examples (0 errors)" in printed and "cost per 1,000 requests" in printed, printed
+    assert "object at 0x" not in printed
+
 class Intent(dspy.Signature):
     """Which intent does the banking customer's message express?"""
 

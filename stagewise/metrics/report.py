@@ -16,9 +16,12 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from io import StringIO
 from typing import Any
 
 import pandas as pd
+from rich.console import Console
+from rich.table import Table
 
 from stagewise.errors import ConfigError
 from stagewise.metrics.scoring import Metric, macro_f1, metric_by_name
@@ -220,10 +223,8 @@ class EvaluationReport:
         }
 
     def table(self):
-        """The summary as a `rich` table, to print."""
-        from rich.table import Table
-
-        table = Table(title=f"evaluation on {self.examples} examples ({self.errors} errors)")
+        """The summary as a `rich` table: `print` shows it as text, a rich console renders it."""
+        table = _PrintableTable(title=f"evaluation on {self.examples} examples ({self.errors} errors)")
         table.add_column("measure")
         table.add_column("value", justify="right")
         table.add_column("loses (share of end-to-end failures)", justify="right")
@@ -239,6 +240,15 @@ class EvaluationReport:
         table.add_row("latency per request (mean / median)",
                       f"{self.latency_s_mean:.2f} s / {self.latency_s_p50:.2f} s", "")
         return table
+
+
+class _PrintableTable(Table):
+    """A rich table whose `str` is its text rendering, so `print(report.table())` shows the table."""
+
+    def __str__(self) -> str:
+        console = Console(file=StringIO(), width=100, color_system=None)
+        console.print(self)
+        return console.file.getvalue().rstrip("\n")
 
 
 def check_metrics(program, examples: list, stage_metrics: list[StageMetric], end_to_end: EndToEnd | None) -> None:
