@@ -59,8 +59,10 @@ class Scorer(Protocol):
 
 @runtime_checkable
 class OutcomeLearner(Protocol):
-    """Trains on recorded outcomes (an [`Outcomes`][stagewise.routing.outcomes.Outcomes] table) and
-    says how much each query needs each model: what `route_eval` trains and evaluates.
+    """Trains on recorded outcomes and says how much each query needs each model.
+
+    It trains on an [`Outcomes`][stagewise.routing.outcomes.Outcomes] table; it is what `route_eval`
+    trains and evaluates.
 
     - `fit_outcomes(outcomes, weak, strong)`: trains on the table's prompts and scores (a
       scorer on the `weak` model's recorded responses); returns the fitted learner.

@@ -62,12 +62,22 @@ def share_curve(strong_score: np.ndarray, scores: np.ndarray, costs: np.ndarray,
 
 
 def pgr(curve: Curve, q_weak: float, q_strong: float) -> np.ndarray:
+    """Performance gap recovered at each point of `curve`: (quality - q_weak) / (q_strong - q_weak).
+
+    Raises:
+        RoutingEvalError: the two models have the same quality (PGR is undefined).
+    """
     if np.isclose(q_strong, q_weak):
         raise RoutingEvalError(f"the two models have the same quality ({q_weak:.3f}): PGR is undefined")
     return (curve.quality - q_weak) / (q_strong - q_weak)
 
 
 def apgr(curve: Curve, q_weak: float, q_strong: float) -> float:
+    """Average PGR: the area under the PGR curve over the share of strong calls (trapezoids).
+
+    Raises:
+        RoutingEvalError: the two models have the same quality (PGR is undefined).
+    """
     gains = pgr(curve, q_weak, q_strong)
     return float(np.sum((gains[1:] + gains[:-1]) / 2 * np.diff(curve.share)))
 
@@ -151,11 +161,13 @@ class RoutingReport:
     baselines: dict = field(default_factory=dict)  # name -> curve, for the plot
 
     def to_json(self) -> dict:
+        """The router, the models, the test size, the skipped rows and the metrics, as JSON-able data."""
         return {"router": self.router, "models": self.outcomes.models, "n_test": len(self.outcomes),
                 "skipped_rows": self.outcomes.skipped, **self.metrics}
 
 
 def single_models(outcomes: Outcomes) -> dict[str, dict]:
+    """Each model's mean `quality` and mean `cost` per call on `outcomes`."""
     return {m: {"quality": float(outcomes.scores[:, j].mean()), "cost": float(outcomes.costs[:, j].mean())}
             for j, m in enumerate(outcomes.models)}
 
@@ -284,17 +296,32 @@ def _mean_curve(curves: list[Curve]) -> Curve:
 
 def route_eval(router, train: Outcomes, test: Outcomes | None = None, *, cv: int | None = None, seed: int = 0,
                weak: str | None = None, strong: str | None = None, progress=None) -> RoutingReport:
-    """Train `router` (an [`OutcomeLearner`][stagewise.routing.contracts.OutcomeLearner] or a spec string) on
-    `train` and evaluate it on `test`, or K-fold cross-validate it on `train` (out-of-fold
-    predictions pooled over every row).
+    """Train `router` on `train` and evaluate it on `test`, or K-fold cross-validate it on `train`.
 
-    A `pairwise` learner (a `WinRouter` or `CascadeScorer`) routes between two models
-    (the cheapest and the most expensive unless `weak`/`strong` name them), any other between all
-    (a `QualityRouter`), or between two on a table of two. One whose `reads_queries` is False
+    Cross-validation pools the out-of-fold predictions over every row. A `pairwise` learner (a
+    `WinRouter` or `CascadeScorer`) routes between two models (`weak` and `strong`; on a table of
+    two, the cheaper and the dearer), any other between all (a `QualityRouter`), or between two on
+    a table of two. One whose `reads_queries` is False
     (a `ZeroRouter`) learns nothing: its curve is the single models' hull on the evaluated rows.
     A [`Scorer`][stagewise.routing.contracts.Scorer] is evaluated as a cascade.
     To choose among several specs without looking at the rows they are scored on, see
     [`stagewise.routing.selection.nested_route_eval`][stagewise.routing.selection.nested_route_eval].
+
+    Args:
+        router: an [`OutcomeLearner`][stagewise.routing.contracts.OutcomeLearner] or a spec string
+            (see `make_router`).
+        train: the outcomes to train on.
+        test: the outcomes to evaluate on (or give `cv`).
+        cv: the number of cross-validation folds (or give `test`).
+        seed: the fold shuffle's seed.
+        weak: the weak model of a two-model evaluation.
+        strong: the strong model of a two-model evaluation.
+        progress: called as `progress(done, total)` after each fold.
+
+    Raises:
+        RoutingEvalError: `router` is not an outcome learner, both or neither of `test` and `cv` are
+            given, or `cv` is not between 2 and the training rows.
+        OutcomeTableError: `test` has other models than `train`.
     """
     from sklearn.base import clone
     from sklearn.model_selection import KFold
@@ -345,8 +372,9 @@ def route_eval(router, train: Outcomes, test: Outcomes | None = None, *, cv: int
 
 
 def route_values(fitted, target: Outcomes, weak: str | None, strong: str | None, *, two_models: bool) -> np.ndarray:
-    """What a fitted [`OutcomeLearner`][stagewise.routing.contracts.OutcomeLearner] says about each query of `target`
-    (its `route_values`).
+    """What a fitted learner says about each query of `target` (its `route_values`).
+
+    The learner is an [`OutcomeLearner`][stagewise.routing.contracts.OutcomeLearner].
 
     Two models: how much the query needs the strong model (the highest go to it first): a win
     router's probability that the strong model wins, a cascade scorer's probability that the

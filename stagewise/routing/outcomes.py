@@ -37,12 +37,18 @@ class Outcomes:
         return len(self.prompts)
 
     def subset(self, rows) -> Outcomes:
+        """The outcomes of `rows` (positions) only."""
         rows = np.asarray(rows)
         responses = None if self.responses is None else [self.responses[i] for i in rows]
         return replace(self, prompts=[self.prompts[i] for i in rows], scores=self.scores[rows],
                        costs=self.costs[rows], responses=responses)
 
     def column(self, model: str) -> int:
+        """The column of `model`.
+
+        Raises:
+            OutcomeTableError: `model` is not in the table.
+        """
         try:
             return self.models.index(model)
         except ValueError:
@@ -63,6 +69,7 @@ class Outcomes:
             )
 
     def report(self) -> str:
+        """A one-line summary: source, prompts, models, skipped rows and cost sources."""
         sources = sorted(set(self.cost_sources.values()))
         return (f"{self.source}: {len(self)} prompts x {len(self.models)} models"
                 + (f", {self.skipped} rows skipped (a missing score)" if self.skipped else "")
@@ -71,15 +78,18 @@ class Outcomes:
 
 def load_outcomes(path: str | Path, *, format: TableFormat | None = None,
                   catalog: ModelCatalog | None = None) -> Outcomes:
-    """The recorded outcomes in the outcome table at `path` (see
-    [`outcomes_from_table`][stagewise.routing.outcomes_from_table]).
+    """The recorded outcomes in the outcome table at `path`.
+
+    See [`outcomes_from_table`][stagewise.routing.outcomes_from_table].
     """
     return outcomes_from_table(OutcomeTable.load(path, format), catalog)
 
 
 def outcomes_from_table(table: OutcomeTable, catalog: ModelCatalog | None = None) -> Outcomes:
-    """An outcome table as routing evaluation reads it: the prompts every model has a score for, each
-    model's score, answer and cost there (the recorded cost, else the catalog's price of its tokens).
+    """An outcome table as routing evaluation reads it.
+
+    It keeps the prompts every model has a score for, and each model's score, answer and cost there
+    (the recorded cost, else the catalog's price of its tokens).
     """
     catalog = catalog or default_catalog()
     scores = table.scores.to_numpy(dtype=float)

@@ -41,8 +41,11 @@ def save_router(router, path: str | Path) -> Path:
 
 
 def load_router(path: str | Path):
-    """The router saved at `path`; a [`RouterFileError`][stagewise.routing.RouterFileError] if the file is missing, not
-    a skops file, or asks for any type outside the default-trusted ones and `TRUSTED_TYPES`.
+    """The router saved at `path`.
+
+    Raises:
+        RouterFileError: the file is missing, not a skops file, or asks for any type outside the
+            default-trusted ones and `TRUSTED_TYPES`.
     """
     path = Path(path)
     if not path.is_file():

@@ -55,13 +55,23 @@ class _TextEstimator(BaseEstimator):
 
 
 class LabelRouter(ClassifierMixin, _TextEstimator):
-    """Query -> route label, from labeled queries."""
+    """Query -> route label, from labeled queries.
+
+    Args:
+        features: the text features (see [`TextFeatures`][stagewise.routing.features.TextFeatures]).
+        C: the inverse regularization of the logistic regression (class-balanced).
+    """
 
     def __init__(self, features: str = "word+char", C: float = 4.0):
         self.features = features
         self.C = C
 
     def fit(self, X, y):
+        """Train on the queries `X` and their route labels `y`.
+
+        Raises:
+            DataError: `y` has fewer than two labels.
+        """
         labels = np.asarray([str(v) for v in y])
         if len(set(labels)) < 2:
             raise DataError("a label router needs at least two route labels in its training data, "
@@ -72,9 +82,11 @@ class LabelRouter(ClassifierMixin, _TextEstimator):
         return self
 
     def predict_proba(self, X):
+        """Each label's probability per query, columns in `classes_` order."""
         return self.model_.predict_proba(self._features(list(X)))
 
     def predict(self, X):
+        """The route label of each query."""
         return self.model_.predict(self._features(list(X)))
 
 
@@ -86,8 +98,9 @@ class _OutcomeRouter(_TextEstimator):
     reads_queries = True
 
     def route_values(self, outcomes: Outcomes, weak: str | None = None, strong: str | None = None) -> np.ndarray:
-        """With `weak` and `strong`: the predicted quality gap, strong minus weak, per prompt of
-        `outcomes`; without: each model's predicted quality, (n, m).
+        """Per prompt of `outcomes`, the predicted quality gap (strong minus weak) or each model's quality.
+
+        With `weak` and `strong`, the gap, shape (n,); without, each model's predicted quality, (n, m).
         """
         quality = self.predict_quality(outcomes.prompts)
         if weak is None or strong is None:
@@ -105,6 +118,11 @@ class QualityRouter(_OutcomeRouter):
 
     `cost_weight` (lambda, quality points per dollar of a call) applies at prediction time:
     changing it needs no refit.
+
+    Args:
+        features: the text features (see [`TextFeatures`][stagewise.routing.features.TextFeatures]).
+        C: the inverse regularization (logistic regression for 0/1 scores, ridge otherwise).
+        cost_weight: quality points per dollar, traded against cost at prediction time.
     """
 
     def __init__(self, features: str = "word+char", C: float = 1.0, cost_weight: float = 0.0):
@@ -136,6 +154,7 @@ class QualityRouter(_OutcomeRouter):
         return self.fit(outcomes.prompts, outcomes.scores, models=outcomes.models, costs=outcomes.costs)
 
     def predict_quality(self, X) -> np.ndarray:
+        """Each model's predicted quality per query, in [0, 1], shape (n, m)."""
         features = self._features(list(X))
         columns = []
         for estimator in self.estimators_:
@@ -152,16 +171,24 @@ class QualityRouter(_OutcomeRouter):
         return self.predict_quality(X)
 
     def predict(self, X):
+        """The model maximizing predicted quality - `cost_weight` * expected cost, per query."""
         utility = self.predict_quality(X) - self.cost_weight * self.expected_cost_
         return np.asarray(self.models_, dtype=object)[np.argmax(utility, axis=1)]
 
     @property
     def classes_(self):
+        """The model names, in column order."""
         return np.asarray(self.models_, dtype=object)
 
 
 class WinRouter(_OutcomeRouter):
-    """Two models: P(the strong model is right where the weak one is wrong); strong above `threshold`."""
+    """Two models: P(the strong model is right where the weak one is wrong); strong above `threshold`.
+
+    Args:
+        features: the text features (see [`TextFeatures`][stagewise.routing.features.TextFeatures]).
+        C: the inverse regularization of the logistic regression.
+        threshold: the win probability at or above which a query goes to the strong model.
+    """
 
     pairwise = True
 
@@ -182,11 +209,17 @@ class WinRouter(_OutcomeRouter):
         return self
 
     def fit_outcomes(self, outcomes: Outcomes, weak: str | None = None, strong: str | None = None) -> WinRouter:
+        """Trained on the `weak` and `strong` models' scores (on a table of two: the cheaper and the dearer).
+
+        Raises:
+            DataError: the table has more than two models and neither is named.
+        """
         weak, strong = _pair(outcomes, weak, strong)
         columns = [outcomes.column(weak), outcomes.column(strong)]
         return self.fit(outcomes.prompts, outcomes.scores[:, columns], models=[weak, strong])
 
     def strong_probability(self, X) -> np.ndarray:
+        """P(the strong model wins) per query, shape (n,)."""
         features = self._features(list(X))
         if isinstance(self.model_, float):
             return np.full(features.shape[0], self.model_)
@@ -197,14 +230,17 @@ class WinRouter(_OutcomeRouter):
         return self.strong_probability(outcomes.prompts)
 
     def predict_proba(self, X):
+        """(P(weak), P(strong wins)) per query, shape (n, 2)."""
         strong = self.strong_probability(X)
         return np.column_stack([1.0 - strong, strong])
 
     def predict(self, X):
+        """The strong model where its win probability reaches `threshold`, else the weak one, per query."""
         return np.where(self.strong_probability(X) >= self.threshold, self.models_[1], self.models_[0]).astype(object)
 
     @property
     def classes_(self):
+        """The model names, in column order."""
         return np.asarray(self.models_, dtype=object)
 
 
@@ -217,6 +253,9 @@ class ZeroRouter(_OutcomeRouter):
     rows: a share of queries sent to one model at random and the rest to another gets, in
     expectation, the points between the two. The default router falls back to it when no
     learned router beats it in cross-validation.
+
+    Args:
+        cost_weight: quality points per dollar, traded against mean cost by `predict`.
     """
 
     reads_queries = False  # OutcomeLearner: evaluated as the best fixed mix of single models
@@ -239,22 +278,32 @@ class ZeroRouter(_OutcomeRouter):
         return self.fit(outcomes.prompts, outcomes.scores[:, columns], models=models, costs=outcomes.costs[:, columns])
 
     def predict_quality(self, X) -> np.ndarray:
+        """Each model's mean training quality, the same for every query, shape (n, m)."""
         return np.tile(self.quality_, (len(list(X)), 1))
 
     def predict_proba(self, X):
+        """The same as `predict_quality` (not normalized)."""
         return self.predict_quality(X)
 
     def predict(self, X):
+        """The one model maximizing mean quality - `cost_weight` * mean cost, for every query."""
         choice = int(np.argmax(self.quality_ - self.cost_weight * self.expected_cost_))
         return np.full(len(list(X)), self.models_[choice], dtype=object)
 
     @property
     def classes_(self):
+        """The model names, in column order."""
         return np.asarray(self.models_, dtype=object)
 
 
 class CascadeScorer(ClassifierMixin, _TextEstimator):
-    """(query, response) pairs -> P(the response is correct): a [`Scorer`][stagewise.routing.contracts.Scorer]."""
+    """(query, response) pairs -> P(the response is correct): a [`Scorer`][stagewise.routing.contracts.Scorer].
+
+    Args:
+        features: the text features (see [`TextFeatures`][stagewise.routing.features.TextFeatures]);
+            `checks` reads the response.
+        C: the inverse regularization of the logistic regression.
+    """
 
     pairwise = True  # OutcomeLearner: judges the weak model's answer, escalates to the strong one
     reads_queries = True
@@ -264,6 +313,11 @@ class CascadeScorer(ClassifierMixin, _TextEstimator):
         self.C = C
 
     def fit(self, X, y):
+        """Train on (query, response) pairs `X` and their scores `y` (>= 0.5 counts as correct).
+
+        Raises:
+            DataError: the responses are all correct or all wrong, or a row is not a pair.
+        """
         correct = (np.asarray(y, dtype=float) >= 0.5).astype(int)
         if len(set(correct)) < 2:
             raise DataError("a cascade scorer needs both correct and wrong responses in its training data")
@@ -291,9 +345,11 @@ class CascadeScorer(ClassifierMixin, _TextEstimator):
         return 1.0 - self.correct_probability(outcomes.prompts, [row[j] for row in outcomes.responses])
 
     def predict_proba(self, X):
+        """(P(wrong), P(correct)) per (query, response) pair, shape (n, 2)."""
         return self.model_.predict_proba(self._features(as_pairs(X)))
 
     def predict(self, X):
+        """1 where the response is predicted correct, else 0, per (query, response) pair."""
         return self.model_.predict(self._features(as_pairs(X)))
 
 

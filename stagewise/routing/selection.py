@@ -68,6 +68,7 @@ class Selection:
         return self.chosen == ZERO
 
     def to_json(self) -> dict:
+        """The chosen spec, the metric, the inner folds, each candidate's score and any errors, as JSON-able data."""
         return {"chosen": self.chosen, "metric": self.metric, "inner_folds": self.folds, "inner_cv": self.scores,
                 **({"errors": self.errors} if self.errors else {})}
 
@@ -137,8 +138,10 @@ def nested_route_eval(train: Outcomes, test: Outcomes | None = None, *, cv: int 
                       candidates: list[str] | tuple[str, ...] | None = None, metric: str = "aiq",
                       inner_folds: int = INNER_FOLDS, seed: int = 0, weak: str | None = None,
                       strong: str | None = None, name: str = "auto", progress=None) -> RoutingReport:
-    """Choose among `candidates` (default: [`candidate_specs`][stagewise.routing.candidate_specs]) inside each training
-    part and score the choice on rows it never saw: `test`, or the held-out fold of `cv`-fold CV.
+    """Choose a router spec inside each training part and score the choice on rows it never saw.
+
+    The choice is among `candidates` (default: [`candidate_specs`][stagewise.routing.candidate_specs]);
+    the rows are `test`, or the held-out fold of `cv`-fold CV.
 
     The report's `metrics["selection"]` says which spec each outer fold chose and why (every
     candidate's inner cross-validation score), and whether the choice was the zero router.
@@ -246,8 +249,13 @@ def _pair(outcomes: Outcomes, weak: str | None, strong: str | None) -> tuple[str
 def default_router(train: Outcomes, *, weak: str | None = None, strong: str | None = None,
                    candidates: list[str] | tuple[str, ...] | None = None, chosen: str | None = None,
                    metric: str = "aiq", inner_folds: int = INNER_FOLDS, seed: int = 0):
-    """The default router trained on all of `train`: the spec cross-validation on `train` chooses
-    (or `chosen`, when that was already done), fitted on every row. Returns (router, selection or None).
+    """The default router trained on all of `train`.
+
+    The spec is the one cross-validation on `train` chooses (or `chosen`, when that was already
+    done), fitted on every row.
+
+    Returns:
+        (router, selection), the selection None when `chosen` is given.
     """
     from stagewise.routing.routers import make_router
 
