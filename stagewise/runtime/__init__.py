@@ -1,6 +1,7 @@
-"""Execution-time concerns: checkpointed runs and resume, the shared context store, tracing,
-context diffs and replay, the privacy policy that redacts what they keep, resilience, budgets,
-tenants and serving.
+"""Execution-time concerns: what happens around a program while it serves requests.
+
+That is checkpointed runs and resume, the shared context store, tracing, context diffs and
+replay, the privacy policy that redacts what they keep, resilience, budgets, tenants and serving.
 
 - runs: [`run`][stagewise.runtime.run], [`resume`][stagewise.runtime.resume] and [`replay`][stagewise.runtime.replay]
 ([`RunReplayError`][stagewise.runtime.RunReplayError]); the

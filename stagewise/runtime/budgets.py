@@ -249,8 +249,9 @@ def open_spend_store(url: str | None) -> SpendStore:
 
 @dataclass(frozen=True)
 class Reservation:
-    """A call's reserved worst case: what [`Budget.settle`][stagewise.runtime.Budget.settle] replaces with what it
-    cost.
+    """A call's reserved worst case.
+
+    [`Budget.settle`][stagewise.runtime.Budget.settle] replaces it with what the call cost.
     """
 
     tenant: str | None
@@ -292,9 +293,10 @@ class Budget:
         return self.store.spent(tenant, day or today()) / NANO
 
     def reserve(self, stage: str, run, estimate_usd: float) -> Reservation:
-        """Reserve a call's worst case for `run`'s request and the current tenant, or raise
-        [`BudgetExceeded`][stagewise.runtime.BudgetExceeded] (with the request's partial results) when it does not
-        fit.
+        """Reserve a call's worst case for `run`'s request and the current tenant.
+
+        Raises:
+            BudgetExceeded: the worst case does not fit (the error carries the request's partial results).
         """
         ledger, tenant, day = run.ledger, current_tenant(), today()
         problem = None
@@ -332,8 +334,10 @@ class Budget:
                 self._outstanding.pop(ledger, None)
 
     def settle(self, reservation: Reservation, cost_usd: float) -> None:
-        """Replace the reservation by what the call cost (its estimate for a call that failed; 0 for a
-        call that was never made). The call's recorded cost is in the request's ledger by now.
+        """Replace the reservation by what the call cost.
+
+        That is its estimate for a call that failed, 0 for a call that was never made. The call's
+        recorded cost is in the request's ledger by now.
         """
         self._release(reservation.ledger, reservation.estimate_usd)
         if reservation.units:

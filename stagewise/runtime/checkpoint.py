@@ -53,6 +53,7 @@ class CorruptCheckpointError(CheckpointError):
 
 
 def now() -> str:
+    """The current UTC time, ISO 8601 with milliseconds."""
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
@@ -115,13 +116,17 @@ class CheckpointStore(ABC):
     def _summaries(self, limit: int) -> list[tuple[str, str, str]]: ...
 
     def save(self, record: dict) -> None:
+        """Append `record` as its run's latest checkpoint, stamping its `version` and `updated` time."""
         record["version"], record["updated"] = CHECKPOINT_VERSION, now()
         self._append(record["run_id"], record["status"], record["updated"], json.dumps(record, default=str))
 
     def load(self, run_id: str) -> dict:
-        """The latest checkpoint of `run_id`, checked field by field before anything reads it: a
-        [`CorruptCheckpointError`][stagewise.runtime.CorruptCheckpointError] names the run, the store and the field at
-        fault.
+        """The latest checkpoint of `run_id`, checked field by field before anything reads it.
+
+        Raises:
+            UnknownRunError: the store has no run `run_id`.
+            CorruptCheckpointError: the checkpoint is unreadable or invalid; the message names the run,
+                the store and the field at fault.
         """
         text = self._latest(run_id)
         if text is None:
@@ -156,9 +161,14 @@ class CheckpointStore(ABC):
 
     def find(self, *, since: str | None = None, status: str | None = None, stage: str | None = None,
              limit: int = 50) -> list[dict]:
-        """The latest runs (newest first) updated at or after `since` (an ISO 8601 UTC time), with
-        `status`, and, with `stage`, that executed that stage; each with its stages, calls, tokens
-        and cost. A run whose checkpoint cannot be read is listed with status `unreadable`.
+        """The latest runs (newest first), filtered, each with its stages, calls, tokens and cost.
+
+        With `since` (an ISO 8601 UTC time), the runs updated at or after it; with `status`, the runs
+        in that status; with `stage`, the runs that executed that stage. A run whose checkpoint cannot
+        be read is listed with status `unreadable`.
+
+        Raises:
+            StoreError: `status` is not `running`, `failed` or `completed`.
         """
         if status is not None and status not in ("running", "failed", "completed"):
             raise StoreError(f"status {status!r}: expected running, failed or completed")
@@ -257,6 +267,12 @@ class SQLiteCheckpoints(CheckpointStore):
         return self._db if self._db is not None or not self.path.exists() else self._connect()
 
     def load(self, run_id: str) -> dict:
+        """The latest checkpoint of `run_id` (see `CheckpointStore.load`).
+
+        Raises:
+            UnknownRunError: the store's file does not exist, or it has no run `run_id`.
+            CorruptCheckpointError: the checkpoint is unreadable or invalid.
+        """
         with self._lock:
             missing = self._reader() is None
         if missing:
@@ -294,6 +310,7 @@ class SQLiteCheckpoints(CheckpointStore):
                 "ORDER BY c.updated DESC LIMIT ?", (limit,)).fetchall()
 
     def close(self):
+        """Close the connection, if one was opened."""
         if self._db is not None:
             self._db.close()
 
@@ -328,6 +345,7 @@ class PostgresCheckpoints(CheckpointStore):
                 (limit,)).fetchall()
 
     def close(self):
+        """Close the connection."""
         self._db.close()
 
 

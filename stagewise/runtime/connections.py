@@ -11,8 +11,10 @@ class StoreConnectionError(StoreError, ConnectionError):
 
 
 def connect_postgres(url: str, what: str, table: str, ddl: list[str]):
-    """An autocommit connection, with `table` created by `ddl` (under an advisory lock: processes
-    opening the store at once must not race on CREATE TABLE).
+    """An autocommit PostgreSQL connection, with `table` created by `ddl`.
+
+    The table is created under an advisory lock: processes opening the store at once must not race
+    on CREATE TABLE.
     """
     import psycopg
 
@@ -28,9 +30,16 @@ def connect_postgres(url: str, what: str, table: str, ddl: list[str]):
 
 
 def connect_redis(url: str, what: str, *, shown: str | None = None, socket_timeout: float | None = None):
-    """A Redis client that answered a ping (bytes responses, as pybreaker needs); `shown`: the URL
-    the user gave, when `url` is a cleaned-up form of it. `socket_timeout`: seconds a command may
-    wait for Redis before it fails (None: redis-py's default).
+    """A Redis client that answered a ping (bytes responses, as pybreaker needs).
+
+    Args:
+        url: the Redis URL to connect to.
+        what: what the connection is for, for error messages.
+        shown: the URL the user gave, when `url` is a cleaned-up form of it.
+        socket_timeout: seconds a command may wait for Redis before it fails (None: redis-py's default).
+
+    Raises:
+        StoreConnectionError: Redis does not answer the ping (the message redacts the URL's password).
     """
     import redis
 

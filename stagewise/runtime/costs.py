@@ -39,9 +39,20 @@ class CostAlert:
 
 
 class CostMonitor(Observer):
-    """Records each request's cost by stage (`last`, `history`) and raises a [`CostAlert`][stagewise.runtime.CostAlert]
-    (logged, appended to `alerts`, passed to `callback`) for a request above the `quantile` of
-    the last `window` requests' costs times `factor`, once `min_history` are known.
+    """Records each request's cost by stage and flags a request that costs far more than usual.
+
+    Each request's cost goes to `history`, its cost by stage to `last`. A request above the
+    `quantile` of the last `window` requests' costs times `factor`, once `min_history` are known,
+    makes a [`CostAlert`][stagewise.runtime.CostAlert]: logged as a warning, appended to `alerts` and
+    passed to `callback` (nothing is raised).
+
+    Args:
+        program: the program's name, in alerts.
+        window: how many recent request costs the threshold is computed from.
+        quantile: the quantile of those costs that, times `factor`, is the threshold.
+        factor: the multiplier of the quantile.
+        min_history: how many requests must be known before any alert.
+        callback: called with each alert.
     """
 
     def __init__(self, program: str = "program", *, window: int = 500, quantile: float = 0.99, factor: float = 1.5,
@@ -62,6 +73,7 @@ class CostMonitor(Observer):
 
     @contextmanager
     def request(self, run: Run, inputs: dict):
+        """Wraps a request; when it ends, records its cost and checks it against the threshold."""
         yield
         by_stage: dict[str, float] = collections.defaultdict(float)
         for record in run.ledger.records:

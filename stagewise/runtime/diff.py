@@ -19,6 +19,11 @@ from dataclasses import dataclass, field
 
 @dataclass
 class StageDiff:
+    """What one stage execution (or step) did to the context of a checkpointed run.
+
+    It holds what the stage received (id, tokens), what was transformed to fit its budget, what it
+    added (id, tokens, preview), its tokens and cost, and, for a step, its kind and decision.
+    """
     key: str
     stage: str
     model: str | None
@@ -51,10 +56,12 @@ class StageDiff:
 
     @property
     def tokens_added(self) -> int:
+        """Tokens of the sections the stage added."""
         return sum(tokens for _, tokens, _ in self.added)
 
     @property
     def tokens_saved(self) -> int:
+        """Tokens the budget transforms saved."""
         return sum(t["before"] - t["after"] for t in self.transformed)
 
 
@@ -86,8 +93,9 @@ def run_diff(record: dict) -> list[StageDiff]:
 
 
 def diff_text(record: dict) -> str:
-    """The context diff of a checkpointed run, for the terminal: per stage, what it received,
-    transformed, removed from its view and added, and each step's branches.
+    """The context diff of a checkpointed run, for the terminal.
+
+    Per stage, what it received, transformed, removed from its view and added, and each step's branches.
     """
     diffs = run_diff(record)
     lines = [f"run {record['run_id']} ({record['status']}): {_counted(diffs)}"]
@@ -140,8 +148,9 @@ def diff_html(record: dict) -> str:
 
 
 def diff_parts(record: dict) -> list[str]:
-    """The HTML of a run's context diff (a summary, then one table per stage execution, then any error),
-    for a page of its own ([`diff_html`][stagewise.runtime.diff_html]) or inside another
+    """The HTML of a run's context diff: a summary, one table per stage execution, then any error.
+
+    It goes in a page of its own ([`diff_html`][stagewise.runtime.diff_html]) or inside another
     (`stagewise runs show --html`).
     """
     esc = html.escape

@@ -160,9 +160,14 @@ class PrivacyPolicy:
     @classmethod
     def from_config(cls, table: Mapping[str, Any], *, where: str = "[privacy]",
                     environ: Mapping[str, str] | None = None) -> PrivacyPolicy:
-        """A policy from a `[privacy]` TOML table (keys: `detect`, `patterns`, `drop`, `hash`,
-        `hash_key_env`, `replacement`, `phone_regions`); a [`ConfigError`][stagewise.ConfigError] names the bad key.
-        The hash key is read from the environment variable `hash_key_env` names, never from the file.
+        """A policy from a `[privacy]` TOML table.
+
+        The keys are `detect`, `patterns`, `drop`, `hash`, `hash_key_env`, `replacement` and
+        `phone_regions`. The hash key is read from the environment variable `hash_key_env` names,
+        never from the file.
+
+        Raises:
+            ConfigError: a key is unknown or its value is invalid; the message names the key.
         """
         environ = os.environ if environ is None else environ
         if not isinstance(table, Mapping):
@@ -211,8 +216,10 @@ class PrivacyPolicy:
 
     @classmethod
     def from_option(cls, value: str, *, environ: Mapping[str, str] | None = None) -> PrivacyPolicy:
-        """A policy from a command-line option (`--redact`): `all`, detector names separated by
-        commas (`email,credit_card`), or a TOML file whose `[privacy]` table says the rest.
+        """A policy from a command-line option (`--redact`).
+
+        The option is `all`, detector names separated by commas (`email,credit_card`), or a TOML
+        file whose `[privacy]` table says the rest.
         """
         value = value.strip()
         if value.endswith(".toml"):
@@ -282,8 +289,10 @@ class PrivacyPolicy:
         return value
 
     def value(self, value: Any, field: str | None = None, known: Mapping[str, str] | None = None) -> Any:
-        """Any JSON-like value redacted: a named field's marker, strings by `text`, lists and
-        dicts item by item (a dict's keys are the field names of its values).
+        """Any JSON-like value, redacted.
+
+        A dropped or hashed field's value becomes its marker, strings are redacted by `text`, lists
+        and dicts item by item (a dict's keys are the field names of its values).
         """
         if field is not None and (field in self.drop or field in self.hash):
             return self.marker(field, value)
@@ -419,9 +428,14 @@ def _phones(text: str, regions: tuple[str, ...], taken: list[Finding]) -> list[F
 # --- where a policy applies: the current request ------------------------------------------------
 
 class PrivacyScope:
-    """A policy as one request applies it: it remembers the values of the dropped and hashed fields
-    seen so far (inputs, stage outputs), so that they are replaced wherever a later text quotes them.
-    Every observer of the request (checkpoints, context store, spans, logs) writes through it.
+    """A policy as one request applies it.
+
+    It remembers the values of the dropped and hashed fields seen so far (inputs, stage outputs),
+    so that they are replaced wherever a later text quotes them. Every observer of the request
+    (checkpoints, context store, spans, logs) writes through it.
+
+    Args:
+        policy: the policy to apply.
     """
 
     def __init__(self, policy: PrivacyPolicy):
@@ -449,8 +463,9 @@ class PrivacyScope:
         return self.policy.value(value, field, self._known())
 
     def record(self, fields: Mapping[str, Any]) -> dict:
-        """[`PrivacyPolicy.record`][stagewise.runtime.PrivacyPolicy.record] with the values learnt so far (and `fields`'
-        own).
+        """[`PrivacyPolicy.record`][stagewise.runtime.PrivacyPolicy.record] with the values learnt so far.
+
+        The sensitive values of `fields` are learnt first.
         """
         self.learn(fields)
         return self.policy.record(fields, self._known())
@@ -465,8 +480,9 @@ def current_privacy() -> PrivacyScope | None:
 
 
 def privacy_scope(policy: PrivacyPolicy | PrivacyScope | None) -> PrivacyScope | None:
-    """The scope an observer writes through: the current request's when it runs under `policy` (or
-    `policy` is None), else a new one for `policy`.
+    """The scope an observer writes through.
+
+    That is the current request's when it runs under `policy` (or `policy` is None), else a new one for `policy`.
     """
     if isinstance(policy, PrivacyScope):
         return policy
@@ -478,9 +494,10 @@ def privacy_scope(policy: PrivacyPolicy | PrivacyScope | None) -> PrivacyScope |
 
 @contextmanager
 def protecting(policy: PrivacyPolicy | None) -> Iterator[PrivacyScope | None]:
-    """Requests in this block keep their records through `policy` (None: no change): the observers
-    that write them find it, and log records made in the block (this thread, its tasks and the
-    threads that copy its context) are redacted when they are made.
+    """Requests in this block keep their records through `policy` (None: no change).
+
+    The observers that write them find it, and log records made in the block (this thread, its
+    tasks and the threads that copy its context) are redacted when they are made.
     """
     if policy is None:
         yield _scope.get()
@@ -499,8 +516,9 @@ _installed = False
 
 
 def _install_log_redaction() -> None:
-    """Wrap the log record factory once: a record made under a policy is redacted as it is made,
-    whichever logger or handler sees it later.
+    """Wrap the log record factory once.
+
+    A record made under a policy is then redacted as it is made, whichever logger or handler sees it later.
     """
     global _installed
     with _factory_lock:

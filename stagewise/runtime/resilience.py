@@ -114,8 +114,13 @@ class FailureMode(StrEnum):
 
 @dataclass(frozen=True)
 class StagePolicy:
-    """How a stage's failed calls are handled: `mode` (a `FailureMode` or its string:
-    retry, fallback, skip, fail) and its retries. A string mode is stored as its FailureMode.
+    """How a stage's failed calls are handled: a failure mode, fallback models, retries and backoff.
+
+    `mode` is a `FailureMode` or its string (retry, fallback, skip, fail); a string mode is stored as
+    its FailureMode.
+
+    Raises:
+        ConfigError: `mode` is not a failure mode.
     """
 
     mode: FailureMode = FailureMode.RETRY
@@ -190,8 +195,10 @@ class EndpointBreaker(pybreaker.CircuitBreaker):
                 self._probe_local = None
 
     def _admit(self) -> str | None:
-        """None for a call in the closed state, the probe token for the half-open probe; raises
-        `pybreaker.CircuitBreakerError` for a call that may not reach the endpoint.
+        """Admit a call: None in the closed state, the probe token for the half-open probe.
+
+        Raises:
+            pybreaker.CircuitBreakerError: the call may not reach the endpoint.
         """
         with self._lock:
             state = self.current_state
@@ -232,8 +239,9 @@ class EndpointBreaker(pybreaker.CircuitBreaker):
                         f"circuit opened for {redact(self.name)} after {type(exc).__name__}") from exc
 
     def _succeeded(self, probe: bool) -> None:
-        """Reset the failure count; the probe's success closes the circuit (a call admitted before the
-        circuit opened says nothing about the endpoint now).
+        """Reset the failure count; the probe's success closes the circuit.
+
+        Only the probe closes it: a call admitted before the circuit opened says nothing about the endpoint now.
         """
         with self._lock:
             self._state_storage.reset_counter()
@@ -498,8 +506,9 @@ _deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("stagew
 
 @contextmanager
 def deadline_scope(deadline: float | None):
-    """Model calls inside the block are refused (`DeadlineExceeded`) once `time.monotonic()`
-    passes `deadline`; None: no deadline. A call already on its way is not interrupted.
+    """Model calls inside the block are refused (`DeadlineExceeded`) once `time.monotonic()` passes `deadline`.
+
+    None: no deadline. A call already on its way is not interrupted.
     """
     token = _deadline.set(deadline)
     try:

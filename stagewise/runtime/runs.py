@@ -29,14 +29,17 @@ from stagewise.runtime.privacy import PrivacyPolicy, PrivacyScope, privacy_scope
 
 
 def section_record(section: Section) -> dict:
+    """A section as a JSON-able checkpoint record."""
     return {**asdict(section), "lineage": list(section.lineage)}
 
 
 def section_from(record: dict) -> Section:
+    """The section a checkpoint record (`section_record`) describes."""
     return Section(**{**record, "lineage": tuple(record.get("lineage", ()))})
 
 
 def jsonable(value: Any) -> Any:
+    """`value` as JSON-able data: pydantic models dumped, containers item by item, other objects as `str`."""
     if isinstance(value, pydantic.BaseModel):
         return value.model_dump(mode="json")
     if isinstance(value, (list, tuple)):
@@ -77,8 +80,9 @@ def private_section(scope: PrivacyScope | None, record: dict) -> dict:
 
 
 def private_step(scope: PrivacyScope | None, step: dict) -> dict:
-    """A checkpoint step with its outputs, sections and notes redacted (idempotent: a stored step
-    restored into a new run passes through again).
+    """A checkpoint step with its outputs, sections and notes redacted.
+
+    Idempotent: a stored step restored into a new run passes through again.
     """
     if scope is None:
         return step
@@ -92,6 +96,15 @@ class Checkpointer(Observer):
 
     With `privacy` (or inside `protecting(policy)`) every input, output, section, note and
     error message is redacted once, as it is added to the record: the store never receives it.
+
+    Args:
+        store: where the checkpoints go.
+        run_id: the run's id.
+        program: the program, whose stages' catalog models the record names.
+        origin: how to rebuild the program (`{"factory": "module:function", "kwargs": {}}`).
+        restore_from: a stored record whose steps are restored instead of run again (resume, replay).
+        privacy: the policy that redacts the record.
+        decisions: step name -> a decision to impose (`{"support": {"route": "billing"}}`).
     """
 
     def __init__(self, store: CheckpointStore, run_id: str, *, program=None, origin: dict | None = None,
@@ -119,6 +132,7 @@ class Checkpointer(Observer):
 
     @contextmanager
     def request(self, run: Run, inputs: dict):
+        """Wraps the top-level call: the record is written when it starts, fails or completes."""
         if self.record is not None:  # a nested top-level call (a program inside a program) is part of this run
             yield
             return
@@ -154,6 +168,7 @@ class Checkpointer(Observer):
         self._save()
 
     def restore(self, event: StageEvent) -> dict | None:
+        """The stored outputs of this stage execution, its sections restored into the run, or None."""
         step = self.restorable.get(event.key)
         if step is None:
             return None
@@ -168,6 +183,7 @@ class Checkpointer(Observer):
 
     @contextmanager
     def stage(self, event: StageEvent):
+        """Wraps a stage execution; when it is done (and not skipped), a checkpoint is written."""
         start = time.perf_counter()
         before = len(event.run.ledger)
         try:
@@ -191,6 +207,10 @@ class Checkpointer(Observer):
 
 
     def restore_step(self, event: StepEvent) -> dict | None:
+        """A stored route's or retrieval's outputs, or None.
+
+        Its sections, and those of the steps it wrapped, are restored into the run.
+        """
         step = self.restorable.get(event.key)
         if step is None or event.kind not in ("route", "retrieve"):  # the others' stages restore themselves
             return None
@@ -204,10 +224,12 @@ class Checkpointer(Observer):
         return step["outputs"]
 
     def force(self, event: StepEvent) -> dict | None:
+        """The decision imposed on this step by name (`decisions`), or None."""
         return self.decisions.get(event.name)
 
     @contextmanager
     def step(self, event: StepEvent):
+        """Wraps a step that is not a model call; when it is done, a checkpoint is written."""
         if self.record is None:
             yield
             return
@@ -316,9 +338,11 @@ def replay(run_id: str, stage: str, *, store: str | CheckpointStore | None = Non
            overrides: dict[str, str] | None = None, models: dict[str, str] | None = None, program=None,
            factory=None, trust_code: bool = False, privacy: PrivacyPolicy | None = None,
            decisions: dict[str, dict] | None = None, demos: dict[str, list[dict]] | None = None):
-    """Run a stored run again from `stage`: earlier stages' stored outputs are reused, the
-    stage and everything after it run for real, with `overrides` (an input field, or a
-    section id an earlier stage or step produced, a retrieved passage included, to a new value),
+    """Run a stored run again from `stage`, with changes.
+
+    Earlier stages' stored outputs are reused; the stage and everything after it run for real,
+    with `overrides` (an input field, or a section id an earlier stage or step produced, a
+    retrieved passage included, to a new value),
     `models` (stage -> model) and `decisions` (a router or cascade's name -> the decision it
     must take: `{"support": {"route": "billing"}}`, `{"verify": {"accept": True}}` or
     `{"escalate": True}`) and `demos` (stage -> the few-shot examples it gets instead of its own,

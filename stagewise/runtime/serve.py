@@ -149,8 +149,10 @@ def input_fields(program, manifest: dict) -> list[str]:
 
 
 def _stages_used(prediction, ledger) -> list[dict]:
-    """Per stage: model, tokens, cost, latency (and notes); from a stagewise program's trace, else from
-    the usage records of the request (a plain DSPy program: its predictors' calls, by stage name).
+    """Per stage: model, tokens, cost, latency (and notes).
+
+    They come from a stagewise program's trace, else from the usage records of the request (a plain
+    DSPy program: its predictors' calls, by stage name).
     """
     trace = getattr(prediction, "trace", None)
     if trace is not None:
@@ -257,8 +259,9 @@ def create_app(directory: str | Path, *, token: str | None = None, tenants: list
                         "answering; retry later", headers=retry_after)
 
     def authenticate(request: Request) -> Tenant:
-        """The caller's tenant (a route dependency; a plain function, so FastAPI runs it, and its
-        Redis calls, in a worker thread).
+        """The caller's tenant (a route dependency).
+
+        A plain function, so FastAPI runs it, and its Redis calls, in a worker thread.
         """
         address = request.client.host if request.client else "unknown"
         try:

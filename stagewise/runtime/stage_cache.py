@@ -26,9 +26,13 @@ def _version(stage) -> str:
 
 
 class StageCache(Observer):
-    """Restores a stage's outputs and sections when the same stage, on the same model, with the same
-    compiled state, is given the same inputs (see the module); at most `max_entries`, least
-    recently used first out. `hits` and `misses` count lookups.
+    """Restores a stage's outputs and sections when the same stage is given the same inputs again.
+
+    The same stage means the same name, model and compiled state (see the module). At most
+    `max_entries` are kept, least recently used first out. `hits` and `misses` count lookups.
+
+    Args:
+        max_entries: the most results kept.
     """
 
     def __init__(self, max_entries: int = 10_000):
@@ -48,6 +52,7 @@ class StageCache(Observer):
         return hashlib.sha256(content.encode()).hexdigest()
 
     def restore(self, event: StageEvent) -> dict | None:
+        """The cached outputs of this stage execution, its sections added to the run, or None (a miss)."""
         key = self.key(event)
         with self._lock:
             found = self._entries.get(key)
@@ -65,6 +70,7 @@ class StageCache(Observer):
 
     @contextmanager
     def stage(self, event: StageEvent):
+        """Wraps a stage execution; after a miss, caches its result unless it was skipped or a fallback answered."""
         yield
         key = getattr(event, "cache_key", None)
         if key is None or event.stage.name in event.run.degraded:

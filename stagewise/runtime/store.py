@@ -33,8 +33,9 @@ DEFAULT_TTL = 86_400
 
 
 class ContextStore(ABC):
-    """Append-only entries by run, stage, kind and key (see the module): a backend implements
-    `append` and `entries`; `values` and `get` read an entry through them.
+    """Append-only entries by run, stage, kind and key (see the module).
+
+    A backend implements `append` and `entries`; `values` and `get` read an entry through them.
     """
 
     url: str
@@ -45,8 +46,9 @@ class ContextStore(ABC):
 
     @abstractmethod
     def entries(self, run: str, stage: str | None = None, kind: str | None = None) -> list[dict]:
-        """Every write of a run (optionally one stage's or kind's), in write order:
-        `{"stage", "kind", "key", "value"}`.
+        """Every write of a run (optionally one stage's or kind's), in write order.
+
+        Each is `{"stage", "kind", "key", "value"}`.
         """
 
     def values(self, run: str, stage: str, kind: str, key: str) -> list[Any]:
@@ -77,6 +79,14 @@ def _filters(stage, kind, mark: str) -> tuple[str, list]:
 
 
 class SQLiteContextStore(ContextStore):
+    """A SQLite file (WAL mode); the threads of a process share one connection.
+
+    Args:
+        url: `sqlite:///path` (default path `stagewise-context.db`).
+
+    Raises:
+        StoreConnectionError: the file cannot be opened.
+    """
     def __init__(self, url: str):
         self.url = url
         path = Path(url.removeprefix("sqlite:///") or "stagewise-context.db")
@@ -91,11 +101,13 @@ class SQLiteContextStore(ContextStore):
         self._lock = threading.Lock()
 
     def append(self, run, stage, kind, key, value):
+        """Add a value to an entry (JSON-serializable values)."""
         with self._lock:
             self._db.execute("INSERT INTO stagewise_context (run, stage, kind, key, value) VALUES (?, ?, ?, ?, ?)",
                              (run, stage, kind, key, json.dumps(value)))
 
     def entries(self, run, stage=None, kind=None):
+        """Every write of a run (optionally one stage's or kind's), in write order."""
         where, params = _filters(stage, kind, "?")
         with self._lock:
             rows = self._db.execute(f"SELECT stage, kind, key, value FROM stagewise_context WHERE run = ?{where} "
@@ -103,10 +115,19 @@ class SQLiteContextStore(ContextStore):
         return [{"stage": s, "kind": k, "key": key, "value": json.loads(v)} for s, k, key, v in rows]
 
     def close(self):
+        """Close the connection."""
         self._db.close()
 
 
 class PostgresContextStore(ContextStore):
+    """A PostgreSQL table; many processes may write at once.
+
+    Args:
+        url: a `postgresql://` URL.
+
+    Raises:
+        StoreConnectionError: the database cannot be reached.
+    """
     def __init__(self, url: str):
         self.url = url
         self._db = connect_postgres(url, "the context store", "stagewise_context",
@@ -114,11 +135,13 @@ class PostgresContextStore(ContextStore):
         self._lock = threading.Lock()
 
     def append(self, run, stage, kind, key, value):
+        """Add a value to an entry (JSON-serializable values)."""
         with self._lock:
             self._db.execute("INSERT INTO stagewise_context (run, stage, kind, key, value) VALUES (%s, %s, %s, %s, %s)",
                              (run, stage, kind, key, json.dumps(value)))
 
     def entries(self, run, stage=None, kind=None):
+        """Every write of a run (optionally one stage's or kind's), in write order."""
         where, params = _filters(stage, kind, "%s")
         with self._lock:
             rows = self._db.execute(f"SELECT stage, kind, key, value FROM stagewise_context WHERE run = %s{where} "
@@ -126,6 +149,7 @@ class PostgresContextStore(ContextStore):
         return [{"stage": s, "kind": k, "key": key, "value": json.loads(v)} for s, k, key, v in rows]
 
     def close(self):
+        """Close the connection."""
         self._db.close()
 
 
@@ -142,6 +166,7 @@ class RedisContextStore(ContextStore):
         return f"stagewise:context:{run}"
 
     def append(self, run, stage, kind, key, value):
+        """Add a value to an entry (JSON-serializable values)."""
         entry = json.dumps({"stage": stage, "kind": kind, "key": key, "value": value})
         with self._db.pipeline(transaction=True) as pipe:
             pipe.rpush(self._key(run), entry)
@@ -149,10 +174,12 @@ class RedisContextStore(ContextStore):
             pipe.execute()
 
     def entries(self, run, stage=None, kind=None):
+        """Every write of a run (optionally one stage's or kind's), in write order."""
         found = [json.loads(raw) for raw in self._db.lrange(self._key(run), 0, -1)]
         return [e for e in found if (stage is None or e["stage"] == stage) and (kind is None or e["kind"] == kind)]
 
     def close(self):
+        """Close the connection."""
         self._db.close()
 
 
@@ -182,6 +209,7 @@ class ContextRecorder(Observer):
 
     @contextmanager
     def request(self, run, inputs: dict):
+        """Wraps a request under the recorder's privacy policy (if any), which learns the inputs."""
         with protecting(self.privacy) as scope:  # the run's stages find the policy
             if scope is not None:
                 scope.learn(inputs)  # a dropped input quoted by a stage's output is replaced there too
@@ -189,6 +217,7 @@ class ContextRecorder(Observer):
 
     @contextmanager
     def stage(self, event: StageEvent):
+        """Wraps a stage execution; when it is done, the sections it added are mirrored."""
         yield
         self._mirror(event, event.stage.name)
 
@@ -224,9 +253,11 @@ class Shared:
         self.store.append(self.run, stage, kind, key, scope.value(value, key) if scope is not None else value)
 
     def get(self, stage: str, kind: str, key: str, default: Any = None) -> Any:
+        """The entry's latest value in this run, else `default`."""
         return self.store.get(self.run, stage, kind, key, default)
 
     def values(self, stage: str, kind: str, key: str) -> list[Any]:
+        """Every value written to the entry in this run, in write order."""
         return self.store.values(self.run, stage, kind, key)
 
 

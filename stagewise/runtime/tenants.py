@@ -49,8 +49,10 @@ class Tenant:
 
 
 def read_tokens(path: str | Path) -> list[Tenant]:
-    """The tenants of a tokens file (see the module); a [`ConfigError`][stagewise.ConfigError] names the file and key at
-    fault.
+    """The tenants of a tokens file (see the module).
+
+    Raises:
+        ConfigError: the file is missing or invalid; the message names the file and the key at fault.
     """
     path = Path(path)
     where = f"tokens file {str(path)!r}"

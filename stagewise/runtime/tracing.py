@@ -40,8 +40,14 @@ OPERATION = "chat"
 
 def tracer_provider(exporter: Literal["console", "otlp", "memory", "mlflow"] = "console", *,
                     endpoint: str | None = None) -> tuple[TracerProvider, object]:
-    """A provider exporting to `console`, `otlp` (HTTP; `endpoint` or OTEL_EXPORTER_OTLP_ENDPOINT),
-    `memory` (tests) or `mlflow` (the tracking URI's traces). Returns (provider, exporter).
+    """An OpenTelemetry tracer provider and its span exporter.
+
+    Args:
+        exporter: `console`, `otlp` (HTTP), `memory` (tests) or `mlflow` (the tracking URI's traces).
+        endpoint: the OTLP endpoint (default: OTEL_EXPORTER_OTLP_ENDPOINT).
+
+    Returns:
+        (provider, exporter).
     """
     provider = TracerProvider(resource=Resource.create({"service.name": "stagewise"}))
     if exporter == "console":
@@ -131,6 +137,7 @@ class Tracer(Observer):
 
     @contextmanager
     def request(self, run: Run, inputs: dict):
+        """Wraps a request in an `invoke_workflow` span (with its run id and cost)."""
         with protecting(self.privacy) as scope:  # the run's stages find the policy
             if scope is not None:
                 scope.learn(inputs)
@@ -152,6 +159,7 @@ class Tracer(Observer):
 
     @contextmanager
     def stage(self, event: StageEvent):
+        """Wraps a stage execution in a `stage <name>` span, with a child span per model call."""
         run = event.run
         scope = privacy_scope(self.privacy)
         with self.tracer.start_as_current_span(f"stage {event.stage.name}", record_exception=scope is None,
@@ -178,6 +186,7 @@ class Tracer(Observer):
 
     @contextmanager
     def step(self, event: StepEvent):
+        """Wraps a step in a `<kind> <name>` span whose attributes hold its decision."""
         scope = privacy_scope(self.privacy)
         with self.tracer.start_as_current_span(f"{event.kind} {event.name}", record_exception=scope is None,
                                                set_status_on_exception=scope is None) as span, \
@@ -199,6 +208,7 @@ class MlflowSpanExporter:
         self._spans: dict[int, list] = {}
 
     def export(self, spans):
+        """Collect `spans`; log each request's trace to MLflow once its request span has ended."""
         from opentelemetry.sdk.trace.export import SpanExportResult
 
         for span in spans:
@@ -208,6 +218,7 @@ class MlflowSpanExporter:
         return SpanExportResult.SUCCESS
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
+        """Nothing to flush here (MLflow writes traces from its own queue)."""
         return True  # MLflow writes traces from its own queue: read them with search_traces(flush=True)
 
     def _log(self, spans) -> None:
@@ -231,4 +242,5 @@ class MlflowSpanExporter:
         emit(root)
 
     def shutdown(self):
+        """Nothing to release."""
         pass
