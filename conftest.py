@@ -9,7 +9,7 @@ page is written to:
 - ```python blocks run in order, one namespace per page; the scratch folder is on ``sys.path``.
 - ```sh blocks run with ``bash`` (``set -eo pipefail``) in the scratch folder, the virtualenv's
   ``bin/`` first on ``PATH``, and must exit 0. A command ending in ``&`` (a server) keeps running
-  until the page ends, then is stopped; a page waits for a server as a reader would (``curl
+  until the page ends, then is stopped; a page waits for a server as a reader would (``curl --fail
   --silent --retry 30 --retry-connrefused --retry-delay 1 http://127.0.0.1:8765/healthz``). The
   environment holds ``DATABASE_URL`` (a fresh, empty PostgreSQL database for the page) and
   ``REDIS_URL`` (the tests' Redis). Servers a page starts use ports 8765-8799.
