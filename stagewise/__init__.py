@@ -92,7 +92,41 @@ def export(program, directory, **kwargs):
     """Write `program` to `directory` for serving: `program.json`, `manifest.json`, its code.
 
     Keyword arguments go to [`stagewise.optimize.export.export`][stagewise.optimize.export.export] (`factory=`,
-    `factory_kwargs=`, `metrics=`...). Returns the directory.
+    `factory_kwargs=`, `metrics=`...).
+
+    Returns:
+        The directory, as a `Path`.
+
+    Raises:
+        ExportError: a stage has no stagewise model; the factory is defined in a script, a notebook or a
+            function, or cannot be imported; or the manifest would hold an absolute path outside the directory.
+
+    Examples:
+        A one-stage program on a recorded model (it replays an outcome table, offline), exported to a
+        temporary folder and loaded back. The program's class, `Stage`, is rebuilt with `factory_kwargs`;
+        `load` imports it because the caller passes it (`factory=`):
+
+        >>> import shutil
+        >>> import tempfile
+        >>> import dspy
+        >>> import stagewise
+        >>> from stagewise.data import OutcomeTable
+        >>> from stagewise.models import get_lm
+        >>> from stagewise.programs import Stage
+        >>> table = OutcomeTable.load("data/routerbench/arc_challenge_test.csv")
+        >>> program = Stage("answer", "prompt -> answer",
+        ...                 lm=get_lm("recorded/gpt-4-1106-preview", replay_table=table))
+        >>> directory = stagewise.export(program, tempfile.mkdtemp(),
+        ...                              factory_kwargs={"name": "answer", "step": "prompt -> answer"})
+        >>> sorted(path.name for path in directory.iterdir())  # the replayed table is copied into tables/
+        ['manifest.json', 'program.json', 'tables']
+        >>> loaded = stagewise.load(directory, factory=Stage)
+        >>> loaded.lm.spec.name
+        'recorded/gpt-4-1106-preview'
+        >>> with dspy.context(adapter=dspy.JSONAdapter()):
+        ...     loaded(prompt=table.prompts[0]).answer
+        'A'
+        >>> shutil.rmtree(directory)
     """
     from stagewise.optimize.export import export as export_program
 
@@ -102,9 +136,37 @@ def export(program, directory, **kwargs):
 def evaluate(program, examples, *, metric=None, stage_metrics=None, progress: bool = True):
     """The stage-level and end-to-end report of `program` on labeled `examples`.
 
-    `metric` is a DSPy metric `metric(example, prediction, trace=None)` (or an
-    [`EndToEnd`][stagewise.metrics.EndToEnd]); `stage_metrics` as for `JointOptimizer`.
-    Returns an [`EvaluationReport`][stagewise.metrics.EvaluationReport] (`.table()`, `.summary()`).
+    Args:
+        program: a stagewise program or a plain DSPy program.
+        examples: `dspy.Example` objects with their inputs marked (`with_inputs`) and their labels.
+        metric: a DSPy metric `metric(example, prediction, trace=None)` (or an
+            [`EndToEnd`][stagewise.metrics.EndToEnd]); None scores no end-to-end quality.
+        stage_metrics: per-stage metrics, in any form `JointOptimizer` accepts.
+        progress: show a progress bar.
+
+    Returns:
+        An [`EvaluationReport`][stagewise.metrics.EvaluationReport] (`.table()`, `.summary()`).
+
+    Examples:
+        A one-stage program on a recorded model (it replays an outcome table, offline), scored on
+        three ARC-Challenge questions by whether its answer is the right letter:
+
+        >>> import dspy
+        >>> import stagewise
+        >>> from stagewise.data import OutcomeTable
+        >>> from stagewise.models import get_lm
+        >>> from stagewise.programs import Stage
+        >>> table = OutcomeTable.load("data/routerbench/arc_challenge_test.csv")
+        >>> program = Stage("answer", "prompt -> answer",
+        ...                 lm=get_lm("recorded/gpt-4-1106-preview", replay_table=table))
+        >>> examples = [dspy.Example(prompt=prompt, answer=letter).with_inputs("prompt")
+        ...             for prompt, letter in zip(table.prompts[:3], ["A", "D", "D"])]
+        >>> def right_letter(example, prediction, trace=None):
+        ...     return prediction.answer.strip()[:1] == example.answer
+        >>> report = stagewise.evaluate(program, examples, metric=right_letter, progress=False)
+        >>> summary = report.summary()
+        >>> summary["examples"], summary["end_to_end"], round(summary["cost_per_1k_requests_usd"], 2)
+        (3, 1.0, 5.06)
     """
     import dspy
 

@@ -328,10 +328,23 @@ def load(directory: str | Path, *, factory: str | Callable | None = None, trust_
     directory's own `code/`. Anything else is an
     [`UntrustedCodeError`][stagewise.optimize.trust.UntrustedCodeError] and nothing is imported.
 
+    Args:
+        directory: the exported program's directory.
+        factory: the trusted factory (a callable or `"module:function"`).
+        trust_code: import the manifest's factory from the directory's own `code/`.
+        catalog: the model catalog to rebuild the stages' models from (default: the default catalog).
+
+    Raises:
+        UntrustedCodeError: no trusted factory builds the program.
+        ExportError: the manifest, the program state, a router file or a replay table is missing or
+            does not fit the program.
+
     Examples:
-    --------
-    >>> program = stagewise.load("out/best", factory=support.build)   # doctest: +SKIP
-    >>> program = stagewise.load("out/best", trust_code=True)          # doctest: +SKIP
+        A round trip on a recorded model is in [`stagewise.export`][stagewise.export]. With a
+        program's own factory, or its exported code:
+
+        >>> program = stagewise.load("out/best", factory=support.build)   # doctest: +SKIP
+        >>> program = stagewise.load("out/best", trust_code=True)          # doctest: +SKIP
     """
     from stagewise.data import OutcomeTable
     from stagewise.models.lm import get_lm

@@ -257,6 +257,44 @@ def run(program, inputs: dict, *, store: str | CheckpointStore | None = None, ru
     `stagewise replay` rebuild the program without it being passed in, from a factory they trust (`rebuild`).
     `privacy` redacts what the run keeps (checkpoints, and the context store, spans and log records
     of observers around it: see `stagewise.runtime.privacy`); the program sees `inputs` as given.
+
+    Args:
+        program: a stagewise program or a plain DSPy program.
+        inputs: the request's input fields.
+        store: a checkpoint store, or its URL (default: `sqlite:///stagewise-runs.db`).
+        run_id: the run's id (default: 16 random hex digits).
+        origin: how to rebuild the program (default: what `stagewise.load` recorded on it).
+        privacy: the policy that redacts what the run keeps.
+
+    Returns:
+        The program's prediction, with the run's id as `run_id`.
+
+    Examples:
+        A one-stage program on a recorded model (it replays an outcome table, offline), run with a
+        checkpoint in a temporary SQLite store, then its record read back:
+
+        >>> import shutil
+        >>> import tempfile
+        >>> import dspy
+        >>> from stagewise.data import OutcomeTable
+        >>> from stagewise.models import get_lm
+        >>> from stagewise.programs import Stage
+        >>> from stagewise.runtime import open_checkpoints, run
+        >>> table = OutcomeTable.load("data/routerbench/arc_challenge_test.csv")
+        >>> program = Stage("answer", "prompt -> answer",
+        ...                 lm=get_lm("recorded/gpt-4-1106-preview", replay_table=table))
+        >>> folder = tempfile.mkdtemp()
+        >>> store = f"sqlite:///{folder}/runs.db"
+        >>> with dspy.context(adapter=dspy.JSONAdapter()):
+        ...     prediction = run(program, {"prompt": table.prompts[0]}, store=store, run_id="first")
+        >>> prediction.answer, prediction.run_id
+        ('A', 'first')
+        >>> checkpoints = open_checkpoints(store)
+        >>> record = checkpoints.load("first")
+        >>> record["status"], [step["stage"] for step in record["steps"]], record["outputs"]
+        ('completed', ['answer'], {'answer': 'A'})
+        >>> checkpoints.close()
+        >>> shutil.rmtree(folder)
     """
     with _opened(store) as store:
         run_id = run_id or uuid.uuid4().hex[:16]
