@@ -61,25 +61,11 @@ def test_the_chain_snippet_answers_on_the_local_models(dspy_warnings, dspy_setti
     assert "trace of request" in capsys.readouterr().out
 
 
-def _exported_banking_program(directory):
-    """What `make demo` leaves in runs/banking/best: the banking example exported (here unoptimized, on SmolLM2)."""
-    import sys
-
-    from stagewise.optimize.export import export
-
-    folder = ROOT / "examples" / "banking"
-    sys.path.insert(0, str(folder))
-    try:
-        from banking_pipeline import build
-    finally:
-        sys.path.remove(str(folder))
-    program = build().set_models({"route": "smollm2-135m", "cards": "smollm2-135m", "payments": "smollm2-135m"})
-    return export(program, directory, factory="banking_pipeline:build", factory_path=str(folder))
-
-
 @pytest.mark.local_model
 def test_the_runtime_snippet_checkpoints_resumes_diffs_traces_and_records_to_redis(tmp_path, monkeypatch,
                                                                                    dspy_settings, capsys):
+    """The tutorial's blocks (docs/tutorials/trace-diff-replay.md), in its order: the program's file, its
+    export, the checkpointed run and resume, then the traced call recorded to Redis."""
     import shlex
 
     from typer.testing import CliRunner
@@ -92,14 +78,18 @@ def test_the_runtime_snippet_checkpoints_resumes_diffs_traces_and_records_to_red
     redis = require_service("redis")
     monkeypatch.setenv("REDIS_URL", redis)
     monkeypatch.delenv("STAGEWISE_RUNS", raising=False)
-    best = _exported_banking_program(tmp_path / "runs" / "banking" / "best")
     monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(__import__("sys").modules, "bank_support", raising=False)
+    (tmp_path / "bank_support.py").write_text(readme_block("class PaymentIntent(dspy.Signature)"))
 
     namespace = {}
+    exec(readme_block('stagewise.export(program, "runs/support"'), namespace)
     exec(readme_block("resume(prediction.run_id"), namespace)
     printed = capsys.readouterr().out
     run_id = namespace["prediction"].run_id
     record = open_checkpoints("sqlite:///runs.db").load(run_id)
+    best = tmp_path / "runs" / "support"
     assert record["status"] == "completed" and record["program"] == {"export": str(best.resolve())}
     stages = [step["stage"] for step in record["steps"] if step.get("kind", "stage") == "stage"]
     assert stages[0] == "route" and stages[1:] in (["cards"], ["payments"])
@@ -114,10 +104,13 @@ def test_the_runtime_snippet_checkpoints_resumes_diffs_traces_and_records_to_red
     assert not (tmp_path / "stagewise-runs.db").exists()
 
     # The traced call: a span per model call on the console, and every section it added in Redis.
+    exec(readme_block("ContextRecorder(store)"), namespace)
+    printed = capsys.readouterr().out
     assert '"name": "chat smollm2-135m"' in printed
     request = namespace["reply"].trace.request_id
     entries = open_context_store(redis).entries(request)
     assert {entry["stage"] for entry in entries} >= {"route"} and len(entries) >= 2
+    assert "route route.area" in printed
 
 
 def test_diff_of_an_unknown_run_in_a_store_that_does_not_exist_is_one_line_and_creates_nothing(tmp_path,
