@@ -80,7 +80,14 @@ class EndToEnd:
 
 
 class ProgramMetric:
-    """A DSPy metric, `metric(example, prediction, trace=None) -> float | bool`, as an end-to-end scorer."""
+    """A DSPy metric, `metric(example, prediction, trace=None) -> float | bool`, as an end-to-end scorer.
+
+    Args:
+        metric: the DSPy metric.
+
+    Raises:
+        ConfigError: `metric` is not callable.
+    """
 
     def __init__(self, metric: Callable):
         if not callable(metric):

@@ -67,6 +67,9 @@ class LLMJudge:
 
     The judge's calls are accounted like any other (stage `judge`); its score is clipped
     to [0, 1].
+
+    Args:
+        lm: the judging model.
     """
 
     def __init__(self, lm: dspy.BaseLM):
@@ -91,6 +94,10 @@ class RecordedCorrectness:
     prompt and the catalog name of the replayed model; as an end-to-end metric,
     `score_example(example, prediction)` reads the prompt from the example and the model
     from the last stage of the prediction's trace that called a model.
+
+    Args:
+        table: the outcome table that recorded the scores.
+        prompt: the example's input field that holds the table's prompt.
     """
 
     def __init__(self, table, *, prompt: str = "prompt"):

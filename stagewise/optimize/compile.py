@@ -45,6 +45,9 @@ class CompileCache:
     reader sees the whole of one writer's entry or none. An entry that cannot be read (cut
     short by a crash, edited by hand) is logged and counted as a miss; the stage is compiled
     again and the entry rewritten.
+
+    Args:
+        directory: the folder of the entries.
     """
 
     def __init__(self, directory: str | Path):

@@ -143,7 +143,11 @@ class BootstrapFewShot(StageOptimizer):
 
 
 class BootstrapRandomSearch(StageOptimizer):
-    """`bootstrap_random_search`: the best of a few bootstrapped demo sets (`dspy.BootstrapFewShotWithRandomSearch`)."""
+    """`bootstrap_random_search`: the best of a few bootstrapped demo sets (`dspy.BootstrapFewShotWithRandomSearch`).
+
+    Args:
+        candidates: how many candidate demo sets to try.
+    """
 
     uses_demos = True
     needs_teacher = True
@@ -208,6 +212,11 @@ class Simba(StageOptimizer):
     SIMBA samples the whole program on one model (copies of it at temperature 1.0), so the student
     runs the stage's model on every predictor; the stage's learned demos and rules are kept. Its
     mini-batch is at most `bsize` training examples (fewer when the training split is smaller).
+
+    Args:
+        bsize: the largest mini-batch.
+        candidates: candidate programs per step.
+        steps: optimization steps.
     """
 
     uses_demos = True

@@ -41,6 +41,11 @@ class Tracker(StudyCallback):
 
     Nothing touches MLflow until the study starts: a config that fails validation leaves no
     experiment (and no database file) behind.
+
+    Args:
+        experiment: the MLflow experiment's name (None: log nothing).
+        uri: the tracking URI (default: `MLFLOW_TRACKING_URI`, else `mlflow.db` in the working directory).
+        privacy: a policy that redacts the logged parameters and files.
     """
 
     def __init__(self, experiment: str | None, uri: str | None = None, *, privacy: PrivacyPolicy | None = None):

@@ -50,6 +50,11 @@ def to_units(usd: float) -> int:
     return int(units) + (units > int(units))
 
 
+def _usd(amount: float) -> str:
+    """An amount in US dollars to the nano-dollar budgets count in, without trailing zeros: `$0.0000025`."""
+    return "$" + (f"{amount:.9f}".rstrip("0").rstrip(".") or "0")
+
+
 def today() -> str:
     """The current UTC date, `YYYY-MM-DD`: the day a tenant's budget counts."""
     return dt.datetime.now(dt.UTC).date().isoformat()
@@ -139,7 +144,14 @@ class MemorySpendStore(SpendStore):
 
 
 class SQLiteSpendStore(SpendStore):
-    """A SQLite file: table `stagewise_spend(tenant, day, nano_usd)`; shared by processes on one machine."""
+    """A SQLite file: table `stagewise_spend(tenant, day, nano_usd)`; shared by processes on one machine.
+
+    Args:
+        path: the database file.
+
+    Raises:
+        StoreError: the file cannot be opened.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -208,6 +220,13 @@ class RedisSpendStore(SpendStore):
     """Redis, shared by every process using it; each reservation is one Lua script.
 
     Calls time out after `socket_timeout_s` (a stalled Redis fails the call instead of hanging it).
+
+    Args:
+        url: the Redis URL.
+        socket_timeout_s: seconds a command may wait for Redis.
+
+    Raises:
+        StoreConnectionError: Redis does not answer.
     """
 
     def __init__(self, url: str, *, socket_timeout_s: float = 2.0) -> None:
@@ -268,6 +287,15 @@ class Budget:
     `store` keeps the spend (a [`SpendStore`][stagewise.runtime.SpendStore] or a URL for
     [`open_spend_store`][stagewise.runtime.open_spend_store]). Thread safe; with a shared store (SQLite, Redis), safe
     across processes.
+
+    Args:
+        per_request_usd: the most one request may cost (None: unlimited).
+        per_tenant_day_usd: every tenant's daily budget (None: unlimited).
+        tenant_day_usd: tenant -> its own daily budget.
+        store: the spend store, or its URL (None: in memory, for this process only).
+
+    Raises:
+        ConfigError: a budget is not a number >= 0.
     """
 
     def __init__(self, per_request_usd: float | None = None, per_tenant_day_usd: float | None = None, *,
@@ -304,8 +332,8 @@ class Budget:
             outstanding = self._outstanding.get(ledger, 0.0)
             spent = ledger.total_cost + outstanding
             if self.per_request_usd is not None and spent + estimate_usd > self.per_request_usd:
-                problem = (f"request budget ${self.per_request_usd:.6f}: spent ${spent:.6f}, stage {stage!r} would "
-                           f"cost up to ${estimate_usd:.6f}")
+                problem = (f"request budget {_usd(self.per_request_usd)}: spent {_usd(spent)}, stage {stage!r} would "
+                           f"cost up to {_usd(estimate_usd)}")
             else:
                 self._outstanding[ledger] = outstanding + estimate_usd
         units, limit = 0, self.tenant_limit(tenant)
@@ -318,8 +346,8 @@ class Budget:
                 raise
             if refused is not None:
                 self._release(ledger, estimate_usd)
-                problem = (f"tenant {tenant!r} daily budget ${limit:.6f}: spent ${refused / NANO:.6f} today "
-                           f"(this request ${spent:.6f}), stage {stage!r} would cost up to ${estimate_usd:.6f}")
+                problem = (f"tenant {tenant!r} daily budget {_usd(limit)}: spent {_usd(refused / NANO)} today "
+                           f"(this request {_usd(spent)}), stage {stage!r} would cost up to {_usd(estimate_usd)}")
         if problem:
             partial = {s.id: s.content for s in run.context.sections.values() if s.kind == "stage_output"}
             raise BudgetExceeded(f"stopped before stage {stage!r}: {problem}", partial, estimate_usd)

@@ -124,6 +124,19 @@ class PrivacyPolicy:
     name to a regular expression; `drop` and `hash` name input/output fields (and context
     sections of that name); `hash_key` keys the hash (required when `hash` names a field).
     `replacement` is a format with `{entity}`. A policy is immutable and thread-safe.
+
+    Args:
+        detect: the built-in detectors to use (default: all of `DETECTORS`).
+        patterns: name -> a regular expression of your own.
+        drop: fields whose values are replaced by a marker.
+        hash: fields whose values are replaced by a keyed hash.
+        hash_key: the hash key (required with `hash`).
+        replacement: what a detected entity becomes, a format with `{entity}`.
+        phone_regions: the regions whose phone numbers are detected.
+
+    Raises:
+        ConfigError: an unknown detector, a field both dropped and hashed, `hash` without a key, or a
+            replacement that is not a format with only `{entity}`.
     """
 
     def __init__(self, *, detect: tuple[str, ...] | list[str] = DETECTORS, patterns: Mapping[str, str] | None = None,
@@ -542,6 +555,9 @@ class PrivacyFilter(logging.Filter):
 
     Add it to a handler to keep personal data out of everything the handler writes, including
     records made outside any request: `handler.addFilter(PrivacyFilter(policy))`.
+
+    Args:
+        policy: the policy to redact with.
     """
 
     def __init__(self, policy: PrivacyPolicy):

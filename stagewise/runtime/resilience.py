@@ -163,6 +163,14 @@ class EndpointBreaker(pybreaker.CircuitBreaker):
     other error (a 4xx client error, a parse error) neither opens nor closes the circuit, and
     leaves the failure count as it was. A probe that fails so reopens the circuit; one that succeeds
     closes it; one that ends in a client error leaves it half-open for the next call to probe.
+
+    Args:
+        endpoint: the endpoint's name.
+        fail_max: retryable failures in a row that open the circuit.
+        reset_s: seconds the open circuit stays open before a probe.
+        probe_lease_s: the longest a probe holds its slot.
+        redis: a Redis client holding the probe slot, shared across processes (None: this process only).
+        storage: pybreaker's state storage (None: pybreaker's, in memory).
     """
 
     def __init__(self, endpoint: str, *, fail_max: int, reset_s: float, probe_lease_s: float,
@@ -283,6 +291,13 @@ class Breakers:
     then one probe call goes through (one in every process sharing the Redis). `probe_lease_s`
     bounds how long a probe may hold its slot: a process that dies mid-probe frees it then.
     A Redis command waits at most `socket_timeout_s` (a stalled Redis fails the call, not hangs it).
+
+    Args:
+        fail_max: retryable failures in a row that open a circuit.
+        reset_s: seconds an open circuit stays open before a probe.
+        redis_url: a Redis to share the circuits' state through (None: this process only).
+        probe_lease_s: the longest a probe holds its slot.
+        socket_timeout_s: seconds a Redis command may wait.
     """
 
     def __init__(self, fail_max: int = 3, reset_s: float = 30.0, redis_url: str | None = None,
@@ -386,6 +401,20 @@ class RateLimiter:
     process, a key whose window is empty is dropped, and the whole table is swept when it holds
     more than `max_keys`; in Redis each key expires with its window. A Redis command waits at
     most `socket_timeout_s`; a Redis error reaches the caller (`redis.RedisError`).
+
+    Args:
+        limits: key (a provider) -> its [`Limit`][stagewise.runtime.resilience.Limit].
+        window_s: the window's length in seconds.
+        policy: `"queue"` or `"shed"` (a `LimitPolicy`).
+        max_wait_s: the longest a queued call waits for room.
+        redis_url: a Redis to share the windows through (None: this process only).
+        lease_s: the longest a call holds its slot.
+        socket_timeout_s: seconds a Redis command may wait.
+        max_keys: in process, the number of keys above which the table is swept.
+
+    Raises:
+        ConfigError: `policy` is neither queue nor shed.
+        StoreConnectionError: `redis_url` is given and Redis does not answer.
     """
 
     def __init__(self, limits: dict[str, Limit], *, window_s: float = 60.0,
@@ -606,7 +635,7 @@ class Resilience(CallGuard):
 
         retries = 0 if policy.mode == FailureMode.FAIL else policy.retries
         retrying = Retrying(stop=stop_after_attempt(retries + 1), reraise=True,
-                            wait=wait_exponential_jitter(initial=policy.backoff_s, max=policy.max_backoff_s),
+                            wait=wait_exponential_jitter(multiplier=policy.backoff_s, max=policy.max_backoff_s),
                             retry=retry_if_exception(lambda e: is_retryable(e) and not isinstance(
                                 e, (pybreaker.CircuitBreakerError, RateLimited, BudgetExceeded, DeadlineExceeded))))
         outputs = retrying(once)

@@ -202,6 +202,10 @@ class ContextRecorder(Observer):
 
     With `privacy` (or inside `protecting(policy)`, as `run(..., privacy=...)` is) each
     section's content and note are redacted before they are written.
+
+    Args:
+        store: the context store to write to.
+        privacy: the policy that redacts what is written.
     """
 
     def __init__(self, store: ContextStore, *, privacy: PrivacyPolicy | None = None):

@@ -128,7 +128,14 @@ def _errors_redacted(span, scope: PrivacyScope | None):
 
 
 class Tracer(Observer):
-    """Spans for requests, stages and model calls (see the module's docstring)."""
+    """Spans for requests, stages and model calls (see the module's docstring).
+
+    Args:
+        provider: the tracer provider (default: OpenTelemetry's global one).
+        capture_content: put each model call's prompt and response on its span.
+        program: the program's name, in the request span's name.
+        privacy: the policy that redacts what the spans hold.
+    """
 
     def __init__(self, provider: TracerProvider | None = None, *, capture_content: bool = False,
                  program: str = "stagewise", privacy: PrivacyPolicy | None = None):
