@@ -34,7 +34,8 @@ EXAMPLES = [test for name in ["stagewise", *MODULES] for test in examples_of(nam
 def test_the_main_entry_points_have_examples():
     names = {test.name for test in EXAMPLES}
     for wanted in ("stagewise.load", "stagewise.errors.StagewiseError", "stagewise.data.splits.split",
-                   "stagewise.optimize.optimizers.register_optimizer"):
+                   "stagewise.optimize.optimizers.register_optimizer", "stagewise.evaluate", "stagewise.export",
+                   "stagewise.runtime.runs.run"):
         assert wanted in names, f"no docstring example for {wanted}"
 
 
