@@ -4,6 +4,7 @@ two llama.cpp servers as primary and fallback, a Redis-backed limiter shared by 
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -485,7 +486,10 @@ def test_serve_budget_answers_402_with_the_partial_results(tmp_path, arc):
     assert refused.status_code == 402, refused.text + log.read_text()
     error = refused.json()["error"]
     assert error["code"] == "budget_exceeded"
-    assert error["message"].startswith(f"stopped before stage 'answer': request budget ${budget:.6f}")
+    said = re.match(r"stopped before stage 'answer': request budget \$([\d.]+): spent \$([\d.]+), stage 'answer' "
+                    r"would cost up to \$([\d.]+)$", error["message"])
+    assert said, error["message"]
+    assert float(said[1]) == pytest.approx(budget, abs=1e-9) and float(said[3]) > budget - float(said[2]) > 0
     assert error["partial"] == {"draft.draft": arc.outcome(stopped, "mistralai/mistral-7b-chat").response}
 
 
