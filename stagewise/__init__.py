@@ -95,7 +95,7 @@ def export(program, directory, **kwargs):
     `factory_kwargs=`, `metrics=`...).
 
     Returns:
-        The directory, as a `Path`.
+        (Path): the directory.
 
     Raises:
         ExportError: a stage has no stagewise model; the factory is defined in a script, a notebook or a
@@ -137,15 +137,16 @@ def evaluate(program, examples, *, metric=None, stage_metrics=None, progress: bo
     """The stage-level and end-to-end report of `program` on labeled `examples`.
 
     Args:
-        program: a stagewise program or a plain DSPy program.
-        examples: `dspy.Example` objects with their inputs marked (`with_inputs`) and their labels.
-        metric: a DSPy metric `metric(example, prediction, trace=None)` (or an
+        program (dspy.Module): a stagewise program or a plain DSPy program.
+        examples (Iterable[dspy.Example]): examples with their inputs marked (`with_inputs`) and their labels.
+        metric (Callable | EndToEnd | None): a DSPy metric `metric(example, prediction, trace=None)` (or an
             [`EndToEnd`][stagewise.metrics.EndToEnd]); None scores no end-to-end quality.
-        stage_metrics: per-stage metrics, in any form `JointOptimizer` accepts.
+        stage_metrics (list | dict | None): per-stage metrics, in any form `JointOptimizer` accepts.
         progress: show a progress bar.
 
     Returns:
-        An [`EvaluationReport`][stagewise.metrics.EvaluationReport] (`.table()`, `.summary()`).
+        (EvaluationReport): the report (`.table()`, `.summary()`; see
+            [`EvaluationReport`][stagewise.metrics.EvaluationReport]).
 
     Examples:
         A one-stage program on a recorded model (it replays an outcome table, offline), scored on

@@ -96,7 +96,7 @@ class RecordedCorrectness:
     from the last stage of the prediction's trace that called a model.
 
     Args:
-        table: the outcome table that recorded the scores.
+        table (OutcomeTable): the outcome table that recorded the scores.
         prompt: the example's input field that holds the table's prompt.
     """
 

@@ -332,7 +332,8 @@ def load(directory: str | Path, *, factory: str | Callable | None = None, trust_
         directory: the exported program's directory.
         factory: the trusted factory (a callable or `"module:function"`).
         trust_code: import the manifest's factory from the directory's own `code/`.
-        catalog: the model catalog to rebuild the stages' models from (default: the default catalog).
+        catalog (ModelCatalog | None): the model catalog to rebuild the stages' models from (default: the
+            default catalog).
 
     Raises:
         UntrustedCodeError: no trusted factory builds the program.

@@ -228,7 +228,7 @@ class JointOptimizer:
         is spent, or `trials` of them.
 
         Returns:
-            The `optuna.Study`.
+            (optuna.Study): the study.
         """
         runner = self.study_for(program, trainset=trainset, valset=valset, testset=testset,
                                 split_settings=split_settings)

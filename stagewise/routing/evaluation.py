@@ -308,15 +308,15 @@ def route_eval(router, train: Outcomes, test: Outcomes | None = None, *, cv: int
     [`stagewise.routing.selection.nested_route_eval`][stagewise.routing.selection.nested_route_eval].
 
     Args:
-        router: an [`OutcomeLearner`][stagewise.routing.contracts.OutcomeLearner] or a spec string
-            (see `make_router`).
+        router (OutcomeLearner | str): an [`OutcomeLearner`][stagewise.routing.contracts.OutcomeLearner] or a
+            spec string (see `make_router`).
         train: the outcomes to train on.
         test: the outcomes to evaluate on (or give `cv`).
         cv: the number of cross-validation folds (or give `test`).
         seed: the fold shuffle's seed.
         weak: the weak model of a two-model evaluation.
         strong: the strong model of a two-model evaluation.
-        progress: called as `progress(done, total)` after each fold.
+        progress (Callable[[int, int], None] | None): called as `progress(done, total)` after each fold.
 
     Raises:
         RoutingEvalError: `router` is not an outcome learner, both or neither of `test` and `cv` are

@@ -100,7 +100,7 @@ class Checkpointer(Observer):
     Args:
         store: where the checkpoints go.
         run_id: the run's id.
-        program: the program, whose stages' catalog models the record names.
+        program (dspy.Module | None): the program, whose stages' catalog models the record names.
         origin: how to rebuild the program (`{"factory": "module:function", "kwargs": {}}`).
         restore_from: a stored record whose steps are restored instead of run again (resume, replay).
         privacy: the policy that redacts the record.
@@ -259,7 +259,7 @@ def run(program, inputs: dict, *, store: str | CheckpointStore | None = None, ru
     of observers around it: see `stagewise.runtime.privacy`); the program sees `inputs` as given.
 
     Args:
-        program: a stagewise program or a plain DSPy program.
+        program (dspy.Module): a stagewise program or a plain DSPy program.
         inputs: the request's input fields.
         store: a checkpoint store, or its URL (default: `sqlite:///stagewise-runs.db`).
         run_id: the run's id (default: 16 random hex digits).
@@ -267,7 +267,7 @@ def run(program, inputs: dict, *, store: str | CheckpointStore | None = None, ru
         privacy: the policy that redacts what the run keeps.
 
     Returns:
-        The program's prediction, with the run's id as `run_id`.
+        (dspy.Prediction): the program's prediction, with the run's id as `run_id`.
 
     Examples:
         A one-stage program on a recorded model (it replays an outcome table, offline), run with a
