@@ -56,13 +56,24 @@ def split(
 
     The same examples in the same order and the same seed always give the same splits;
     the input sequence is not modified. Fractions must each lie in [0, 1] and sum to 1
-    (within 1e-9), else [`ConfigError`][stagewise.ConfigError] (a `ValueError`).
-    A zero fraction gives an empty split; a nonzero one
-    that rounds to no example raises [`DataError`][stagewise.DataError] naming the split and the sizes.
+    (within 1e-9). A zero fraction gives an empty split.
 
     With `stratify_by` (a field every example has), each label value keeps about its
     share in every split: a label with `n` rows gets at least `floor(n * train)` of
     them in train. Label values are compared by `repr` for grouping.
+
+    Args:
+        examples: the examples to split.
+        train: the share of examples for training.
+        dev: the share for development (selection).
+        test: the share for the final test.
+        seed: the shuffle's seed.
+        stratify_by: a field whose values keep their share in every split.
+
+    Raises:
+        ConfigError: a fraction is outside [0, 1] or the three do not sum to 1 (it is a `ValueError`).
+        DataError: there are no examples, a nonzero fraction rounds to no example (the message names the
+            split and the sizes), or an example lacks the `stratify_by` field.
 
     Examples:
         >>> import dspy

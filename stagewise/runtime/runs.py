@@ -353,6 +353,21 @@ def resume(run_id: str, *, store: str | CheckpointStore | None = None, program=N
 
     The program is `program`, or rebuilt as `rebuild` says (`factory`, `trust_code`).
     `privacy` as for [`run`][stagewise.runtime.run]; a run stored under a policy resumes from its redacted inputs.
+
+    Args:
+        run_id: the run to resume.
+        store: the checkpoint store, or its URL (default: `sqlite:///stagewise-runs.db`).
+        program (dspy.Module | None): the program (default: rebuilt from the run's record).
+        factory (Callable | str | None): a trusted factory to rebuild the program with.
+        trust_code: rebuild an exported program from its directory's own code.
+        privacy: the policy that redacts what the resumed run keeps.
+
+    Returns:
+        (dspy.Prediction): the program's prediction, with the run's id as `run_id`.
+
+    Raises:
+        UnknownRunError: the store has no run `run_id`.
+        CheckpointError: the program is not given and the record does not say how to rebuild it.
     """
     with _opened(store) as store:
         record = store.load(run_id)
@@ -389,6 +404,11 @@ def replay(run_id: str, stage: str, *, store: str | CheckpointStore | None = Non
 
     Returns `(original record, prediction, new record)`; the new run's id is
     `<run_id>-replay-<n>`. `privacy` as for [`run`][stagewise.runtime.run] (the new run's record is redacted).
+
+    Raises:
+        UnknownRunError: the store has no run `run_id`.
+        RunReplayError: the run has no such stage, router or cascade, or an override names neither an
+            input nor a section produced before `stage`.
     """
     with _opened(store) as store:
         return _replay(store, run_id, stage, overrides, models, program,
