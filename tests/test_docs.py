@@ -91,3 +91,67 @@ def test_the_study_config_pages_toml_is_a_valid_config():
 
     (toml,) = blocks(DOCS / "reference" / "config.md", "toml")
     _StudyFile.model_validate(tomllib.loads(toml))
+
+
+def _nav_pages(entries) -> list[str]:
+    pages = []
+    for entry in entries:
+        value = next(iter(entry.values())) if isinstance(entry, dict) else entry
+        pages += _nav_pages(value) if isinstance(value, list) else [value]
+    return pages
+
+
+def test_every_page_is_in_the_nav_and_every_nav_entry_is_a_page():
+    import yaml
+
+    nav = _nav_pages(yaml.safe_load((ROOT / "mkdocs.yml").read_text(encoding="utf-8"))["nav"])
+    pages = [str(page.relative_to(DOCS)) for page in PAGES]
+    assert sorted(nav) == sorted(pages), {"not in the nav": sorted(set(pages) - set(nav)),
+                                          "no such page": sorted(set(nav) - set(pages))}
+
+
+@pytest.fixture(scope="module")
+def served_site(site):
+    """The built site over HTTP on loopback, as a reader's browser gets it (directory URLs need a server)."""
+    import functools
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+@pytest.mark.parametrize("path, heading", [("", "stagewise"), ("tutorials/plain-dspy/", "end to end"),
+                                           ("reference/stagewise/", "JointOptimizer")])
+def test_the_site_in_headless_chromium_renders_its_pages_and_every_link_inside_it_resolves(
+        site, served_site, path, heading, tmp_path):
+    """Chromium renders the page (its DOM after scripts ran) and a screenshot; every link of the rendered
+    page that stays on the site names a page or file the build wrote."""
+    from urllib.parse import urljoin, urlsplit
+
+    from .conftest import require_service
+
+    chromium = require_service("chromium")
+    flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+             "--window-size=1280,1600"]
+    url = f"{served_site}/{path}"
+    dom = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
+    assert heading in dom, dom[:2000]
+    assert "md-nav" in dom and "Get started" in dom  # the theme's navigation rendered
+    broken = []
+    for link in set(re.findall(r'href="([^"#]+)', dom)):
+        target = urlsplit(urljoin(url, link))
+        if target.netloc != urlsplit(served_site).netloc:
+            continue
+        file = site / target.path.lstrip("/")
+        if not (file.is_file() or (file / "index.html").is_file()):
+            broken.append(link)
+    assert broken == [], f"{url}: links to nothing in the site: {broken}"
+    screenshot = tmp_path / "page.png"
+    subprocess.run([*flags, f"--screenshot={screenshot}", url], capture_output=True, timeout=120)
+    assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and screenshot.stat().st_size > 20_000

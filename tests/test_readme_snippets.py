@@ -1,5 +1,6 @@
-"""README.md's code blocks run as printed: each test reads its block from the README itself, so the
-text and the test cannot drift apart."""
+"""What the documentation's blocks do, beyond running (every block of README.md and docs/ runs under the
+root conftest.py): each test reads its block from the page itself, by what the block says, so the text and
+the test cannot drift apart; and the README's and pages' references lead somewhere."""
 
 import logging
 import re
@@ -130,21 +131,20 @@ def test_diff_of_an_unknown_run_in_a_store_that_does_not_exist_is_one_line_and_c
     assert list(tmp_path.iterdir()) == []
 
 
-def test_see_above_and_see_below_point_where_they_say():
-    """A `see "Section" above` names a heading in that direction; a bare `see below` refers to the
-    backticked names just before it, which must be described in that direction."""
-    text = README.read_text(encoding="utf-8")
-    checked = 0
-    for match in re.finditer(r'see (?:"([^"]+)" )?(above|below)', text):
-        heading, direction = match.groups()
-        before, after = text[:match.start()], text[match.end():]
-        where = before if direction == "above" else after
-        if heading:
-            assert re.search(rf"^#+ .*{re.escape(heading)}", where, re.M), match.group(0)
-        else:
-            clause = before[max(before.rfind(". "), before.rfind("("), before.rfind("\n\n")) + 1:]
-            names = re.findall(r"`([^`]+)`", clause)
-            assert names, f"{match.group(0)!r} after {clause!r}: say what it refers to"
-            assert [name for name in names if name not in where] == [], f"{clause} {match.group(0)}"
-        checked += 1
-    assert checked
+def test_the_readmes_links_name_files_of_the_repository():
+    """The README is read on the repository's page, outside the site's strict build: each relative link
+    names a file or folder of the repository."""
+    links = re.findall(r"\]\(([^)#]+)[^)]*\)", README.read_text(encoding="utf-8"))
+    relative = [link for link in links if "://" not in link]
+    assert relative, "the README links into the documentation"
+    assert [link for link in relative if not (ROOT / link).exists()] == []
+
+
+def test_references_are_links_not_directions():
+    """A reference to another part of the documentation is a link (checked by mkdocs --strict and the test
+    above), never "see above" or "see below", which pointed the wrong way when sections moved."""
+    from .documentation import PAGES
+
+    found = [f"{page.relative_to(ROOT)}: {match.group(0)!r}" for page in PAGES
+             for match in re.finditer(r'see (?:"[^"]+" )?(?:above|below)', page.read_text(encoding="utf-8"))]
+    assert found == []
