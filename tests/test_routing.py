@@ -532,6 +532,8 @@ def test_route_eval_two_models_table_and_plot(tmp_path):
                                       "--router", "cascade:features=checks", "--plot", str(plot)])
     assert result.exit_code == 0, result.output
     assert "APGR" in result.stdout and "random (10 seeds)" in result.stdout and "saved)" in result.stdout
+    header = next(line for line in result.stdout.splitlines() if "APGR" in line and "router" in line)
+    assert [c for c in ("APGR", "CPT20", "CPT50", "CPT80") if c in header] == ["APGR", "CPT20", "CPT50", "CPT80"]
     assert plot.stat().st_size > 10_000
     result = CliRunner().invoke(app, ["route-eval", "--outcomes", str(ROUTELLM), "--cv", "2", "--json",
                                       "--router", "win:features=word"])

@@ -159,7 +159,7 @@ def _routing_table(report) -> Table:
     two = "apgr" in metrics
     table = Table(title=f"{report.router} on {metrics.get('n_test', len(report.outcomes))} test queries "
                         f"({'APGR, CPT' if two else 'AIQ'})")
-    for column in ("router", "quality", "$ per 1k", *(("APGR", "CPT50", "CPT80") if two else ("AIQ",))):
+    for column in ("router", "quality", "$ per 1k", *(("APGR", "CPT20", "CPT50", "CPT80") if two else ("AIQ",))):
         table.add_column(column, justify="left" if column == "router" else "right")
 
     def fmt(value, spec=".3f"):
@@ -169,19 +169,20 @@ def _routing_table(report) -> Table:
     point = metrics["cost_saving_at_95"] or {}  # the router's cheapest setting at >= 95% of the best model
     quality, cost = fmt(point.get("quality")), fmt(point.get("cost", 0) * 1000, ".4f") if point else "-"
     if two:
-        table.add_row(report.router, quality, cost, fmt(metrics["apgr"]), end(metrics["cpt50"]), end(metrics["cpt80"]))
-        table.add_row("random (10 seeds)", "", "", fmt(metrics["random"]["apgr"]), end(metrics["random"]["cpt50"]),
-                      end(metrics["random"]["cpt80"]))
+        def thresholds(figures):  # CPT(20%), CPT(50%), CPT(80%): the share sent to the strong model
+            return [end(figures[f"cpt{x}"]) for x in (20, 50, 80)]
+
+        table.add_row(report.router, quality, cost, fmt(metrics["apgr"]), *thresholds(metrics))
+        table.add_row("random (10 seeds)", "", "", fmt(metrics["random"]["apgr"]), *thresholds(metrics["random"]))
         zero = metrics["zero_router"]
-        table.add_row("zero router (single-model hull)", "", "", fmt(zero["apgr"]), end(zero["cpt50"]),
-                      end(zero["cpt80"]))
+        table.add_row("zero router (single-model hull)", "", "", fmt(zero["apgr"]), *thresholds(zero))
         table.add_row("oracle", fmt(metrics["oracle"]["quality"]), fmt(metrics["oracle"]["cost"] * 1000, ".4f"),
-                      fmt(metrics["oracle"]["apgr"]), "", "")
+                      fmt(metrics["oracle"]["apgr"]), "", "", "")
     else:
         table.add_row(report.router, quality, cost, fmt(metrics["aiq"]))
         table.add_row("zero router (single-model hull)", "", "", fmt(metrics["zero_router_aiq"]))
         table.add_row("random (10 seeds)", "", "", fmt(metrics["random"]["aiq"]))
         table.add_row("oracle", fmt(metrics["oracle"]["quality"]), fmt(metrics["oracle"]["cost"] * 1000, ".4f"), "")
     for model, figures in sorted(metrics["single_models"].items(), key=lambda item: item[1]["cost"]):
-        table.add_row(model, fmt(figures["quality"]), fmt(figures["cost"] * 1000, ".4f"), *[""] * (3 if two else 1))
+        table.add_row(model, fmt(figures["quality"]), fmt(figures["cost"] * 1000, ".4f"), *[""] * (4 if two else 1))
     return table
