@@ -134,7 +134,8 @@ def input_fields(program, manifest: dict) -> list[str]:
     from stagewise.programs import Pipeline
 
     if not isinstance(program, Pipeline):  # a plain DSPy module: the named parameters of its forward
-        parameters = inspect.signature(program.forward).parameters.values()
+        # read from the class: DSPy warns about `module.forward` looked up on an instance outside __call__
+        parameters = list(inspect.signature(type(program).forward).parameters.values())[1:]  # without self
         return [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     fields = []
     for stage in program.stages().values():
