@@ -52,6 +52,7 @@ def test_the_site_builds_strictly_with_every_page_of_its_nav(site):
         built = site / ("index.html" if relative.name == "index" else relative / "index.html")
         assert built.exists(), f"{page.relative_to(ROOT)} was not built"
     assert (site / "get-started" / "index.html").exists()
+    assert not list(site.rglob("*.py")), "the build hooks are not part of the site"
 
 
 @pytest.mark.parametrize("page", sorted(REFERENCE))
