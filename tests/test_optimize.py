@@ -213,6 +213,14 @@ def test_optimize_command_on_the_replay_example(tmp_path, monkeypatch):
     assert "5 trials from arc-routing" in compared.output and (tmp_path / "cmp.png").exists()
     unknown = CliRunner().invoke(app, ["compare", "--experiment", "nope"])
     assert unknown.exit_code == 2 and "no experiment named 'nope'" in unknown.output
+    from stagewise.optimize import trial_runs  # what compare shows, from Python
+
+    runs = trial_runs(["arc-routing"])
+    assert list(runs.columns) == ["experiment", "trial", "state", "quality", "cost_per_1k_requests", "answer.model"]
+    assert len(runs) == 5 and set(runs["experiment"]) == {"arc-routing"}
+    assert list(runs["quality"]) == sorted(runs["quality"], reverse=True)
+    for row in runs.to_dict("records"):
+        assert f"{row['quality']:.3f}" in compared.output and row["answer.model"] in compared.output
 
 
 BASELINE_CONFIG = """

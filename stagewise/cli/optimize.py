@@ -127,52 +127,24 @@ def compare(
 
     Reads MLflow at $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working directory (as optimize logs).
     """
-    import mlflow
-    import pandas as pd
+    from stagewise.optimize import plot_trial_runs, trial_runs
 
-    from stagewise.errors import ConfigError
-    from stagewise.optimize.tracking import tracking_uri
-
-    mlflow.set_tracking_uri(tracking_uri())
-    names = experiment or [e.name for e in mlflow.search_experiments()]
-    missing = [n for n in names if mlflow.get_experiment_by_name(n) is None]
-    if missing:
-        known = [e.name for e in mlflow.search_experiments()]
-        raise ConfigError(f"no experiment named {', '.join(map(repr, missing))} at {tracking_uri()} "
-                          f"(experiments: {', '.join(known) or 'none'})")
-    runs = mlflow.search_runs(experiment_names=names, filter_string="tags.stagewise_role = 'trial'")
+    runs = trial_runs(experiment)
+    names = experiment or sorted(set(runs["experiment"]))
     if runs.empty:
-        console.print(f"no trial runs in {', '.join(names)}")
+        console.print(f"no trial runs in {', '.join(names) or 'any experiment'}")
         raise typer.Exit(1)
-    experiments = {e.experiment_id: e.name for e in mlflow.search_experiments()}
-    runs["experiment"] = runs["experiment_id"].map(experiments)
-    # The choices optimize's front shows: each router's decision, then each stage's model.
-    params = sorted(c for c in runs.columns if c.startswith("params.") and c.endswith(".decision")) + \
-        sorted(c for c in runs.columns if c.startswith("params.") and c.endswith(".model"))
+    choices = list(runs.columns[5:])  # each router's decision, then each stage's model, as optimize's front shows
     table = Table(title=f"{len(runs)} trials from {', '.join(names)}")
-    for column in ("experiment", "trial", "state", "quality", "$ per 1k", *[c.removeprefix("params.") for c in params]):
+    for column in ("experiment", "trial", "state", "quality", "$ per 1k", *choices):
         table.add_column(column)
-    ordered = runs.sort_values(["experiment", "metrics.quality"], ascending=[True, False], na_position="last")
-    for _, row in ordered.iterrows():
-        quality, cost = row.get("metrics.quality"), row.get("metrics.cost_per_1k_requests")
-        table.add_row(str(row["experiment"]), str(row.get("tags.stagewise_trial", "")),
-                      str(row.get("tags.stagewise_state", "")),
-                      "-" if pd.isna(quality) else f"{quality:.3f}", "-" if pd.isna(cost) else f"{cost:.4f}",
-                      *["-" if pd.isna(row.get(c)) else str(row[c]) for c in params])  # a stood-in stage has no model
+
+    def shown(value, spec=None):  # `-` for an absent value (a stage a trained router stood in for has no model)
+        return "-" if value is None else format(value, spec) if spec else str(value)
+
+    for row in runs.itertuples(index=False):
+        table.add_row(shown(row.experiment), shown(row.trial), shown(row.state), shown(row.quality, ".3f"),
+                      shown(row.cost_per_1k_requests, ".4f"), *[shown(value) for value in row[5:]])
     console.print(table)
     if plot is not None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        figure, axes = plt.subplots(figsize=(7, 4.5))
-        for name, group in runs.dropna(subset=["metrics.quality"]).groupby("experiment"):
-            axes.scatter(group["metrics.cost_per_1k_requests"], group["metrics.quality"], label=name, s=24)
-        axes.set_xlabel("cost per 1,000 requests (USD)")
-        axes.set_ylabel("quality (dev)")
-        axes.grid(alpha=0.3)
-        axes.legend()
-        figure.tight_layout()
-        figure.savefig(plot, dpi=120)
-        console.print(f"wrote {plot}")
+        console.print(f"wrote {plot_trial_runs(runs, plot)}")

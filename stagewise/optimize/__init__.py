@@ -23,7 +23,9 @@
 - `export`, [`load`][stagewise.optimize.load], [`trusted_factory`][stagewise.optimize.trusted_factory],
 [`UntrustedCodeError`][stagewise.optimize.UntrustedCodeError]: exported programs;
 - [`CompileCache`][stagewise.optimize.CompileCache]: compiled stage states, shared by workers;
-- [`front`][stagewise.optimize.front], [`select`][stagewise.optimize.select]: the Pareto front and selection from it.
+- [`front`][stagewise.optimize.front], [`select`][stagewise.optimize.select]: the Pareto front and selection from it;
+- [`trial_runs`][stagewise.optimize.trial_runs], [`plot_trial_runs`][stagewise.optimize.plot_trial_runs]: the trials
+  studies logged to MLflow, side by side (what `stagewise compare` shows).
 """
 
 from stagewise.optimize.callbacks import ProgressBar, StudyCallback, TrialRecord
@@ -51,7 +53,7 @@ from stagewise.optimize.sampling import SAMPLERS, MarginPruner
 from stagewise.optimize.settings import SearchSettings, StudySettings
 from stagewise.optimize.space import RouterChoices, StageChoices, TrialChoice
 from stagewise.optimize.study import Study, StudyResult
-from stagewise.optimize.tracking import Tracker
+from stagewise.optimize.tracking import Tracker, plot_trial_runs, trial_runs
 from stagewise.optimize.trust import UntrustedCodeError, trusted_factory
 
 __all__ = [
@@ -60,5 +62,5 @@ __all__ = [
     "RouterChoices", "SearchSettings", "SelectionError", "Simba", "StageChoices", "StageOptimizer", "Study",
     "StudyCallback", "StudyConfig", "StudyResult", "StudySettings", "Tracker", "TrialChoice", "TrialRecord",
     "UntrustedCodeError", "export", "front", "get_optimizer", "load", "load_config", "optimizer_names",
-    "register_optimizer", "select", "trusted_factory",
+    "plot_trial_runs", "register_optimizer", "select", "trial_runs", "trusted_factory",
 ]

@@ -23,7 +23,7 @@ from stagewise.optimize.callbacks import StudyCallback, TrialRecord
 from stagewise.redaction import redact
 from stagewise.runtime.privacy import PrivacyPolicy
 
-__all__ = ["Tracker", "tracking_uri"]
+__all__ = ["Tracker", "plot_trial_runs", "tracking_uri", "trial_runs"]
 
 _TEXT_SUFFIXES = (".csv", ".txt", ".md", ".toml", ".jsonl", ".log")
 
@@ -151,3 +151,82 @@ class Tracker(StudyCallback):
             info = mlflow.pyfunc.log_model(name="program", python_model=str(code),
                                            artifacts={"program": str(Path(directory).resolve())})
         return info.model_uri
+
+
+def trial_runs(experiments: list[str] | None = None):
+    """Every trial run that studies logged to MLflow, one row per trial, as `stagewise compare` shows them.
+
+    Reads MLflow at [`tracking_uri`][stagewise.optimize.tracking.tracking_uri]; runs are those tagged as
+    trials (`tags.stagewise_role = 'trial'`), best quality first within each experiment.
+
+    Args:
+        experiments: experiment names; `None` reads every experiment.
+
+    Returns:
+        A pandas DataFrame with the columns `experiment`, `trial`, `state`, `quality`,
+        `cost_per_1k_requests`, then each router's decision (`NAME.decision`) and each stage's model
+        (`NAME.model`), as the trial logged them (missing: `None`, e.g. a stage a trained router stood in
+        for). Empty when the experiments hold no trial run.
+
+    Raises:
+        ConfigError: an experiment of that name does not exist (the message lists those that do).
+    """
+    import mlflow
+    import pandas as pd
+
+    from stagewise.errors import ConfigError
+
+    mlflow.set_tracking_uri(tracking_uri())
+    known = {e.experiment_id: e.name for e in mlflow.search_experiments()}
+    names = list(experiments) if experiments else list(known.values())
+    missing = [name for name in names if name not in known.values()]
+    if missing:
+        raise ConfigError(f"no experiment named {', '.join(map(repr, missing))} at {redact(tracking_uri())} "
+                          f"(experiments: {', '.join(known.values()) or 'none'})")
+    fixed = ["experiment", "trial", "state", "quality", "cost_per_1k_requests"]
+    runs = mlflow.search_runs(experiment_names=names, filter_string="tags.stagewise_role = 'trial'") \
+        if names else pd.DataFrame()
+    if runs.empty:
+        return pd.DataFrame(columns=fixed)
+    choices = sorted(c for c in runs.columns if c.startswith("params.") and c.endswith(".decision")) + \
+        sorted(c for c in runs.columns if c.startswith("params.") and c.endswith(".model"))
+    table = pd.DataFrame({
+        "experiment": runs["experiment_id"].map(known),
+        "trial": runs.get("tags.stagewise_trial"),
+        "state": runs.get("tags.stagewise_state"),
+        "quality": runs.get("metrics.quality"),
+        "cost_per_1k_requests": runs.get("metrics.cost_per_1k_requests"),
+        **{column.removeprefix("params."): runs[column] for column in choices},
+    })
+    table = table.sort_values(["experiment", "quality"], ascending=[True, False], na_position="last")
+    return table.astype(object).where(table.notna(), None).reset_index(drop=True)
+
+
+def plot_trial_runs(runs, path: str | Path) -> Path:
+    """Save a plot of quality against cost per 1,000 requests, one colour per experiment.
+
+    Args:
+        runs: what [`trial_runs`][stagewise.optimize.tracking.trial_runs] returns.
+        path: the image file to write (PNG, SVG, PDF: by its suffix).
+
+    Returns:
+        The path written.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    scored = runs.dropna(subset=["quality", "cost_per_1k_requests"])
+    for name, group in scored.groupby("experiment"):
+        axes.scatter(group["cost_per_1k_requests"].astype(float), group["quality"].astype(float), label=name, s=24)
+    axes.set_xlabel("cost per 1,000 requests (USD)")
+    axes.set_ylabel("quality (dev)")
+    axes.grid(alpha=0.3)
+    if not scored.empty:
+        axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return Path(path)
