@@ -17,11 +17,14 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stagewise.optimize.callbacks import StudyCallback, TrialRecord
 from stagewise.redaction import redact
 from stagewise.runtime.privacy import PrivacyPolicy
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["Tracker", "plot_trial_runs", "tracking_uri", "trial_runs"]
 
@@ -153,20 +156,19 @@ class Tracker(StudyCallback):
         return info.model_uri
 
 
-def trial_runs(experiments: list[str] | None = None):
+def trial_runs(experiments: list[str] | None = None) -> pd.DataFrame:
     """Every trial run that studies logged to MLflow, one row per trial, as `stagewise compare` shows them.
 
-    Reads MLflow at [`tracking_uri`][stagewise.optimize.tracking.tracking_uri]; runs are those tagged as
+    Reads MLflow at `MLFLOW_TRACKING_URI`, else `mlflow.db` in the working directory; runs are those tagged as
     trials (`tags.stagewise_role = 'trial'`), best quality first within each experiment.
 
     Args:
         experiments: experiment names; `None` reads every experiment.
 
     Returns:
-        A pandas DataFrame with the columns `experiment`, `trial`, `state`, `quality`,
-        `cost_per_1k_requests`, then each router's decision (`NAME.decision`) and each stage's model
-        (`NAME.model`), as the trial logged them (missing: `None`, e.g. a stage a trained router stood in
-        for). Empty when the experiments hold no trial run.
+        The columns `experiment`, `trial`, `state`, `quality`, `cost_per_1k_requests`, then each router's
+        decision (`NAME.decision`) and each stage's model (`NAME.model`), as the trial logged them (missing:
+        `None`, e.g. a stage a trained router stood in for). Empty when the experiments hold no trial run.
 
     Raises:
         ConfigError: an experiment of that name does not exist (the message lists those that do).
@@ -202,7 +204,7 @@ def trial_runs(experiments: list[str] | None = None):
     return table.astype(object).where(table.notna(), None).reset_index(drop=True)
 
 
-def plot_trial_runs(runs, path: str | Path) -> Path:
+def plot_trial_runs(runs: pd.DataFrame, path: str | Path) -> Path:
     """Save a plot of quality against cost per 1,000 requests, one colour per experiment.
 
     Args:
