@@ -67,9 +67,12 @@ def main() -> None:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
         log = folder / f"serve-{port}.log"
+        # each server its own empty DSPy cache: the recording check sends both servers the same message,
+        # and a shared cache would answer the second one for free
+        environment = {**os.environ, "PYTHONPATH": str(ROOT), "DSPY_CACHEDIR": str(folder / f"cache-{port}")}
         server = subprocess.Popen([str(Path(sys.executable).with_name("stagewise")), "serve", str(folder / "best"),
                                    "--port", str(port), "--no-auth", "--trust-code", "--rate", "100000", *options],
-                                  env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL,
+                                  env=environment, stdout=subprocess.DEVNULL,
                                   stderr=open(log, "w"))
         while True:
             try:
