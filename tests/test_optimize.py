@@ -187,6 +187,13 @@ def test_optimize_command_on_the_replay_example(tmp_path, monkeypatch):
     uri = re.search(r"MLflow model: (models:/\S+)", result.output).group(1)
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     served = mlflow.pyfunc.load_model(uri)
+    # its requirements are stagewise's own pinned ones (given, not inferred by importing the model again)
+    from importlib.metadata import version
+
+    with open(mlflow.pyfunc.get_model_dependencies(uri)) as requirements:
+        needs = requirements.read().split()
+    assert f"dspy=={version('dspy')}" in needs and f"mlflow=={version('mlflow')}" in needs
+    assert not [n for n in needs if n.startswith(("pytest", "ruff", "torch"))]  # no dev or optional extras
     from stagewise.data import OutcomeTable
     from stagewise.models.catalog import default_catalog
 
