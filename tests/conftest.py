@@ -1,6 +1,8 @@
+import logging
 import os
 import shutil
 import socket
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -48,6 +50,26 @@ def require_service(kind: str) -> str:
         pytest.fail(f"{problem}; STAGEWISE_REQUIRE_SERVICES=1 makes it required (tests/services.sh starts it)",
                     pytrace=False)
     pytest.skip(f"{problem}: run the tests with `make test`, which starts it on loopback")
+
+
+@contextmanager
+def logged_warnings(logger: str):
+    """The warning (and worse) messages `logger` logs inside the block, as a list filled as they come.
+
+    DSPy's loggers do not reach pytest's caplog, so a test that checks what DSPy warns listens here.
+    """
+    messages: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            messages.append(record.getMessage())
+
+    handler, target = Collect(logging.WARNING), logging.getLogger(logger)
+    target.addHandler(handler)
+    try:
+        yield messages
+    finally:
+        target.removeHandler(handler)
 
 
 @pytest.fixture(autouse=True)

@@ -102,17 +102,9 @@ def test_predictors_are_stages_named_by_attribute_path_and_stagewise_stages_by_n
 def test_a_served_plain_programs_request_fields_are_its_forward_parameters_without_dspys_warning():
     """`stagewise serve` reads a plain module's request fields from its forward's parameters, from the class:
     looking `forward` up on the instance made DSPy log "Calling module.forward(...) ... is discouraged"."""
-    import logging
-
     from stagewise.runtime.serve import input_fields
 
-    class Records(logging.Handler):
-        def __init__(self):
-            super().__init__(logging.WARNING)
-            self.messages = []
-
-        def emit(self, record):
-            self.messages.append(record.getMessage())
+    from .conftest import logged_warnings
 
     class Asks(dspy.Module):
         def __init__(self):
@@ -122,13 +114,9 @@ def test_a_served_plain_programs_request_fields_are_its_forward_parameters_witho
         def forward(self, question, *, channel="web"):
             return self.answer(question=question, channel=channel)
 
-    records, logger = Records(), logging.getLogger("dspy.primitives.module")
-    logger.addHandler(records)
-    try:
+    with logged_warnings("dspy.primitives.module") as warned:
         assert input_fields(Asks(), {}) == ["question", "channel"]
-    finally:
-        logger.removeHandler(records)
-    assert [m for m in records.messages if "forward" in m] == []
+    assert [m for m in warned if "forward" in m] == []
 
 
 def test_set_models_names_the_stages_a_program_has():

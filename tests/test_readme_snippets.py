@@ -2,13 +2,12 @@
 root conftest.py): each test reads its block from the page itself, by what the block says, so the text and
 the test cannot drift apart; and the README's and pages' references lead somewhere."""
 
-import logging
 import re
 
 import dspy
 import pytest
 
-from .conftest import ROOT
+from .conftest import ROOT, logged_warnings
 from .documentation import doc_block
 
 README = ROOT / "README.md"
@@ -17,22 +16,11 @@ README = ROOT / "README.md"
 readme_block = doc_block  # the block may be on a page of docs/ as well as in the README
 
 
-class _Records(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.WARNING)
-        self.messages = []
-
-    def emit(self, record):
-        self.messages.append(record.getMessage())
-
-
 @pytest.fixture()
 def dspy_warnings():
     """Warnings DSPy's LM client logs (its logger does not reach pytest's caplog)."""
-    handler, logger = _Records(), logging.getLogger("dspy.clients.lm")
-    logger.addHandler(handler)
-    yield handler.messages
-    logger.removeHandler(handler)
+    with logged_warnings("dspy.clients.lm") as messages:
+        yield messages
 
 
 @pytest.fixture()
