@@ -58,6 +58,10 @@ class _Page:
         self.groups: list[int] = []
         self.database: tuple[str, str] | None = None
         self.environment = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+        import dspy  # what the page may change, put back when it ends
+
+        self.restore = (Path.cwd(), list(sys.path), {key: dspy.settings.get(key) for key in ("lm", "adapter")},
+                        set(sys.modules), dict(os.environ))
 
     def provide_services(self, text: str) -> None:
         """``DATABASE_URL`` (a fresh database) and ``REDIS_URL`` for a page that uses them, from the tests'
@@ -110,10 +114,7 @@ def _alive(group: int) -> bool:
 
 
 def _setup(namespace: dict) -> None:
-    import dspy
-
     page = _Page(namespace["__file__"])
-    page.restore = (Path.cwd(), list(sys.path), dict(dspy.settings.config), set(sys.modules), dict(os.environ))
     try:
         page.provide_services(page.source.read_text(encoding="utf-8"))
     except BaseException:  # a missing service fails (or skips) the page: nothing of it is left behind
@@ -138,7 +139,7 @@ def _teardown(namespace: dict) -> None:
         origin = getattr(sys.modules[name], "__file__", None) or ""
         if origin.startswith(str(page.folder)):
             del sys.modules[name]
-    dspy.settings.configure(**{key: settings.get(key) for key in ("lm", "adapter")})
+    dspy.settings.configure(**settings)
     os.environ.clear()  # what the page exported (DATABASE_URL, MLFLOW_TRACKING_URI ...) stays with it
     os.environ.update(environment)
     page.close()

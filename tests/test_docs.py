@@ -16,6 +16,7 @@ import tomllib
 import pytest
 
 from .conftest import ROOT
+from .documentation import fenced_blocks
 
 DOCS = ROOT / "docs"
 PAGES = sorted(DOCS.rglob("*.md"))
@@ -25,11 +26,6 @@ REFERENCE = {  # page of docs/reference/ -> the package it documents
     "data": "stagewise.data", "metrics": "stagewise.metrics", "context": "stagewise.context",
     "signatures": "stagewise.signatures",
 }
-
-
-def blocks(page, language: str) -> list[str]:
-    """The fenced ``language`` blocks of ``page``, in order."""
-    return re.findall(rf"^```{language}\n(.*?)^```$", page.read_text(encoding="utf-8"), flags=re.S | re.M)
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +86,7 @@ def test_the_generated_reference_pages_hold_the_cli_the_config_keys_and_the_http
 def test_the_study_config_pages_toml_is_a_valid_config():
     from stagewise.optimize.config import _StudyFile
 
-    (toml,) = blocks(DOCS / "reference" / "config.md", "toml")
+    (toml,) = fenced_blocks((DOCS / "reference" / "config.md").read_text(encoding="utf-8"), "toml")
     _StudyFile.model_validate(tomllib.loads(toml))
 
 
