@@ -201,6 +201,10 @@ def test_optimize_command_on_the_replay_example(tmp_path, monkeypatch):
     chosen = json.loads((tmp_path / "run" / "best" / "manifest.json").read_text())["stages"]["answer"]["model"]
     prompts = arc.prompts[:3]
     predicted = served.predict(pd.DataFrame({"prompt": prompts}))["answer"]
+    # its signature takes the program's input field, so MLflow refuses a request without it
+    assert served.metadata.get_input_schema().input_names() == ["prompt"]
+    with pytest.raises(mlflow.exceptions.MlflowException, match="prompt"):
+        served.predict(pd.DataFrame({"question": prompts}))
     # The served model answers as the chosen program does: the chosen model's recorded responses.
     assert list(predicted) == [arc.outcome(p, default_catalog()[chosen].model).response for p in prompts]
     for name in ("pareto.csv", "pareto.png", "best/program.json", "best/manifest.json"):

@@ -1,5 +1,6 @@
 """Any dspy.Module is a pipeline: plain DSPy programs searched, exported, loaded and served like stagewise's own."""
 
+import importlib
 import json
 import os
 import shutil
@@ -189,8 +190,10 @@ def test_joint_optimizer_compiles_a_plain_program_with_a_front_a_study_and_neste
     import mlflow
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    namespace: dict = {}
-    exec(compile(PROGRAM, "two_step", "exec"), namespace)
+    (tmp_path / "two_step_api.py").write_text(PROGRAM)  # a module, so the chosen program can be exported
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "two_step_api", raising=False)
+    namespace = vars(importlib.import_module("two_step_api"))
     examples = _examples(12)
     optimizer = stagewise.JointOptimizer(
         metric=_intent_match, stage_metrics={"area": "area"}, models={"*": ["smollm2-135m", "gemma3-270m"]},
@@ -215,6 +218,9 @@ def test_joint_optimizer_compiles_a_plain_program_with_a_front_a_study_and_neste
     assert set(children["tags.mlflow.parentRunId"]) == set(parents["run_id"])
     cheaper = optimizer.select(max_cost_per_1k=float(front["cost_per_1k_requests"].min()))
     assert isinstance(cheaper, dspy.Module) and stages_of(cheaper)["area"].lm is not None
+    # the logged MLflow model's signature takes the plain program's forward parameters
+    uri = optimizer.log_model(stagewise.export(best, tmp_path / "best"))
+    assert mlflow.models.get_model_info(uri).signature.inputs.input_names() == ["message"]
 
 
 @pytest.mark.local_model

@@ -276,16 +276,25 @@ class JointOptimizer:
     def log_model(self, directory: str | Path) -> str | None:
         """Log an exported program (`stagewise.export`) on the study's MLflow run.
 
-        Its JSON files are logged as artifacts and the program as an MLflow model from code.
+        Its JSON files are logged as artifacts and the program as an MLflow model from code, whose
+        signature takes the program's input fields (the manifest's evaluation inputs, else the fields
+        the chosen program's call takes) as string columns.
 
         Returns:
             The model URI, or None when the study is not tracked.
+
+        Raises:
+            ExportError: `directory` holds no valid export.
         """
-        self._need()
+        from stagewise.optimize.export import read_manifest
+        from stagewise.programs.predictors import program_inputs
+
+        result = self._need()
         directory = Path(directory)
+        inputs = (read_manifest(directory).get("evaluation") or {}).get("inputs") or program_inputs(result.program)
         tracker = self.runner_.tracker
         tracker.artifacts([directory / "program.json", directory / "manifest.json"])
-        return tracker.log_program(directory)
+        return tracker.log_program(directory, inputs=list(inputs))
 
     def select(self, *, min_quality: float | None = None, max_cost_per_1k: float | None = None) -> dspy.Module:
         """Another program from the front.

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -140,20 +141,33 @@ class Tracker(StudyCallback):
             if value is not None and value == value:
                 client.log_metric(self.parent_id, key, float(value))
 
-    def log_program(self, directory: Path) -> str | None:
+    def log_program(self, directory: Path, inputs: list[str] | None = None) -> str | None:
         """Log an exported program as an MLflow model on the study's run (from code, no pickle).
 
-        Returns its model URI (`mlflow.pyfunc.load_model(uri)`, `mlflow models serve -m uri`).
+        Args:
+            directory: the exported program (`stagewise.export`).
+            inputs: the program's input fields: the model's signature takes them as string columns
+                (MLflow checks a request's columns against it). `None`: no signature.
+
+        Returns:
+            Its model URI (`mlflow.pyfunc.load_model(uri)`, `mlflow models serve -m uri`), or None when
+            the study is not tracked.
         """
         if self.experiment is None or self.parent_id is None:
             return None
         import mlflow
+        from mlflow.models import ModelSignature
+        from mlflow.types import ColSpec, Schema
 
         code = Path(__file__).with_name("mlflow_model.py")
-        with mlflow.start_run(run_id=self.parent_id):
+        signature = ModelSignature(inputs=Schema([ColSpec("string", name) for name in inputs])) if inputs else None
+        with mlflow.start_run(run_id=self.parent_id), warnings.catch_warnings():
+            # No input example, on purpose: MLflow would validate it by loading the model and running the
+            # program on it (model calls, and the ~10 s subprocess that the explicit requirements avoid).
+            warnings.filterwarnings("ignore", message="An input example was not provided")
             info = mlflow.pyfunc.log_model(name="program", python_model=str(code),
                                            artifacts={"program": str(Path(directory).resolve())},
-                                           pip_requirements=_model_requirements())
+                                           pip_requirements=_model_requirements(), signature=signature)
         return info.model_uri
 
 

@@ -28,6 +28,7 @@ Any `dspy.Module` (a plain DSPy program too):
 [`PredictorStage`][stagewise.programs.PredictorStage]);
   [`named`][stagewise.programs.named] the ones asked for; [`set_models`][stagewise.programs.set_models] and
   [`set_demos`][stagewise.programs.set_demos] set their models and few-shot examples;
+  [`program_inputs`][stagewise.programs.program_inputs] names the fields its call takes;
   [`observed_call`][stagewise.programs.observed_call] calls it with its predictors reported as stages.
 
 Execution-time layers (the runtime's checkpoints, tracing, stores, resilience) plug in here:
@@ -58,7 +59,7 @@ from stagewise.programs.fanout import (
 )
 from stagewise.programs.hierarchy import Hierarchy, PlanError, Specialist
 from stagewise.programs.plain import observed_call
-from stagewise.programs.predictors import PredictorStage, named, set_demos, set_models, stages_of
+from stagewise.programs.predictors import PredictorStage, named, program_inputs, set_demos, set_models, stages_of
 from stagewise.programs.retrieval import DocumentIndex, Retrieve
 from stagewise.programs.router import Router, UnknownRouteError
 from stagewise.programs.run import (
@@ -81,5 +82,5 @@ __all__ = [
     "FanOut", "Hierarchy", "LLMAggregate", "MajorityVote", "MergeProfile", "Observer", "Pipeline", "PlanError",
     "PredictorStage", "Retrieve", "Router", "Run", "Specialist", "Stage", "StageConfigError", "StageEvent",
     "StageRun", "StageTrace", "StepEvent", "StepKind", "Trace", "UnknownRouteError", "WeightedVote", "guarding",
-    "named", "observed_call", "observing", "set_demos", "set_models", "stages_of", "stepping",
+    "named", "observed_call", "observing", "program_inputs", "set_demos", "set_models", "stages_of", "stepping",
 ]

@@ -10,6 +10,7 @@ predictors of its step belong to it), and a plain module can be a `Stage`'s step
 [`Stage`][stagewise.programs.stage.Stage]
   or a [`PredictorStage`][stagewise.programs.PredictorStage]), by name;
 - [`set_models`][stagewise.programs.set_models] assigns each stage's model by name, whatever kind of program it is;
+- [`program_inputs`][stagewise.programs.program_inputs] names the fields a call of the program takes;
 - `stage_outputs` reads what each plain predictor answered from a DSPy trace (the
   `(predictor, inputs, prediction)` triples DSPy's metrics receive as `trace`).
 
@@ -21,6 +22,7 @@ DSPy's calling modules when no stagewise stage is running
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -134,6 +136,39 @@ def set_demos(program: dspy.Module, demos: dict[str, list[dict]]) -> dspy.Module
         for predictor in predictors:
             predictor.demos = [dspy.Example(**example) for example in examples]
     return program
+
+
+def program_inputs(program: dspy.Module) -> list[str]:
+    """The fields a call of `program` takes, as keyword arguments.
+
+    A plain DSPy module takes the named parameters of its `forward`; a stagewise program takes
+    the `input.*` sections its stages read (and a `*.field` pattern's field when no stage
+    writes it).
+
+    Examples:
+        >>> import dspy
+        >>> class Support(dspy.Module):
+        ...     def forward(self, message, channel="web"):
+        ...         ...
+        >>> program_inputs(Support())
+        ['message', 'channel']
+    """
+    from stagewise.programs.stage import Pipeline
+
+    if not isinstance(program, Pipeline):
+        # read from the class: DSPy warns about `module.forward` looked up on an instance outside __call__
+        parameters = list(inspect.signature(type(program).forward).parameters.values())[1:]  # without self
+        return [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    stages = program.stages().values()
+    fields = []
+    for stage in stages:
+        for field, patterns in stage.inputs.items():
+            for pattern in patterns:
+                name = pattern.removeprefix("input.") if pattern.startswith("input.") else (
+                    field if pattern == f"*.{field}" else None)
+                if name and name not in fields and not any(name in other.signature.output_fields for other in stages):
+                    fields.append(name)
+    return fields
 
 
 def stage_outputs(trace: list, stages: dict[str, Any]) -> dict[str, dspy.Prediction]:

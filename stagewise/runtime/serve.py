@@ -29,7 +29,6 @@ import asyncio
 import contextvars
 import functools
 import hashlib
-import inspect
 import ipaddress
 import math
 import threading
@@ -52,7 +51,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from stagewise.errors import StagewiseError, StoreError
 from stagewise.models.usage import track_usage
 from stagewise.programs.plain import observed_call
-from stagewise.programs.predictors import stages_of
+from stagewise.programs.predictors import program_inputs, stages_of
 from stagewise.programs.run import Observer, guarding, observing
 from stagewise.redaction import redact, redacted_logger
 from stagewise.runtime.budgets import Budget, describe_store, today
@@ -127,26 +126,11 @@ def _hashed(text: str) -> str:
 
 
 def input_fields(program, manifest: dict) -> list[str]:
-    """The request fields: the manifest's evaluation inputs, else the `input.*` sections the stages read."""
+    """The request fields: the manifest's evaluation inputs, else the fields the program's call takes."""
     evaluation = manifest.get("evaluation") or {}
     if evaluation.get("inputs"):
         return list(evaluation["inputs"])
-    from stagewise.programs import Pipeline
-
-    if not isinstance(program, Pipeline):  # a plain DSPy module: the named parameters of its forward
-        # read from the class: DSPy warns about `module.forward` looked up on an instance outside __call__
-        parameters = list(inspect.signature(type(program).forward).parameters.values())[1:]  # without self
-        return [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    fields = []
-    for stage in program.stages().values():
-        for field, patterns in stage.inputs.items():
-            for pattern in patterns:
-                name = pattern.removeprefix("input.") if pattern.startswith("input.") else (
-                    field if pattern == f"*.{field}" else None)
-                if name and name not in fields and not any(
-                        name in other.signature.output_fields for other in program.stages().values()):
-                    fields.append(name)
-    return fields
+    return program_inputs(program)
 
 
 def _stages_used(prediction, ledger) -> list[dict]:
