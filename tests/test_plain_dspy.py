@@ -103,7 +103,7 @@ def test_predictors_are_stages_named_by_attribute_path_and_stagewise_stages_by_n
 def test_a_served_plain_programs_request_fields_are_its_forward_parameters_without_dspys_warning():
     """`stagewise serve` reads a plain module's request fields from its forward's parameters, from the class:
     looking `forward` up on the instance made DSPy log "Calling module.forward(...) ... is discouraged"."""
-    from stagewise.runtime.serve import input_fields
+    from stagewise.optimize.export import input_fields
 
     from .conftest import logged_warnings
 

@@ -39,7 +39,7 @@ from pydantic import BaseModel, ConfigDict, PositiveInt, ValidationError
 from stagewise.errors import ExportError
 from stagewise.optimize.space import router_modules
 from stagewise.optimize.trust import import_factory, trusted_factory
-from stagewise.programs.predictors import set_models, stages_of
+from stagewise.programs.predictors import program_inputs, set_models, stages_of
 
 MANIFEST_FORMAT = "stagewise-program/1"
 PACKAGES = ("stagewise", "dspy", "litellm", "llama-cpp-python", "optuna", "mlflow", "scikit-learn", "skops")
@@ -309,6 +309,18 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
         where = ".".join(str(part) for part in problem["loc"])
         raise ExportError(f"{str(path)!r}: field {where!r}: {problem['msg']}") from None
     return manifest
+
+
+def input_fields(program, manifest: dict[str, Any]) -> list[str]:
+    """The fields a request to an exported program gives (`serve`'s request body, the MLflow model's columns).
+
+    They are the manifest's evaluation inputs, else the fields the program's call takes
+    ([`program_inputs`][stagewise.programs.program_inputs]).
+    """
+    evaluation = manifest.get("evaluation") or {}
+    if evaluation.get("inputs"):
+        return list(evaluation["inputs"])
+    return program_inputs(program)
 
 
 def inside(directory: Path, relative: str, what: str) -> Path:

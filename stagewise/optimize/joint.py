@@ -286,15 +286,14 @@ class JointOptimizer:
         Raises:
             ExportError: `directory` holds no valid export.
         """
-        from stagewise.optimize.export import read_manifest
-        from stagewise.programs.predictors import program_inputs
+        from stagewise.optimize.export import input_fields, read_manifest
 
         result = self._need()
         directory = Path(directory)
-        inputs = (read_manifest(directory).get("evaluation") or {}).get("inputs") or program_inputs(result.program)
+        inputs = input_fields(result.program, read_manifest(directory))
         tracker = self.runner_.tracker
         tracker.artifacts([directory / "program.json", directory / "manifest.json"])
-        return tracker.log_program(directory, inputs=list(inputs))
+        return tracker.log_program(directory, inputs=inputs)
 
     def select(self, *, min_quality: float | None = None, max_cost_per_1k: float | None = None) -> dspy.Module:
         """Another program from the front.

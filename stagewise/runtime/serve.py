@@ -51,7 +51,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from stagewise.errors import StagewiseError, StoreError
 from stagewise.models.usage import track_usage
 from stagewise.programs.plain import observed_call
-from stagewise.programs.predictors import program_inputs, stages_of
+from stagewise.programs.predictors import stages_of
 from stagewise.programs.run import Observer, guarding, observing
 from stagewise.redaction import redact, redacted_logger
 from stagewise.runtime.budgets import Budget, describe_store, today
@@ -74,7 +74,7 @@ from stagewise.runtime.stage_cache import StageCache
 from stagewise.runtime.store import ContextRecorder, ContextStore, open_context_store
 from stagewise.runtime.tenants import Tenant, match_token
 
-__all__ = ["ApiError", "create_app", "exposure_warning", "input_fields"]
+__all__ = ["ApiError", "create_app", "exposure_warning"]
 
 # The serve logger quotes endpoints and providers' messages: redacted however the app is made.
 log = redacted_logger(__name__)
@@ -123,14 +123,6 @@ Text = Annotated[str, AfterValidator(_valid_unicode)]
 
 def _hashed(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
-def input_fields(program, manifest: dict) -> list[str]:
-    """The request fields: the manifest's evaluation inputs, else the fields the program's call takes."""
-    evaluation = manifest.get("evaluation") or {}
-    if evaluation.get("inputs"):
-        return list(evaluation["inputs"])
-    return program_inputs(program)
 
 
 def _stages_used(prediction, ledger) -> list[dict]:
@@ -182,7 +174,7 @@ def create_app(directory: str | Path, *, token: str | None = None, tenants: list
     run, the context store, spans and log records; the program and the caller see the original text.
     """
     from stagewise.errors import ConfigError
-    from stagewise.optimize.export import load, read_manifest
+    from stagewise.optimize.export import input_fields, load, read_manifest
 
     for name, value in [("timeout_s (--timeout)", timeout_s), ("max_concurrency (--max-concurrency)", max_concurrency),
                         ("requests_per_minute (--rate)", requests_per_minute),
