@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from stagewise.cli import app
 from stagewise.data import OutcomeTable, OutcomeTableError
+from stagewise.errors import DataError
 from stagewise.models.lm import get_lm
 from stagewise.programs import Cascade, Router, Stage
 from stagewise.routing import (
@@ -420,6 +421,34 @@ def test_nested_against_a_test_table_is_the_chosen_spec_trained_on_all_of_train(
     direct = route_eval(fold["chosen"], train, test).metrics
     for key in ("apgr", "cpt50", "cpt80", "aiq", "cost_saving_at_95", "kind"):
         assert report.metrics[key] == pytest.approx(direct[key], abs=1e-12), key
+
+
+def reversed_models(path, out):
+    """A copy of a RouterBench table whose model column groups come in reverse order."""
+    frame = pd.read_csv(path)
+    models = [c.removesuffix("|model_response") for c in frame.columns if c.endswith("|model_response")]
+    grouped = [c for m in reversed(models) for c in (m, f"{m}|model_response", f"{m}|total_cost")]
+    frame[[c for c in frame.columns if c not in grouped] + grouped].to_csv(out, index=False)
+    return out
+
+
+def test_a_test_table_with_its_models_in_another_order_is_evaluated_by_model_name(arc, tmp_path):
+    train, test = arc
+    shuffled = load_outcomes(reversed_models(ARC_TEST, tmp_path / "reversed.csv"))
+    assert shuffled.models == test.models[::-1] and len(shuffled) == len(test)
+    for spec in ("quality:features=word", "zero"):
+        same, other = route_eval(spec, train, test).metrics, route_eval(spec, train, shuffled).metrics
+        assert other["aiq"] == pytest.approx(same["aiq"], abs=1e-12), spec
+    nested = sel.nested_route_eval(train, shuffled, candidates=["quality:features=word"]).metrics
+    assert nested["aiq"] == pytest.approx(route_eval("quality:features=word", train, test).metrics["aiq"], abs=1e-12)
+    # The router itself reads a table by model name: its values follow the table's columns.
+    router = QualityRouter(features="word").fit_outcomes(train)
+    np.testing.assert_allclose(router.route_values(shuffled), router.route_values(test)[:, ::-1])
+    with pytest.raises(DataError, match="not trained on"):
+        router.route_values(Outcomes("renamed", test.prompts, ["a", "b"], test.scores[:, :2], test.costs[:, :2], None))
+    win = WinRouter(features="word").fit_outcomes(train, weak=test.models[0], strong=test.models[1])
+    with pytest.raises(DataError, match="trained with weak"):
+        win.route_values(test, weak=test.models[1], strong=test.models[0])
 
 
 def test_outer_fold_curves_average_by_size():

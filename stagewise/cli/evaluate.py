@@ -65,7 +65,7 @@ def evaluate_command(
 
 def route_eval_command(
     outcomes: Path = typer.Option(..., help="Recorded outcomes to train on (RouterBench, RouteLLM or plain CSV)."),
-    test: Path | None = typer.Option(None, help="Recorded outcomes to evaluate on (the same models)."),
+    test: Path | None = typer.Option(None, help="Recorded outcomes to evaluate on (the same models, any order)."),
     cv: int | None = typer.Option(None, help="Cross-validate with K folds instead of a test file."),
     router: str = typer.Option("auto", help="Router spec, e.g. quality, win, zero, cascade:features=word+checks,C=2 "
                                             "(auto: chosen by cross-validation inside the training rows among the "

@@ -337,7 +337,7 @@ def route_eval(router, train: Outcomes, test: Outcomes | None = None, *, cv: int
     if (test is None) == (cv is None):
         raise RoutingEvalError("give either a test table or a number of cross-validation folds")
     if test is not None:
-        test.require_models(train.models, f"the training table {train.source!r}")
+        test = test.aligned(train.models, f"the training table {train.source!r}")
     two_models = estimator.pairwise or len(train.models) == 2
     if two_models:
         weak, strong = _pair(train, weak, strong)

@@ -58,8 +58,27 @@ class Outcomes:
         """Models from the cheapest to the most expensive (mean cost per call)."""
         return [self.models[j] for j in np.argsort(self.costs.mean(axis=0), kind="stable")]
 
-    def require_models(self, models: list[str], what: str) -> None:
-        """A router trained on `models` can only be evaluated on a table with the same models."""
+    def select(self, models: list[str]) -> Outcomes:
+        """The same rows with only `models`' columns, in that order.
+
+        Raises:
+            OutcomeTableError: a model of `models` is not in the table.
+        """
+        columns = [self.column(m) for m in models]
+        responses = None if self.responses is None else [[row[j] for j in columns] for row in self.responses]
+        return replace(self, models=list(models), scores=self.scores[:, columns], costs=self.costs[:, columns],
+                       responses=responses,
+                       cost_sources={m: self.cost_sources[m] for m in models if m in self.cost_sources})
+
+    def aligned(self, models: list[str], what: str) -> Outcomes:
+        """These outcomes with their columns in the order of `models`, the models a router was trained on.
+
+        Evaluation reads a router's per-model values by column position, so a test table whose
+        columns come in another order is put in the training table's order first.
+
+        Raises:
+            OutcomeTableError: the table has other models than `models` (`what` names where they come from).
+        """
         if sorted(models) != sorted(self.models):
             missing, extra = sorted(set(models) - set(self.models)), sorted(set(self.models) - set(models))
             raise OutcomeTableError(
@@ -67,6 +86,7 @@ class Outcomes:
                 + "; ".join(p for p in (f"missing {missing}" if missing else "",
                                         f"extra {extra}" if extra else "") if p)
             )
+        return self.select(models)
 
     def report(self) -> str:
         """A one-line summary: source, prompts, models, skipped rows and cost sources."""

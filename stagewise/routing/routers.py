@@ -100,9 +100,17 @@ class _OutcomeRouter(_TextEstimator):
     def route_values(self, outcomes: Outcomes, weak: str | None = None, strong: str | None = None) -> np.ndarray:
         """Per prompt of `outcomes`, the predicted quality gap (strong minus weak) or each model's quality.
 
-        With `weak` and `strong`, the gap, shape (n,); without, each model's predicted quality, (n, m).
+        With `weak` and `strong`, the gap, shape (n,); without, each model's predicted quality, (n, m),
+        in the column order of `outcomes`.
+
+        Raises:
+            DataError: `outcomes` has a model the router was not trained on.
         """
-        quality = self.predict_quality(outcomes.prompts)
+        unknown = [m for m in outcomes.models if m not in self.models_]
+        if unknown:
+            raise DataError(f"{outcomes.source!r}: the router was not trained on {unknown} "
+                            f"(its models: {self.models_})")
+        quality = self.predict_quality(outcomes.prompts)[:, [self.models_.index(m) for m in outcomes.models]]
         if weak is None or strong is None:
             return quality
         return quality[:, outcomes.column(strong)] - quality[:, outcomes.column(weak)]
@@ -226,7 +234,15 @@ class WinRouter(_OutcomeRouter):
         return self.model_.predict_proba(features)[:, 1]
 
     def route_values(self, outcomes: Outcomes, weak: str | None = None, strong: str | None = None) -> np.ndarray:
-        """The probability that the strong model wins, per prompt of `outcomes`."""
+        """The probability that the strong model wins, per prompt of `outcomes`.
+
+        Raises:
+            DataError: `weak` or `strong` is not the model the router was trained as.
+        """
+        named = [weak or self.models_[0], strong or self.models_[1]]
+        if named != self.models_:
+            raise DataError(f"the win router was trained with weak {self.models_[0]!r} and strong {self.models_[1]!r}, "
+                            f"asked for weak {named[0]!r} and strong {named[1]!r}")
         return self.strong_probability(outcomes.prompts)
 
     def predict_proba(self, X):

@@ -24,7 +24,7 @@ is
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -154,14 +154,14 @@ def nested_route_eval(train: Outcomes, test: Outcomes | None = None, *, cv: int 
     if (test is None) == (cv is None):
         raise RoutingEvalError("give either a test table or a number of cross-validation folds")
     if test is not None:
-        test.require_models(train.models, f"the training table {train.source!r}")
+        test = test.aligned(train.models, f"the training table {train.source!r}")
     if cv is not None and not 2 <= cv <= len(train):
         raise RoutingEvalError(f"--cv {cv}: needs 2 <= K <= {len(train)} (the rows of {train.source!r})")
     two = two_model_mode(train, weak, strong)
     if two:
         weak, strong = _pair(train, weak, strong)
-        train = only_models(train, [weak, strong])
-        test = None if test is None else only_models(test, [weak, strong])
+        train = train.select([weak, strong])
+        test = None if test is None else test.select([weak, strong])
     candidates = list(candidates or candidate_specs(train, weak, strong))
     kinds = {spec: make_router(spec) for spec in candidates}  # a bad spec fails before any training
     evaluated = test if test is not None else train
@@ -181,7 +181,7 @@ def nested_route_eval(train: Outcomes, test: Outcomes | None = None, *, cv: int 
             fitted = make_router(selection.chosen).fit_outcomes(part, weak, strong)
             values = route_values(fitted, target, weak, strong, two_models=two)
             if two:
-                scores, costs = target.scores, target.costs  # weak, then strong (only_models)
+                scores, costs = target.scores, target.costs  # weak, then strong (select)
                 curve = share_curve(values, scores, costs, cascade=isinstance(chosen, Scorer))
             else:
                 curve = lambda_curve(values, part.costs.mean(axis=0), target.scores, target.costs)
@@ -231,15 +231,6 @@ def combine_curves(curves: list[Curve], sizes: list[int], *, by_share: bool) -> 
     return Curve(np.asarray(cost), np.asarray(quality))
 
 
-def only_models(outcomes: Outcomes, models: list[str]) -> Outcomes:
-    """The same rows with only `models`' columns, in that order."""
-    columns = [outcomes.column(m) for m in models]
-    responses = None if outcomes.responses is None else [[row[j] for j in columns] for row in outcomes.responses]
-    return replace(outcomes, models=list(models), scores=outcomes.scores[:, columns],
-                   costs=outcomes.costs[:, columns], responses=responses,
-                   cost_sources={m: outcomes.cost_sources[m] for m in models if m in outcomes.cost_sources})
-
-
 def _pair(outcomes: Outcomes, weak: str | None, strong: str | None) -> tuple[str, str]:
     from stagewise.routing.routers import _pair as pair
 
@@ -261,7 +252,7 @@ def default_router(train: Outcomes, *, weak: str | None = None, strong: str | No
 
     if two_model_mode(train, weak, strong):
         weak, strong = _pair(train, weak, strong)
-        train = only_models(train, [weak, strong])
+        train = train.select([weak, strong])
     selection = None
     if chosen is None:
         selection = select_router(train, list(candidates or candidate_specs(train, weak, strong)), metric=metric,
